@@ -1,0 +1,377 @@
+"""QualityForest: the seed paper's StandardScaler + RandomForestRegressor(100), for F1, precision
+and recall, with calibrated intervals, an out-of-domain flag, the paper's CV metrics and safe files.
+
+- One scaler + forest pipeline per target, so the F1 model is exactly the paper's.
+- Intervals: split-conformal on the forests' out-of-bag predictions (no data is held back),
+  normalised by the spread of the trees so that hard frames get wider intervals.
+- ``in_domain``: the frame's nearest training frame, in the F1 model's scaled feature space, is no
+  farther than 99% of training frames are from their own nearest neighbour.
+- Files: skops (no pickle execution) holding the pipelines, the training set and the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.model_selection import GroupKFold, KFold, LeaveOneGroupOut
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .features import CANDIDATE_FEATURES, PAPER_FEATURES
+from .metrics import regression_metrics
+
+TARGETS = ("f1", "precision", "recall")
+FILE_FORMAT = "napari-detection-qc/quality-forest"
+FILE_VERSION = 1
+BUNDLED_FORESTS = {"default": "default_forest.skops", "li2025": "li2025_forest.skops"}
+MODELS_DIR = Path(__file__).parent / "models"
+
+# Types a forest file may contain; anything else in a file is refused before loading.
+TRUSTED_TYPES = [
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.ensemble._forest.RandomForestRegressor",
+    "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.tree._tree.Tree",
+    "numpy.float64",
+    "numpy.int64",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "builtins.slice",
+]
+
+
+class ForestLoadError(ValueError):
+    """A forest file that is missing, corrupt, of another format, or holds untrusted content."""
+
+
+def package_versions() -> dict[str, str]:
+    names = ("napari-detection-qc", "scikit-learn", "numpy", "skops")
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def _table(frame: pd.DataFrame, columns: Sequence[str], what: str) -> np.ndarray:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}")
+    values = frame.loc[:, list(columns)].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{what} contains NaN or infinite values in {list(columns)}")
+    return values
+
+
+def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
+    """The finite-sample split-conformal quantile of nonconformity scores."""
+    n = len(scores)
+    level = min(1.0, np.ceil((n + 1) * coverage) / n)
+    return float(np.quantile(scores, level, method="higher"))
+
+
+@dataclass
+class CVResult:
+    """Cross-validation output: per-fold metrics, their mean per target, out-of-fold predictions."""
+
+    folds: pd.DataFrame
+    summary: pd.DataFrame
+    predictions: pd.DataFrame
+
+
+class QualityForest:
+    """Predicts a detector's per-frame F1, precision and recall from features of its output."""
+
+    def __init__(
+        self,
+        features: Sequence[str] = PAPER_FEATURES,
+        n_estimators: int = 100,
+        random_state: int = 0,
+        coverage: float = 0.9,
+        detector: dict | None = None,
+    ):
+        unknown = [f for f in features if f not in CANDIDATE_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; choose from {CANDIDATE_FEATURES}")
+        if not 0 < coverage < 1:
+            raise ValueError("coverage must lie in (0, 1)")
+        self.features = tuple(features)
+        self.n_estimators = int(n_estimators)
+        self.random_state = int(random_state)
+        self.coverage = float(coverage)
+        self.detector = dict(detector or {})
+        self.metadata: dict = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        self.training_features: pd.DataFrame | None = None
+        self.training_targets: pd.DataFrame | None = None
+        self.training_groups: list[str] | None = None
+        self._interval_scale: dict[str, float] = {}
+        self._neighbours: NearestNeighbors | None = None
+        self._domain_radius = 0.0
+
+    # -- fitting -----------------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.pipelines)
+
+    @property
+    def n_training(self) -> int:
+        return 0 if self.training_features is None else len(self.training_features)
+
+    def _new_pipeline(self) -> Pipeline:
+        forest = RandomForestRegressor(
+            n_estimators=self.n_estimators, random_state=self.random_state, oob_score=True, n_jobs=1
+        )
+        return Pipeline([("scaler", StandardScaler()), ("forest", forest)])
+
+    def fit(self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None) -> "QualityForest":
+        """Fit one pipeline per target; calibrate intervals and the domain flag on the same data."""
+        x = _table(features_df, self.features, "features")
+        y = _table(targets_df, TARGETS, "targets")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} feature rows but {len(y)} target rows")
+        if len(x) < 5:
+            raise ValueError(f"a forest needs at least 5 labeled frames, got {len(x)}")
+        self.pipelines = {}
+        for j, target in enumerate(TARGETS):
+            pipeline = self._new_pipeline().fit(x, y[:, j])
+            self.pipelines[target] = pipeline
+        self.training_features = pd.DataFrame(x, columns=list(self.features))
+        self.training_targets = pd.DataFrame(y, columns=list(TARGETS))
+        self.training_groups = None if groups is None else [str(g) for g in groups]
+        self._calibrate()
+        return self
+
+    def _tree_spread(self, target: str, x: np.ndarray) -> np.ndarray:
+        pipeline = self.pipelines[target]
+        scaled = pipeline.named_steps["scaler"].transform(x)
+        per_tree = np.stack([t.predict(scaled) for t in pipeline.named_steps["forest"].estimators_])
+        return per_tree.std(axis=0)
+
+    def _calibrate(self) -> None:
+        """Conformal scales from out-of-bag residuals over the trees' out-of-bag spread."""
+        x = self.training_features.to_numpy()
+        n = len(x)
+        for target in TARGETS:
+            pipeline = self.pipelines[target]
+            forest = pipeline.named_steps["forest"]
+            scaled = pipeline.named_steps["scaler"].transform(x)
+            per_tree = np.stack([t.predict(scaled) for t in forest.estimators_])
+            in_bag = np.zeros_like(per_tree, dtype=bool)
+            for k, sample_idx in enumerate(forest.estimators_samples_):
+                in_bag[k, sample_idx] = True
+            oob = np.ma.masked_array(per_tree, mask=in_bag)
+            seen = (~in_bag).sum(axis=0) > 0
+            oob_mean = oob.mean(axis=0).filled(np.nan)
+            oob_std = oob.std(axis=0).filled(np.nan)
+            truth = self.training_targets[target].to_numpy()
+            residual = np.abs(truth - oob_mean)[seen] / (oob_std[seen] + self._spread_floor)
+            self._interval_scale[target] = conformal_quantile(residual, self.coverage) if seen.any() else 1.0
+        scaled_f1 = self.pipelines["f1"].named_steps["scaler"].transform(x)
+        self._neighbours = NearestNeighbors(n_neighbors=min(2, n)).fit(scaled_f1)
+        distances, _ = self._neighbours.kneighbors(scaled_f1)
+        nearest_other = distances[:, -1]
+        self._domain_radius = float(np.quantile(nearest_other, 0.99))
+
+    _spread_floor = 0.02
+
+    # -- prediction --------------------------------------------------------------------------------
+    def predict(self, features_df: pd.DataFrame) -> pd.DataFrame:
+        """Predicted f1/precision/recall with ``<target>_low``/``_high`` intervals and ``in_domain``."""
+        if not self.is_fitted:
+            raise RuntimeError("the forest is not fitted; fit it or load a saved one")
+        x = _table(features_df, self.features, "features")
+        out = pd.DataFrame(index=features_df.index)
+        if len(x) == 0:
+            for target in TARGETS:
+                out[target] = out[f"{target}_low"] = out[f"{target}_high"] = np.zeros(0)
+            out["in_domain"] = np.zeros(0, dtype=bool)
+            out["domain_distance"] = np.zeros(0)
+            return out
+        for target in TARGETS:
+            point = np.clip(self.pipelines[target].predict(x), 0.0, 1.0)
+            half = self._interval_scale[target] * (self._tree_spread(target, x) + self._spread_floor)
+            out[target] = point
+            out[f"{target}_low"] = np.clip(point - half, 0.0, 1.0)
+            out[f"{target}_high"] = np.clip(point + half, 0.0, 1.0)
+        distance = self.domain_distance(x)
+        out["domain_distance"] = distance
+        out["in_domain"] = distance <= self._domain_radius
+        return out
+
+    def domain_distance(self, x: np.ndarray) -> np.ndarray:
+        """Distance to the nearest training frame, in units of the domain radius' scaled space."""
+        scaled = self.pipelines["f1"].named_steps["scaler"].transform(x)
+        distances, _ = self._neighbours.kneighbors(scaled, n_neighbors=1)
+        return distances[:, 0]
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def cross_validate(
+        self,
+        features_df: pd.DataFrame,
+        targets_df: pd.DataFrame,
+        scheme: str = "random",
+        groups=None,
+        n_splits: int = 5,
+        n_repeats: int = 10,
+    ) -> CVResult:
+        """The paper's evaluation. ``random``: repeated shuffled K-fold; ``grouped``: leave one
+        group out (each domain/split held out in turn); ``group_kfold``: K folds that keep each
+        group (e.g. one image) on one side. Metrics are computed per fold and averaged."""
+        x_frame = features_df.reset_index(drop=True)
+        y_frame = targets_df.reset_index(drop=True)
+        _table(x_frame, self.features, "features")
+        _table(y_frame, TARGETS, "targets")
+        splits = list(self._splits(len(x_frame), scheme, groups, n_splits, n_repeats))
+        fold_rows, prediction_frames = [], []
+        group_values = None if groups is None else np.asarray(groups)
+        for repeat, fold, train_idx, test_idx in splits:
+            model = self._clone().fit(x_frame.iloc[train_idx], y_frame.iloc[train_idx])
+            predicted = model.predict(x_frame.iloc[test_idx])
+            for target in TARGETS:
+                truth = y_frame[target].to_numpy()[test_idx]
+                row = {"repeat": repeat, "fold": fold, "target": target, "n": len(test_idx)}
+                if group_values is not None and scheme == "grouped":
+                    row["group"] = str(group_values[test_idx][0])
+                row.update(regression_metrics(truth, predicted[target].to_numpy()))
+                fold_rows.append(row)
+            chunk = predicted.copy()
+            chunk.insert(0, "row", test_idx)
+            chunk.insert(1, "repeat", repeat)
+            chunk.insert(2, "fold", fold)
+            if group_values is not None:
+                chunk.insert(3, "group", group_values[test_idx])
+            for target in TARGETS:
+                chunk[f"true_{target}"] = y_frame[target].to_numpy()[test_idx]
+            prediction_frames.append(chunk.reset_index(drop=True))
+        folds = pd.DataFrame(fold_rows)
+        metric_columns = ["rmse", "mae", "r2", "nrmse", "nmae"]
+        summary = folds.groupby("target")[metric_columns].mean().loc[list(TARGETS)]
+        return CVResult(folds, summary, pd.concat(prediction_frames, ignore_index=True))
+
+    def _splits(self, n: int, scheme: str, groups, n_splits: int, n_repeats: int):
+        index = np.arange(n)
+        if scheme == "random":
+            for repeat in range(n_repeats):
+                kfold = KFold(n_splits=n_splits, shuffle=True, random_state=self.random_state + repeat)
+                for fold, (train, test) in enumerate(kfold.split(index)):
+                    yield repeat, fold, train, test
+        elif scheme in ("grouped", "group_kfold"):
+            if groups is None or len(groups) != n:
+                raise ValueError(f"scheme {scheme!r} needs one group label per row")
+            groups = np.asarray(groups)
+            if len(np.unique(groups)) < 2:
+                raise ValueError("grouped cross-validation needs at least two groups")
+            if scheme == "grouped":
+                for fold, (train, test) in enumerate(LeaveOneGroupOut().split(index, groups=groups)):
+                    yield 0, fold, train, test
+            else:
+                for repeat in range(n_repeats):
+                    kfold = GroupKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state + repeat)
+                    for fold, (train, test) in enumerate(kfold.split(index, groups=groups)):
+                        yield repeat, fold, train, test
+        else:
+            raise ValueError(f"scheme must be 'random', 'grouped' or 'group_kfold', got {scheme!r}")
+
+    def _clone(self) -> "QualityForest":
+        return QualityForest(self.features, self.n_estimators, self.random_state, self.coverage, self.detector)
+
+    # -- persistence -------------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write a skops file: the fitted pipelines, the training set and JSON metadata."""
+        import skops.io as sio
+
+        if not self.is_fitted:
+            raise RuntimeError("only a fitted forest can be saved")
+        meta = {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "features": list(self.features),
+            "n_estimators": self.n_estimators,
+            "random_state": self.random_state,
+            "coverage": self.coverage,
+            "detector": self.detector,
+            "n_training": self.n_training,
+            "training_groups": self.training_groups,
+            "package_versions": package_versions(),
+            **{k: v for k, v in self.metadata.items() if k not in ("format", "version")},
+        }
+        state = {
+            "metadata_json": json.dumps(meta),
+            "pipelines": self.pipelines,
+            "training_features": self.training_features.to_numpy(),
+            "training_targets": self.training_targets.to_numpy(),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        sio.dump(state, tmp, compression=8)  # zipfile.ZIP_DEFLATED
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "QualityForest":
+        """Load a saved forest, or a bundled one by name (``"default"``, ``"li2025"``). Refuses
+        files that are not skops archives or that contain types outside ``TRUSTED_TYPES``."""
+        import skops.io as sio
+
+        if isinstance(path, str) and path in BUNDLED_FORESTS:
+            path = MODELS_DIR / BUNDLED_FORESTS[path]
+            if not path.exists():
+                raise ForestLoadError(f"the bundled forest {path.name} is not installed")
+        path = Path(path)
+        if not path.is_file():
+            raise ForestLoadError(f"no forest file at {path}")
+        try:
+            untrusted = sio.get_untrusted_types(file=path)
+        except Exception as exc:  # zip, JSON or schema errors from a corrupt or foreign file
+            raise ForestLoadError(f"{path} is not a readable forest file (skops archive): {exc}") from exc
+        refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
+        if refused:
+            raise ForestLoadError(f"{path} contains types that are not trusted and was not loaded: {refused}")
+        try:
+            state = sio.load(path, trusted=untrusted)
+            meta = json.loads(state["metadata_json"])
+        except Exception as exc:
+            raise ForestLoadError(f"{path} could not be loaded as a forest: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
+            raise ForestLoadError(f"{path} is a skops file but not a napari-detection-qc forest")
+        if meta.get("version", 0) > FILE_VERSION:
+            raise ForestLoadError(f"{path} was written by a newer version (format {meta['version']})")
+        forest = cls(meta["features"], meta["n_estimators"], meta["random_state"], meta["coverage"], meta["detector"])
+        known = {"format", "version", "features", "n_estimators", "random_state", "coverage", "detector",
+                 "n_training", "training_groups"}
+        forest.metadata = {k: v for k, v in meta.items() if k not in known}
+        forest.pipelines = dict(state["pipelines"])
+        if set(forest.pipelines) != set(TARGETS):
+            raise ForestLoadError(f"{path} lacks a model for one of {TARGETS}")
+        forest.training_features = pd.DataFrame(state["training_features"], columns=list(forest.features))
+        forest.training_targets = pd.DataFrame(state["training_targets"], columns=list(TARGETS))
+        forest.training_groups = meta.get("training_groups")
+        forest._calibrate()
+        return forest
+
+    def detector_mismatch(self, layer_detector: dict | None) -> str | None:
+        """A warning when the layers' detector differs from the one this forest was trained for."""
+        if not self.detector or not layer_detector:
+            return None
+        ours, theirs = self.detector.get("weights_sha256"), layer_detector.get("weights_sha256")
+        if ours and theirs and ours != theirs:
+            return (
+                f"this forest was trained for detector {self.detector.get('name', ours[:12])} "
+                f"but the layers came from {layer_detector.get('name', theirs[:12])}; "
+                "predicted quality may be off"
+            )
+        return None
