@@ -101,6 +101,7 @@ class QualityForest:
         random_state: int = 0,
         coverage: float = 0.9,
         detector: dict | None = None,
+        forest_params: dict | None = None,
     ):
         unknown = [f for f in features if f not in CANDIDATE_FEATURES]
         if unknown:
@@ -112,6 +113,7 @@ class QualityForest:
         self.random_state = int(random_state)
         self.coverage = float(coverage)
         self.detector = dict(detector or {})
+        self.forest_params = dict(forest_params or {})  # extra RandomForestRegressor settings
         self.metadata: dict = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.training_features: pd.DataFrame | None = None
@@ -132,7 +134,11 @@ class QualityForest:
 
     def _new_pipeline(self) -> Pipeline:
         forest = RandomForestRegressor(
-            n_estimators=self.n_estimators, random_state=self.random_state, oob_score=True, n_jobs=1
+            n_estimators=self.n_estimators,
+            random_state=self.random_state,
+            oob_score=True,
+            n_jobs=1,
+            **self.forest_params,
         )
         return Pipeline([("scaler", StandardScaler()), ("forest", forest)])
 
@@ -286,7 +292,9 @@ class QualityForest:
             raise ValueError(f"scheme must be 'random', 'grouped' or 'group_kfold', got {scheme!r}")
 
     def _clone(self) -> "QualityForest":
-        return QualityForest(self.features, self.n_estimators, self.random_state, self.coverage, self.detector)
+        return QualityForest(
+            self.features, self.n_estimators, self.random_state, self.coverage, self.detector, self.forest_params
+        )
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -303,6 +311,7 @@ class QualityForest:
             "random_state": self.random_state,
             "coverage": self.coverage,
             "detector": self.detector,
+            "forest_params": self.forest_params,
             "n_training": self.n_training,
             "training_groups": self.training_groups,
             "package_versions": package_versions(),
@@ -350,9 +359,16 @@ class QualityForest:
             raise ForestLoadError(f"{path} is a skops file but not a napari-detection-qc forest")
         if meta.get("version", 0) > FILE_VERSION:
             raise ForestLoadError(f"{path} was written by a newer version (format {meta['version']})")
-        forest = cls(meta["features"], meta["n_estimators"], meta["random_state"], meta["coverage"], meta["detector"])
+        forest = cls(
+            meta["features"],
+            meta["n_estimators"],
+            meta["random_state"],
+            meta["coverage"],
+            meta["detector"],
+            meta.get("forest_params"),
+        )
         known = {"format", "version", "features", "n_estimators", "random_state", "coverage", "detector",
-                 "n_training", "training_groups"}
+                 "forest_params", "n_training", "training_groups"}
         forest.metadata = {k: v for k, v in meta.items() if k not in known}
         forest.pipelines = dict(state["pipelines"])
         if set(forest.pipelines) != set(TARGETS):
