@@ -380,14 +380,37 @@ class QualityForest:
         return forest
 
     def detector_mismatch(self, layer_detector: dict | None) -> str | None:
-        """A warning when the layers' detector differs from the one this forest was trained for."""
+        """A warning when the layers' detector differs from the one this forest was trained for
+        (compared by weights hash when both are known, else by detector name)."""
         if not self.detector or not layer_detector:
             return None
-        ours, theirs = self.detector.get("weights_sha256"), layer_detector.get("weights_sha256")
-        if ours and theirs and ours != theirs:
-            return (
-                f"this forest was trained for detector {self.detector.get('name', ours[:12])} "
-                f"but the layers came from {layer_detector.get('name', theirs[:12])}; "
-                "predicted quality may be off"
-            )
-        return None
+        ours, theirs = detector_identity(self.detector), detector_identity(layer_detector)
+        if ours[0] and theirs[0]:
+            same = ours[0] == theirs[0]
+        elif ours[1] and theirs[1]:
+            same = ours[1] == theirs[1]
+        else:
+            return None
+        if same:
+            return None
+        return (
+            f"this forest was trained for detector {ours[1] or ours[0][:12]} but the layers came from "
+            f"{theirs[1] or theirs[0][:12]}; predicted quality may be off"
+        )
+
+
+def detector_identity(description: dict) -> tuple[str, str]:
+    """(weights hash, name) of a detector description (forest metadata or layer metadata)."""
+    return (
+        str(description.get("weights_sha256") or ""),
+        str(description.get("name") or description.get("detector") or ""),
+    )
+
+
+def bundled_forest_for(detector_description: dict | None) -> str:
+    """The bundled forest that belongs to a detector: ``"li2025"`` for the authors' detectron2
+    model (run on detectron2 or imported from its checkpoint), ``"default"`` otherwise."""
+    description = detector_description or {}
+    engine = str(description.get("engine", ""))
+    origin = str(description.get("source_format", "") or description.get("origin", ""))
+    return "li2025" if engine == "detectron2" or "detectron2" in origin else "default"

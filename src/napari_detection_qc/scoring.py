@@ -1,0 +1,69 @@
+"""Per-frame predicted quality of a stack's detections, and true quality against ground truth.
+
+These are the numbers the quality and training widgets show; scripts get the same numbers by
+calling these functions on the same layers' data.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from .detections import StackDetections
+from .features import stack_features
+from .forest import QualityForest
+from .matching import PAPER_IOU_THRESHOLD, boxes_from_labels, match_frame
+
+QUALITY_COLUMNS = (
+    "frame", "count", "f1", "f1_low", "f1_high", "precision", "precision_low", "precision_high",
+    "recall", "recall_low", "recall_high", "in_domain",
+)
+TRUE_COLUMNS = ("frame", "n_true", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1")
+
+
+def predicted_quality(stack: StackDetections, forest: QualityForest) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(quality table with one row per frame, the frames' 18 features)."""
+    features = stack_features(stack)
+    predicted = forest.predict(features)
+    table = predicted.copy()
+    table.insert(0, "frame", np.arange(len(stack)))
+    table.insert(1, "count", features["count"].astype(int).to_numpy())
+    table = table.loc[:, list(QUALITY_COLUMNS)].reset_index(drop=True)
+    return table, features
+
+
+def ground_truth_frames(ground_truth: np.ndarray, n_frames: int) -> np.ndarray:
+    """A (T, Y, X) view of a ground-truth Labels array given as (Y, X) or (T, Y, X)."""
+    ground_truth = np.asarray(ground_truth)
+    if ground_truth.ndim == 2:
+        ground_truth = ground_truth[None]
+    if ground_truth.ndim != 3 or len(ground_truth) != n_frames:
+        raise ValueError(
+            f"ground truth of shape {ground_truth.shape} does not match detections of {n_frames} frame(s)"
+        )
+    if not np.issubdtype(ground_truth.dtype, np.integer):
+        raise ValueError(f"ground truth must be an integer Labels layer, got {ground_truth.dtype}")
+    return ground_truth
+
+
+def true_quality(
+    stack: StackDetections,
+    ground_truth: np.ndarray,
+    frames: Iterable[int] | None = None,
+    iou_threshold: float = PAPER_IOU_THRESHOLD,
+) -> pd.DataFrame:
+    """The paper's TP/FP/FN, precision, recall and F1 of the chosen frames (default: all)."""
+    truth = ground_truth_frames(ground_truth, len(stack))
+    if truth.shape[1:] != stack.image_shape:
+        raise ValueError(
+            f"ground truth frames are {truth.shape[1:]} but detections are {stack.image_shape}"
+        )
+    frames = range(len(stack)) if frames is None else sorted(int(t) for t in frames)
+    rows = []
+    for t in frames:
+        true_boxes, _ = boxes_from_labels(truth[t])
+        result = match_frame(stack[t].boxes, true_boxes, iou_threshold)
+        rows.append({"frame": t, "n_true": len(true_boxes), "n_pred": stack[t].count, **result._asdict()})
+    return pd.DataFrame(rows, columns=list(TRUE_COLUMNS))

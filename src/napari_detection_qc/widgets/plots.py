@@ -1,0 +1,111 @@
+"""Matplotlib canvases embedded in the docks: the per-frame quality plot and the parity plot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from psygnal import Signal
+
+BACKGROUND = "#262930"  # napari's dark theme
+FOREGROUND = "#d6d9de"
+
+
+def _dark_axes(figure: Figure):
+    axes = figure.add_subplot(111)
+    figure.patch.set_facecolor(BACKGROUND)
+    axes.set_facecolor(BACKGROUND)
+    for spine in axes.spines.values():
+        spine.set_color(FOREGROUND)
+    axes.tick_params(colors=FOREGROUND, labelsize=8)
+    axes.xaxis.label.set_color(FOREGROUND)
+    axes.yaxis.label.set_color(FOREGROUND)
+    return axes
+
+
+class QualityPlot(FigureCanvasQTAgg):
+    """Predicted F1 per frame with its interval; frames under the threshold in red, out-of-domain
+    frames ringed in orange, the current frame shaded. Clicking emits the nearest frame."""
+
+    frame_clicked = Signal(int)
+
+    def __init__(self):
+        self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
+        super().__init__(self.figure)
+        self.axes = _dark_axes(self.figure)
+        self.table: pd.DataFrame | None = None
+        self._current = None
+        self.setMinimumHeight(220)
+        self.mpl_connect("button_press_event", self._on_click)
+
+    def show_table(self, table: pd.DataFrame, threshold: float, current: int | None) -> None:
+        self.table = table
+        axes = self.axes
+        axes.clear()
+        frames = table["frame"].to_numpy()
+        f1 = table["f1"].to_numpy()
+        low, high = table["f1_low"].to_numpy(), table["f1_high"].to_numpy()
+        poor = f1 < threshold
+        outside = ~table["in_domain"].to_numpy(dtype=bool)
+        axes.fill_between(frames, low, high, color="#4a90d9", alpha=0.18, step="mid", label="90% interval")
+        axes.plot(frames, table["precision"], color="#9ad18b", lw=0.8, alpha=0.8, label="precision")
+        axes.plot(frames, table["recall"], color="#e3b55a", lw=0.8, alpha=0.8, label="recall")
+        axes.plot(frames, f1, color="#4a90d9", lw=1.0)
+        axes.scatter(frames[~poor], f1[~poor], s=18, color="#4a90d9", zorder=3, label="predicted F1")
+        axes.scatter(frames[poor], f1[poor], s=22, color="#e0475b", zorder=3, label=f"F1 < {threshold:g}")
+        if outside.any():
+            axes.scatter(frames[outside], f1[outside], s=80, facecolors="none", edgecolors="#ff9f1c",
+                         linewidths=1.4, zorder=4, label="out of domain")
+        axes.axhline(threshold, color=FOREGROUND, ls="--", lw=0.8)
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_xlim(frames.min() - 0.6, frames.max() + 0.6)
+        axes.set_xlabel("frame")
+        axes.set_ylabel("predicted quality")
+        legend = axes.legend(loc="lower left", fontsize=7, ncol=3, frameon=False)
+        for text in legend.get_texts():
+            text.set_color(FOREGROUND)
+        self._current = None
+        self.highlight(current)
+
+    def highlight(self, frame: int | None) -> None:
+        if self._current is not None:
+            self._current.remove()
+            self._current = None
+        if frame is not None and self.table is not None:
+            self._current = self.axes.axvspan(frame - 0.5, frame + 0.5, color="white", alpha=0.15, zorder=0)
+        self.draw_idle()
+
+    def _on_click(self, event) -> None:
+        if event.inaxes is not self.axes or event.xdata is None or self.table is None:
+            return
+        frames = self.table["frame"].to_numpy()
+        self.frame_clicked.emit(int(frames[np.argmin(np.abs(frames - event.xdata))]))
+
+
+class ParityPlot(FigureCanvasQTAgg):
+    """Cross-validated predicted vs true F1 after a refit; the user's frames highlighted."""
+
+    def __init__(self):
+        self.figure = Figure(figsize=(3.2, 3.0), tight_layout=True)
+        super().__init__(self.figure)
+        self.axes = _dark_axes(self.figure)
+        self.setMinimumHeight(220)
+
+    def show_predictions(self, true_f1, predicted_f1, is_new) -> None:
+        axes = self.axes
+        axes.clear()
+        true_f1, predicted_f1 = np.asarray(true_f1), np.asarray(predicted_f1)
+        is_new = np.asarray(is_new, dtype=bool)
+        axes.plot([0, 1], [0, 1], color=FOREGROUND, ls="--", lw=0.8)
+        axes.scatter(true_f1[~is_new], predicted_f1[~is_new], s=6, color="#4a90d9", alpha=0.5,
+                     label="earlier training frames")
+        axes.scatter(true_f1[is_new], predicted_f1[is_new], s=24, color="#ff9f1c", label="your frames")
+        axes.set_xlim(-0.02, 1.02)
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_xlabel("true F1")
+        axes.set_ylabel("cross-validated predicted F1")
+        legend = axes.legend(loc="upper left", fontsize=7, frameon=False)
+        for text in legend.get_texts():
+            text.set_color(FOREGROUND)
+        self.draw_idle()
