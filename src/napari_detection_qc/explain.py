@@ -7,10 +7,16 @@ original feature names one to one.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pandas as pd
 
 from .forest import TARGETS, QualityForest
+
+# building a TreeExplainer walks every tree; keep one per fitted forest (the quality widget asks
+# again each time the user moves to another frame)
+_explainers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _explainer(forest: QualityForest, target: str):
@@ -20,7 +26,10 @@ def _explainer(forest: QualityForest, target: str):
         raise RuntimeError("the forest is not fitted")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}")
-    return shap.TreeExplainer(forest.pipelines[target].named_steps["forest"])
+    model = forest.pipelines[target].named_steps["forest"]
+    if model not in _explainers:
+        _explainers[model] = shap.TreeExplainer(model)
+    return _explainers[model]
 
 
 def frame_contributions(forest: QualityForest, features_df: pd.DataFrame, target: str = "f1") -> pd.DataFrame:
