@@ -74,7 +74,7 @@ class FrameDetections:
         object.__setattr__(self, "labels", labels)
 
     @classmethod
-    def empty(cls, image_shape: Sequence[int]) -> "FrameDetections":
+    def empty(cls, image_shape: Sequence[int]) -> FrameDetections:
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(tuple(image_shape), dtype=np.uint16))
 
     @property
@@ -85,7 +85,7 @@ class FrameDetections:
     def image_shape(self) -> tuple[int, int]:
         return tuple(self.labels.shape)
 
-    def above(self, min_score: float) -> "FrameDetections":
+    def above(self, min_score: float) -> FrameDetections:
         """Keep detections scoring at least ``min_score``; masks are renumbered to stay index + 1."""
         keep = np.flatnonzero(self.scores >= min_score)
         lut = np.zeros(self.count + 1, dtype=np.int64)
@@ -113,7 +113,7 @@ class StackDetections:
         object.__setattr__(self, "frames", frames)
 
     @classmethod
-    def from_frames(cls, frames: Iterable[FrameDetections], is_2d: bool = False) -> "StackDetections":
+    def from_frames(cls, frames: Iterable[FrameDetections], is_2d: bool = False) -> StackDetections:
         return cls(tuple(frames), is_2d)
 
     @property
@@ -162,7 +162,7 @@ class StackDetections:
     @classmethod
     def from_layer_data(
         cls, labels_data: np.ndarray, shapes_data: Sequence[np.ndarray], features: pd.DataFrame
-    ) -> "StackDetections":
+    ) -> StackDetections:
         """Rebuild detections from a Labels array and Shapes rectangles with ``score`` (and
         optionally ``label`` and ``frame``) features. Missing ``label`` means id = order in frame."""
         labels_data = np.asarray(labels_data)

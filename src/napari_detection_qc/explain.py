@@ -16,7 +16,7 @@ from .forest import TARGETS, QualityForest
 
 # building a TreeExplainer walks every tree; keep one per fitted forest (the quality widget asks
 # again each time the user moves to another frame)
-_explainers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _explainer(forest: QualityForest, target: str):

@@ -142,7 +142,7 @@ class QualityForest:
         )
         return Pipeline([("scaler", StandardScaler()), ("forest", forest)])
 
-    def fit(self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None) -> "QualityForest":
+    def fit(self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None) -> QualityForest:
         """Fit one pipeline per target; calibrate intervals and the domain flag on the same data."""
         x = _table(features_df, self.features, "features")
         y = _table(targets_df, TARGETS, "targets")
@@ -291,7 +291,7 @@ class QualityForest:
         else:
             raise ValueError(f"scheme must be 'random', 'grouped' or 'group_kfold', got {scheme!r}")
 
-    def _clone(self) -> "QualityForest":
+    def _clone(self) -> QualityForest:
         return QualityForest(
             self.features, self.n_estimators, self.random_state, self.coverage, self.detector, self.forest_params
         )
@@ -331,7 +331,7 @@ class QualityForest:
         return path
 
     @classmethod
-    def load(cls, path) -> "QualityForest":
+    def load(cls, path) -> QualityForest:
         """Load a saved forest, or a bundled one by name (``"default"``, ``"li2025"``). Refuses
         files that are not skops archives or that contain types outside ``TRUSTED_TYPES``."""
         import skops.io as sio

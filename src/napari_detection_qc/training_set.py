@@ -25,7 +25,7 @@ class TrainingSet:
     def __len__(self) -> int:
         return len(self.sources)
 
-    def add(self, features: pd.DataFrame, targets: pd.DataFrame, sources: list[str]) -> "TrainingSet":
+    def add(self, features: pd.DataFrame, targets: pd.DataFrame, sources: list[str]) -> TrainingSet:
         """Add rows; a source already present is replaced by its new row."""
         if not (len(features) == len(targets) == len(sources)):
             raise ValueError("features, targets and sources must have one row each per frame")
@@ -45,11 +45,11 @@ class TrainingSet:
         self.sources = [self.sources[i] for i in keep] + [str(s) for s in sources]
         return self
 
-    def copy(self) -> "TrainingSet":
+    def copy(self) -> TrainingSet:
         return TrainingSet(self.features.copy(), self.targets.copy(), list(self.sources))
 
     @classmethod
-    def from_forest(cls, forest: QualityForest) -> "TrainingSet":
+    def from_forest(cls, forest: QualityForest) -> TrainingSet:
         """The training frames stored in a fitted forest (its feature columns only)."""
         if forest.training_features is None:
             return cls()
@@ -67,7 +67,7 @@ class TrainingSet:
         return path
 
     @classmethod
-    def load(cls, path) -> "TrainingSet":
+    def load(cls, path) -> TrainingSet:
         try:
             table = pd.read_csv(path)
         except (OSError, ValueError, pd.errors.ParserError) as exc:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
@@ -54,7 +54,7 @@ class ForestSession:
         self.changed.emit(forest)
 
 
-_sessions: "weakref.WeakKeyDictionary[Any, ForestSession]" = weakref.WeakKeyDictionary()
+_sessions: weakref.WeakKeyDictionary[Any, ForestSession] = weakref.WeakKeyDictionary()
 
 
 def forest_session(viewer) -> ForestSession:

@@ -240,5 +240,4 @@ def detect_frames(spec, options: dict, frames, indices: list[int]):
     detector = load_detector(spec, **options)
     yield "detector", detector.metadata()
     selected = (np.asarray(frames[t]) for t in indices)
-    for t, detections in zip(indices, detector.predict_many(selected)):
-        yield t, detections
+    yield from zip(indices, detector.predict_many(selected))

@@ -17,7 +17,14 @@ from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QTableWidget, QTableW
 from ..explain import frame_contributions, strongest_negative
 from ..forest import QualityForest, bundled_forest_for
 from ..scoring import predicted_quality
-from ._common import LayerPicker, StatusLabel, container, detections_from_layers, forest_session, layer_detector
+from ._common import (
+    LayerPicker,
+    StatusLabel,
+    container,
+    detections_from_layers,
+    forest_session,
+    layer_detector,
+)
 from .plots import QualityPlot
 
 FOREST_CHOICES = ("auto (matches the detector)", "bundled default", "li2025 (authors' detectron2 model)",
