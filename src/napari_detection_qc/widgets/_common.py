@@ -65,7 +65,12 @@ def forest_session(viewer) -> ForestSession:
 
 
 class StatusLabel(Label):
-    """A one-line status under a widget; errors also go to napari's notifications."""
+    """A status line under a widget (wraps instead of widening the dock); errors also go to
+    napari's notifications."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.native.setWordWrap(True)
 
     def info(self, text: str) -> None:
         self.value = text
@@ -101,8 +106,13 @@ def layer_detector(layer) -> dict | None:
     return (layer.metadata or {}).get(METADATA_KEY, {}).get("detector") if layer is not None else None
 
 
-def title(text: str) -> Label:
-    return Label(value=f"<b>{text}</b>")
+DOCK_MAX_WIDTH = 560
+
+
+def wrapping_label() -> Label:
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    return label
 
 
 def container(*widgets, layout: str = "horizontal", labels: bool = False) -> Container:

@@ -22,7 +22,7 @@ from napari.qt.threading import create_worker
 
 from ..detections import FrameDetections, StackDetections, smallest_label_dtype
 from ..engines import load_detector
-from ._common import METADATA_KEY, LayerPicker, StatusLabel, container
+from ._common import DOCK_MAX_WIDTH, METADATA_KEY, LayerPicker, StatusLabel, container
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
 SHAPES_REFRESH_SECONDS = 1.0
@@ -45,6 +45,7 @@ def image_frames(layer: Image) -> tuple[np.ndarray, bool]:
 class DetectionWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
+        self.native.setMaximumWidth(DOCK_MAX_WIDTH)
         self.viewer = napari_viewer
         self.image = LayerPicker(napari_viewer, Image, "image")
         self.engine = ComboBox(label="engine", choices=ENGINES, value=ENGINES[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
@@ -18,12 +18,14 @@ from ..explain import frame_contributions, strongest_negative
 from ..forest import QualityForest, bundled_forest_for
 from ..scoring import predicted_quality
 from ._common import (
+    DOCK_MAX_WIDTH,
     LayerPicker,
     StatusLabel,
     container,
     detections_from_layers,
     forest_session,
     layer_detector,
+    wrapping_label,
 )
 from .plots import QualityPlot
 
@@ -36,6 +38,7 @@ DEBOUNCE_MS = 300
 class QualityWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
+        self.native.setMaximumWidth(DOCK_MAX_WIDTH)
         self.viewer = napari_viewer
         self.session = forest_session(napari_viewer)
         self.masks = LayerPicker(napari_viewer, Labels, "masks")
@@ -47,7 +50,7 @@ class QualityWidget(Container):
         self.compute_button = PushButton(text="Predict quality")
         self.export_button = PushButton(text="Export CSV…")
         self.status = StatusLabel(value="")
-        self.explanation = Label(value="")
+        self.explanation = wrapping_label()
         self.plot = QualityPlot()
         self.table_view = QTableWidget(0, len(TABLE_COLUMNS))
         self.table_view.setHorizontalHeaderLabels(list(TABLE_COLUMNS))

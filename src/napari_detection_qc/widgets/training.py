@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
 from napari.qt.threading import create_worker
 from qtpy.QtWidgets import QFileDialog
@@ -18,6 +18,7 @@ from ..forest import QualityForest, bundled_forest_for
 from ..scoring import ground_truth_frames, true_quality
 from ..training_set import TrainingSet
 from ._common import (
+    DOCK_MAX_WIDTH,
     METADATA_KEY,
     LayerPicker,
     StatusLabel,
@@ -25,6 +26,7 @@ from ._common import (
     detections_from_layers,
     forest_session,
     layer_detector,
+    wrapping_label,
 )
 from .plots import ParityPlot
 
@@ -56,6 +58,7 @@ def labeled_frames(layer: Labels) -> list[int]:
 class TrainingWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
+        self.native.setMaximumWidth(DOCK_MAX_WIDTH)
         self.viewer = napari_viewer
         self.session = forest_session(napari_viewer)
         self.masks = LayerPicker(napari_viewer, Labels, "predicted masks")
@@ -73,8 +76,8 @@ class TrainingWidget(Container):
         self.save_set_button = PushButton(text="Save training set…")
         self.load_set_button = PushButton(text="Load training set…")
         self.status = StatusLabel(value="")
-        self.results = Label(value="")
-        self.metrics = Label(value="")
+        self.results = wrapping_label()
+        self.metrics = wrapping_label()
         self.parity = ParityPlot()
         self.extend([
             self.masks, self.boxes, self.ground_truth, self.seed_button,
