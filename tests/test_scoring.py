@@ -58,3 +58,16 @@ def test_bundled_forest_choice():
     assert bundled_forest_for({"engine": "torchvision", "source_format": "detectron2"}) == "li2025"
     assert bundled_forest_for({"engine": "torchvision"}) == "default"
     assert bundled_forest_for(None) == "default"
+
+
+def test_physical_readouts():
+    from napari_detection_qc.scoring import physical_readouts
+
+    stack = two_frame_stack()  # 40x40 px frames; masks of 16 and 100 px
+    table = physical_readouts(stack, pixel_size_nm=0.5)  # frame = 20 nm x 20 nm = 4e-4 µm²
+    assert table.loc[0, "density_per_um2"] == pytest.approx(2 / 4e-4)
+    expected = np.mean([2 * np.sqrt(16 / np.pi) * 0.5, 2 * np.sqrt(100 / np.pi) * 0.5])
+    assert table.loc[0, "mean_diameter_nm"] == pytest.approx(expected)
+    assert table.loc[1, "count"] == 0 and table.loc[1, "mean_diameter_nm"] == 0.0
+    with pytest.raises(ValueError, match="pixel size"):
+        physical_readouts(stack, 0)

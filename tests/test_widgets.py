@@ -165,6 +165,14 @@ def test_quality_widget_equals_core_api(make_napari_viewer, qtbot, small_stack, 
     assert widget.explanation.value.startswith("frame 3")
     out = widget.export_csv(tmp_path / "quality.csv")
     assert len(pd.read_csv(out)) == 4
+    assert "density_per_um2" not in widget.table.columns  # no pixel size was given
+
+    # with a pixel size on the layers, physical read-outs join the table
+    for layer in (masks, boxes):
+        layer.metadata["detection_qc"]["pixel_size_nm"] = 0.4
+    widget.compute()
+    wait_for(qtbot, widget)
+    assert (widget.table["density_per_um2"] > 0).any() and widget.table_view.columnCount() == 10
 
     # deleting a box changes the prediction input; with auto update the widget recomputes itself
     widget.auto_update.value = True

@@ -16,9 +16,10 @@ from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QTableWidget, QTableW
 
 from ..explain import frame_contributions, strongest_negative
 from ..forest import QualityForest, bundled_forest_for
-from ..scoring import predicted_quality
+from ..scoring import physical_readouts, predicted_quality
 from ._common import (
     DOCK_MAX_WIDTH,
+    METADATA_KEY,
     LayerPicker,
     StatusLabel,
     container,
@@ -32,6 +33,7 @@ from .plots import QualityPlot
 FOREST_CHOICES = ("auto (matches the detector)", "bundled default", "li2025 (authors' detectron2 model)",
                   "trained in this viewer", "from file")
 TABLE_COLUMNS = ("frame", "count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain")
+PHYSICAL_COLUMNS = ("density_per_um2", "mean_diameter_nm")
 DEBOUNCE_MS = 300
 
 
@@ -156,7 +158,7 @@ class QualityWidget(Container):
             self.status.error(str(exc))
             return
         warning = forest.detector_mismatch(layer_detector(self.boxes.value))
-        self.worker = create_worker(predicted_quality, stack, forest)
+        self.worker = create_worker(quality_with_readouts, stack, forest, layer_pixel_size(self.boxes.value))
         self.worker.returned.connect(lambda result: self._show(result, forest, warning))
         self.worker.errored.connect(lambda exc: self.status.error(f"quality prediction failed: {exc}"))
         self.worker.finished.connect(self._on_finished)
@@ -190,8 +192,11 @@ class QualityWidget(Container):
 
     def _fill_table(self) -> None:
         view = self.table_view
+        columns = list(TABLE_COLUMNS) + [c for c in PHYSICAL_COLUMNS if c in self.table.columns]
+        view.setColumnCount(len(columns))
+        view.setHorizontalHeaderLabels(columns)
         view.setRowCount(len(self.table))
-        for row, values in enumerate(self.table.loc[:, list(TABLE_COLUMNS)].itertuples(index=False)):
+        for row, values in enumerate(self.table.loc[:, columns].itertuples(index=False)):
             for col, value in enumerate(values):
                 if isinstance(value, (bool, np.bool_)):
                     text = "yes" if value else "no"
@@ -249,3 +254,19 @@ class QualityWidget(Container):
         self.table.to_csv(path, index=False)
         self.status.info(f"wrote {len(self.table)} rows to {path}")
         return path
+
+
+def layer_pixel_size(layer) -> float | None:
+    """The pixel size (nm) the detection widget recorded on the layer, if the user gave one."""
+    record = (layer.metadata or {}).get(METADATA_KEY, {}) if layer is not None else {}
+    return record.get("pixel_size_nm") or None
+
+
+def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | None):
+    """Worker body: the predicted-quality table (plus density and diameter when the pixel size is
+    known) and the frames' features."""
+    table, features = predicted_quality(stack, forest)
+    if pixel_size_nm:
+        readouts = physical_readouts(stack, pixel_size_nm)
+        table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)
+    return table, features
