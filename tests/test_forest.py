@@ -115,6 +115,11 @@ def test_detector_mismatch_warning(fitted):
     forest.detector = {"name": "A", "weights_sha256": "a" * 64}
     assert forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64}) is None
     assert "trained for detector A" in forest.detector_mismatch({"name": "B", "weights_sha256": "b" * 64})
+    # no hash on one side (the authors' forest): compared by detector family
+    forest.detector = {"name": "li2025-cavity-maskrcnn-r50fpn", "engine": "detectron2"}
+    assert forest.detector_mismatch({"detector": "detectron2:model_final.pth", "engine": "torchvision",
+                                     "weights_sha256": "c" * 64}) is None
+    assert forest.detector_mismatch({"detector": "default-compact", "engine": "torchvision"}) is not None
 
 
 class RunsCode:

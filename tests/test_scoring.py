@@ -55,7 +55,7 @@ def test_training_set_replaces_a_relabeled_frame(tmp_path):
 
 def test_bundled_forest_choice():
     assert bundled_forest_for({"engine": "detectron2"}) == "li2025"
-    assert bundled_forest_for({"engine": "torchvision", "source_format": "detectron2"}) == "li2025"
+    assert bundled_forest_for({"engine": "torchvision", "detector": "detectron2:model_final.pth"}) == "li2025"
     assert bundled_forest_for({"engine": "torchvision"}) == "default"
     assert bundled_forest_for(None) == "default"
 

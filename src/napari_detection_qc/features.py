@@ -61,27 +61,23 @@ def clipped_box_areas(boxes: np.ndarray, image_shape: Sequence[int]) -> np.ndarr
 
 
 def heywood_circularity(mask: np.ndarray) -> float:
-    """Perimeter of the mask's convex hull / circumference of the circle of equal area.
+    """Perimeter of the mask's convex hull / circumference of the circle of the hull's area.
 
-    The hull is taken over pixel corners, so a filled a-by-a square gives exactly 2/sqrt(pi) and
-    a digital disc a value slightly above 1. An empty mask gives NaN (the caller skips it).
+    As the authors computed it for their table (hull of the mask's pixel centres): a filled
+    square gives exactly 2/sqrt(pi), a digital disc slightly above 1. Masks whose hull has no
+    area (a single pixel, a line) give NaN and are left out of the mean and std.
     """
-    area = int(np.count_nonzero(mask))
-    if area == 0:
+    points = np.argwhere(mask).astype(np.float64)
+    if len(points) < 3:
         return float("nan")
-    rows, cols = np.nonzero(mask)
-    corners = np.concatenate(
-        [
-            np.stack([rows + dy, cols + dx], axis=1)
-            for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))
-        ]
-    ).astype(np.float64)
     try:
-        hull = ConvexHull(corners)
-    except QhullError:  # degenerate (cannot happen for pixel corners, kept for safety of input)
+        hull = ConvexHull(points)
+    except QhullError:  # all pixel centres on one line
         return float("nan")
-    perimeter = hull.area  # in 2-D, scipy's "area" is the hull's perimeter
-    return float(perimeter / (2.0 * np.sqrt(np.pi * area)))
+    if hull.volume <= 0:
+        return float("nan")
+    # in 2-D scipy's "area" is the hull's perimeter and "volume" its area
+    return float(hull.area / (2.0 * np.sqrt(np.pi * hull.volume)))
 
 
 def mask_circularities(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:

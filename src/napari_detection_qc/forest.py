@@ -169,7 +169,6 @@ class QualityForest:
     def _calibrate(self) -> None:
         """Conformal scales from out-of-bag residuals over the trees' out-of-bag spread."""
         x = self.training_features.to_numpy()
-        n = len(x)
         for target in TARGETS:
             pipeline = self.pipelines[target]
             forest = pipeline.named_steps["forest"]
@@ -185,11 +184,13 @@ class QualityForest:
             truth = self.training_targets[target].to_numpy()
             residual = np.abs(truth - oob_mean)[seen] / (oob_std[seen] + self._spread_floor)
             self._interval_scale[target] = conformal_quantile(residual, self.coverage) if seen.any() else 1.0
-        scaled_f1 = self.pipelines["f1"].named_steps["scaler"].transform(x)
-        self._neighbours = NearestNeighbors(n_neighbors=min(2, n)).fit(scaled_f1)
-        distances, _ = self._neighbours.kneighbors(scaled_f1)
-        nearest_other = distances[:, -1]
-        self._domain_radius = float(np.quantile(nearest_other, 0.99))
+        self._fit_neighbours()
+        distances, _ = self._neighbours.kneighbors(n_neighbors=1)  # nearest *other* training frame
+        self._domain_radius = float(np.quantile(distances[:, 0], 0.99))
+
+    def _fit_neighbours(self) -> None:
+        scaled_f1 = self.pipelines["f1"].named_steps["scaler"].transform(self.training_features.to_numpy())
+        self._neighbours = NearestNeighbors(n_neighbors=1).fit(scaled_f1)
 
     _spread_floor = 0.02
 
@@ -314,6 +315,7 @@ class QualityForest:
             "forest_params": self.forest_params,
             "n_training": self.n_training,
             "training_groups": self.training_groups,
+            "calibration": {"interval_scale": self._interval_scale, "domain_radius": self._domain_radius},
             "package_versions": package_versions(),
             **{k: v for k, v in self.metadata.items() if k not in ("format", "version")},
         }
@@ -368,7 +370,7 @@ class QualityForest:
             meta.get("forest_params"),
         )
         known = {"format", "version", "features", "n_estimators", "random_state", "coverage", "detector",
-                 "forest_params", "n_training", "training_groups"}
+                 "forest_params", "n_training", "training_groups", "calibration"}
         forest.metadata = {k: v for k, v in meta.items() if k not in known}
         forest.pipelines = dict(state["pipelines"])
         if set(forest.pipelines) != set(TARGETS):
@@ -376,41 +378,49 @@ class QualityForest:
         forest.training_features = pd.DataFrame(state["training_features"], columns=list(forest.features))
         forest.training_targets = pd.DataFrame(state["training_targets"], columns=list(TARGETS))
         forest.training_groups = meta.get("training_groups")
-        forest._calibrate()
+        calibration = meta.get("calibration")
+        if calibration:  # stored at save time: loading need not re-run every tree
+            forest._interval_scale = {k: float(v) for k, v in calibration["interval_scale"].items()}
+            forest._domain_radius = float(calibration["domain_radius"])
+            forest._fit_neighbours()
+        else:
+            forest._calibrate()
         return forest
 
     def detector_mismatch(self, layer_detector: dict | None) -> str | None:
-        """A warning when the layers' detector differs from the one this forest was trained for
-        (compared by weights hash when both are known, else by detector name)."""
+        """A warning when the layers' detector is not the one this forest was trained for:
+        compared by weights hash when both sides know it, else by detector family (the authors'
+        detectron2 models vs torchvision-engine models)."""
         if not self.detector or not layer_detector:
             return None
-        ours, theirs = detector_identity(self.detector), detector_identity(layer_detector)
-        if ours[0] and theirs[0]:
-            same = ours[0] == theirs[0]
-        elif ours[1] and theirs[1]:
-            same = ours[1] == theirs[1]
+        ours, theirs = self.detector.get("weights_sha256"), layer_detector.get("weights_sha256")
+        if ours and theirs:
+            same = ours == theirs
         else:
-            return None
+            same = detector_family(self.detector) == detector_family(layer_detector)
         if same:
             return None
         return (
-            f"this forest was trained for detector {ours[1] or ours[0][:12]} but the layers came from "
-            f"{theirs[1] or theirs[0][:12]}; predicted quality may be off"
+            f"this forest was trained for detector {detector_name(self.detector)} but the layers came from "
+            f"{detector_name(layer_detector)}; predicted quality may be off"
         )
 
 
-def detector_identity(description: dict) -> tuple[str, str]:
-    """(weights hash, name) of a detector description (forest metadata or layer metadata)."""
-    return (
-        str(description.get("weights_sha256") or ""),
-        str(description.get("name") or description.get("detector") or ""),
-    )
+def detector_name(description: dict) -> str:
+    name = description.get("name") or description.get("detector")
+    return str(name or str(description.get("weights_sha256", "unknown"))[:12])
+
+
+def detector_family(description: dict | None) -> str:
+    """``"detectron2"`` for detectron2 models (run on detectron2 or imported from their
+    checkpoint, named ``detectron2:<file>``), else ``"torchvision"``."""
+    description = description or {}
+    engine = str(description.get("engine", ""))
+    name = str(description.get("name") or description.get("detector") or "")
+    return "detectron2" if engine == "detectron2" or name.startswith("detectron2:") else "torchvision"
 
 
 def bundled_forest_for(detector_description: dict | None) -> str:
-    """The bundled forest that belongs to a detector: ``"li2025"`` for the authors' detectron2
-    model (run on detectron2 or imported from its checkpoint), ``"default"`` otherwise."""
-    description = detector_description or {}
-    engine = str(description.get("engine", ""))
-    origin = str(description.get("source_format", "") or description.get("origin", ""))
-    return "li2025" if engine == "detectron2" or "detectron2" in origin else "default"
+    """The bundled forest that belongs to a detector: ``"li2025"`` for detectron2 models (the
+    authors' cavity model), ``"default"`` for the bundled torchvision-engine model."""
+    return "li2025" if detector_family(detector_description) == "detectron2" else "default"
