@@ -1,0 +1,74 @@
+"""Safe detector checkpoint files: a JSON-able header plus a tensor state dict.
+
+A checkpoint is ``torch.save({"header": {...}, "state_dict": {...}})``. It is read with
+``weights_only=True`` so a hostile file cannot run code, and the header's sha256 of the weights is
+checked so a truncated or edited file is reported instead of silently giving wrong detections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_NAME = "napari-detection-qc/maskrcnn"
+FORMAT_VERSION = 1
+
+
+class DetectorLoadError(ValueError):
+    """A weights file that is missing, corrupt, of another kind, or inconsistent with its header."""
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hash of names, dtypes, shapes and bytes, independent of how the file was serialised."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path, header: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> dict:
+    """Write a checkpoint; fills in the format name, version and the weights' sha256."""
+    state_dict = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    full_header = {**header, "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    full_header["sha256"] = state_dict_sha256(state_dict)
+    json.dumps(full_header)  # the header must stay plain data, readable without torch
+    torch.save({"header": full_header, "state_dict": state_dict}, Path(path))
+    return full_header
+
+
+def load_checkpoint(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and verify a checkpoint; every failure is a :class:`DetectorLoadError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorLoadError(f"detector weights file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as error:
+        raise DetectorLoadError(
+            f"{path} is not a readable detector checkpoint (corrupt, truncated, or holding "
+            f"objects other than plain tensors and data): {error}"
+        ) from error
+    if not isinstance(payload, dict) or not {"header", "state_dict"} <= set(payload):
+        raise DetectorLoadError(
+            f"{path} is a torch file but not a napari-detection-qc checkpoint (no header/state_dict); "
+            "detectron2 model_final.pth files are loaded with load_detector((config_yaml, weights))"
+        )
+    header, state_dict = payload["header"], payload["state_dict"]
+    if header.get("format") != FORMAT_NAME:
+        raise DetectorLoadError(f"{path}: unknown checkpoint format {header.get('format')!r}")
+    if header.get("format_version", 0) > FORMAT_VERSION:
+        raise DetectorLoadError(
+            f"{path}: checkpoint format version {header['format_version']} is newer than this "
+            f"plugin understands ({FORMAT_VERSION}); update napari-detection-qc"
+        )
+    if state_dict_sha256(state_dict) != header.get("sha256"):
+        raise DetectorLoadError(f"{path}: the weights do not match the sha256 in the header (corrupt file)")
+    return header, state_dict

@@ -1,0 +1,476 @@
+"""The default engine: a torchvision Mask R-CNN built from a checkpoint header's architecture.
+
+The architecture is plain data (it travels in the checkpoint header), so any checkpoint can name
+its backbone, widths, anchors and resize rule. Two presets: ``PAPER_R50_FPN`` (the seed paper's
+detectron2 config: R50-FPN, anchors 4..512 x 0.5/1/2 on every level, 800/1333 resize) and
+``COMPACT_FPN`` (the bundled model: a small ResNet-like CNN trained from scratch at native scale).
+
+The engine runs the model's parts itself instead of ``MaskRCNN.forward`` so that the resize and
+normalisation follow the header (detectron2 style, caffe2 BGR means included) and masks are pasted
+one box at a time into the instance image (torchvision's ``postprocess`` would allocate N
+full-size float masks). Three parts differ from stock torchvision to compute what detectron2
+computes: unrounded size-major anchors, aligned RoIAlign, and proposals ranked by logit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
+from torchvision.ops import boxes as box_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import Conv2dNormActivation
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+
+from ..detections import FrameDetections, smallest_label_dtype
+from .base import Detector
+from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
+
+PAPER_ANCHOR_SIZES = [4, 8, 16, 32, 64, 128, 256, 512]
+PAPER_ASPECT_RATIOS = [0.5, 1.0, 2.0]
+# detectron2's caffe2-style R50 input: BGR channels, 0..255, ImageNet means in BGR order, std 1.
+DETECTRON2_INPUT = {
+    "intensity": "raw8",
+    "channel_order": "BGR",
+    "pixel_mean": [103.53, 116.28, 123.675],
+    "pixel_std": [1.0, 1.0, 1.0],
+}
+
+PAPER_R50_FPN: dict[str, Any] = {
+    "name": "maskrcnn_R50_FPN_paper",
+    "backbone": {"name": "resnet50", "stride_in_1x1": True, "norm": "frozen_bn"},
+    "fpn_channels": 256,
+    "anchor_sizes": [PAPER_ANCHOR_SIZES] * 5,
+    "aspect_ratios": PAPER_ASPECT_RATIOS,
+    "resize": {"shortest_edge": 800, "max_size": 1333, "size_divisible": 32},
+    "rpn": {
+        "fg_iou": 0.7,
+        "bg_iou": 0.3,
+        "batch_size_per_image": 256,
+        "positive_fraction": 0.5,
+        "pre_nms_top_n_train": 2000,
+        "post_nms_top_n_train": 1000,
+        "pre_nms_top_n_test": 1000,
+        "post_nms_top_n_test": 1000,
+        "nms_thresh": 0.7,
+    },
+    "roi": {
+        "fg_iou": 0.4,
+        "bg_iou": 0.4,
+        "batch_size_per_image": 128,
+        "positive_fraction": 0.25,
+        "nms_thresh": 0.5,
+        "box_reg_weights": [10.0, 10.0, 5.0, 5.0],
+        "box_head_dim": 1024,
+        "mask_head_widths": [256, 256, 256, 256],
+        "roi_align_sampling_ratio": 0,
+    },
+    "mask_paste": "detectron2",
+}
+
+COMPACT_FPN: dict[str, Any] = {
+    "name": "maskrcnn_compact_fpn",
+    "backbone": {
+        "name": "compact",
+        "stem_widths": [16, 32],
+        "stage_widths": [32, 64, 96, 128],
+        "blocks_per_stage": [1, 1, 1, 1],
+    },
+    "fpn_channels": 64,
+    "anchor_sizes": [[8, 16], [24, 32], [48, 64], [96, 128], [192, 256]],
+    "aspect_ratios": PAPER_ASPECT_RATIOS,
+    "resize": {"shortest_edge": None, "max_size": None, "size_divisible": 32},
+    "rpn": {
+        **PAPER_R50_FPN["rpn"],
+        "pre_nms_top_n_train": 1000,
+        "post_nms_top_n_train": 500,
+        "pre_nms_top_n_test": 1000,
+        "post_nms_top_n_test": 500,
+    },
+    "roi": {
+        **PAPER_R50_FPN["roi"],
+        "box_head_dim": 256,
+        "mask_head_widths": [64, 64],
+        "roi_align_sampling_ratio": 2,
+    },
+    "mask_paste": "detectron2",
+}
+
+
+# -- model construction ----------------------------------------------------------------------------
+class UnroundedAnchorGenerator(AnchorGenerator):
+    """detectron2's cell anchors: size-major order and exact (not rounded) corners, which matters
+    for the paper's 4 px anchors."""
+
+    def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=None):
+        scales = torch.as_tensor(scales, dtype=dtype, device=device)
+        ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
+        heights = (scales[:, None] * torch.sqrt(ratios)[None, :]).reshape(-1)
+        widths = (scales[:, None] / torch.sqrt(ratios)[None, :]).reshape(-1)
+        return torch.stack([-widths, -heights, widths, heights], dim=1) / 2
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """As torchvision, but each level's stride is the power of two nearest to image/grid size
+        (torchvision's floor division gives P6 a stride of 61 instead of 64 on 800 px inputs)."""
+        grid_sizes = [feature_map.shape[-2:] for feature_map in feature_maps]
+        image_size = image_list.tensors.shape[-2:]
+        device = feature_maps[0].device
+        strides = [
+            [
+                torch.tensor(2 ** round(math.log2(image_size[axis] / grid[axis])), device=device)
+                for axis in (0, 1)
+            ]
+            for grid in grid_sizes
+        ]
+        self.set_cell_anchors(feature_maps[0].dtype, device)
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors for _ in image_list.image_sizes]
+
+
+class LogitRankedRPN(RegionProposalNetwork):
+    """Proposals ranked and suppressed by objectness logits, as detectron2 does. torchvision ranks
+    by sigmoid probabilities, which all round to 1.0 in float32 above a logit of ~17, so confident
+    proposals tie and NMS keeps an arbitrary one of them."""
+
+    def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+        num_images = proposals.shape[0]
+        logits = objectness.detach().reshape(num_images, -1)
+        levels = torch.cat(
+            [torch.full((n,), level, dtype=torch.int64) for level, n in enumerate(num_anchors_per_level)]
+        ).to(proposals.device)
+        top = self._get_top_n_idx(logits, num_anchors_per_level)
+        rows = torch.arange(num_images, device=proposals.device)[:, None]
+        boxes_per_image, scores_per_image = [], []
+        for boxes, scores, level, shape in zip(
+            proposals[rows, top], logits[rows, top], levels[top], image_shapes, strict=True
+        ):
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            keep = box_ops.remove_small_boxes(boxes, self.min_size)
+            keep = keep[torch.sigmoid(scores[keep]) >= self.score_thresh]
+            keep = keep[box_ops.batched_nms(boxes[keep], scores[keep], level[keep], self.nms_thresh)]
+            keep = keep[: self.post_nms_top_n()]
+            boxes_per_image.append(boxes[keep])
+            scores_per_image.append(torch.sigmoid(scores[keep]))
+        return boxes_per_image, scores_per_image
+
+
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """MultiScaleRoIAlign with ``aligned=True`` (detectron2's ROIAlignV2: pixel centres at +0.5)."""
+
+    def forward(self, x, boxes, image_shapes):
+        features = _filter_input(x, self.featmap_names)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = _convert_to_roi_format(boxes)
+        levels = self.map_levels(boxes) if len(features) > 1 else torch.zeros(len(rois), dtype=torch.int64)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            index = torch.where(levels == level)[0]
+            if len(index):
+                result[index] = roi_align(
+                    feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=True
+                ).to(result.dtype)
+        return result
+
+
+class CompactBackbone(nn.Sequential):
+    """A small ResNet-like CNN with BatchNorm: two strided stem convs, then one stage of
+    BasicBlocks per FPN level (strides 4, 8, 16, 32)."""
+
+    def __init__(
+        self, stem_widths: Sequence[int], stage_widths: Sequence[int], blocks_per_stage: Sequence[int]
+    ):
+        norm = nn.BatchNorm2d
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["stem"] = nn.Sequential(
+            Conv2dNormActivation(3, stem_widths[0], 3, stride=2, norm_layer=norm),
+            Conv2dNormActivation(stem_widths[0], stem_widths[1], 3, stride=2, norm_layer=norm),
+        )
+        in_width = stem_widths[1]
+        for index, (width, blocks) in enumerate(zip(stage_widths, blocks_per_stage, strict=True)):
+            stride = 1 if index == 0 else 2
+            downsample = None
+            if stride != 1 or in_width != width:
+                downsample = nn.Sequential(
+                    nn.Conv2d(in_width, width, 1, stride=stride, bias=False), norm(width)
+                )
+            stage = [resnet.BasicBlock(in_width, width, stride, downsample, norm_layer=norm)]
+            stage += [resnet.BasicBlock(width, width, norm_layer=norm) for _ in range(blocks - 1)]
+            layers[f"layer{index + 1}"] = nn.Sequential(*stage)
+            in_width = width
+        super().__init__(layers)
+
+
+def build_backbone(spec: dict[str, Any], fpn_channels: int) -> BackboneWithFPN:
+    """The FPN backbone a header names: ``compact`` or a torchvision ``resnet18/34/50/101``."""
+    name = spec["name"]
+    return_layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
+    if name == "compact":
+        body = CompactBackbone(spec["stem_widths"], spec["stage_widths"], spec["blocks_per_stage"])
+        in_channels = list(spec["stage_widths"])
+    elif name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+        norm = FrozenBatchNorm2d if spec.get("norm", "frozen_bn") == "frozen_bn" else nn.BatchNorm2d
+        body = getattr(resnet, name)(weights=None, norm_layer=norm)
+        if spec.get("stride_in_1x1", False):
+            move_stride_to_1x1(body)
+        del body.fc, body.avgpool
+        expansion = 4 if name in ("resnet50", "resnet101") else 1
+        in_channels = [64 * expansion * 2**i for i in range(4)]
+    else:
+        raise DetectorLoadError(f"unknown backbone {name!r}; known: compact, resnet18/34/50/101")
+    return BackboneWithFPN(body, return_layers, in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+
+
+def move_stride_to_1x1(body: resnet.ResNet) -> None:
+    """MSRA/caffe2 ResNet (detectron2's STRIDE_IN_1X1): the block's first 1x1 conv downsamples."""
+    for stage in (body.layer2, body.layer3, body.layer4):
+        first = stage[0]
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+
+
+def build_maskrcnn(
+    arch: dict[str, Any], score_threshold: float = 0.1, max_detections: int = 1000
+) -> MaskRCNN:
+    """A torchvision MaskRCNN (one foreground class) configured by an architecture dict."""
+    channels = arch["fpn_channels"]
+    backbone = build_backbone(arch["backbone"], channels)
+    sizes = [tuple(level) for level in arch["anchor_sizes"]]
+    anchors = UnroundedAnchorGenerator(tuple(sizes), (tuple(arch["aspect_ratios"]),) * len(sizes))
+    rpn_cfg, roi_cfg = arch["rpn"], arch["roi"]
+    levels = ["0", "1", "2", "3"]
+    box_pool = AlignedMultiScaleRoIAlign(levels, 7, roi_cfg["roi_align_sampling_ratio"])
+    mask_pool = AlignedMultiScaleRoIAlign(levels, 14, roi_cfg["roi_align_sampling_ratio"])
+    box_dim = roi_cfg["box_head_dim"]
+    mask_widths = roi_cfg["mask_head_widths"]
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        rpn_fg_iou_thresh=rpn_cfg["fg_iou"],
+        rpn_bg_iou_thresh=rpn_cfg["bg_iou"],
+        rpn_batch_size_per_image=rpn_cfg["batch_size_per_image"],
+        rpn_positive_fraction=rpn_cfg["positive_fraction"],
+        rpn_pre_nms_top_n_train=rpn_cfg["pre_nms_top_n_train"],
+        rpn_post_nms_top_n_train=rpn_cfg["post_nms_top_n_train"],
+        rpn_pre_nms_top_n_test=rpn_cfg["pre_nms_top_n_test"],
+        rpn_post_nms_top_n_test=rpn_cfg["post_nms_top_n_test"],
+        rpn_nms_thresh=rpn_cfg["nms_thresh"],
+        box_roi_pool=box_pool,
+        box_head=TwoMLPHead(channels * 7 * 7, box_dim),
+        box_predictor=FastRCNNPredictor(box_dim, 2),
+        box_fg_iou_thresh=roi_cfg["fg_iou"],
+        box_bg_iou_thresh=roi_cfg["bg_iou"],
+        box_batch_size_per_image=roi_cfg["batch_size_per_image"],
+        box_positive_fraction=roi_cfg["positive_fraction"],
+        bbox_reg_weights=tuple(roi_cfg["box_reg_weights"]),
+        box_nms_thresh=roi_cfg["nms_thresh"],
+        box_score_thresh=score_threshold,
+        box_detections_per_img=max_detections,
+        mask_roi_pool=mask_pool,
+        mask_head=MaskRCNNHeads(channels, mask_widths, 1),
+        mask_predictor=MaskRCNNPredictor(mask_widths[-1], mask_widths[-1], 2),
+    )
+    model.rpn = LogitRankedRPN(
+        anchors,
+        model.rpn.head,
+        rpn_cfg["fg_iou"],
+        rpn_cfg["bg_iou"],
+        rpn_cfg["batch_size_per_image"],
+        rpn_cfg["positive_fraction"],
+        {"training": rpn_cfg["pre_nms_top_n_train"], "testing": rpn_cfg["pre_nms_top_n_test"]},
+        {"training": rpn_cfg["post_nms_top_n_train"], "testing": rpn_cfg["post_nms_top_n_test"]},
+        rpn_cfg["nms_thresh"],
+    )
+    return model
+
+
+# -- input and output ------------------------------------------------------------------------------
+def resize_scale(height: int, width: int, resize: dict[str, Any]) -> float:
+    """detectron2's ResizeShortestEdge rule; ``shortest_edge=None`` keeps the native scale."""
+    if resize.get("shortest_edge") is None:
+        return 1.0
+    scale = resize["shortest_edge"] / min(height, width)
+    if max(height, width) * scale > resize["max_size"]:
+        scale = resize["max_size"] / max(height, width)
+    return scale
+
+
+def to_model_batch(images: Sequence[np.ndarray], arch: dict[str, Any], normalisation: dict[str, Any], device):
+    """0..255 grayscale frames -> resized, normalised 3-channel ImageList.
+
+    Resizing comes before normalising. ``raw8`` models (detectron2's) get detectron2's own resize:
+    PIL bilinear on the uint8 image; the others an antialiased bilinear resize in torch.
+    """
+    mean = torch.tensor(normalisation["pixel_mean"], dtype=torch.float32, device=device)[:, None, None]
+    std = torch.tensor(normalisation["pixel_std"], dtype=torch.float32, device=device)[:, None, None]
+    tensors, sizes, scales = [], [], []
+    for image in images:
+        height, width = image.shape
+        scale = resize_scale(height, width, arch["resize"])
+        new_size = (int(height * scale + 0.5), int(width * scale + 0.5))  # detectron2 rounding
+        if scale != 1.0 and normalisation["intensity"] == "raw8":
+            as_uint8 = Image.fromarray(np.round(image).astype(np.uint8))
+            image = np.array(as_uint8.resize(new_size[::-1], Image.BILINEAR))
+        gray = torch.as_tensor(image, dtype=torch.float32, device=device)
+        if gray.shape != new_size:
+            gray = F.interpolate(gray[None, None], size=new_size, mode="bilinear", antialias=True)[0, 0]
+        tensor = (gray.expand(3, *gray.shape) - mean) / std
+        tensors.append(tensor)
+        sizes.append(tuple(tensor.shape[-2:]))
+        scales.append((height / tensor.shape[-2], width / tensor.shape[-1]))
+    divisible = arch["resize"]["size_divisible"]
+    max_h = math.ceil(max(s[0] for s in sizes) / divisible) * divisible
+    max_w = math.ceil(max(s[1] for s in sizes) / divisible) * divisible
+    batch = tensors[0].new_zeros((len(tensors), 3, max_h, max_w))
+    for slot, tensor in zip(batch, tensors, strict=True):
+        slot[:, : tensor.shape[1], : tensor.shape[2]] = tensor
+    return ImageList(batch, sizes), scales
+
+
+def paste_masks_as_labels(
+    boxes: np.ndarray, scores: np.ndarray, mask_probs: torch.Tensor, shape
+) -> np.ndarray:
+    """Paint each box's mask (sampled at pixel centres, detectron2's paste) into an instance image.
+
+    Only pixels whose square overlaps the box are painted, so every mask lies inside its box;
+    lower scores are painted first so the most confident detection wins where masks overlap.
+    """
+    height, width = shape
+    labels = np.zeros(shape, dtype=smallest_label_dtype(len(boxes)))
+    for index in np.argsort(scores, kind="stable"):
+        y0, x0, y1, x1 = boxes[index]
+        r0, c0 = max(int(math.floor(y0)), 0), max(int(math.floor(x0)), 0)
+        r1, c1 = min(int(math.ceil(y1)), height), min(int(math.ceil(x1)), width)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        ys = (torch.arange(r0, r1, dtype=torch.float32) + 0.5 - y0) / max(y1 - y0, 1e-6) * 2 - 1
+        xs = (torch.arange(c0, c1, dtype=torch.float32) + 0.5 - x0) / max(x1 - x0, 1e-6) * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+        sampled = F.grid_sample(mask_probs[index][None, None].float(), grid, align_corners=False)[0, 0]
+        window = labels[r0:r1, c0:c1]
+        window[(sampled >= 0.5).numpy()] = index + 1
+    return labels
+
+
+# -- the detector ----------------------------------------------------------------------------------
+class TorchvisionDetector(Detector):
+    """Mask R-CNN on torchvision; CPU or CUDA; frames batched ``batch_size`` at a time."""
+
+    engine = "torchvision"
+
+    def __init__(
+        self,
+        header: dict[str, Any],
+        state_dict: dict[str, torch.Tensor],
+        *,
+        device="auto",
+        score_threshold: float = 0.1,
+        max_detections: int = 1000,
+        batch_size: int | None = None,
+    ):
+        super().__init__(
+            name=header.get("name", header["architecture"]["name"]),
+            weights_sha256=header["sha256"],
+            normalisation=header["input"],
+            device=device,
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            batch_size=batch_size,
+        )
+        self.header = header
+        self.architecture = header["architecture"]
+        self.model = build_maskrcnn(self.architecture, score_threshold, max_detections)
+        weights = {
+            name: tensor.float() if tensor.is_floating_point() else tensor
+            for name, tensor in state_dict.items()
+        }
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as error:
+            raise DetectorLoadError(
+                f"the weights do not fit the architecture {self.architecture['name']!r} in their header: "
+                f"{str(error)[:500]}"
+            ) from error
+        self.model.eval().to(self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path, **options) -> TorchvisionDetector:
+        header, state_dict = load_checkpoint(path)
+        return cls(header, state_dict, **options)
+
+    def save(self, path, **header_updates) -> dict:
+        """Write this model as a checkpoint (same header, optional updates such as training notes)."""
+        header = {key: value for key, value in self.header.items() if key != "sha256"}
+        return save_model(path, self.model, {**header, **header_updates})
+
+    def _detect(self, images: Sequence[np.ndarray]) -> list[FrameDetections]:
+        with torch.inference_mode():
+            batch, scales = to_model_batch(images, self.architecture, self.normalisation, self.device)
+            features = self.model.backbone(batch.tensors)
+            proposals, _ = self.model.rpn(batch, features)
+            outputs, _ = self.model.roi_heads(features, proposals, batch.image_sizes)
+        results = []
+        for image, output, (scale_y, scale_x) in zip(images, outputs, scales, strict=True):
+            xyxy = output["boxes"].float().cpu().numpy()
+            boxes = (
+                np.stack(
+                    [xyxy[:, 1] * scale_y, xyxy[:, 0] * scale_x, xyxy[:, 3] * scale_y, xyxy[:, 2] * scale_x],
+                    axis=1,
+                )
+                .astype(np.float64)
+                .reshape(-1, 4)
+            )
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image.shape[0])
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image.shape[1])
+            scores = output["scores"].float().cpu().numpy().astype(np.float64).clip(0, 1)
+            masks = output["masks"][:, 0].cpu()
+            labels = paste_masks_as_labels(boxes, scores, masks, image.shape)
+            results.append(FrameDetections(boxes, scores, labels))
+        return results
+
+
+def new_checkpoint_header(
+    arch: dict[str, Any],
+    *,
+    name: str,
+    normalisation: dict[str, Any],
+    training: dict[str, Any] | str,
+    classes: Iterable[str] = ("cavity",),
+) -> dict:
+    """The header fields a torchvision-engine checkpoint carries (sha256 is added on save)."""
+    return {
+        "name": name,
+        "engine": "torchvision",
+        "architecture": arch,
+        "classes": list(classes),
+        "input": normalisation,
+        "training": training,
+    }
+
+
+def save_model(path, model: MaskRCNN, header: dict[str, Any], half: bool = False) -> dict:
+    """Save a trained model; ``half`` stores float weights as float16 (half the file size)."""
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return save_checkpoint(Path(path), header, state)
