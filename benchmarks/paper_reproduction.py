@@ -28,6 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the shared machine: gradient bo
 
 import numpy as np
 import pandas as pd
+from results_file import RESULTS, write_section
 from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
 from sklearn.preprocessing import StandardScaler
@@ -39,7 +40,6 @@ from napari_detection_qc.reference_data import GROUPED_SPLITS, RANDOM_SPLITS, lo
 
 HERE = Path(__file__).resolve().parent
 FIGURES = HERE / "figures"
-RESULTS = HERE / "RESULTS.md"
 DATA_DIR = HERE.parents[1] / "shared" / "reference-data"
 MARKER = "paper_reproduction"
 
@@ -474,16 +474,6 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    start, end = f"<!-- {MARKER}:start -->", f"<!-- {MARKER}:end -->"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if start in current and end in current:
-        current = current[: current.index(start)] + text + current[current.index(end) + len(end):]
-    else:
-        current = current.rstrip() + "\n\n" + text + "\n"
-    RESULTS.write_text(current)
-
-
 def verdict(study: pd.DataFrame) -> tuple[int, str]:
     """The best variant by image-grouped MAE among those no worse than the paper's model when a split
     is left out, and a plain statement of whether the goal was met."""
@@ -568,7 +558,7 @@ def main(argv=None) -> None:
     if not args.no_save:
         parity_plot(random_cv.predictions, split_cv.predictions, info["label"],
                     FIGURES / "paper_reproduction_parity.png")
-        write_section(text)
+        write_section(MARKER, text)
         print(f"wrote {RESULTS} and {FIGURES / 'paper_reproduction_parity.png'}")
     print(f"done in {results['minutes']:.1f} min")
 

@@ -1,0 +1,17 @@
+"""Write one benchmark's section of benchmarks/RESULTS.md between its own markers, leaving the
+other scripts' sections as they are."""
+
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "RESULTS.md"
+
+
+def write_section(marker: str, text: str) -> None:
+    """Replace ``<!-- marker:start --> ... <!-- marker:end -->`` (``text`` carries both markers)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if start in current and end in current:
+        current = current[: current.index(start)] + text + current[current.index(end) + len(end):]
+    else:
+        current = current.rstrip() + "\n\n" + text + "\n"
+    RESULTS.write_text(current)
