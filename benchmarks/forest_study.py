@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from results_file import RESULTS, write_section
 
 from napari_detection_qc.detections import FrameDetections
 from napari_detection_qc.engines import load_detector
@@ -38,7 +39,6 @@ HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "study"
 TABLE_PATH = HERE / "data" / "synthetic_study_table.csv"
 FIGURES = HERE / "figures"
-RESULTS = HERE / "RESULTS.md"
 STUDY_SEED = 5_000_000  # disjoint from the detector's training seeds (0..) and its held-out seeds
 PAPER_GROUPED = {"rmse": 0.156, "mae": 0.121, "r2": 0.290, "nrmse": 0.703, "nmae": 0.290}
 PAPER_RANDOM = {"rmse": 0.107, "mae": 0.082, "r2": 0.444, "nrmse": 0.575, "nmae": 0.129}
@@ -258,16 +258,6 @@ def report(table, sets, sweep, natural, seconds, command) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, marker: str = "forest_study") -> None:
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if start in current and end in current:
-        current = current[: current.index(start)] + text + current[current.index(end) + len(end):]
-    else:
-        current = current.rstrip() + "\n\n" + text + "\n"
-    RESULTS.write_text(current)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames-per-domain", type=int, default=100)
@@ -319,7 +309,7 @@ def main(argv=None) -> None:
     forest.save(MODELS_DIR / "default_forest.skops")
     write_plots(table, best)
     command = "python benchmarks/forest_study.py"
-    write_section(report(table, sets, sweep, natural, seconds, command))
+    write_section("forest_study", report(table, sets, sweep, natural, seconds, command))
     (HERE / "data" / "synthetic_study_summary.json").write_text(json.dumps({
         s["name"]: {"features": s["features"], "random_f1": s["random"].summary.loc["f1"].to_dict(),
                     "grouped_f1": s["grouped"].summary.loc["f1"].to_dict()} for s in sets}, indent=2))

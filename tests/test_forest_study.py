@@ -1,0 +1,53 @@
+"""The synthetic-domain study's pipeline (benchmarks/forest_study.py) on a tiny configuration."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
+from napari_detection_qc.forest import TARGETS
+from napari_detection_qc.synthetic import DEFAULT, PRESETS
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+forest_study = pytest.importorskip("forest_study")
+
+
+def test_blend_goes_from_clean_to_the_preset():
+    shifted = PRESETS["low_dose"]
+    assert forest_study.blend(DEFAULT, shifted, 0.0).read_noise == DEFAULT.read_noise
+    full = forest_study.blend(DEFAULT, shifted, 1.0)
+    assert full.dose == pytest.approx(shifted.dose) and full.read_noise == pytest.approx(shifted.read_noise)
+    half = forest_study.blend(DEFAULT, shifted, 0.5)
+    assert half.dose == pytest.approx(np.sqrt(DEFAULT.dose * shifted.dose))  # geometric
+    assert forest_study.blend(DEFAULT, PRESETS["overfocus"], 0.3).focus == "over"
+
+
+def test_plan_is_seeded_and_covers_every_domain():
+    plan = forest_study.frame_plan(3)
+    assert len(plan) == 3 * len(PRESETS) and set(plan["domain"]) == set(PRESETS)
+    assert plan["seed"].is_unique and (plan.loc[plan["domain"] == "clean", "severity"] == 0).all()
+    pd.testing.assert_frame_equal(plan, forest_study.frame_plan(3))
+
+
+def test_table_from_detections_and_evaluation(tmp_path, monkeypatch):
+    from napari_detection_qc.engines import load_detector
+
+    monkeypatch.setattr(forest_study, "CACHE", tmp_path)
+    detector = load_detector("default", device="cpu")
+    plan = forest_study.frame_plan(1).iloc[[0, 7]]  # clean and hard_shift
+    table = forest_study.build_table(detector, plan)
+    assert list(table["domain"]) == ["clean", "hard_shift"]
+    assert table[list(CANDIDATE_FEATURES) + list(TARGETS)].notna().all().all()
+    assert table.loc[0, "f1"] > table.loc[1, "f1"]
+    cached = forest_study.build_table(detector, plan)  # second pass reads the cache
+    pd.testing.assert_frame_equal(cached, table)
+
+    study = pd.read_csv(BENCHMARKS / "data" / "synthetic_study_table.csv")
+    small = study.groupby("domain").head(12).reset_index(drop=True)
+    result = forest_study.evaluate_set("paper 8", PAPER_FEATURES, small, repeats=1)
+    assert set(result["grouped"].folds["group"]) == set(PRESETS)
+    assert result["random"].summary.loc["f1", "mae"] < 0.3
