@@ -11,6 +11,7 @@ from magicgui.widgets import ComboBox, Container, Label
 from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
+from qtpy.QtCore import Qt
 
 from ..detections import StackDetections
 from ..forest import QualityForest
@@ -71,6 +72,7 @@ class StatusLabel(Label):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.native.setWordWrap(True)
+        self.native.setAlignment(Qt.AlignmentFlag.AlignLeft)
 
     def info(self, text: str) -> None:
         self.value = text
@@ -112,6 +114,7 @@ DOCK_MAX_WIDTH = 560
 def wrapping_label() -> Label:
     label = Label(value="")
     label.native.setWordWrap(True)
+    label.native.setAlignment(Qt.AlignmentFlag.AlignLeft)
     return label
 
 

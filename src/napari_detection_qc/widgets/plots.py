@@ -31,7 +31,7 @@ class QualityPlot(FigureCanvasQTAgg):
     frame_clicked = Signal(int)
 
     def __init__(self):
-        self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
+        self.figure = Figure(figsize=(4, 2.9), tight_layout=True)
         super().__init__(self.figure)
         self.axes = _dark_axes(self.figure)
         self.table: pd.DataFrame | None = None
@@ -62,7 +62,7 @@ class QualityPlot(FigureCanvasQTAgg):
         axes.set_xlim(frames.min() - 0.6, frames.max() + 0.6)
         axes.set_xlabel("frame")
         axes.set_ylabel("predicted quality")
-        legend = axes.legend(loc="lower left", fontsize=7, ncol=3, frameon=False)
+        legend = axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, ncol=3, frameon=False)
         for text in legend.get_texts():
             text.set_color(FOREGROUND)
         self._current = None
