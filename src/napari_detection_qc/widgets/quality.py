@@ -266,6 +266,8 @@ def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | N
     """Worker body: the predicted-quality table (plus density and diameter when the pixel size is
     known) and the frames' features."""
     table, features = predicted_quality(stack, forest)
+    if len(features):
+        frame_contributions(forest, features.iloc[:1])  # builds the cached explainer off the UI thread
     if pixel_size_nm:
         readouts = physical_readouts(stack, pixel_size_nm)
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)
