@@ -1,0 +1,298 @@
+"""``napari-detection-qc``: the plugin's pipeline from the command line (the work is in ``batch``).
+
+    napari-detection-qc demo                                   the whole loop on the bundled sample
+    napari-detection-qc detect IMAGES... --out DETECTIONS      masks and boxes, resumable
+    napari-detection-qc score DETECTIONS                       predicted F1/precision/recall per frame
+    napari-detection-qc evaluate DETECTIONS --ground-truth GT  true precision/recall/F1 per frame
+    napari-detection-qc fit-forest TABLE.csv --out FOREST      a quality forest from labeled frames
+
+Exit codes: 0 done; 1 some inputs failed and were skipped (``--keep-going``); 2 usage or input
+error (the message names the file); 130 interrupted (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import batch
+from .engines import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
+from .forest import TARGETS, QualityForest
+from .io import SUPPORTED_SUFFIXES
+from .matching import PAPER_IOU_THRESHOLD
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def say(message: str) -> None:
+    """A line on stderr that does not tear a progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def report_error(message: str) -> None:
+    say(f"error: {message}")
+
+
+def report_warning(message: str) -> None:
+    say(f"warning: {message}")
+
+
+def exit_code(failures: list[str]) -> int:
+    """1 when some inputs were skipped (``--keep-going``), else 0."""
+    if failures:
+        say(f"{len(failures)} input(s) failed and were skipped")
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def detector_spec(args) -> batch.DetectorSpec:
+    """Paths are made absolute so that workers started elsewhere find the same model file."""
+    model = args.model if args.model == "default" else str(Path(args.model).resolve())
+    config = None if args.config is None else str(Path(args.config).resolve())
+    return batch.DetectorSpec(model, config, args.device, args.score_threshold, args.max_detections)
+
+
+# -- subcommands -----------------------------------------------------------------------------------
+def run_detect(args) -> int:
+    with batch.open_executor(args.workers, args.scheduler) as executor:
+        report = batch.detect(
+            args.inputs,
+            args.out,
+            detector_spec(args),
+            executor,
+            on_error=report_error if args.keep_going else None,
+            progress=not args.no_progress,
+        )
+    say(
+        f"{report.detected_frames} frame(s) detected, {report.skipped_frames} already done; "
+        f"{len(report.stores)} input(s) complete in {args.out}"
+    )
+    return exit_code(report.failures)
+
+
+def run_score(args) -> int:
+    stores = batch.find_stores(args.detections)
+    table, failures = batch.score_stores(
+        stores, args.forest, warn=report_warning, on_error=report_error if args.keep_going else None
+    )
+    out = args.out or Path(args.detections) / "quality.csv"
+    batch.write_csv(Path(out), table)
+    say(f"predicted quality of {len(table)} frame(s) written to {out}")
+    return exit_code(failures)
+
+
+def run_evaluate(args) -> int:
+    stores = batch.find_stores(args.detections)
+    table, failures = batch.evaluate_stores(
+        stores,
+        args.ground_truth,
+        iou_threshold=args.iou,
+        with_features=args.with_features,
+        on_error=report_error if args.keep_going else None,
+    )
+    out = args.out or Path(args.detections) / "evaluation.csv"
+    batch.write_csv(Path(out), table)
+    say(f"true quality of {len(table)} frame(s) written to {out}")
+    return exit_code(failures)
+
+
+def run_fit_forest(args) -> int:
+    features = batch.feature_selection(args.features)
+    table = batch.read_training_table(args.table, features)
+    groups = table[args.group_column].astype(str).to_numpy() if args.group_column in table.columns else None
+    detector = (
+        batch.find_stores(args.detector_meta)[0].read_meta()["detector"] if args.detector_meta else None
+    )
+    forest = QualityForest(
+        features=features, n_estimators=args.trees, random_state=args.seed, detector=detector
+    )
+    forest.fit(table[list(features)], table[list(TARGETS)], groups)
+    if args.cv:
+        print_cross_validation(forest, table, groups, args.cv_repeats)
+    forest.save(args.out)
+    say(f"forest on {len(table)} frame(s) and features {', '.join(features)} saved to {args.out}")
+    return EXIT_OK
+
+
+def print_cross_validation(forest: QualityForest, table: pd.DataFrame, groups, repeats: int) -> None:
+    features, targets = table[list(forest.features)], table[list(TARGETS)]
+    schemes = [("random 5-fold", "random")]
+    if groups is not None and len(set(groups)) >= 2:
+        schemes.append(("leave one group out", "grouped"))
+    for title, scheme in schemes:
+        result = forest.cross_validate(features, targets, scheme=scheme, groups=groups, n_repeats=repeats)
+        print(f"{title} cross-validation (mean over folds):")
+        print(result.summary.round(3).to_string())
+
+
+def run_demo(args) -> int:
+    result = batch.run_demo(args.frames, detector_spec(args), args.forest, progress=not args.no_progress)
+    if result.forest_note:
+        report_warning(result.forest_note)
+    print(demo_table(result).to_string(index=False))
+    if result.f1_mae is not None:
+        print(f"\nmean absolute error of predicted F1: {result.f1_mae:.3f} over {len(result.true)} frame(s)")
+    return EXIT_OK
+
+
+def demo_table(result: batch.DemoResult) -> pd.DataFrame:
+    """frame, preset, detections, predicted F1 [low-high], in-domain, true F1 as readable text."""
+    true = result.true
+    table = pd.DataFrame(
+        {"frame": true["frame"], "preset": list(result.presets), "detections": true["n_pred"]}
+    )
+    if result.predicted is not None:
+        predicted = result.predicted
+        table["predicted F1 [interval]"] = [
+            f"{f1:.2f} [{low:.2f}-{high:.2f}]"
+            for f1, low, high in zip(predicted["f1"], predicted["f1_low"], predicted["f1_high"])
+        ]
+        table["in domain"] = ["yes" if flag else "NO" for flag in predicted["in_domain"]]
+    table["true F1"] = [f"{f1:.2f}" for f1 in true["f1"]]
+    return table
+
+
+# -- argument parsing ------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_detector_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default' (the bundled detector), a checkpoint .pt, or a detectron2 .pth",
+    )
+    parser.add_argument("--config", help="detectron2 config .yaml for a .pth model (optional)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-detection-qc",
+        description="Detect cavities in TEM images and predict the detections' quality without labels.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    detect = commands.add_parser(
+        "detect",
+        help="images or stacks -> masks and boxes (resumable)",
+        description="Detect every frame; a rerun skips the frames already done.",
+    )
+    detect.add_argument(
+        "inputs", nargs="+", type=Path, help=f"files or folders of {', '.join(SUPPORTED_SUFFIXES)}"
+    )
+    detect.add_argument("--out", type=Path, required=True, help="output folder (one subfolder per input)")
+    add_detector_options(detect)
+    detect.add_argument(
+        "--score-threshold",
+        type=float,
+        default=DEFAULT_SCORE_THRESHOLD,
+        help="keep detections scoring at least this (default 0.1, as the forests were trained)",
+    )
+    detect.add_argument(
+        "--max-detections", type=positive_int, default=DEFAULT_MAX_DETECTIONS, help="per frame (default 1000)"
+    )
+    where = detect.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=positive_int, default=1, help="local worker processes (Dask LocalCluster)"
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="an existing Dask scheduler, e.g. tcp://host:8786 (its workers must see the same files)",
+    )
+    detect.add_argument("--keep-going", action="store_true", help="skip unreadable files instead of stopping")
+    detect.add_argument("--no-progress", action="store_true", help="no progress bar")
+    detect.set_defaults(run=run_detect)
+
+    score = commands.add_parser("score", help="detections -> predicted F1/precision/recall per frame (CSV)")
+    score.add_argument("detections", type=Path, help="the output folder of detect (or one input's subfolder)")
+    score.add_argument(
+        "--forest",
+        default="auto",
+        help="auto (the bundled forest for the detector), default, li2025, or a forest file",
+    )
+    score.add_argument("--out", type=Path, help="CSV to write (default DETECTIONS/quality.csv)")
+    score.add_argument("--keep-going", action="store_true")
+    score.set_defaults(run=run_score)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="detections + ground truth -> true precision/recall/F1 (CSV)"
+    )
+    evaluate.add_argument(
+        "detections", type=Path, help="the output folder of detect (or one input's subfolder)"
+    )
+    evaluate.add_argument(
+        "--ground-truth",
+        type=Path,
+        required=True,
+        help="a Labels stack file, or a folder of them named like the inputs",
+    )
+    evaluate.add_argument(
+        "--iou", type=float, default=PAPER_IOU_THRESHOLD, help="box IoU for a match (default 0.1)"
+    )
+    evaluate.add_argument(
+        "--with-features", action="store_true", help="add the 18 features, so the CSV can feed fit-forest"
+    )
+    evaluate.add_argument("--out", type=Path, help="CSV to write (default DETECTIONS/evaluation.csv)")
+    evaluate.add_argument("--keep-going", action="store_true")
+    evaluate.set_defaults(run=run_evaluate)
+
+    fit = commands.add_parser(
+        "fit-forest", help="training table (features + f1, precision, recall) -> forest"
+    )
+    fit.add_argument("table", type=Path, help="CSV, e.g. from evaluate --with-features")
+    fit.add_argument("--out", type=Path, required=True, help="forest file to write (.skops)")
+    fit.add_argument("--features", default="paper", help="paper (8), all (18) or a comma-separated list")
+    fit.add_argument("--group-column", default="group", help="column of domain labels for grouped CV")
+    fit.add_argument("--trees", type=positive_int, default=100)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--detector-meta",
+        type=Path,
+        help="detections folder whose detector the forest is for (enables mismatch warnings)",
+    )
+    fit.add_argument("--cv", action="store_true", help="print cross-validated RMSE/MAE/R2 before saving")
+    fit.add_argument("--cv-repeats", type=positive_int, default=3)
+    fit.set_defaults(run=run_fit_forest)
+
+    demo = commands.add_parser("demo", help="the whole loop on the bundled sample stack, as a table")
+    demo.add_argument("--frames", type=positive_int, help="only the first N frames (of 20)")
+    add_detector_options(demo)
+    demo.add_argument("--forest", default="auto", help="auto, default, li2025 or a forest file")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(
+        run=run_demo, score_threshold=DEFAULT_SCORE_THRESHOLD, max_detections=DEFAULT_MAX_DETECTIONS
+    )
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run one subcommand; expected failures end with a one-line message, never a traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error argparse has already explained
+        return EXIT_OK if not exit_request.code else EXIT_ERROR
+    try:
+        return args.run(args)
+    except ValueError as exc:  # InputError, ForestLoadError and DetectorLoadError are ValueErrors
+        report_error(str(exc))
+        return EXIT_ERROR
+    except OSError as exc:  # an output folder that cannot be written, a full disk
+        report_error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        say("interrupted; finished frames are kept, rerun the same command to resume")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""Batch mode: detect into a resumable store (serial and on Dask), score, evaluate, fit-forest, demo.
+
+A small random-initialised detector stands in for the bundled model, and a 20-tree forest fitted on
+random numbers for the bundled forests, so these tests run without either being installed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from napari_detection_qc import batch
+from napari_detection_qc.cli import main
+from napari_detection_qc.detections import FrameDetections, StackDetections
+from napari_detection_qc.engines import load_detector
+from napari_detection_qc.engines.torchvision_maskrcnn import (
+    COMPACT_FPN,
+    build_maskrcnn,
+    new_checkpoint_header,
+    save_model,
+)
+from napari_detection_qc.features import CANDIDATE_FEATURES, frame_features, mask_circularities
+from napari_detection_qc.forest import TARGETS, QualityForest
+from napari_detection_qc.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted_quality, true_quality
+from napari_detection_qc.synthetic import make_stack
+
+MAX_DETECTIONS = 40  # keeps the random detector's mask pasting cheap
+NORMALISATION = {
+    "intensity": "percentile",
+    "percentiles": [0.5, 99.5],
+    "channel_order": "gray3",
+    "pixel_mean": [128.0] * 3,
+    "pixel_std": [64.0] * 3,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """As in each Dask worker, so serial and cluster runs must agree bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    arch = copy.deepcopy(COMPACT_FPN)
+    arch["backbone"].update(stem_widths=[8, 8], stage_widths=[8, 8, 8, 8])
+    arch["fpn_channels"] = 8
+    arch["roi"].update(box_head_dim=16, mask_head_widths=[8])
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    header = new_checkpoint_header(
+        arch, name="tiny-random", normalisation=NORMALISATION, training="random init"
+    )
+    save_model(path, build_maskrcnn(arch).eval(), header)
+    return path
+
+
+@pytest.fixture(scope="session")
+def forest_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.random((40, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
+    targets = pd.DataFrame(rng.random((40, 3)), columns=list(TARGETS))
+    return (
+        QualityForest(n_estimators=20)
+        .fit(features, targets)
+        .save(tmp_path_factory.mktemp("forest") / "f.skops")
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """A 3-frame 128 x 128 stack (.npy) and its ground truth (.npy), in their own folders."""
+    images, labels = make_stack(7, 3, (128, 128), ["clean", "dense", "clean"])
+    root = tmp_path_factory.mktemp("data")
+    (root / "images").mkdir()
+    (root / "truth").mkdir()
+    np.save(root / "images" / "series.npy", images.astype(np.uint8))
+    np.save(root / "truth" / "series.npy", labels)
+    return root / "images" / "series.npy", root / "truth" / "series.npy"
+
+
+def detect_args(inputs, out, model, *extra):
+    return [
+        "detect",
+        *map(str, inputs),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--max-detections",
+        str(MAX_DETECTIONS),
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def detected(tmp_path_factory, tiny_model, stack):
+    """The serial run every other test compares with."""
+    out = tmp_path_factory.mktemp("detected")
+    assert main(detect_args([stack[0]], out, tiny_model)) == 0
+    return out / "series"
+
+
+def stored_stack(store_root) -> StackDetections:
+    """The store's frames back as detections, from the per-frame files."""
+    frames = []
+    for path in sorted((store_root / "frames").glob("*.npz")):
+        with np.load(path) as frame:
+            frames.append(FrameDetections(frame["boxes"], frame["scores"], frame["labels"]))
+    return StackDetections.from_frames(frames)
+
+
+def all_files(root):
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+# -- detect ----------------------------------------------------------------------------------------
+def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
+    detector = load_detector(tiny_model, device="cpu", max_detections=MAX_DETECTIONS)
+    images = np.load(stack[0])
+    stored = stored_stack(detected)
+    assert len(stored) == 3 and stored.total_count > 0
+    for image, frame in zip(images, stored):
+        expected = detector.predict(image)
+        np.testing.assert_array_equal(frame.boxes, expected.boxes)
+        np.testing.assert_array_equal(frame.scores, expected.scores)
+        np.testing.assert_array_equal(frame.labels, expected.labels)
+    masks = np.load(detected / "masks.npy")
+    assert masks.shape == (3, 128, 128) and masks.dtype == np.uint8
+    np.testing.assert_array_equal(masks, np.stack([f.labels for f in stored]))
+    table = pd.read_csv(detected / "detections.csv")
+    assert list(table.columns) == list(batch.DETECTION_COLUMNS)
+    assert len(table) == stored.total_count
+    first = stored[0]
+    np.testing.assert_allclose(
+        table.loc[table.frame == 0, "circularity"],
+        mask_circularities(first.labels, np.arange(1, first.count + 1)),
+    )
+    meta = batch.Store(detected).read_meta()
+    assert meta["n_frames"] == 3 and meta["image_shape"] == [128, 128] and meta["pixel_size_nm"] is None
+    assert meta["detector"]["detector"] == "tiny-random" and meta["score_threshold"] == 0.1
+    assert not [p for p in all_files(detected) if p.name.endswith(".tmp")]
+
+
+def test_rerun_skips_done_frames_and_redoes_missing_ones(tmp_path, tiny_model, stack, capsys):
+    out = tmp_path / "out"
+    assert main(detect_args([stack[0]], out, tiny_model)) == 0
+    store = batch.Store(out / "series")
+    mtimes = {p: p.stat().st_mtime_ns for p in all_files(store.root) if p.suffix == ".npz"}
+    capsys.readouterr()
+    assert main(detect_args([stack[0]], out, tiny_model)) == 0
+    assert "0 frame(s) detected, 3 already done" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    store.frame_path(1).unlink()
+    store.table_path.unlink()
+    assert main(detect_args([stack[0]], out, tiny_model)) == 0
+    assert "1 frame(s) detected, 2 already done" in capsys.readouterr().err
+    assert store.frame_path(0).stat().st_mtime_ns == mtimes[store.frame_path(0)]
+    assert store.is_complete
+
+
+def test_interrupted_run_leaves_no_partial_files_and_resumes(
+    tmp_path, tiny_model, stack, monkeypatch, capsys
+):
+    calls = []
+
+    def interrupt_on_second_frame(labels, ids):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return mask_circularities(labels, ids)
+
+    monkeypatch.setattr(batch, "mask_circularities", interrupt_on_second_frame)
+    out = tmp_path / "out"
+    assert main(detect_args([stack[0]], out, tiny_model)) == 130
+    store = batch.Store(out / "series")
+    assert [p.name for p in store.frames_dir.iterdir()] == ["000000.npz"]
+    assert not store.table_path.exists() and not store.masks_path.exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(detect_args([stack[0]], out, tiny_model)) == 0
+    assert "2 frame(s) detected, 1 already done" in capsys.readouterr().err
+    assert not [p for p in all_files(out) if p.name.endswith(".tmp")]
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with batch.atomic_path(target) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old" and all_files(tmp_path) == [target]
+
+
+def test_corrupt_file_stops_the_run_or_is_skipped_with_keep_going(tmp_path, tiny_model, stack, capsys):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    images = np.load(stack[0])
+    np.save(folder / "a_good.npy", images[:2])
+    (folder / "b_corrupt.tif").write_bytes(b"this is no tiff" * 20)
+    np.save(folder / "c_good.npy", images[2])
+    with_nan = images[:2].astype(np.float32)
+    with_nan[1, 5, 5] = np.nan  # readable, but no detector takes this frame
+    np.save(folder / "d_nan_frame.npy", with_nan)
+    tifffile.imwrite(
+        folder / "e_scaled.tif", images[0], imagej=True, resolution=(2.5, 2.5), metadata={"unit": "nm"}
+    )
+    assert main(detect_args([folder], tmp_path / "stop", tiny_model)) == 2
+    assert "b_corrupt.tif" in capsys.readouterr().err
+    assert not (tmp_path / "stop" / "c_good").exists()
+
+    out = tmp_path / "go_on"
+    assert main(detect_args([folder], out, tiny_model, "--keep-going")) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "b_corrupt.tif" in errors[0] and "d_nan_frame.npy: frame 1" in errors[1]
+    assert batch.Store(out / "a_good").is_complete and batch.Store(out / "c_good").is_complete
+    assert np.load(out / "c_good" / "masks.npy").shape == (1, 128, 128)
+    assert not (out / "b_corrupt").exists() and not batch.Store(out / "d_nan_frame").is_complete
+    assert batch.Store(out / "e_scaled").read_meta()["pixel_size_nm"] == pytest.approx(0.4)
+
+
+def test_dask_cluster_gives_the_serial_results(tmp_path, detected, tiny_model, stack):
+    distributed = pytest.importorskip("dask.distributed")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
+
+    out = tmp_path / "dask"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main(detect_args([stack[0]], out, tiny_model, "--scheduler", cluster.scheduler_address)) == 0
+        with Client(cluster) as client:
+            loaded = client.run(lambda: len(batch._loaded_detectors))
+    assert sum(loaded.values()) >= 1 and max(loaded.values()) == 1  # one model per worker, not per frame
+    for name in ("detections.csv", "masks.npy"):
+        assert (out / "series" / name).read_bytes() == (detected / name).read_bytes()
+
+
+def test_workers_option_gives_the_serial_results(tmp_path, detected, tiny_model, stack):
+    pytest.importorskip("dask.distributed")
+    out = tmp_path / "workers"
+    assert main(detect_args([stack[0]], out, tiny_model, "--workers", "2")) == 0
+    for name in ("detections.csv", "masks.npy"):
+        assert (out / "series" / name).read_bytes() == (detected / name).read_bytes()
+
+
+def test_store_of_another_detector_is_refused(tmp_path, detected, stack, tiny_model, capsys):
+    other = tmp_path / "other.pt"
+    header = load_detector(tiny_model, device="cpu").header
+    save_model(other, build_maskrcnn(header["architecture"]).eval(), {**header, "name": "other"})
+    assert main(detect_args([stack[0]], detected.parent, other)) == 2
+    assert "another input or detector" in capsys.readouterr().err
+
+
+# -- features from the table -----------------------------------------------------------------------
+def test_table_features_equal_frame_features():
+    rng = np.random.default_rng(3)
+    shape = (64, 80)
+    edge_scores = np.array([0.05, 0.1, 0.2, 0.3, 0.6, 0.7, 0.9, 1.0, 0.29999999999999999, 0.8999999])
+    rows, expected = [], []
+    for t in range(7):
+        count = 0 if t in (0, 4) else int(rng.integers(1, 12))
+        corner = rng.uniform(-10, 70, (count, 2))
+        boxes = np.concatenate(
+            [corner, corner + rng.uniform(0, 25, (count, 2))], axis=1
+        )  # some leave the image
+        scores = rng.choice(edge_scores, count) if t % 2 else rng.uniform(0, 1, count)
+        labels = np.zeros(shape, np.uint16)
+        for i in range(count):
+            if i % 3 != 2:  # every third detection has an empty mask (NaN circularity)
+                y, x = rng.integers(0, 56), rng.integers(0, 72)
+                labels[y : y + int(rng.integers(2, 8)), x : x + int(rng.integers(2, 8))] = i + 1
+        circularity = mask_circularities(labels, np.arange(1, count + 1))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "frame": t,
+                    "label": np.arange(1, count + 1),
+                    "y_min": boxes[:, 0],
+                    "x_min": boxes[:, 1],
+                    "y_max": boxes[:, 2],
+                    "x_max": boxes[:, 3],
+                    "score": scores,
+                    "circularity": circularity,
+                }
+            )
+        )
+        expected.append(frame_features(boxes, scores, labels))
+    got = batch.table_features(pd.concat(rows, ignore_index=True), 7, shape)
+    want = pd.DataFrame(expected, columns=list(CANDIDATE_FEATURES))
+    assert list(got.columns) == list(CANDIDATE_FEATURES)
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-12, atol=1e-12)
+    assert (got.loc[[0, 4]] == 0).all().all()
+
+
+# -- score, evaluate, fit-forest --------------------------------------------------------------------
+def test_score_writes_predicted_quality_per_frame(tmp_path, detected, forest_file):
+    out = tmp_path / "quality.csv"
+    assert main(["score", str(detected.parent), "--forest", str(forest_file), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["source", *QUALITY_COLUMNS]
+    expected, _ = predicted_quality(stored_stack(detected), QualityForest.load(forest_file))
+    assert len(table) == 3 and table["source"].str.endswith("series.npy").all()
+    np.testing.assert_allclose(table[list(QUALITY_COLUMNS)].astype(float), expected.astype(float), rtol=1e-9)
+
+
+def test_score_warns_when_the_forest_belongs_to_another_detector(tmp_path, detected, forest_file, capsys):
+    forest = QualityForest.load(forest_file)
+    forest.detector = {"detector": "someone-else", "weights_sha256": "0" * 64}
+    other = forest.save(tmp_path / "other.skops")
+    assert main(["score", str(detected), "--forest", str(other), "--out", str(tmp_path / "q.csv")]) == 0
+    assert "warning:" in capsys.readouterr().err
+    assert main(["score", str(detected), "--forest", str(tmp_path / "missing.skops")]) == 2
+
+
+def test_evaluate_equals_true_quality_and_adds_features(tmp_path, detected, stack):
+    out = tmp_path / "evaluation.csv"
+    truth_folder = stack[1].parent
+    assert (
+        main(
+            [
+                "evaluate",
+                str(detected.parent),
+                "--ground-truth",
+                str(truth_folder),
+                "--with-features",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["source", *TRUE_COLUMNS, *CANDIDATE_FEATURES]
+    expected = true_quality(stored_stack(detected), np.load(stack[1]))
+    pd.testing.assert_frame_equal(table[list(TRUE_COLUMNS)], expected, check_dtype=False)
+    assert (table["n_true"] > 0).all()
+    batch.read_training_table(out, CANDIDATE_FEATURES)  # ready for fit-forest
+
+
+def test_fit_forest_round_trip(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame(rng.random((30, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
+    table[list(TARGETS)] = rng.random((30, 3))
+    table["group"] = np.repeat(["a", "b", "c"], 10)
+    table.to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "forest.skops"
+    args = [
+        "fit-forest",
+        str(tmp_path / "train.csv"),
+        "--out",
+        str(out),
+        "--features",
+        "count,mean_score,area_ratio",
+        "--trees",
+        "10",
+        "--cv",
+        "--cv-repeats",
+        "1",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "random 5-fold" in printed and "leave one group out" in printed
+    loaded = QualityForest.load(out)
+    assert loaded.features == ("count", "mean_score", "area_ratio") and loaded.training_groups[0] == "a"
+    direct = QualityForest(features=loaded.features, n_estimators=10).fit(table, table)
+    pd.testing.assert_frame_equal(loaded.predict(table), direct.predict(table))
+    assert main(["fit-forest", str(tmp_path / "train.csv"), "--out", str(out), "--features", "nonsense"]) == 2
+
+
+# -- demo and usage --------------------------------------------------------------------------------
+def test_demo_prints_the_per_frame_table(tiny_model, forest_file, capsys):
+    assert (
+        main(
+            [
+                "demo",
+                "--frames",
+                "2",
+                "--model",
+                str(tiny_model),
+                "--forest",
+                str(forest_file),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "predicted F1" in printed and "true F1" in printed and "mean absolute error" in printed
+    assert "clean" in printed
+
+
+def test_demo_without_a_forest_still_shows_true_quality(tiny_model, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "demo",
+                "--frames",
+                "1",
+                "--model",
+                str(tiny_model),
+                "--forest",
+                str(tmp_path / "none.skops"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "no predicted quality" in captured.err
+    assert "true F1" in captured.out and "predicted F1" not in captured.out
+
+
+def test_usage_errors_exit_2(tmp_path, tiny_model, capsys):
+    assert main([]) == 2
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(detect_args([tmp_path / "notes.txt"], tmp_path / "out", tiny_model)) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert main(["score", str(tmp_path)]) == 2
