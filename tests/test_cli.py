@@ -6,22 +6,17 @@ random numbers for the bundled forests, so these tests run without either being 
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import torch
 
 from napari_detection_qc import batch
 from napari_detection_qc.cli import main
 from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.torchvision_maskrcnn import (
-    COMPACT_FPN,
     build_maskrcnn,
-    new_checkpoint_header,
     save_model,
 )
 from napari_detection_qc.features import CANDIDATE_FEATURES, frame_features, mask_circularities
@@ -30,37 +25,16 @@ from napari_detection_qc.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted
 from napari_detection_qc.synthetic import make_stack
 
 MAX_DETECTIONS = 40  # keeps the random detector's mask pasting cheap
-NORMALISATION = {
-    "intensity": "percentile",
-    "percentiles": [0.5, 99.5],
-    "channel_order": "gray3",
-    "pixel_mean": [128.0] * 3,
-    "pixel_std": [64.0] * 3,
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """As in each Dask worker, so serial and cluster runs must agree bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    arch = copy.deepcopy(COMPACT_FPN)
-    arch["backbone"].update(stem_widths=[8, 8], stage_widths=[8, 8, 8, 8])
-    arch["fpn_channels"] = 8
-    arch["roi"].update(box_head_dim=16, mask_head_widths=[8])
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    header = new_checkpoint_header(
-        arch, name="tiny-random", normalisation=NORMALISATION, training="random init"
-    )
-    save_model(path, build_maskrcnn(arch).eval(), header)
-    return path
+def tiny_model(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

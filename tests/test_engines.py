@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_ARCHITECTURE
 
 from napari_detection_qc.engines import DetectorLoadError, load_checkpoint, load_detector
 from napari_detection_qc.engines.base import default_weights_path
@@ -19,32 +20,17 @@ from napari_detection_qc.engines.torchvision_maskrcnn import (
     PAPER_R50_FPN,
     TorchvisionDetector,
     build_maskrcnn,
-    new_checkpoint_header,
-    save_model,
 )
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.synthetic import make_frame
 
 FRAME_SHAPE = (320, 320)
-NORMALISATION = {
-    "intensity": "percentile",
-    "percentiles": [0.5, 99.5],
-    "channel_order": "gray3",
-    "pixel_mean": [128.0] * 3,
-    "pixel_std": [64.0] * 3,
-}
-TINY = copy.deepcopy(COMPACT_FPN)
-TINY["backbone"].update(stem_widths=[8, 8], stage_widths=[8, 8, 8, 8])
-TINY["fpn_channels"] = 8
-TINY["roi"].update(box_head_dim=16, mask_head_widths=[8])
+TINY = TINY_ARCHITECTURE
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +43,6 @@ def frame():
     return make_frame(1_000_321, FRAME_SHAPE, "clean")
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
-    header = new_checkpoint_header(
-        TINY, name="tiny-random", normalisation=NORMALISATION, training="random init"
-    )
-    save_model(path, build_maskrcnn(TINY).eval(), header)
-    return path
 
 
 def assert_consistent(detections, shape, threshold=0.1):
