@@ -44,18 +44,27 @@ def save_checkpoint(path, header: dict[str, Any], state_dict: dict[str, torch.Te
     return full_header
 
 
+def read_torch_file(path, what: str, unreadable: str) -> Any:
+    """``torch.load(weights_only=True)`` of a weights file; a missing, corrupt or code-carrying
+    file becomes a :class:`DetectorLoadError` saying ``unreadable`` (what it should have been)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorLoadError(f"{what} file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as error:
+        raise DetectorLoadError(f"{path} {unreadable}: {error}") from error
+
+
 def load_checkpoint(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and verify a checkpoint; every failure is a :class:`DetectorLoadError`."""
     path = Path(path)
-    if not path.is_file():
-        raise DetectorLoadError(f"detector weights file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as error:
-        raise DetectorLoadError(
-            f"{path} is not a readable detector checkpoint (corrupt, truncated, or holding "
-            f"objects other than plain tensors and data): {error}"
-        ) from error
+    payload = read_torch_file(
+        path,
+        "detector weights",
+        "is not a readable detector checkpoint (corrupt, truncated, or holding objects other than "
+        "plain tensors and data)",
+    )
     if not isinstance(payload, dict) or not {"header", "state_dict"} <= set(payload):
         raise DetectorLoadError(
             f"{path} is a torch file but not a napari-detection-qc checkpoint (no header/state_dict); "

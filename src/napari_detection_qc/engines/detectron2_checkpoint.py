@@ -12,9 +12,7 @@ settings, so a bare ``model_final.pth`` is read with the paper's config.
 from __future__ import annotations
 
 import copy
-import pickle
 import re
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 
 from .base import file_sha256
-from .checkpoint import DetectorLoadError
+from .checkpoint import DetectorLoadError, read_torch_file
 from .torchvision_maskrcnn import DETECTRON2_INPUT, PAPER_R50_FPN, new_checkpoint_header
 
 # detectron2's Base-RCNN-FPN / mask_rcnn_R_50_FPN_3x settings (on top of get_cfg() defaults) ...
@@ -248,16 +246,12 @@ def _last(value):
 # -- entry point -----------------------------------------------------------------------------------
 def read_detectron2_weights(path: Path) -> dict[str, torch.Tensor]:
     """The ``model`` state dict of a detectron2 checkpoint, read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DetectorLoadError(f"detectron2 weights file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as error:
-        raise DetectorLoadError(
-            f"{path} cannot be read safely as detectron2 weights (corrupt, or it holds objects other "
-            f"than tensors; re-save it with torch.save({{'model': model.state_dict()}})): {error}"
-        ) from error
+    payload = read_torch_file(
+        path,
+        "detectron2 weights",
+        "cannot be read safely as detectron2 weights (corrupt, or it holds objects other than "
+        "tensors; re-save it with torch.save({'model': model.state_dict()}))",
+    )
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not any(str(k).startswith("backbone.bottom_up.") for k in state):
         raise DetectorLoadError(f"{path} does not hold a detectron2 ResNet-FPN model state dict")
