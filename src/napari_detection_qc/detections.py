@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+
 def smallest_label_dtype(max_id: int) -> np.dtype:
     """The smallest unsigned dtype holding ids up to ``max_id`` (Labels memory on big stacks)."""
     for dtype in (np.uint8, np.uint16, np.uint32):
@@ -122,6 +123,10 @@ class StackDetections:
 
     def __getitem__(self, index: int) -> FrameDetections:
         return self.frames[index]
+
+    @property
+    def total_count(self) -> int:
+        return sum(f.count for f in self.frames)
 
     # -- napari layer data -------------------------------------------------------------------------
     def to_labels_data(self) -> np.ndarray:
