@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import __version__
+from .atomic import atomic_path
 from .detections import FrameDetections, StackDetections, smallest_label_dtype
 from .engines import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector, load_detector
 from .features import (
@@ -53,18 +53,6 @@ ErrorHandler = Callable[[str], None]
 
 
 # -- atomic files ----------------------------------------------------------------------------------
-@contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary path beside ``final`` that replaces it when the block succeeds and is removed
-    when it fails (Ctrl-C included), so ``final`` is either absent or complete."""
-    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2))

@@ -26,6 +26,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES, PAPER_FEATURES
 from .metrics import regression_metrics
 
@@ -327,9 +328,8 @@ class QualityForest:
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        sio.dump(state, tmp, compression=8)  # zipfile.ZIP_DEFLATED
-        tmp.replace(path)
+        with atomic_path(path) as temporary:
+            sio.dump(state, temporary, compression=8)  # zipfile.ZIP_DEFLATED
         return path
 
     @classmethod

@@ -105,13 +105,7 @@ def as_frame_stack(array, path: Path):
 def describe(path) -> InputInfo:
     """Frame count, frame shape and pixel size of a file, reading as few pixels as the format allows."""
     path = Path(path)
-    reader = _reader_for(path)
-    try:
-        shape, pixel_size = reader.shape_and_pixel_size(path)
-    except InputError:
-        raise
-    except Exception as exc:  # every library raises its own types on corrupt files
-        raise InputError(f"{path}: cannot read this file ({exc})") from exc
+    shape, pixel_size = _read_with(path, lambda reader: reader.shape_and_pixel_size(path), "this file")
     n_frames, frame_shape, is_2d = stack_layout(shape, path)
     return InputInfo(path, n_frames, frame_shape, pixel_size, is_2d)
 
@@ -119,13 +113,7 @@ def describe(path) -> InputInfo:
 def read_frames(path) -> tuple[np.ndarray, float | None]:
     """The whole image or stack as an array ((Y, X), (T, Y, X), RGB allowed) and its pixel size in nm."""
     path = Path(path)
-    reader = _reader_for(path)
-    try:
-        array, pixel_size = reader.read(path)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read this file ({exc})") from exc
+    array, pixel_size = _read_with(path, lambda reader: reader.read(path), "this file")
     stack_layout(array.shape, path)  # a clear error for shapes no detector takes
     return array, pixel_size
 
@@ -133,13 +121,19 @@ def read_frames(path) -> tuple[np.ndarray, float | None]:
 def read_frame(path, index: int) -> np.ndarray:
     """Frame ``index`` of a file, reading only that frame where the format allows it."""
     path = Path(path)
+    return _read_with(path, lambda reader: reader.frame(path, index), f"frame {index}")
+
+
+def _read_with(path: Path, action, what: str):
+    """``action(reader)`` with the file's reader; any library error becomes an InputError that
+    names the file (every library raises its own types on corrupt files)."""
     reader = _reader_for(path)
     try:
-        return reader.frame(path, index)
+        return action(reader)
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"{path}: cannot read frame {index} ({exc})") from exc
+        raise InputError(f"{path}: cannot read {what} ({exc})") from exc
 
 
 def _reader_for(path: Path):

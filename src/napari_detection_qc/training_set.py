@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES
 from .forest import TARGETS, QualityForest
 
@@ -61,9 +62,8 @@ class TrainingSet:
         """CSV with a ``source`` column, the feature columns and ``f1, precision, recall``."""
         path = Path(path)
         table = pd.concat([pd.Series(self.sources, name="source"), self.features, self.targets], axis=1)
-        tmp = path.with_name(path.name + ".tmp")
-        table.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as temporary:
+            table.to_csv(temporary, index=False)
         return path
 
     @classmethod
