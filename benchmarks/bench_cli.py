@@ -27,7 +27,7 @@ import pandas as pd
 
 from napari_detection_qc import batch
 from napari_detection_qc.cli import main
-from napari_detection_qc.engines.base import default_weights_path
+from napari_detection_qc.engines import default_weights_path
 from napari_detection_qc.features import CANDIDATE_FEATURES
 from napari_detection_qc.forest import BUNDLED_FORESTS, MODELS_DIR, TARGETS, QualityForest
 from napari_detection_qc.synthetic import make_stack
