@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .atomic import atomic_path
 from .detections import FrameDetections, StackDetections, smallest_label_dtype
-from .engines import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector, load_detector
+from .engines import DEFAULT_MAX_DETECTIONS, Detector, load_detector
 from .features import (
     CANDIDATE_FEATURES,
     PAPER_FEATURES,
@@ -71,7 +71,8 @@ class DetectorSpec:
     model: str = "default"
     config: str | None = None
     device: str = "auto"
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    score_threshold: float | None = None
+    """None: the model's own (fine-tuned checkpoints carry one), else 0.1."""
     max_detections: int = DEFAULT_MAX_DETECTIONS
 
     def load(self) -> Detector:

@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import batch
-from .engines import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
+from .engines import DEFAULT_MAX_DETECTIONS
 from .forest import TARGETS, QualityForest
 from .io import SUPPORTED_SUFFIXES
 from .matching import PAPER_IOU_THRESHOLD
@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--score-threshold",
         type=float,
-        default=DEFAULT_SCORE_THRESHOLD,
-        help="keep detections scoring at least this (default 0.1, as the forests were trained)",
+        default=None,
+        help="keep detections scoring at least this (default: the model's own, which fine-tuned models "
+        "carry, else 0.1 as the forests were trained)",
     )
     detect.add_argument(
         "--max-detections", type=positive_int, default=DEFAULT_MAX_DETECTIONS, help="per frame (default 1000)"
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--forest", default="auto", help="auto, default, li2025 or a forest file")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(
-        run=run_demo, score_threshold=DEFAULT_SCORE_THRESHOLD, max_detections=DEFAULT_MAX_DETECTIONS
+        run=run_demo, score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS
     )
     return parser
 

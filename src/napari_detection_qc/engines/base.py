@@ -95,16 +95,22 @@ class Detector(ABC):
         self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.last_object_sizes: list[float | None] = []
         """The typical object diameter used for each frame of the last ``predict_many``."""
+        self.weights_path: str | None = None
+        """The user's weights file this detector was loaded from (None for the bundled model)."""
 
     def metadata(self) -> dict[str, Any]:
-        """What produced a set of detections (stored in napari layer metadata, checked by forests)."""
-        return {
+        """What produced a set of detections (stored in napari layer metadata, checked by forests);
+        a user's weights file is named so that the forest fitted beside it can be found."""
+        description = {
             "detector": self.name,
             "engine": self.engine,
             "weights_sha256": self.weights_sha256,
             "score_threshold": self.score_threshold,
             "max_detections": self.max_detections,
         }
+        if self.weights_path is not None:
+            description["weights_path"] = self.weights_path
+        return description
 
     def predict(self, frame, object_size: ObjectSize = "auto") -> FrameDetections:
         return next(self.predict_many([frame], object_size))

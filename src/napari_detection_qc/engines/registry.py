@@ -22,7 +22,7 @@ def load_detector(
     spec="default",
     *,
     device="auto",
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    score_threshold: float | None = None,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
     batch_size: int | None = None,
 ) -> Detector:
@@ -30,7 +30,9 @@ def load_detector(
     path, a detectron2 ``model_final.pth`` path, or a ``(config_yaml, weights_pth)`` pair.
 
     detectron2 weights run on detectron2 when it is installed, otherwise they are imported into the
-    torchvision engine (no detectron2 needed).
+    torchvision engine (no detectron2 needed). ``score_threshold=None`` is the model's own
+    (fine-tuned checkpoints carry one), else 0.1. A detector loaded from a file knows its path
+    (``weights_path``), so the forest fitted for it beside the file can be found.
     """
     from .torchvision_maskrcnn import TorchvisionDetector
 
@@ -46,11 +48,16 @@ def load_detector(
         if len(spec) != 2:
             raise ValueError("a detectron2 spec is a (config_yaml, weights_pth) pair")
         config, weights = (Path(p) for p in spec)
-        return load_detectron2_weights(weights, config, options)
+        detector = load_detectron2_weights(weights, config, options)
+        detector.weights_path = str(weights.resolve())
+        return detector
     path = Path(spec)
     if path.suffix == ".pth":
-        return load_detectron2_weights(path, None, options)
-    return TorchvisionDetector.from_checkpoint(path, **options)
+        detector = load_detectron2_weights(path, None, options)
+    else:
+        detector = TorchvisionDetector.from_checkpoint(path, **options)
+    detector.weights_path = str(path.resolve())
+    return detector
 
 
 def load_detectron2_weights(weights: Path, config: Path | None, options: dict) -> Detector:
@@ -58,7 +65,9 @@ def load_detectron2_weights(weights: Path, config: Path | None, options: dict) -
     from .detectron2_engine import Detectron2Detector, detectron2_available
 
     if detectron2_available():
-        return Detectron2Detector(weights, config, **options)
+        threshold = options["score_threshold"]
+        return Detectron2Detector(weights, config, **{
+            **options, "score_threshold": DEFAULT_SCORE_THRESHOLD if threshold is None else threshold})
     from .detectron2_checkpoint import import_detectron2_checkpoint
     from .torchvision_maskrcnn import TorchvisionDetector
 

@@ -40,7 +40,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 from ..detections import FrameDetections
-from .base import Detector
+from .base import DEFAULT_SCORE_THRESHOLD, Detector
 from .boxmasks import BoxMasks
 from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
 from .scaling import ScaleRule
@@ -361,10 +361,14 @@ class TorchvisionDetector(Detector):
         state_dict: dict[str, torch.Tensor],
         *,
         device="auto",
-        score_threshold: float = 0.1,
+        score_threshold: float | None = None,
         max_detections: int = 1000,
         batch_size: int | None = None,
     ):
+        """``score_threshold=None``: the checkpoint's own (a fine-tuned model carries the one chosen
+        on its held-out frames), else 0.1."""
+        if score_threshold is None:
+            score_threshold = header.get("score_threshold", DEFAULT_SCORE_THRESHOLD)
         super().__init__(
             name=header.get("name", header["architecture"]["name"]),
             weights_sha256=header["sha256"],
