@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +32,13 @@ from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES, det
 from napari_detection_qc.forest import MODELS_DIR, TARGETS, QualityForest
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.metrics import regression_metrics, reliability_classification
-from napari_detection_qc.synthetic import DEFAULT, PRESETS, Domain, make_frame
+from napari_detection_qc.study_frames import frame_plan, study_frame
+from napari_detection_qc.synthetic import PRESETS
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "study"
 TABLE_PATH = HERE / "data" / "synthetic_study_table.csv"
 FIGURES = HERE / "figures"
-STUDY_SEED = 5_000_000  # disjoint from the detector's training seeds (0..) and its held-out seeds
 PAPER_GROUPED = {"rmse": 0.156, "mae": 0.121, "r2": 0.290, "nrmse": 0.703, "nmae": 0.290}
 PAPER_RANDOM = {"rmse": 0.107, "mae": 0.082, "r2": 0.444, "nrmse": 0.575, "nmae": 0.129}
 PAPER_ALL = {"f1": {"rmse": 0.127, "mae": 0.093, "r2": 0.774, "nrmse": 0.475, "nmae": 0.167},
@@ -48,35 +47,6 @@ PAPER_ALL = {"f1": {"rmse": 0.127, "mae": 0.093, "r2": 0.774, "nrmse": 0.475, "n
 
 
 # -- frames ---------------------------------------------------------------------------------------
-def blend(clean: Domain, shifted: Domain, severity: float) -> Domain:
-    """A domain ``severity`` of the way from clean to a preset: numbers and ranges interpolate
-    (dose geometrically), categorical knobs (focus, burn-in) come from the preset."""
-    values = {}
-    for field in fields(Domain):
-        a, b = getattr(clean, field.name), getattr(shifted, field.name)
-        if isinstance(a, (bool, str)) or a is None or b is None:
-            values[field.name] = b
-        elif field.name == "dose":
-            values[field.name] = float(np.exp((1 - severity) * np.log(a) + severity * np.log(b)))
-        elif isinstance(a, tuple):
-            mixed = [(1 - severity) * x + severity * y for x, y in zip(a, b)]
-            values[field.name] = tuple(int(round(v)) if isinstance(x, int) else float(v) for v, x in zip(mixed, a))
-        else:
-            values[field.name] = (1 - severity) * a + severity * b
-    return replace(clean, **values)
-
-
-def frame_plan(frames_per_domain: int) -> pd.DataFrame:
-    """(domain, severity, seed) of every study frame; clean frames have severity 0."""
-    rng = np.random.default_rng(STUDY_SEED)
-    rows = []
-    for d, name in enumerate(PRESETS):
-        for i in range(frames_per_domain):
-            severity = 0.0 if name == "clean" else float(rng.uniform(0.3, 1.0))
-            rows.append({"domain": name, "severity": round(severity, 4), "seed": STUDY_SEED + 10_000 * d + i})
-    return pd.DataFrame(rows)
-
-
 def cached_detections(detector, domain: str, severity: float, seed: int):
     """The frame's detections and ground-truth boxes, from cache or by running the detector."""
     path = CACHE / detector.weights_sha256[:16] / domain / f"{seed}.npz"
@@ -84,7 +54,7 @@ def cached_detections(detector, domain: str, severity: float, seed: int):
         with np.load(path) as saved:
             frame = FrameDetections(saved["boxes"], saved["scores"], saved["labels"])
             return frame, saved["true_boxes"]
-    image, truth = make_frame(seed, (512, 512), blend(DEFAULT, PRESETS[domain], severity))
+    image, truth = study_frame(domain, severity, seed)
     frame = detector.predict(image)
     true_boxes, _ = boxes_from_labels(truth)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import pytest
 
 from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
 from napari_detection_qc.forest import TARGETS
+from napari_detection_qc.study_frames import blend, frame_plan
 from napari_detection_qc.synthetic import DEFAULT, PRESETS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -18,19 +19,19 @@ forest_study = pytest.importorskip("forest_study")
 
 def test_blend_goes_from_clean_to_the_preset():
     shifted = PRESETS["low_dose"]
-    assert forest_study.blend(DEFAULT, shifted, 0.0).read_noise == DEFAULT.read_noise
-    full = forest_study.blend(DEFAULT, shifted, 1.0)
+    assert blend(DEFAULT, shifted, 0.0).read_noise == DEFAULT.read_noise
+    full = blend(DEFAULT, shifted, 1.0)
     assert full.dose == pytest.approx(shifted.dose) and full.read_noise == pytest.approx(shifted.read_noise)
-    half = forest_study.blend(DEFAULT, shifted, 0.5)
+    half = blend(DEFAULT, shifted, 0.5)
     assert half.dose == pytest.approx(np.sqrt(DEFAULT.dose * shifted.dose))  # geometric
-    assert forest_study.blend(DEFAULT, PRESETS["overfocus"], 0.3).focus == "over"
+    assert blend(DEFAULT, PRESETS["overfocus"], 0.3).focus == "over"
 
 
 def test_plan_is_seeded_and_covers_every_domain():
-    plan = forest_study.frame_plan(3)
+    plan = frame_plan(3)
     assert len(plan) == 3 * len(PRESETS) and set(plan["domain"]) == set(PRESETS)
     assert plan["seed"].is_unique and (plan.loc[plan["domain"] == "clean", "severity"] == 0).all()
-    pd.testing.assert_frame_equal(plan, forest_study.frame_plan(3))
+    pd.testing.assert_frame_equal(plan, frame_plan(3))
 
 
 def test_table_from_detections_and_evaluation(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ from .features import (
     mask_circularities,
     score_bin_index,
 )
-from .forest import TARGETS, ForestLoadError, QualityForest, bundled_forest_for
+from .forest import TARGETS, ForestLoadError, QualityForest, forest_for_detector
 from .io import InputError, describe, list_inputs, read_frame, read_frames
 from .matching import PAPER_IOU_THRESHOLD, boxes_from_labels, match_frame
 from .sample_data import SAMPLE_FRAME_PRESETS, _sample_stack_arrays
@@ -479,9 +479,10 @@ def table_features(detections: pd.DataFrame, n_frames: int, image_shape: Sequenc
 
 
 def forest_name(choice: str, detector_meta: dict | None) -> str:
-    """``auto`` is the bundled forest that belongs to the detector; ``default``, ``li2025`` and
+    """``auto`` is the forest that belongs to the detector (saved beside its weights, else the
+    bundled one for its family); ``default``, ``li2025`` and
     paths are taken as they are (``QualityForest.load`` knows them all)."""
-    return bundled_forest_for(detector_meta) if choice == "auto" else choice
+    return forest_for_detector(detector_meta) if choice == "auto" else choice
 
 
 def score_store(store: Store, forest: QualityForest) -> pd.DataFrame:

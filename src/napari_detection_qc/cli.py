@@ -5,6 +5,8 @@
     napari-detection-qc score DETECTIONS                       predicted F1/precision/recall per frame
     napari-detection-qc evaluate DETECTIONS --ground-truth GT  true precision/recall/F1 per frame
     napari-detection-qc fit-forest TABLE.csv --out FOREST      a quality forest from labeled frames
+    napari-detection-qc finetune IMAGES --ground-truth LABELS --out model.pt
+                                                               adapt the detector (and its forest)
 
 Exit codes: 0 done; 1 some inputs failed and were skipped (``--keep-going``); 2 usage or input
 error (the message names the file); 130 interrupted (rerun to resume).
@@ -157,6 +159,61 @@ def demo_table(result: batch.DemoResult) -> pd.DataFrame:
 
 
 # -- argument parsing ------------------------------------------------------------------------------
+def run_finetune(args) -> int:
+    """Fine-tune, fit the new detector's forest, write model, forest and curves (logic in core modules)."""
+    from .detector_forest import fit_detector_forest
+    from .engines.finetune import finetune
+    from .finetune_outputs import read_labelled_frames, save_finetuned
+
+    images, truths, names = read_labelled_frames(args.images, args.ground_truth)
+    say(f"{len(images)} labelled frame(s) from {len(set(n.split('#')[0] for n in names))} file(s)")
+    detector = detector_spec(args).load()
+    with tqdm(total=100, desc="fine-tuning", unit="%", disable=args.no_progress) as bar:
+        def progress(report) -> None:
+            bar.n = round(100 * report.fraction)
+            bar.set_postfix(step=report.step, loss=f"{report.row['loss_total']:.3f}",
+                            **({"heldout_f1": f"{report.row['val_f1']:.3f}"} if "val_f1" in report.row else {}))
+        result = finetune(detector, images, truths, steps=args.steps, minutes=args.minutes,
+                          device=args.device, progress=progress, seed=args.seed)
+    for note in result.notes:
+        report_warning(note)
+    if result.after is not None:
+        say(f"held-out frames {', '.join(names[i] for i in result.validation_frames)}: F1 "
+            f"{result.before['f1']:.3f} -> {result.after['f1']:.3f} (score threshold {result.score_threshold:g})")
+    with tqdm(total=1, desc="fitting its forest", unit="frame", disable=args.no_progress) as bar:
+        def forest_progress(done: int, total: int, _what: str) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+        forest = fit_detector_forest(result.detector, images, truths, frames_per_domain=args.synthetic_frames,
+                                     progress=forest_progress)
+    for path in save_finetuned(result, forest, args.out):
+        say(f"wrote {path}")
+    return EXIT_OK
+
+
+def add_finetune_command(commands) -> None:
+    finetune = commands.add_parser(
+        "finetune",
+        help="labelled images -> a fine-tuned detector, its forest beside it, training curves",
+        description="Fine-tune a torchvision-engine detector on labelled frames (a frame or two held out for "
+        "early stopping and the score threshold), then fit the forest for it. Writes OUT, OUT's stem + "
+        ".forest.skops (found by score --forest auto), .curves.csv and .curves.png.",
+    )
+    finetune.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    finetune.add_argument("--ground-truth", type=Path, required=True,
+                          help="folder of label images named like the inputs (0 background, one id per object)")
+    finetune.add_argument("--out", type=Path, required=True, help="the fine-tuned checkpoint to write (.pt)")
+    add_detector_options(finetune)
+    budget = finetune.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="training time budget (default 10)")
+    budget.add_argument("--steps", type=positive_int, help="optimiser steps instead of a time budget")
+    finetune.add_argument("--synthetic-frames", type=positive_int, default=4,
+                          help="synthetic study frames per domain for the forest (default 4, x 8 domains)")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--no-progress", action="store_true")
+    finetune.set_defaults(run=run_finetune, score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS)
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -273,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(
         run=run_demo, score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS
     )
+    add_finetune_command(commands)
     return parser
 
 

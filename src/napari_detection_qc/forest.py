@@ -420,6 +420,23 @@ def detector_family(description: dict | None) -> str:
     return "detectron2" if engine == "detectron2" or name.startswith("detectron2:") else "torchvision"
 
 
+def companion_forest_path(weights_path) -> Path:
+    """Where the forest fitted for a weights file lives: ``model.pt`` -> ``model.forest.skops``."""
+    weights_path = Path(weights_path)
+    return weights_path.with_name(weights_path.stem + ".forest.skops")
+
+
+def forest_for_detector(detector_description: dict | None) -> str:
+    """What ``auto`` means: the forest saved beside the detector's weights file when there is one
+    (fine-tuned models), else the bundled forest for its family."""
+    weights_path = (detector_description or {}).get("weights_path")
+    if weights_path:
+        companion = companion_forest_path(weights_path)
+        if companion.is_file():
+            return str(companion)
+    return bundled_forest_for(detector_description)
+
+
 def bundled_forest_for(detector_description: dict | None) -> str:
     """The bundled forest that belongs to a detector: ``"li2025"`` for detectron2 models (the
     authors' cavity model), ``"default"`` for the bundled torchvision-engine model."""

@@ -15,7 +15,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QTableWidget, QTableWidgetItem
 
 from ..explain import frame_contributions, strongest_negative
-from ..forest import QualityForest, bundled_forest_for
+from ..forest import QualityForest, forest_for_detector
 from ..scoring import physical_readouts, predicted_quality
 from ._common import (
     DOCK_MAX_WIDTH,
@@ -140,7 +140,7 @@ class QualityWidget(Container):
         elif choice.startswith("li2025"):
             key = "li2025"
         else:
-            key = bundled_forest_for(layer_detector(self.boxes.value))
+            key = forest_for_detector(layer_detector(self.boxes.value))
         if key not in self._forest_cache:
             self._forest_cache[key] = QualityForest.load(key)
         return self._forest_cache[key]

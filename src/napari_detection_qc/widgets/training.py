@@ -14,7 +14,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtWidgets import QFileDialog
 
 from ..features import stack_features
-from ..forest import QualityForest, bundled_forest_for
+from ..forest import QualityForest, forest_for_detector
 from ..scoring import ground_truth_frames, true_quality
 from ..training_set import TrainingSet
 from ._common import (
@@ -203,7 +203,7 @@ class TrainingWidget(Container):
         for forest in (self.session.forest, self.session.in_use):
             if forest is not None:
                 return forest
-        return QualityForest.load(bundled_forest_for(layer_detector(self.boxes.value)))
+        return QualityForest.load(forest_for_detector(layer_detector(self.boxes.value)))
 
     def refit(self) -> None:
         if self.worker is not None:
