@@ -68,7 +68,9 @@ class FinetuneSettings:
     evaluations: int = 10
     """Held-out evaluations over the budget (early stopping and the curves)."""
     patience: int = 4
-    """Stop after this many evaluations without a better held-out F1."""
+    """Stop after this many evaluations without a better held-out F1 ..."""
+    earliest_stop: float = 0.5
+    """... but not before this share of the budget: one or two held-out frames are noisy judges."""
 
 
 @dataclass
@@ -219,10 +221,13 @@ def mean_quality(detections: Sequence[FrameDetections], frames: Sequence[Labelle
 
 
 def best_threshold(detections: Sequence[FrameDetections], frames: Sequence[LabelledFrame]) -> tuple[float, dict]:
-    """The candidate score threshold with the highest mean held-out F1 (the lowest on ties)."""
-    scored = [(mean_quality(detections, frames, t), float(t)) for t in THRESHOLD_CANDIDATES]
-    quality, threshold = max(scored, key=lambda item: (item[0]["f1"], -item[1]))
-    return threshold, quality
+    """The candidate score threshold whose neighbourhood (itself and the candidates either side)
+    has the highest mean held-out F1, the lowest on ties: a spike on one or two frames is noise."""
+    qualities = [mean_quality(detections, frames, t) for t in THRESHOLD_CANDIDATES]
+    f1 = np.array([q["f1"] for q in qualities])
+    smoothed = np.convolve(np.pad(f1, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    best = int(np.argmax(smoothed))
+    return float(THRESHOLD_CANDIDATES[best]), qualities[best]
 
 
 def held_out_losses(model, frames: Sequence[LabelledFrame], arch: dict, normalisation: dict, device, crop_size: int) -> dict[str, float]:
@@ -336,11 +341,11 @@ def _train(detector, frames, train_idx, held_idx, notes, steps, minutes, device,
     def keep_if_best(row) -> bool:
         """Remember the weights when the held-out F1 improved; True when patience ran out."""
         nonlocal best_f1, best_state, stale
-        if row["val_f1"] > best_f1:
+        if row["val_f1"] >= best_f1:  # on a tie the later, longer-trained weights
             best_f1, best_state, stale = row["val_f1"], copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-        return stale >= settings.patience
+        return stale >= settings.patience and fraction_done() >= settings.earliest_stop
 
     while fraction_done() < 1.0 and stopped == "budget":
         if cancelled is not None and cancelled():

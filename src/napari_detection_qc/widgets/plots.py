@@ -109,3 +109,19 @@ class ParityPlot(FigureCanvasQTAgg):
         for text in legend.get_texts():
             text.set_color(FOREGROUND)
         self.draw_idle()
+
+
+class TrainingCurves(FigureCanvasQTAgg):
+    """Live fine-tuning graphs: the loss parts on training and held-out crops, held-out F1/P/R
+    (the same drawing as the CLI's PNG)."""
+
+    def __init__(self):
+        self.figure = Figure(figsize=(3.6, 6.0), tight_layout=True)
+        super().__init__(self.figure)
+        self.setMinimumHeight(420)
+
+    def show_history(self, history: pd.DataFrame) -> None:
+        from ..finetune_outputs import draw_curves
+
+        draw_curves(self.figure, history)
+        self.draw_idle()

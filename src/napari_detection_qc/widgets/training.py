@@ -28,6 +28,7 @@ from ._common import (
     layer_detector,
     wrapping_label,
 )
+from .finetune import FinetuneSection
 from .plots import ParityPlot
 
 REFIT_MODES = ("add to the forest's training data", "replace it with my frames only")
@@ -87,6 +88,8 @@ class TrainingWidget(Container):
             container(self.save_set_button, self.load_set_button), self.status, self.metrics,
         ])
         self.native.layout().addWidget(self.parity)
+        self.finetune = FinetuneSection(napari_viewer, self.ground_truth, labeled_frames)
+        self.native.layout().addWidget(self.finetune.native)
 
         self.training_set: TrainingSet | None = None
         self.scores: pd.DataFrame | None = None

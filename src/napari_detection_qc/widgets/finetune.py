@@ -1,0 +1,202 @@
+"""The "Fine-tune detector" section of the training step: fine-tune the detector on the reviewed
+frames in a background thread (progress, cancel, live training graphs), fit the new detector's
+forest, show held-out F1 before and after, and save model + forest to a file the user picks.
+
+Qt-free work (``engines.finetune``, ``detector_forest``, ``finetune_outputs``) runs in a napari
+thread worker; its reports are queued and drawn by a timer on the UI thread, and cancel sets an
+event that the training loop checks before every step."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog
+
+from ..detector_forest import STUDY_FRAMES_PER_DOMAIN, ForestFitCancelled, fit_detector_forest
+from ..engines import load_detector
+from ..engines.finetune import FinetuneCancelled, finetune
+from ..finetune_outputs import save_finetuned
+from ..forest import companion_forest_path
+from ..scoring import ground_truth_frames
+from ._common import LayerPicker, StatusLabel, container, wrapping_label
+from .detection import image_frames
+from .plots import TrainingCurves
+
+REDRAW_MS = 700
+
+
+def finetune_job(spec, device: str, minutes: float, frames_per_domain: int, images, truths, reports: deque,
+                 stop: threading.Event):
+    """Worker body: fine-tune, then fit the forest for the new detector; (result, forest)."""
+    parent = load_detector(spec, device=device)
+    result = finetune(parent, images, truths, minutes=minutes, device=device, progress=reports.append,
+                      cancelled=stop.is_set)
+    forest = fit_detector_forest(result.detector, images, truths, cancelled=stop.is_set,
+                                 frames_per_domain=frames_per_domain,
+                                 progress=lambda done, total, _what: reports.append(("forest", done, total)))
+    return result, forest
+
+
+class FinetuneSection(Container):
+    """Embedded in the training widget: ``ground_truth`` is its ground-truth picker and
+    ``labelled_frames(layer)`` says which frames of that layer count as labelled."""
+
+    def __init__(self, napari_viewer, ground_truth: LayerPicker, labelled_frames: Callable[[Labels], list[int]]):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.ground_truth = ground_truth
+        self.labelled_frames = labelled_frames
+        self.frames_per_domain = STUDY_FRAMES_PER_DOMAIN
+        self.title = Label(value="<b>Fine-tune detector</b> on the reviewed frames")
+        self.image = LayerPicker(napari_viewer, Image, "image")
+        self.base = FileEdit(label="base weights (empty: bundled)", mode="r", filter="*.pt *.pth")
+        self.minutes = FloatSpinBox(label="minutes", value=5.0, min=0.05, max=600.0, step=0.5)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.run_button = PushButton(text="Fine-tune detector")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.save_button = PushButton(text="Save model + forest…", enabled=False)
+        self.status = StatusLabel(value="")
+        self.comparison = wrapping_label()
+        self.curves = TrainingCurves()
+        self.extend([self.title, self.image, self.base, self.minutes, self.device,
+                     container(self.run_button, self.cancel_button), self.save_button, self.status,
+                     self.comparison])
+        self.native.layout().addWidget(self.curves)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.save_button.changed.connect(self._ask_save)
+        self.worker = None
+        self.result = self.forest = None
+        self._reports: deque = deque()
+        self._history: list[dict] = []
+        self._stop = threading.Event()
+        self._progress = None
+        self._timer = QTimer()
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self._drain)
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def labelled_inputs(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+        """Copies of the labelled frames and their ground truth (edits during training cannot race)."""
+        if self.image.value is None or self.ground_truth.value is None:
+            raise ValueError("pick the image and its ground-truth layer")
+        frames, _ = image_frames(self.image.value)
+        truth = ground_truth_frames(np.asarray(self.ground_truth.value.data), len(frames))
+        if truth.shape[1:] != frames.shape[1:3]:
+            raise ValueError(f"ground truth is {truth.shape[1:]} per frame but the image is {frames.shape[1:3]}")
+        chosen = self.labelled_frames(self.ground_truth.value)
+        if not chosen:
+            raise ValueError("no reviewed frames yet: correct a frame and mark it reviewed")
+        return [np.array(frames[t]) for t in chosen], [np.array(truth[t]) for t in chosen], chosen
+
+    def base_spec(self):
+        path = self.base.value
+        return "default" if not path or not path.is_file() else path
+
+    # -- actions -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        if self.worker is not None:
+            self.status.warn("fine-tuning is already running; cancel it first")
+            return
+        try:
+            images, truths, chosen = self.labelled_inputs()
+        except ValueError as exc:
+            self.status.error(str(exc))
+            return
+        self._frames = chosen
+        self._reports.clear()
+        self._history = []
+        self._stop.clear()
+        self.result = self.forest = None
+        self.worker = create_worker(
+            finetune_job, self.base_spec(), self.device.value, self.minutes.value, self.frames_per_domain,
+            images, truths, self._reports, self._stop,
+            _connect={"returned": self._on_done, "errored": self._on_error, "finished": self._on_finished},
+            _start_thread=False,
+        )
+        self._progress = progress(total=100, desc="Fine-tuning detector")
+        self.run_button.enabled, self.cancel_button.enabled, self.save_button.enabled = False, True, False
+        self.status.value = f"fine-tuning on {len(chosen)} reviewed frame(s) for up to {self.minutes.value:g} min…"
+        self.comparison.value = ""
+        self._timer.start()
+        self.worker.start()
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self._stop.set()
+            self.status.value = "cancelling after the current step…"
+
+    def _drain(self) -> None:
+        """Apply the queued reports on the UI thread: progress bar, status, graphs."""
+        changed = False
+        while self._reports:
+            report = self._reports.popleft()
+            if isinstance(report, tuple):
+                _, done, total = report
+                self.status.value = f"fitting the forest for the new detector: frame {done}/{total}"
+                continue
+            self._history.append(report.row)
+            changed = True
+            if self._progress is not None:
+                self._progress.n = round(100 * report.fraction)
+                self._progress.refresh()
+            held = f", held-out F1 {report.row['val_f1']:.2f}" if "val_f1" in report.row else ""
+            self.status.value = f"step {report.step}: loss {report.row['loss_total']:.3f}{held}"
+        if changed:
+            self.curves.show_history(pd.DataFrame(self._history))
+
+    def _on_done(self, outcome) -> None:
+        self._drain()
+        self.result, self.forest = outcome
+        self.curves.show_history(self.result.history)
+        lines = list(self.result.notes)
+        if self.result.after is not None:
+            held = ", ".join(str(self._frames[i]) for i in self.result.validation_frames)
+            b, a = self.result.before, self.result.after
+            lines.insert(0, f"held-out frame(s) {held}: true F1 {b['f1']:.2f} → {a['f1']:.2f} (precision "
+                            f"{b['precision']:.2f} → {a['precision']:.2f}, recall {b['recall']:.2f} → "
+                            f"{a['recall']:.2f}; score threshold {self.result.score_threshold:g})")
+        self.comparison.value = "<br>".join(lines)
+        self.save_button.enabled = True
+        self.status.info("fine-tuned and its forest fitted: save them, then detect with the saved model "
+                         "(the quality step's 'auto' forest finds the forest beside it)")
+
+    def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, (FinetuneCancelled, ForestFitCancelled)):
+            self.status.warn("cancelled; the parent model is unchanged")
+        else:
+            self.status.error(f"fine-tuning failed: {exc}")
+
+    def _on_finished(self) -> None:
+        self._timer.stop()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    # -- saving ------------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        if self.result is None:
+            self.status.error("nothing fine-tuned yet")
+            return
+        try:
+            save_finetuned(self.result, self.forest, path)
+        except (ValueError, OSError) as exc:
+            self.status.error(str(exc))
+            return
+        self.status.info(f"saved {path} and {companion_forest_path(path).name}")
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save fine-tuned model", "", "Checkpoint (*.pt)")
+        if path:
+            self.save(path)

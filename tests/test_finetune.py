@@ -1,0 +1,209 @@
+"""Fine-tuning a detector on labelled frames, its forest, and the finetune CLI, on the tiny model."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_detection_qc import cli
+from napari_detection_qc.batch import forest_name
+from napari_detection_qc.detector_forest import fit_detector_forest
+from napari_detection_qc.engines import load_detector
+from napari_detection_qc.engines.checkpoint import (
+    DetectorLoadError,
+    load_checkpoint,
+    save_checkpoint,
+    state_dict_sha256,
+)
+from napari_detection_qc.engines.finetune import (
+    LOSS_NAMES,
+    FinetuneCancelled,
+    FinetuneError,
+    finetune,
+    split_frames,
+)
+from napari_detection_qc.finetune_outputs import read_labelled_frames, save_finetuned
+from napari_detection_qc.forest import QualityForest, companion_forest_path, forest_for_detector
+from napari_detection_qc.io import InputError
+from napari_detection_qc.synthetic import make_frame
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def frames(n, shape=(128, 128)):
+    pairs = [make_frame(seed, shape, "clean") for seed in range(n)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_checkpoint, one_torch_thread):
+    parent = load_detector(tiny_checkpoint, device="cpu")
+    images, truth = frames(3)
+    reports = []
+    result = finetune(parent, images, truth, steps=3, device="cpu", progress=reports.append)
+    return parent, result, reports
+
+
+def weights_hash(detector):
+    return state_dict_sha256(detector.model.state_dict())
+
+
+def test_finetune_trains_a_copy_and_reports_every_step(tiny_checkpoint, tuned):
+    parent, result, reports = tuned
+    assert weights_hash(parent) == load_checkpoint(tiny_checkpoint)[0]["sha256"]  # parent untouched
+    assert weights_hash(result.detector) != weights_hash(parent)
+    assert [r.step for r in reports] == [1, 2, 3] and reports[-1].fraction == 1.0
+    assert set(LOSS_NAMES) | {"loss_total"} <= set(reports[0].row)
+    assert list(result.history["step"]) == [1, 2, 3]
+    assert result.history["val_f1"].notna().iloc[-1]  # held-out metrics, at least at the end
+    assert {"val_loss_total", "val_precision", "val_recall"} <= set(result.history.columns)
+
+
+def test_provenance_header_and_threshold_travel_with_the_file(tuned, tmp_path):
+    parent, result, _ = tuned
+    provenance = result.header["finetune"]
+    assert provenance["parent"] == {"name": parent.name, "weights_sha256": parent.weights_sha256}
+    assert provenance["frames"] == 3 and provenance["steps"] == 3 and provenance["minutes"] >= 0
+    assert len(provenance["validation_frames"]) == 1 and len(provenance["training_frames"]) == 2
+    assert 0 <= provenance["validation_after"]["f1"] <= 1 and provenance["validation_before"] is not None
+    assert provenance["score_threshold"] == result.score_threshold == result.header["score_threshold"]
+    path = tmp_path / "tuned.pt"
+    result.detector.save(path)
+    loaded = load_detector(path, device="cpu")
+    assert loaded.weights_sha256 == result.detector.weights_sha256
+    assert loaded.score_threshold == result.score_threshold  # the model's own threshold by default
+    assert load_detector(path, device="cpu", score_threshold=0.3).score_threshold == 0.3
+    assert loaded.metadata()["weights_path"] == str(path.resolve())
+
+
+def test_cancel_stops_within_a_step_and_keeps_the_parent(tiny_checkpoint):
+    parent = load_detector(tiny_checkpoint, device="cpu")
+    before = weights_hash(parent)
+    images, truth = frames(2)
+    steps = []
+    with pytest.raises(FinetuneCancelled):
+        finetune(parent, images, truth, steps=50, device="cpu", progress=lambda r: steps.append(r.step),
+                 cancelled=lambda: len(steps) >= 1)
+    assert steps == [1] and weights_hash(parent) == before
+
+
+def test_one_labelled_frame_trains_without_validation_and_says_so(tiny_checkpoint):
+    parent = load_detector(tiny_checkpoint, device="cpu")
+    images, truth = frames(1)
+    result = finetune(parent, images, truth, steps=1, device="cpu")
+    assert result.validation_frames == [] and result.after is None and result.before is None
+    assert result.score_threshold == parent.score_threshold
+    assert "one labelled frame" in result.notes[0]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda im, gt: (im, gt[:1]), "2 frames but 1 ground-truth"),
+        (lambda im, gt: (im, [g[:50] for g in gt]), "does not match"),
+        (lambda im, gt: (im, [np.zeros_like(g) for g in gt]), "no objects"),
+        (lambda im, gt: (im, [g.astype(np.int32) - 1 for g in gt]), "negative ids"),
+        (lambda im, gt: (im, [g.astype(np.float32) for g in gt]), "integer label image"),
+        (lambda im, gt: ([], []), "no labelled frames"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(tiny_checkpoint, change, message):
+    parent = load_detector(tiny_checkpoint, device="cpu")
+    images, truth = change(*frames(2))
+    with pytest.raises(FinetuneError, match=message):
+        finetune(parent, images, truth, steps=1, device="cpu")
+
+
+def test_holes_in_the_ids_are_fine_and_splits_are_checked():
+    train, held = split_frames(10, "auto", seed=0)
+    assert len(held) == 1 and sorted(train + held) == list(range(10))
+    assert split_frames(5, [4], seed=0) == ([0, 1, 2, 3], [4])
+    with pytest.raises(FinetuneError, match="keep at least one"):
+        split_frames(2, 2, seed=0)
+    with pytest.raises(FinetuneError, match="not all among"):
+        split_frames(2, [5], seed=0)
+
+
+def test_out_of_memory_and_unknown_models_are_explained(tiny_checkpoint, monkeypatch, tmp_path):
+    from napari_detection_qc.engines import finetune as module
+
+    parent = load_detector(tiny_checkpoint, device="cpu")
+    images, truth = frames(2)
+    truth[0] = np.where(truth[0] > 0, truth[0] + 100, 0)  # gaps in the ids are fine
+
+    def exhausted(*_args, **_kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(module, "batch_losses", exhausted)
+    with pytest.raises(FinetuneError, match="out of memory"):
+        finetune(parent, images, truth, steps=1, device="cpu")
+    with pytest.raises(FinetuneError, match="torchvision-engine"):
+        finetune(object(), images, truth, steps=1)
+    header, state = load_checkpoint(tiny_checkpoint)
+    header["architecture"] = {**header["architecture"], "backbone": {"name": "vit_h"}}
+    save_checkpoint(tmp_path / "odd.pt", header, state)
+    with pytest.raises(DetectorLoadError, match="unknown backbone"):
+        load_detector(tmp_path / "odd.pt", device="cpu")
+
+
+def test_forest_for_the_new_detector_is_saved_beside_it_and_found_by_auto(tuned, tmp_path):
+    _, result, _ = tuned
+    images, truth = frames(3)
+    seen = []
+    forest = fit_detector_forest(result.detector, images, truth, frames_per_domain=1,
+                                 progress=lambda done, total, what: seen.append((done, total)))
+    assert seen[-1] == (11, 11) and forest.n_training == 11
+    assert forest.detector["weights_sha256"] == result.detector.weights_sha256
+    model = tmp_path / "model.pt"
+    written = save_finetuned(result, forest, model)
+    assert companion_forest_path(model) == tmp_path / "model.forest.skops" and written[1] == tmp_path / "model.forest.skops"
+    assert all(p.is_file() for p in written)
+    meta = load_detector(model, device="cpu").metadata()
+    assert forest_for_detector(meta) == str(tmp_path / "model.forest.skops") == forest_name("auto", meta)
+    assert forest_name("default", meta) == "default"
+    assert QualityForest.load(forest_for_detector(meta)).detector_mismatch(meta) is None
+    assert forest_for_detector({**meta, "weights_path": str(tmp_path / "other.pt")}) == "default"
+
+
+def test_save_refuses_to_overwrite_the_parent(tuned, tiny_checkpoint, tmp_path):
+    _, result, _ = tuned
+    parent_copy = tmp_path / "parent.pt"
+    parent_copy.write_bytes(tiny_checkpoint.read_bytes())
+    with pytest.raises(InputError, match="holds the parent model"):
+        save_finetuned(result, None, parent_copy)
+    assert parent_copy.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_cli_finetune_end_to_end(tiny_checkpoint, tmp_path):
+    import tifffile
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    images, truth = frames(2)
+    for i, (image, labels) in enumerate(zip(images, truth)):
+        tifffile.imwrite(tmp_path / "images" / f"f{i}.tif", image.astype(np.uint8))
+        tifffile.imwrite(tmp_path / "labels" / f"f{i}.tif", labels)
+    out = tmp_path / "out" / "model.pt"
+    code = cli.main(["finetune", str(tmp_path / "images"), "--ground-truth", str(tmp_path / "labels"),
+                     "--out", str(out), "--model", str(tiny_checkpoint), "--steps", "2",
+                     "--synthetic-frames", "1", "--device", "cpu", "--no-progress"])
+    assert code == 0
+    for name in ("model.pt", "model.forest.skops", "model.curves.csv", "model.curves.png"):
+        assert (out.parent / name).is_file(), name
+    curves = pd.read_csv(out.parent / "model.curves.csv")
+    assert list(curves["step"]) == [1, 2] and "loss_mask" in curves
+    assert cli.main(["finetune", str(tmp_path / "images"), "--ground-truth", str(tmp_path / "nowhere"),
+                     "--out", str(out), "--steps", "1"]) == cli.EXIT_ERROR
+
+
+def test_label_folder_must_name_every_input(tmp_path):
+    import tifffile
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", np.zeros((2, 16, 16), np.uint8))
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", np.ones((2, 16, 16), np.uint16))
+    images, truth, names = read_labelled_frames(tmp_path / "images", tmp_path / "labels")
+    assert names == ["a#0", "a#1"] and truth[1].shape == (16, 16)
+    tifffile.imwrite(tmp_path / "images" / "b.tif", np.zeros((16, 16), np.uint8))
+    with pytest.raises(InputError, match="no label image named b"):
+        read_labelled_frames(tmp_path / "images", tmp_path / "labels")
