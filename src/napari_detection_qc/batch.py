@@ -270,7 +270,7 @@ def plan_input(source: Path, root: Path, spec: DetectorSpec, detector_meta: dict
         "is_2d": info.is_2d,
         "pixel_size_nm": info.pixel_size_nm,
         "detector": detector_meta,
-        "score_threshold": spec.score_threshold,
+        "score_threshold": detector_meta["score_threshold"],
         "created_by": f"napari-detection-qc {__version__}",
     }
     if store.meta_path.is_file():
