@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from napari_detection_qc import cli
 from napari_detection_qc.batch import forest_name
@@ -207,3 +208,35 @@ def test_label_folder_must_name_every_input(tmp_path):
     tifffile.imwrite(tmp_path / "images" / "b.tif", np.zeros((16, 16), np.uint8))
     with pytest.raises(InputError, match="no label image named b"):
         read_labelled_frames(tmp_path / "images", tmp_path / "labels")
+
+
+def test_detectron2_weights_imported_into_torchvision_fine_tune(tmp_path):
+    """detectron2 weights (no detectron2 installed) fine-tune at their own resize rule and save as
+    a torchvision-engine checkpoint."""
+    import copy
+
+    from test_engines import as_detectron2_state
+
+    from napari_detection_qc.engines.detectron2_engine import detectron2_available
+    from napari_detection_qc.engines.torchvision_maskrcnn import PAPER_R50_FPN, build_maskrcnn
+
+    if detectron2_available():
+        pytest.skip("detectron2 is installed: its weights run on detectron2, which is not fine-tuned here")
+    arch = copy.deepcopy(PAPER_R50_FPN)
+    arch["backbone"] = {"name": "resnet18", "stride_in_1x1": False, "norm": "frozen_bn"}
+    arch["fpn_channels"] = 16
+    arch["roi"].update(box_head_dim=32, mask_head_widths=[16, 16])
+    torch.manual_seed(1)
+    torch.save({"model": as_detectron2_state(build_maskrcnn(arch).state_dict())}, tmp_path / "model_final.pth")
+    (tmp_path / "config.yaml").write_text(
+        "MODEL:\n  RESNETS: {DEPTH: 18, STRIDE_IN_1X1: false, RES2_OUT_CHANNELS: 64}\n  FPN: {OUT_CHANNELS: 16}\n"
+        "  ROI_BOX_HEAD: {FC_DIM: 32}\n  ROI_MASK_HEAD: {CONV_DIM: 16, NUM_CONV: 2}\n"
+        "INPUT: {MIN_SIZE_TEST: 160, MAX_SIZE_TEST: 200}\n"
+    )
+    parent = load_detector((tmp_path / "config.yaml", tmp_path / "model_final.pth"), device="cpu")
+    images, truth = frames(2)
+    result = finetune(parent, [im.astype(np.uint8) for im in images], truth, steps=1, device="cpu")
+    assert weights_hash(result.detector) != weights_hash(parent)
+    assert result.detector.architecture["resize"]["shortest_edge"] == 160  # inference keeps its rule
+    result.detector.save(tmp_path / "tuned.pt")
+    assert load_detector(tmp_path / "tuned.pt", device="cpu").engine == "torchvision"
