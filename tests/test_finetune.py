@@ -240,3 +240,28 @@ def test_detectron2_weights_imported_into_torchvision_fine_tune(tmp_path):
     assert result.detector.architecture["resize"]["shortest_edge"] == 160  # inference keeps its rule
     result.detector.save(tmp_path / "tuned.pt")
     assert load_detector(tmp_path / "tuned.pt", device="cpu").engine == "torchvision"
+
+
+def test_models_with_an_object_size_rule_train_at_the_scale_inference_uses(tmp_path):
+    from conftest import TINY_ARCHITECTURE, TINY_NORMALISATION
+
+    from napari_detection_qc.engines.finetune import prepare
+    from napari_detection_qc.engines.torchvision_maskrcnn import (
+        build_maskrcnn,
+        new_checkpoint_header,
+        save_model,
+    )
+    from napari_detection_qc.engines.training import typical_diameter
+
+    rule = {"target_px": 22.0, "min_factor": 0.25, "max_factor": 1.5}
+    normalisation = {**TINY_NORMALISATION, "intensity": "robust", "object_size": rule}
+    torch.manual_seed(0)
+    header = new_checkpoint_header(TINY_ARCHITECTURE, name="tiny-sized", normalisation=normalisation, training="-")
+    save_model(tmp_path / "sized.pt", build_maskrcnn(TINY_ARCHITECTURE).eval(), header)
+    parent = load_detector(tmp_path / "sized.pt", device="cpu")
+    images, truth = frames(2, shape=(160, 160))
+    frame = prepare(parent, images[0], truth[0].astype(np.int64))
+    factor = parent.scale_rule.factor_for(typical_diameter(truth[0]))
+    assert frame.image.shape == tuple(round(s * factor) for s in images[0].shape) and factor != 1
+    result = finetune(parent, images, truth, steps=1, device="cpu")
+    assert result.detector.scale_rule == parent.scale_rule and result.history["val_f1"].notna().all()
