@@ -102,13 +102,14 @@ def _cavity_size(rng, family, shape):
         return _log_uniform(rng, 8, 25), mix
     if regime < 0.8:
         return _log_uniform(rng, 25, 60), mix
-    return _log_uniform(rng, 60, min(300, max(shape) / 3)), mix
+    return _log_uniform(rng, 60, min(300, max(60, max(shape) / 3))), mix
 
 
 def _cavity_count(rng, family, shape, median_diameter):
     """Cavities attempted: a covered share of the frame, or a dense field of tiny ones."""
     area = shape[0] * shape[1]
-    if family != "big" and rng.random() < EMPTY_FRAME_PROBABILITY:
+    empty = family != "big" and rng.random() < EMPTY_FRAME_PROBABILITY
+    if empty and family != "tiny_dense":  # that family holds 100-600 per 1024 x 1024 by definition
         return 0
     if family == "tiny_dense" or median_diameter < 8.5 and rng.random() < 0.6:
         return int(rng.uniform(100, 600) * area / 1024**2)
