@@ -238,6 +238,12 @@ def _cavity_signal(domain: Domain, diameter: float) -> float:
     return float(np.sqrt(np.mean((image[near] / 127.5 - 1.0) ** 2)))
 
 
+def _clutter(domain: Domain) -> float:
+    """RMS of the texture and noise at the scale of cavities (blotches count 30%: mostly larger)."""
+    noise = _PSF_NOISE_FACTOR * np.sqrt(domain.read_noise**2 + (1.0 / domain.dose if domain.dose else 0.0))
+    return float(np.sqrt(domain.mottle**2 + domain.speckle**2 + noise**2 + (0.3 * domain.blotchiness) ** 2))
+
+
 def _keep_cavities_visible(domain: Domain, diameter: float, ratio: float) -> Domain:
     """Scale texture and noise down until the cavities' contrast is ``ratio`` times the clutter.
 
@@ -246,9 +252,7 @@ def _keep_cavities_visible(domain: Domain, diameter: float, ratio: float) -> Dom
     """
     if domain.cavity_count == 0:
         return domain
-    noise = _PSF_NOISE_FACTOR * np.sqrt(domain.read_noise**2 + (1.0 / domain.dose if domain.dose else 0.0))
-    clutter = np.sqrt(domain.mottle**2 + domain.speckle**2 + noise**2 + (0.3 * domain.blotchiness) ** 2)
-    scale = min(1.0, _cavity_signal(domain, diameter) / (ratio * max(clutter, 1e-9)))
+    scale = min(1.0, _cavity_signal(domain, diameter) / (ratio * max(_clutter(domain), 1e-9)))
     if scale == 1.0:
         return domain
     return replace(
