@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from ..detections import FrameDetections
+from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 from .checkpoint import DetectorLoadError
 
-DEFAULT_SCORE_THRESHOLD = 0.1
-DEFAULT_MAX_DETECTIONS = 1000
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
 
 
