@@ -33,7 +33,14 @@ from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES, det
 from napari_detection_qc.forest import MODELS_DIR, TARGETS, QualityForest
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.metrics import regression_metrics, reliability_classification
-from napari_detection_qc.synthetic import DEFAULT, PRESETS, REALISTIC_FAMILIES, Domain, make_frame, make_realistic_frame
+from napari_detection_qc.synthetic import (
+    DEFAULT,
+    PRESETS,
+    REALISTIC_FAMILIES,
+    Domain,
+    make_frame,
+    make_realistic_frame,
+)
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "study"

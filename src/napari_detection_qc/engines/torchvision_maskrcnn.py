@@ -394,7 +394,13 @@ class TorchvisionDetector(Detector):
     @classmethod
     def from_checkpoint(cls, path, **options) -> TorchvisionDetector:
         header, state_dict = load_checkpoint(path)
-        return cls(header, state_dict, **options)
+        try:
+            return cls(header, state_dict, **options)
+        except DetectorLoadError as error:
+            raise DetectorLoadError(f"{path}: {error}") from error
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            raise DetectorLoadError(f"{path}: malformed checkpoint header ({reason})") from error
 
     def save(self, path, **header_updates) -> dict:
         """Write this model as a checkpoint (same header, optional updates such as training notes)."""
