@@ -409,3 +409,14 @@ def test_usage_errors_exit_2(tmp_path, tiny_model, capsys):
     assert main(detect_args([tmp_path / "notes.txt"], tmp_path / "out", tiny_model)) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert main(["score", str(tmp_path)]) == 2
+
+
+def test_object_size_option_is_parsed_and_checked():
+    from napari_detection_qc.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["detect", "x.tif", "--out", "o"]).object_size is None
+    assert parser.parse_args(["detect", "x.tif", "--out", "o", "--object-size", "35"]).object_size == 35.0
+    for bad in ("-3", "0", "big", "inf"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["detect", "x.tif", "--out", "o", "--object-size", bad])

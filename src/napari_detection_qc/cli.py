@@ -59,7 +59,7 @@ def detector_spec(args):
 
     model = args.model if args.model == "default" else str(Path(args.model).resolve())
     config = None if args.config is None else str(Path(args.config).resolve())
-    return DetectorSpec(model, config, args.device, args.score_threshold, args.max_detections)
+    return DetectorSpec(model, config, args.device, args.score_threshold, args.max_detections, args.object_size)
 
 
 # -- subcommands -----------------------------------------------------------------------------------
@@ -197,6 +197,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def object_size(text: str) -> float | None:
+    """``auto`` (None) or a positive diameter in pixels."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a diameter in pixels, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the object size must be a positive number of pixels, got {text!r}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A number in [0, 1] (a score threshold)."""
     value = float(text)
@@ -230,6 +243,12 @@ def add_detector_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", help="detectron2 config .yaml for a .pth model (optional)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--object-size",
+        type=object_size,
+        default="auto",
+        help="typical cavity diameter in pixels at the image's native resolution, or auto (estimated per frame)",
+    )
 
 
 def add_subcommand(commands, name: str, **kwargs) -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ def run_frame_task(spec: DetectorSpec, task: FrameTask) -> FrameOutcome:
     detector = cached_detector(spec)
     where = f"{task.source}: frame {task.index}"
     try:
-        detections = detector.predict(read_frame(task.source, task.index))
+        detections = detector.predict(read_frame(task.source, task.index), object_size=spec.object_size)
         write_frame(task.target, detections)
     except InputError as exc:
         return FrameOutcome(task, 0, str(exc))
@@ -88,7 +88,7 @@ def detect(
     (a :class:`ResourceError` when memory or disk ran out)."""
     failures: list[str] = []
     sources = unique_sources(inputs, on_error, failures)
-    detector_meta = cached_detector(spec).metadata()
+    detector_meta = {**cached_detector(spec).metadata(), "object_size": spec.object_size or "auto"}
     plans: list[InputPlan] = []
     for source, name in zip(sources, store_names(sources)):
         try:

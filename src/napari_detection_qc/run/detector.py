@@ -39,6 +39,8 @@ class DetectorSpec:
     device: str = "auto"
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     max_detections: int = DEFAULT_MAX_DETECTIONS
+    object_size: float | None = None
+    """Typical object diameter in native pixels; None estimates it per frame (``auto``)."""
 
     def load(self):
         from ..engines import load_detector
