@@ -50,6 +50,8 @@ BOX_COLUMNS = ["y_min", "x_min", "y_max", "x_max"]
 FRAME_ARRAYS = ("labels", "boxes", "scores", "circularity")
 
 ErrorHandler = Callable[[str], None]
+# pandas 3 parses floats exactly by default and deprecates the option older versions need for it
+EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 # -- atomic files ----------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ class Store:
             raise InputError(f"{self.root}: detection is not finished; rerun `napari-detection-qc detect`")
         dtypes = {name: np.float64 for name in DETECTION_COLUMNS} | {"frame": np.int64, "label": np.int64}
         try:
-            return pd.read_csv(self.table_path, dtype=dtypes, float_precision="round_trip")
+            return pd.read_csv(self.table_path, dtype=dtypes, **EXACT_FLOATS)
         except (OSError, ValueError) as exc:
             raise InputError(f"{self.table_path}: unreadable detections table ({exc})") from exc
 

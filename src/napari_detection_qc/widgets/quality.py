@@ -14,7 +14,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QTableWidget, QTableWidgetItem
 
-from ..explain import frame_contributions, strongest_negative
+from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
 from ..forest import QualityForest, bundled_forest_for
 from ..scoring import physical_readouts, predicted_quality
 from ._common import (
@@ -232,10 +232,14 @@ class QualityWidget(Container):
         if frame is None or self.features is None or frame >= len(self.features):
             self.explanation.value = ""
             return
-        contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
-        pushed_down = strongest_negative(contributions)
         row = self.table.iloc[frame]
         text = f"frame {frame}: predicted F1 {row['f1']:.2f} [{row['f1_low']:.2f}, {row['f1_high']:.2f}]"
+        try:
+            contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
+        except ExplanationUnavailable as exc:
+            self.explanation.value = f"{text}<br>{exc}"
+            return
+        pushed_down = strongest_negative(contributions)
         if pushed_down:
             text += "<br>pulled down by: " + ", ".join(f"{name} ({value:+.3f})" for name, value in pushed_down)
         self.explanation.value = text
@@ -267,7 +271,10 @@ def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | N
     known) and the frames' features."""
     table, features = predicted_quality(stack, forest)
     if len(features):
-        frame_contributions(forest, features.iloc[:1])  # builds the cached explainer off the UI thread
+        try:  # builds the cached explainer off the UI thread
+            frame_contributions(forest, features.iloc[:1])
+        except ExplanationUnavailable:
+            pass  # the explanation line says what to install
     if pixel_size_nm:
         readouts = physical_readouts(stack, pixel_size_nm)
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)
