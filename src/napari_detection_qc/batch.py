@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .atomic import atomic_path
+from .coco import CocoGroundTruth
 from .detections import FrameDetections, StackDetections, smallest_label_dtype
 from .engines import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector, load_detector
 from .features import (
@@ -42,6 +43,7 @@ from .features import (
 from .forest import TARGETS, ForestLoadError, QualityForest, bundled_forest_for
 from .io import InputError, describe, list_inputs, read_frame, read_frames
 from .matching import PAPER_IOU_THRESHOLD, boxes_from_labels, match_frame
+from .pixel_sizes import match_pixel_sizes, read_pixel_size_table
 from .sample_data import SAMPLE_FRAME_PRESETS, _sample_stack_arrays
 from .scoring import QUALITY_COLUMNS, TRUE_COLUMNS, ground_truth_frames, predicted_quality, true_quality
 
@@ -138,6 +140,20 @@ class Store:
             return pd.read_csv(self.table_path, dtype=dtypes, **EXACT_FLOATS)
         except (OSError, ValueError) as exc:
             raise InputError(f"{self.table_path}: unreadable detections table ({exc})") from exc
+
+
+def store_detections(store: Store) -> tuple[str, StackDetections]:
+    """A finished store's input file name and detections (masks memory-mapped, frame by frame)."""
+    meta = store.read_meta()
+    table = store.read_table()
+    masks = np.load(store.masks_path, mmap_mode="r", allow_pickle=False)
+    starts = np.searchsorted(table["frame"].to_numpy(), np.arange(len(masks) + 1))  # ordered by frame
+    boxes, scores = table[BOX_COLUMNS].to_numpy(), table["score"].to_numpy()
+    frames = [
+        FrameDetections(boxes[starts[t] : starts[t + 1]], scores[starts[t] : starts[t + 1]], masks[t])
+        for t in range(len(masks))
+    ]
+    return Path(meta["source"]).name, StackDetections.from_frames(frames, is_2d=bool(meta.get("is_2d")))
 
 
 def find_stores(path) -> list[Store]:
@@ -259,9 +275,12 @@ def store_names(paths: Sequence[Path]) -> list[str]:
     return [p.stem if stems[p.stem] == 1 else p.name for p in paths]
 
 
-def plan_input(source: Path, root: Path, spec: DetectorSpec, detector_meta: dict) -> InputPlan:
+def plan_input(
+    source: Path, root: Path, spec: DetectorSpec, detector_meta: dict, pixel_size_nm: float | None = None
+) -> InputPlan:
     """Describe the input, write (or check) its store's meta.json and list the frames not yet done.
-    A store made by another detector, or for another input, is refused rather than mixed."""
+    A store made by another detector, or for another input, is refused rather than mixed.
+    ``pixel_size_nm`` (from a pixel-size table) replaces the one the file records."""
     info = describe(source)
     store = Store(root)
     meta = {
@@ -269,7 +288,7 @@ def plan_input(source: Path, root: Path, spec: DetectorSpec, detector_meta: dict
         "n_frames": info.n_frames,
         "image_shape": list(info.frame_shape),
         "is_2d": info.is_2d,
-        "pixel_size_nm": info.pixel_size_nm,
+        "pixel_size_nm": pixel_size_nm or info.pixel_size_nm,
         "detector": detector_meta,
         "score_threshold": spec.score_threshold,
         "created_by": f"napari-detection-qc {__version__}",
@@ -319,9 +338,12 @@ def detect(
     *,
     on_error: ErrorHandler | None = None,
     progress: bool = True,
+    pixel_size_table=None,
 ) -> DetectReport:
     """Detect every frame of every input into ``out_dir``, skipping frames already stored.
-    Without ``on_error`` the first unreadable file stops the run with an :class:`InputError`."""
+    Without ``on_error`` the first unreadable file stops the run with an :class:`InputError`.
+    ``pixel_size_table``: a CSV of per-image pixel sizes (``pixel_sizes``) overriding the files'."""
+    table = read_pixel_size_table(pixel_size_table) if pixel_size_table is not None else {}
     failures: list[str] = []
     sources: list[Path] = []
     for path in inputs:
@@ -329,11 +351,12 @@ def detect(
             sources.extend(list_inputs(path))
         except InputError as exc:
             _fail(str(exc), on_error, failures)
+    pixel_sizes = match_pixel_sizes(table, sources, str(pixel_size_table)) if table else {}
     detector_meta = cached_detector(spec).metadata()
     plans: list[InputPlan] = []
     for source, name in zip(sources, store_names(sources)):
         try:
-            plans.append(plan_input(source, Path(out_dir) / name, spec, detector_meta))
+            plans.append(plan_input(source, Path(out_dir) / name, spec, detector_meta, pixel_sizes.get(source)))
         except InputError as exc:
             _fail(str(exc), on_error, failures)
     complete, detected = run_plans(plans, executor, on_error, failures, progress)
@@ -533,25 +556,36 @@ def ground_truth_file(store: Store, ground_truth: Path, by_stem: dict[str, Path]
     return by_stem[stem]
 
 
+def read_ground_truth(truth: Path | CocoGroundTruth, meta: dict, sole_input: bool) -> np.ndarray:
+    """A store's ground truth: a Labels file, or the images of the store's input in a COCO file."""
+    if isinstance(truth, CocoGroundTruth):
+        name = Path(meta["source"]).name
+        return truth.stack_labels(name, int(meta["n_frames"]), meta["image_shape"], sole_input)
+    return read_frames(truth)[0]
+
+
 def evaluate_store(
     store: Store,
-    truth_file: Path,
+    truth_file: Path | CocoGroundTruth,
     iou_threshold: float = PAPER_IOU_THRESHOLD,
     with_features: bool = False,
+    sole_input: bool = True,
 ) -> pd.DataFrame:
     """The paper's TP/FP/FN, precision, recall and F1 of every frame (``scoring.true_quality``'s
-    numbers, from the stored boxes), optionally next to the frame's 18 features for fit-forest."""
+    numbers, from the stored boxes), optionally next to the frame's 18 features for fit-forest.
+    ``sole_input``: the ground truth is about this store's input only (see ``coco``)."""
     meta = store.read_meta()
     n_frames, image_shape = int(meta["n_frames"]), tuple(meta["image_shape"])
+    truth_name = getattr(truth_file, "path", truth_file)
     try:
-        truth = ground_truth_frames(read_frames(truth_file)[0], n_frames)
+        truth = ground_truth_frames(read_ground_truth(truth_file, meta, sole_input), n_frames)
     except InputError:
         raise
     except ValueError as exc:  # not a Labels stack, or not one of this many frames
-        raise InputError(f"{truth_file}: {exc}") from exc
+        raise InputError(f"{truth_name}: {exc}") from exc
     if truth.shape[1:] != image_shape:
         raise InputError(
-            f"{truth_file}: ground truth frames are {truth.shape[1:]} but detections are {image_shape}"
+            f"{truth_name}: ground truth frames are {truth.shape[1:]} but detections are {image_shape}"
         )
     table = store.read_table()
     frames = table["frame"].to_numpy()
@@ -578,18 +612,22 @@ def evaluate_stores(
     iou_threshold: float = PAPER_IOU_THRESHOLD,
     with_features: bool = False,
     on_error: ErrorHandler | None = None,
+    category: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Evaluate each store against its ground-truth file; returns the joined table and the failures."""
+    """Evaluate each store against its ground truth: a Labels file, a folder of them named like
+    the inputs, or a COCO JSON file (``category`` picks one of its categories). Returns the
+    joined table and the failures."""
     ground_truth = Path(ground_truth)
+    coco = CocoGroundTruth.load(ground_truth, category) if ground_truth.suffix.lower() == ".json" else None
     by_stem = {p.stem: p for p in list_inputs(ground_truth)} if ground_truth.is_dir() else None
-    if by_stem is None and len(stores) != 1:
+    if coco is None and by_stem is None and len(stores) != 1:
         raise InputError(f"{ground_truth}: one ground-truth file for {len(stores)} inputs; pass a folder")
     failures: list[str] = []
     tables = []
     for store in stores:
         try:
-            truth_file = ground_truth_file(store, ground_truth, by_stem)
-            tables.append(evaluate_store(store, truth_file, iou_threshold, with_features))
+            truth_file = coco or ground_truth_file(store, ground_truth, by_stem)
+            tables.append(evaluate_store(store, truth_file, iou_threshold, with_features, len(stores) == 1))
         except InputError as exc:
             _fail(str(exc), on_error, failures)
     columns = ["source", *TRUE_COLUMNS, *(CANDIDATE_FEATURES if with_features else ())]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +28,7 @@ from skimage.draw import polygon as fill_polygon
 from . import __version__
 from .atomic import atomic_path
 from .detections import StackDetections, smallest_label_dtype
-from .io import InputError
+from .io import InputError, base_name
 
 CATEGORY = "cavity"
 
@@ -173,8 +173,7 @@ def annotation_pixels(annotation: dict, height: int, width: int) -> np.ndarray:
 
 
 def _names_match(file_name: str, name: str, by_stem: bool) -> bool:
-    # file_name may hold a folder written on either system ("images/a.png", "C:\\data\\a.png")
-    base = PureWindowsPath(PurePosixPath(file_name).name).name
+    base = base_name(file_name)
     return Path(base).stem == Path(name).stem if by_stem else base == Path(name).name
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -65,6 +65,12 @@ def nanometres(value: float, unit: str | None) -> float | None:
         return None
     factor = NM_PER_UNIT.get(str(unit).strip().lower())
     return None if factor is None else float(value) * factor
+
+
+def base_name(name: str) -> str:
+    """The file name in a name that tables and annotation files may write with a folder from
+    either system (``images/a.png``, ``C:\\data\\a.png``)."""
+    return PureWindowsPath(PurePosixPath(name).name).name
 
 
 def list_inputs(path) -> list[Path]:
