@@ -23,6 +23,7 @@ SUPPORTED_SUFFIXES = TIFF_SUFFIXES + PLAIN_IMAGE_SUFFIXES + (".npy",) + DM_SUFFI
 # Lengths in nanometres; spellings as written by ImageJ, DigitalMicrograph and TIFF writers.
 NM_PER_UNIT = {
     "pm": 1e-3,
+    "picometer": 1e-3,
     "å": 0.1,
     "angstrom": 0.1,
     "\\u00c5": 0.1,
@@ -38,8 +39,11 @@ NM_PER_UNIT = {
     "micrometre": 1e3,
     "\\u00b5m": 1e3,
     "mm": 1e6,
+    "millimeter": 1e6,
     "cm": 1e7,
+    "centimeter": 1e7,
     "m": 1e9,
+    "meter": 1e9,
 }
 TIFF_RESOLUTION_UNIT_CENTIMETER = 3
 
@@ -288,7 +292,7 @@ class DigitalMicrographReader:
             from rsciio.digitalmicrograph import file_reader
         except ImportError as exc:
             raise InputError(
-                f"{path}: reading Gatan DM3/DM4 files needs rosettasciio (pip install rosettasciio)"
+                f'{path}: reading Gatan DM3/DM4 files needs rosettasciio: pip install "napari-detection-qc[dm]"'
             ) from exc
         signals = [s for s in file_reader(str(path), lazy=True) if np.ndim(s["data"]) >= 2]
         if not signals:

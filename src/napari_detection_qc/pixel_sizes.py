@@ -1,5 +1,8 @@
-"""Per-image pixel sizes from a table, in the format the seed paper's authors keep them: one line per
-image, ``image name, nm per pixel``, with or without a header line, comma- or tab-separated.
+"""Where a pixel size (nm) comes from, besides the image file itself (``io``): a table, in the
+format the seed paper's authors keep them (one line per image, ``image name, nm per pixel``, with
+or without a header line, comma- or tab-separated), or a napari layer (what our reader or the
+detection widget recorded, or the layer's scale in length units). No napari import: a layer is
+anything with ``metadata``, ``scale`` and ``units``.
 
 A table entry names an input by its file name (``a.tif``), else by stem (``a``, or ``a.png`` for
 ``a.tif``); folders in the name are ignored. The table's value replaces whatever the file itself records.
@@ -12,7 +15,24 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .io import InputError, base_name
+from .io import InputError, base_name, nanometres
+
+# the key under which our reader and widgets keep their records in a layer's metadata
+METADATA_KEY = "detection_qc"
+
+
+def pixel_size_from_layer(layer) -> float | None:
+    """The pixel size (nm) of a layer: the one recorded in its metadata (our reader, the
+    detection widget), else its last axis' scale when its unit is a length; None when unknown."""
+    if layer is None:
+        return None
+    recorded = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY, {}).get("pixel_size_nm")
+    if recorded and float(recorded) > 0:
+        return float(recorded)
+    units, scale = getattr(layer, "units", None), getattr(layer, "scale", None)
+    if not units or scale is None or len(scale) == 0:
+        return None
+    return nanometres(float(scale[-1]), str(units[-1]))
 
 
 def read_pixel_size_table(path) -> dict[str, float]:
