@@ -84,3 +84,16 @@ def test_pixel_size_and_coco_through_the_widgets(make_napari_viewer, qtbot, micr
     assert training.load_coco_ground_truth(path) is None and "exists already" in training.status.value
     training.masks.value = None
     assert training.load_coco_ground_truth(path) is None and "pick the predicted masks" in training.status.value
+
+
+def test_manifest_is_valid_and_its_python_names_import():
+    """What `PYTHONPATH=src npe2 validate src/napari_detection_qc/napari.yaml --imports` checks."""
+    from importlib.resources import files
+
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(files("napari_detection_qc") / "napari.yaml")
+    manifest.validate_imports()
+    [reader] = manifest.contributions.readers
+    assert set(reader.filename_patterns) == {"*.dm3", "*.dm4", "*.tif", "*.tiff"}
+    assert set(manifest.contributions.menus) == {"napari/layers/segment", "napari/layers/measure", "napari/layers/annotate"}
