@@ -5,6 +5,7 @@ export of detections (``export-coco``)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -12,13 +13,13 @@ import pytest
 import tifffile
 from skimage.segmentation import relabel_sequential
 
-from napari_detection_qc import batch
 from napari_detection_qc.cli import main
 from napari_detection_qc.coco import CocoGroundTruth, detections_to_coco, write_coco
 from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.io import InputError
 from napari_detection_qc.matching import boxes_from_labels
 from napari_detection_qc.pixel_sizes import match_pixel_sizes, read_pixel_size_table
+from napari_detection_qc.store import Store
 from napari_detection_qc.synthetic import make_stack
 
 
@@ -77,8 +78,8 @@ def test_pixel_size_table_formats_and_errors(tmp_path):
 
 def test_detect_takes_pixel_sizes_from_the_table(detected, capsys):
     root, out, _, args = detected
-    assert batch.Store(out / "series").read_meta()["pixel_size_nm"] == pytest.approx(0.25)
-    assert batch.Store(out / "single").read_meta()["pixel_size_nm"] == pytest.approx(0.4)  # the file's own
+    assert Store(out / "series").read_meta()["pixel_size_nm"] == pytest.approx(0.25)
+    assert Store(out / "single").read_meta()["pixel_size_nm"] == pytest.approx(0.4)  # the file's own
     (root / "typo.csv").write_text("seires.npy,0.25\n")
     bad = [*args[:-1], str(root / "typo.csv")]
     assert main(bad) == 2
@@ -123,3 +124,17 @@ def test_export_coco_holds_the_stored_detections(detected, tmp_path, capsys):
     read_back = CocoGroundTruth.load(path).stack_labels("series.npy", 2, (128, 128))
     np.testing.assert_array_equal(read_back, masks)
     assert "written to" in capsys.readouterr().err
+
+
+def test_export_coco_and_category_refuse_bad_input_in_one_line(detected, tmp_path, capsys):
+    _, out, _, _ = detected
+    store = tmp_path / "series"
+    shutil.copytree(out / "series", store)
+    np.save(store / "masks.npy", np.zeros((1, 128, 128), dtype=np.uint8))  # one frame of two
+    assert main(["export-coco", str(store), "--out", str(tmp_path / "d.json")]) == 2
+    assert "masks.npy: damaged masks" in capsys.readouterr().err
+    assert not (tmp_path / "d.json").exists()
+    truth = tmp_path / "truth.npy"
+    np.save(truth, np.zeros((2, 128, 128), dtype=np.uint16))
+    assert main(["evaluate", str(out / "series"), "--ground-truth", str(truth), "--category", "cavity"]) == 2
+    assert "category can only be chosen in COCO .json" in capsys.readouterr().err
