@@ -5,6 +5,7 @@ the work is in ``run`` and ``store``).
     napari-detection-qc detect IMAGES... --out DETECTIONS      masks and boxes, resumable
     napari-detection-qc score DETECTIONS                       predicted F1/precision/recall per frame
     napari-detection-qc evaluate DETECTIONS --ground-truth GT  true precision/recall/F1 per frame
+    napari-detection-qc export-coco DETECTIONS --out FILE.json detections as COCO JSON (RLE masks)
     napari-detection-qc fit-forest TABLE.csv --out FOREST      a quality forest from labeled frames
 
 Exit codes: 0 done; 1 some inputs failed and were skipped (``--keep-going``); 2 usage or input
@@ -75,6 +76,7 @@ def run_detect(args) -> int:
             executor,
             on_error=report_error if args.keep_going else None,
             progress=not args.no_progress,
+            pixel_size_table=args.pixel_sizes,
         )
     say(
         f"{report.detected_frames} frame(s) detected, {report.skipped_frames} already done; "
@@ -109,11 +111,22 @@ def run_evaluate(args) -> int:
         iou_threshold=args.iou,
         with_features=args.with_features,
         on_error=report_error if args.keep_going else None,
+        category=args.category,
     )
     out = args.out or Path(args.detections) / "evaluation.csv"
     write_csv(Path(out), table)
     say(f"true quality of {len(table)} frame(s) written to {out}")
     return exit_code(failures)
+
+
+def run_export_coco(args) -> int:
+    from .coco import detections_to_coco, write_coco
+    from .store import find_stores, store_detections
+
+    data = detections_to_coco(store_detections(store) for store in find_stores(args.detections))
+    write_coco(args.out, data)
+    say(f"{len(data['annotations'])} detection(s) on {len(data['images'])} image(s) written to {args.out}")
+    return EXIT_OK
 
 
 def run_fit_forest(args) -> int:
@@ -293,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="an existing Dask scheduler, e.g. tcp://host:8786 (its workers must see the same files)",
     )
+    detect.add_argument(
+        "--pixel-sizes",
+        type=Path,
+        metavar="TABLE",
+        help="CSV/TSV of 'image name, nm per pixel' (header optional); overrides the files' own",
+    )
     detect.add_argument("--keep-going", action="store_true", help="skip unreadable files instead of stopping")
     detect.add_argument("--no-progress", action="store_true", help="no progress bar")
     detect.set_defaults(run=run_detect)
@@ -318,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ground-truth",
         type=Path,
         required=True,
-        help="a Labels stack file, or a folder of them named like the inputs",
+        help="a Labels stack file, a folder of them named like the inputs, or a COCO .json",
     )
+    evaluate.add_argument("--category", help="the COCO category to evaluate (needed when it has several)")
     evaluate.add_argument("--iou", type=iou_threshold, default=PAPER_IOU_THRESHOLD, help="box IoU for a match")
     evaluate.add_argument(
         "--with-features", action="store_true", help="add the 18 features, so the CSV can feed fit-forest"
@@ -327,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="CSV to write (default DETECTIONS/evaluation.csv)")
     evaluate.add_argument("--keep-going", action="store_true", help="skip unreadable inputs instead of stopping")
     evaluate.set_defaults(run=run_evaluate)
+
+    export = add_subcommand(
+        commands, "export-coco", help="detections -> COCO JSON (RLE masks, xywh boxes, scores; category cavity)"
+    )
+    export.add_argument("detections", type=Path, help="the output folder of detect (or one input's subfolder)")
+    export.add_argument("--out", type=Path, required=True, help="COCO .json to write")
+    export.set_defaults(run=run_export_coco)
 
     fit = add_subcommand(commands, "fit-forest", help="training table (features + f1, precision, recall) -> forest")
     fit.add_argument("table", type=Path, help="CSV, e.g. from evaluate --with-features")

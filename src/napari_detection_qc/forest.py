@@ -139,7 +139,6 @@ class QualityForest:
         forest = RandomForestRegressor(
             n_estimators=self.n_estimators,
             random_state=self.random_state,
-            oob_score=True,
             n_jobs=1,
             **self.forest_params,
         )

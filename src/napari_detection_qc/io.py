@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -27,6 +27,7 @@ SUPPORTED_SUFFIXES = TIFF_SUFFIXES + PLAIN_IMAGE_SUFFIXES + (".npy",) + DM_SUFFI
 # Lengths in nanometres; spellings as written by ImageJ, DigitalMicrograph and TIFF writers.
 NM_PER_UNIT = {
     "pm": 1e-3,
+    "picometer": 1e-3,
     "å": 0.1,
     "angstrom": 0.1,
     "\\u00c5": 0.1,
@@ -42,8 +43,11 @@ NM_PER_UNIT = {
     "micrometre": 1e3,
     "\\u00b5m": 1e3,
     "mm": 1e6,
+    "millimeter": 1e6,
     "cm": 1e7,
+    "centimeter": 1e7,
     "m": 1e9,
+    "meter": 1e9,
 }
 TIFF_RESOLUTION_UNIT_CENTIMETER = 3
 MAX_FRAME_PIXELS = 2**28  # 16384 x 16384; a header claiming more is refused before allocating
@@ -70,6 +74,12 @@ def nanometres(value: float, unit: str | None) -> float | None:
         return None
     factor = NM_PER_UNIT.get(str(unit).strip().lower())
     return None if factor is None else float(value) * factor
+
+
+def base_name(name: str) -> str:
+    """The file name in a name that tables and annotation files may write with a folder from
+    either system (``images/a.png``, ``C:\\data\\a.png``)."""
+    return PureWindowsPath(PurePosixPath(name).name).name
 
 
 def list_inputs(path) -> list[Path]:
@@ -306,7 +316,7 @@ class DigitalMicrographReader:
             from rsciio.digitalmicrograph import file_reader
         except ImportError as exc:
             raise InputError(
-                f"{path}: reading Gatan DM3/DM4 files needs rosettasciio (pip install rosettasciio)"
+                f'{path}: reading Gatan DM3/DM4 files needs rosettasciio: pip install "napari-detection-qc[dm]"'
             ) from exc
         signals = [s for s in file_reader(str(path), lazy=True) if np.ndim(s["data"]) >= 2]
         if not signals:

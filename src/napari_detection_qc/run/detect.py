@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import InputError, list_inputs, read_frame
+from ..pixel_sizes import match_pixel_sizes, read_pixel_size_table
 from ..store.format import assemble, write_frame
 from ..store.planning import FrameTask, InputPlan, plan_input, store_names
 from .detector import DetectorSpec, cached_detector
@@ -82,17 +83,22 @@ def detect(
     *,
     on_error: ErrorHandler | None = None,
     progress: bool = True,
+    pixel_size_table=None,
 ) -> DetectReport:
     """Detect every frame of every input into ``out_dir``, skipping frames already stored.
     Without ``on_error`` the first unreadable file stops the run with an :class:`InputError`
-    (a :class:`ResourceError` when memory or disk ran out)."""
+    (a :class:`ResourceError` when memory or disk ran out).
+    ``pixel_size_table``: a CSV/TSV of per-image pixel sizes (``pixel_sizes``) overriding the files'."""
+    table = read_pixel_size_table(pixel_size_table) if pixel_size_table is not None else {}
     failures: list[str] = []
     sources = unique_sources(inputs, on_error, failures)
+    pixel_sizes = match_pixel_sizes(table, sources, str(pixel_size_table)) if table else {}
     detector_meta = {**cached_detector(spec).metadata(), "object_size": spec.object_size or "auto"}
     plans: list[InputPlan] = []
     for source, name in zip(sources, store_names(sources)):
         try:
-            plans.append(plan_input(source, Path(out_dir) / name, spec.score_threshold, detector_meta))
+            root = Path(out_dir) / name
+            plans.append(plan_input(source, root, spec.score_threshold, detector_meta, pixel_sizes.get(source)))
         except InputError as exc:
             fail(str(exc), on_error, failures)
     complete, detected = run_plans(plans, spec, executor, on_error, failures, progress)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..coco import CocoGroundTruth
 from ..features import CANDIDATE_FEATURES, PAPER_FEATURES, table_features
 from ..forest import TARGETS, QualityForest, bundled_forest_for
 from ..io import InputError, list_inputs, read_frames
@@ -74,24 +75,33 @@ def ground_truth_file(store: Store, ground_truth: Path, by_stem: dict[str, Path]
     return by_stem[stem]
 
 
+def read_ground_truth(truth: Path | CocoGroundTruth, meta: dict, sole_input: bool) -> np.ndarray:
+    """A store's ground truth: a Labels file, or the images of the store's input in a COCO file."""
+    if isinstance(truth, CocoGroundTruth):
+        name = Path(meta["source"]).name
+        return truth.stack_labels(name, meta["n_frames"], meta["image_shape"], sole_input)
+    return read_frames(truth)[0]
+
+
 def evaluate_store(
     store: Store,
-    truth_file: Path,
+    truth: Path | CocoGroundTruth,
     iou_threshold: float = PAPER_IOU_THRESHOLD,
     with_features: bool = False,
+    sole_input: bool = True,
 ) -> pd.DataFrame:
     """The paper's TP/FP/FN, precision, recall and F1 of every frame (``scoring``'s numbers, from
-    the stored boxes joined by frame), optionally next to the frame's 18 features for fit-forest."""
+    the stored boxes joined by frame), optionally next to the frame's 18 features for fit-forest.
+    ``sole_input``: the ground truth is about this store's input only (see ``coco``)."""
     meta, table, features = store_features(store)
     n_frames, image_shape = meta["n_frames"], tuple(meta["image_shape"])
     try:
-        quality = boxes_true_quality(
-            boxes_by_frame(table, n_frames), image_shape, read_frames(truth_file)[0], None, iou_threshold
-        )
+        ground_truth = read_ground_truth(truth, meta, sole_input)
+        quality = boxes_true_quality(boxes_by_frame(table, n_frames), image_shape, ground_truth, None, iou_threshold)
     except InputError:
         raise
     except ValueError as exc:  # not a Labels stack, or not one of this many frames or this shape
-        raise InputError(f"{truth_file}: {exc}") from exc
+        raise InputError(f"{getattr(truth, 'path', truth)}: {exc}") from exc
     if with_features:
         quality = pd.concat([quality, features.reset_index(drop=True)], axis=1)
     quality.insert(0, "source", meta["source"])
@@ -105,18 +115,24 @@ def evaluate_stores(
     iou_threshold: float = PAPER_IOU_THRESHOLD,
     with_features: bool = False,
     on_error: ErrorHandler | None = None,
+    category: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Evaluate each store against its ground-truth file; returns the joined table and the failures."""
+    """Evaluate each store against its ground truth: a Labels file, a folder of them named like
+    the inputs, or a COCO JSON file (``category`` picks one of its categories). Returns the
+    joined table and the failures."""
     ground_truth = Path(ground_truth)
+    coco = CocoGroundTruth.load(ground_truth, category) if ground_truth.suffix.lower() == ".json" else None
+    if category is not None and coco is None:
+        raise InputError(f"{ground_truth}: a category can only be chosen in COCO .json ground truth")
     by_stem = {p.stem: p for p in list_inputs(ground_truth)} if ground_truth.is_dir() else None
-    if by_stem is None and len(stores) != 1:
+    if coco is None and by_stem is None and len(stores) != 1:
         raise InputError(f"{ground_truth}: one ground-truth file for {len(stores)} inputs; pass a folder")
     failures: list[str] = []
     tables = []
     for store in stores:
         try:
-            truth_file = ground_truth_file(store, ground_truth, by_stem)
-            tables.append(evaluate_store(store, truth_file, iou_threshold, with_features))
+            truth = coco or ground_truth_file(store, ground_truth, by_stem)
+            tables.append(evaluate_store(store, truth, iou_threshold, with_features, len(stores) == 1))
         except InputError as exc:
             fail(str(exc), on_error, failures)
     columns = ["source", *TRUE_COLUMNS, *(CANDIDATE_FEATURES if with_features else ())]

@@ -5,6 +5,7 @@ from .format import (
     Store,
     boxes_by_frame,
     find_stores,
+    store_detections,
     write_csv,
     write_json,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "boxes_by_frame",
     "find_stores",
     "plan_input",
+    "store_detections",
     "store_names",
     "write_csv",
     "write_json",

@@ -23,12 +23,14 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path
-from ..detections import FrameDetections, smallest_label_dtype
+from ..detections import FrameDetections, StackDetections, smallest_label_dtype
 from ..features import BOX_COLUMNS, mask_circularities
 from ..io import InputError
 
 DETECTION_COLUMNS = ("frame", "label", *BOX_COLUMNS, "score", "circularity")
 FRAME_ARRAYS = ("labels", "boxes", "scores", "circularity")
+# pandas 3 parses floats exactly by default and deprecates the option older versions need for it
+EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -108,7 +110,7 @@ class Store:
             raise InputError(f"{self.root}: detection is not finished; rerun `napari-detection-qc detect`")
         dtypes = {name: np.float64 for name in DETECTION_COLUMNS} | {"frame": np.int64, "label": np.int64}
         try:
-            table = pd.read_csv(self.table_path, dtype=dtypes, float_precision="round_trip")
+            table = pd.read_csv(self.table_path, dtype=dtypes, **EXACT_FLOATS)
         except (OSError, ValueError) as exc:
             raise InputError(f"{self.table_path}: unreadable detections table ({exc})") from exc
         missing = [name for name in DETECTION_COLUMNS if name not in table.columns]
@@ -130,6 +132,32 @@ def boxes_by_frame(table: pd.DataFrame, n_frames: int) -> list[np.ndarray]:
     boxes = table[list(BOX_COLUMNS)].to_numpy()[order]
     starts = np.searchsorted(frames, np.arange(n_frames + 1))
     return [boxes[starts[t] : starts[t + 1]] for t in range(n_frames)]
+
+
+def store_detections(store: Store) -> tuple[str, StackDetections]:
+    """A finished store's input file name and detections (masks memory-mapped, read frame by frame)."""
+    meta = store.read_meta()
+    n_frames, image_shape = meta["n_frames"], tuple(meta["image_shape"])
+    table = store.read_table(n_frames).sort_values(["frame", "label"], kind="stable")
+    try:
+        masks = np.load(store.masks_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{store.masks_path}: unreadable masks ({exc})") from exc
+    if masks.shape != (n_frames, *image_shape) or not np.issubdtype(masks.dtype, np.integer):
+        raise InputError(
+            f"{store.masks_path}: damaged masks: {masks.dtype} {masks.shape}, expected ({n_frames}, "
+            f"{image_shape[0]}, {image_shape[1]}) integer labels"
+        )
+    starts = np.searchsorted(table["frame"].to_numpy(), np.arange(n_frames + 1))
+    boxes, scores = table[list(BOX_COLUMNS)].to_numpy(), table["score"].to_numpy()
+    try:
+        frames = [
+            FrameDetections(boxes[starts[t] : starts[t + 1]], scores[starts[t] : starts[t + 1]], masks[t])
+            for t in range(n_frames)
+        ]
+    except ValueError as exc:  # masks holding more objects than the table
+        raise InputError(f"{store.root}: masks and detections table disagree ({exc})") from exc
+    return Path(meta["source"]).name, StackDetections.from_frames(frames, is_2d=bool(meta.get("is_2d")))
 
 
 def find_stores(path) -> list[Store]:

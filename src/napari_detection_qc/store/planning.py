@@ -96,10 +96,13 @@ def identity_conflict(previous: dict, meta: dict, source: Path, root: Path) -> s
     return None
 
 
-def plan_input(source: Path, root: Path, score_threshold: float, detector_meta: dict) -> InputPlan:
+def plan_input(
+    source: Path, root: Path, score_threshold: float, detector_meta: dict, pixel_size_nm: float | None = None
+) -> InputPlan:
     """Describe the input, write (or check) its store's meta.json and list the frames not yet done.
     A store made by another detector, or for another input or content, is refused rather than mixed.
-    Temporary files of writers that no longer run are removed; a running writer's are kept."""
+    Temporary files of writers that no longer run are removed; a running writer's are kept.
+    ``pixel_size_nm`` (from a pixel-size table) replaces the one the file records."""
     info = describe(source)
     store = Store(root)
     try:
@@ -112,7 +115,7 @@ def plan_input(source: Path, root: Path, score_threshold: float, detector_meta: 
         "n_frames": info.n_frames,
         "image_shape": list(info.frame_shape),
         "is_2d": info.is_2d,
-        "pixel_size_nm": info.pixel_size_nm,
+        "pixel_size_nm": pixel_size_nm or info.pixel_size_nm,
         "detector": detector_meta,
         "score_threshold": score_threshold,
         "created_by": f"napari-detection-qc {__version__}",
