@@ -162,7 +162,7 @@ def test_quality_widget_equals_core_api(make_napari_viewer, qtbot, small_stack, 
     assert widget.table_view.rowCount() == 4
     widget.go_to_frame(3)
     assert viewer.dims.current_step[0] == 3
-    assert widget.explanation.value.startswith("frame 3")
+    assert widget.explanation.startswith("frame 3")
     out = widget.export_csv(tmp_path / "quality.csv")
     assert len(pd.read_csv(out)) == 4
     assert "density_per_um2" not in widget.table.columns  # no pixel size was given
@@ -245,7 +245,7 @@ def test_training_loop_changes_the_forest(make_napari_viewer, qtbot, small_stack
     widget.refit()  # adds the 3 frames to the forest's 200 training frames
     wait_for(qtbot, widget)
     assert widget.session.forest is not None and widget.session.forest.n_training == 203
-    assert "CV F1" in widget.metrics.value
+    assert "cross-validated F1" in widget.metrics.text()
     qtbot.waitUntil(lambda: quality.forest is widget.session.forest, timeout=WORKER_TIMEOUT_MS)
     assert not np.allclose(quality.table["f1"].to_numpy(), before)
 

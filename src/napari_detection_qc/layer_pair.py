@@ -131,3 +131,16 @@ def pair_problem(
         return (f"boxes in '{boxes_name}' reach ({reach_y:.0f}, {reach_x:.0f}), outside the "
                 f"{height} x {width} frames of '{masks_name}': they belong to another image")
     return None
+
+
+def count_unboxed(labels_data: np.ndarray, features: pd.DataFrame) -> int:
+    """How many masks in a (Y, X) or (T, Y, X) Labels array have no box (quality ignores them)."""
+    stack = labels_data[None] if labels_data.ndim == 2 else labels_data
+    if "label" not in features.columns:
+        return 0
+    frames = features["frame"].to_numpy() if "frame" in features.columns and labels_data.ndim == 3 else None
+    total = 0
+    for t in range(len(stack)):
+        ids = features["label"].to_numpy() if frames is None else features["label"].to_numpy()[frames == t]
+        total += len(orphan_masks(stack[t], ids.astype(np.int64)))
+    return total
