@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from napari.layers import Labels, Shapes
+from qtpy.QtCore import QTimer
 
 from ..ground_truth import painted_frames
 from ..layer_pair import frame_box_ids, manual_rows, unboxed_masks, with_origin
@@ -33,14 +34,20 @@ class PairSync:
                 and PAIR_COLUMNS <= set(self.boxes.features.columns))
 
     def _on_paint(self, event) -> None:
-        """Add a box for each painted mask that has none."""
+        """napari announces a paint before it writes the pixels: look once it has."""
+        if self._ready():
+            frames = painted_frames(event.value, self.masks.ndim)
+            QTimer.singleShot(0, lambda: self.add_boxes(frames))
+
+    def add_boxes(self, frames: set[int]) -> None:
+        """Add a box for each mask in these frames that has none."""
         if not self._ready():
             return
         data = labels_data(self.masks)
         is_2d = data.ndim == 2
         features = with_origin(self.boxes.features)
         vertices, rows = [], []
-        for t in sorted(painted_frames(event.value, data.ndim)):
+        for t in sorted(frames):
             ids, boxes = unboxed_masks(data if is_2d else data[t], frame_box_ids(features, t))
             if ids.size:
                 frame_vertices, frame_rows = manual_rows(ids, boxes, t, is_2d)

@@ -9,12 +9,14 @@ from qtpy.QtWidgets import QDockWidget, QTabWidget, QWidget
 from ._common import viewer_session
 
 DOCK_NAME = "Detection QC results"
+MIN_HEIGHT = 230  # a readable plot; leaves the canvas most of a 1080-pixel screen
 
 
 class ResultsDock(QTabWidget):
     def __init__(self):
         super().__init__()
         self.setDocumentMode(True)
+        self.setMinimumHeight(MIN_HEIGHT)
 
     def show_page(self, page: QWidget, title: str) -> None:
         """Add the page if it is new, and bring it to the front."""

@@ -12,7 +12,17 @@ import pandas as pd
 from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
 from napari.qt.threading import create_worker
-from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QLabel, QListWidget, QTableWidget, QTableWidgetItem
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
+)
 
 from ..features import stack_features
 from ..forest import QualityForest, bundled_forest_for
@@ -34,7 +44,8 @@ from .plots import ParityPlot
 from .results_dock import results_dock
 
 SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
-LIST_ROWS = 5
+LIST_ROWS = 4
+PARITY_MAX_WIDTH = 420
 
 
 def is_ground_truth(layer) -> bool:
@@ -82,6 +93,13 @@ class TrainingWidget(Step):
         self.add_section("Files", row(self.save_forest_button, self.load_forest_button),
                          row(self.save_set_button, self.load_set_button))
         self.parity = ParityPlot()
+        self.parity.setMaximumWidth(PARITY_MAX_WIDTH)
+        self.parity_text = QLabel("")
+        self.parity_text.setWordWrap(True)
+        self.parity_page = QWidget()
+        page = QHBoxLayout(self.parity_page)
+        page.addWidget(self.parity)
+        page.addWidget(self.parity_text, 1)
 
         self.training_set: TrainingSet | None = None
         self.scores: pd.DataFrame | None = None
@@ -165,10 +183,10 @@ class TrainingWidget(Step):
         frames = painted_frames(event.value, np.ndim(self.ground_truth.value.data)) - record.reviewed_frames
         if frames:
             record.reviewed_frames |= frames
-            self._store(record)
+            layer = self.ground_truth.value
+            layer.metadata = record.to_metadata(layer.metadata)
             self.status.value = f"frame(s) {sorted(frames)} marked reviewed: you edited them"
-        else:
-            self.refresh_frame_list()
+        QTimer.singleShot(0, self.refresh_frame_list)  # napari writes the pixels after announcing them
 
     def mark_reviewed(self, frame: int, quiet: bool = False) -> None:
         if self.ground_truth.value is None:
@@ -287,12 +305,14 @@ class TrainingWidget(Step):
             predictions = cv.predictions
             is_new = [training.sources[r] in new_sources for r in predictions["row"]]
             self.parity.show_predictions(predictions["true_f1"], predictions["f1"], is_new)
-            results_dock(self.viewer).show_page(self.parity, "Refit: predicted vs true F1")
+            self.parity_text.setText(self.metrics.text())
+            results_dock(self.viewer).show_page(self.parity_page, "Refit: predicted vs true F1")
         self.status.info("refit done; the Quality step now uses the new forest")
 
     def _on_refit_error(self, exc: Exception) -> None:
         if self.metrics.text() and not self.metrics.text().startswith("stale"):
             self.metrics.setText("stale (the last refit failed): " + self.metrics.text())
+            self.parity_text.setText(self.metrics.text())
         self.status.error(f"refit failed: {exc}")
 
     def _on_refit_finished(self) -> None:
