@@ -316,11 +316,12 @@ def test_layout_fits_a_1920x1080_screen(make_napari_viewer, qtbot, small_stack):
     assert holder.geometry().height() >= 200  # the plot is readable
     canvas = viewer.window._qt_viewer.canvas.native
     assert canvas.height() >= 400  # and the image still has most of the screen
-    # each step fits the dock: Detection and Quality without scrolling, Training nearly
-    viewport = dock.geometry().height() - widget.tabBar().height()
-    assert widget.detection.minimumSizeHint().height() <= viewport
-    assert widget.quality.minimumSizeHint().height() <= viewport
-    assert widget.training.minimumSizeHint().height() <= 1.1 * viewport
+    # each step's sections fit the dock without scrolling; the status line stays in view below them
+    for step in (widget.detection, widget.quality, widget.training):
+        widget.setCurrentWidget(step)
+        process(qtbot)
+        assert step.body.sizeHint().height() <= step.scroll.viewport().height(), type(step).__name__
+        assert step.status.isVisible()
     # a long status never grows the dock: elided, one line, the whole text in the tooltip
     before = (dock.minimumSizeHint(), widget.detection.minimumSizeHint())
     widget.detection.status.value = "a very long message " * 100
@@ -364,9 +365,9 @@ def test_progress_shows_in_the_dock_at_once_with_correct_totals(make_napari_view
     widget.run()
     # before the worker has done anything: the bar and the count are there
     assert widget.progress_bar.isVisibleTo(widget) and widget.progress_bar.maximum() == 4
-    assert widget.status.value.startswith("0 / 4 frames")
+    assert widget.progress_text.value.startswith("0 / 4 frames")
     texts = []
-    widget.worker.yielded.connect(lambda _item: texts.append(widget.status.value))
+    widget.worker.yielded.connect(lambda _item: texts.append(widget.progress_text.value))
     wait_for(qtbot, widget)
     assert texts[-1].startswith("4 / 4 frames") and "left" in texts[-1]
     assert not widget.progress_bar.isVisibleTo(widget)
@@ -496,7 +497,7 @@ def test_refit_reports_your_frames_and_names_forests_honestly(make_napari_viewer
         training.mark_reviewed(t)
     training.refit()
     wait_for(qtbot, training)
-    assert "yours (3 frames)" in training.metrics.text() and "pooled" in training.metrics.text()
+    assert "yours, 3 frames" in training.metrics.text() and "pooled" in training.metrics.text()
     qtbot.waitUntil(lambda: quality.forest is training.session.forest, timeout=WORKER_TIMEOUT_MS)
     assert "refit in this viewer" in quality.forest_name.text()
     training.load_forest(test_forest[1])

@@ -145,24 +145,34 @@ class StatusLine(QLabel):
 
 
 class Step(QWidget):
-    """One step of the workflow: titled sections stacked top to bottom, a status line at the
-    bottom. Other features add their own section with ``add_section``."""
+    """One step of the workflow: titled sections stacked top to bottom in a scroll area (a short
+    screen scrolls instead of overflowing), and a status line below it that stays in view. Other
+    features add their own section with ``add_section``."""
 
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
         self.session = viewer_session(napari_viewer)
         self.setMaximumWidth(DOCK_MAX_WIDTH)
-        self._layout = QVBoxLayout(self)
-        self._layout.setContentsMargins(4, 4, 4, 4)
-        self._layout.setSpacing(4)
-        self._layout.addStretch(1)
+        self.body = QWidget()
+        self._sections = QVBoxLayout(self.body)
+        self._sections.setContentsMargins(0, 0, 0, 0)
+        self._sections.setSpacing(4)
+        self._sections.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.body)
         self.status = StatusLine()
-        self._layout.addWidget(self.status)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.scroll)
+        layout.addWidget(self.status)
 
     def add_section(self, title: str, *items) -> QGroupBox:
         """A titled section of magicgui widgets (laid out as a labelled form) and Qt widgets, in
-        order, above the status line."""
+        order, below the sections already there."""
         box = QGroupBox(title)
         layout = QVBoxLayout(box)
         layout.setContentsMargins(6, 4, 6, 4)
@@ -179,18 +189,8 @@ class Step(QWidget):
                 form = []
             if item is not None:
                 layout.addWidget(item)
-        self._layout.insertWidget(self._layout.count() - 2, box)
+        self._sections.insertWidget(self._sections.count() - 1, box)
         return box
-
-
-def scrolled(widget: QWidget) -> QScrollArea:
-    """``widget`` in a vertical scroll area, so a short screen scrolls instead of overflowing."""
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setFrameShape(QScrollArea.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    area.setWidget(widget)
-    return area
 
 
 def row(*widgets) -> Container:

@@ -19,7 +19,7 @@ from ..detections import FrameDetections, smallest_label_dtype
 from ..engines import load_detector
 from ..layer_pair import METADATA_KEY, merge_frames, new_pair_id, pair_record, with_origin
 from ..progress import RunProgress, clock
-from ._common import LayerPicker, Step, row
+from ._common import LayerPicker, StatusLine, Step, row
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
 WHOLE_STACK, CURRENT_FRAME = "whole stack", "current frame"
@@ -61,9 +61,11 @@ class DetectionWidget(Step):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
+        self.progress_text = StatusLine()
         self.add_section("Image and detector", self.image, self.engine, self.weights, self.config, self.device,
                          self.threshold, self.max_detections, self.object_size, self.pixel_size)
-        self.add_section("Run", self.scope, row(self.run_button, self.cancel_button), self.progress_bar)
+        self.add_section("Run", self.scope, row(self.run_button, self.cancel_button), self.progress_bar,
+                         self.progress_text)
 
         self.engine.changed.connect(self._on_engine)
         self.pixel_size.changed.connect(self._on_pixel_size)
@@ -143,12 +145,12 @@ class DetectionWidget(Step):
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.quit()
-            self.status.value = "cancelling after the current frame…"
+            self.progress_text.value = "cancelling after the current frame…"
 
     def _show_progress(self) -> None:
         if self.progress is not None:
             self.progress_bar.setValue(self.progress.done)
-            self.status.value = self.progress.text()
+            self.progress_text.value = self.progress.text()
 
     # -- layers ------------------------------------------------------------------------------------
     def _prepare_layers(self, layer: Image, frames, is_2d: bool) -> None:
@@ -262,6 +264,7 @@ class DetectionWidget(Step):
         self._failed = None
         self.worker = None
         self.progress_bar.setVisible(False)
+        self.progress_text.value = ""
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self.session.detections_changed.emit(self.masks_layer, self.boxes_layer, True)
 

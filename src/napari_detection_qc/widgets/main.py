@@ -1,11 +1,10 @@
-"""The whole workflow in one dock: Detection, Quality and Training as tabs (each scrolls rather
-than overflowing a short screen); their plots and tables go to the results dock under the canvas."""
+"""The whole workflow in one dock: Detection, Quality and Training as tabs; their plots and tables go to the results dock under the canvas."""
 
 from __future__ import annotations
 
 from qtpy.QtWidgets import QTabWidget
 
-from ._common import DOCK_MAX_WIDTH, scrolled
+from ._common import DOCK_MAX_WIDTH
 from .detection import DetectionWidget
 from .quality import QualityWidget
 from .training import TrainingWidget
@@ -19,4 +18,4 @@ class DetectionQCWidget(QTabWidget):
         self.quality = QualityWidget(napari_viewer)
         self.training = TrainingWidget(napari_viewer)
         for title, step in (("Detection", self.detection), ("Quality", self.quality), ("Training", self.training)):
-            self.addTab(scrolled(step), title)
+            self.addTab(step, title)

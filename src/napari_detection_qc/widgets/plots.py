@@ -140,7 +140,7 @@ class ParityPlot(FigureCanvasQTAgg):
         axes.set_xlim(-0.02, 1.02)
         axes.set_ylim(-0.02, 1.02)
         axes.set_xlabel("true F1")
-        axes.set_ylabel("cross-validated predicted F1")
+        axes.set_ylabel("predicted F1 (CV)")
         legend = axes.legend(loc="upper left", fontsize=7, frameon=False)
         for text in legend.get_texts():
             text.set_color(FOREGROUND)

@@ -219,6 +219,9 @@ class QualityWidget(Step):
         if self.worker is not None:
             self._pending = True
             return
+        if self.session.is_busy(self.masks.value, self.boxes.value):
+            self.status.value = "waiting for the detection to finish…"  # it asks again when done
+            return
         try:
             stack = detections_from_layers(self.masks.value, self.boxes.value)
             forest, name = self.resolve_forest()

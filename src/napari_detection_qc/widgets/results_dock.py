@@ -18,11 +18,14 @@ class ResultsDock(QTabWidget):
         self.setDocumentMode(True)
         self.setMinimumHeight(MIN_HEIGHT)
 
-    def show_page(self, page: QWidget, title: str) -> None:
-        """Add the page if it is new, and bring it to the front."""
+    def show_page(self, page: QWidget, title: str, front: bool = False) -> None:
+        """Add the page if it is new (then in front); ``front`` brings an existing page forward.
+        Pages that merely refresh do not steal the front from the one the user looks at."""
         if self.indexOf(page) < 0:
             self.addTab(page, title)
-        self.setCurrentWidget(page)
+            front = True
+        if front:
+            self.setCurrentWidget(page)
 
 
 def _alive(widget) -> bool:

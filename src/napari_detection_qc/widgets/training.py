@@ -12,7 +12,7 @@ import pandas as pd
 from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -44,7 +44,10 @@ from .plots import ParityPlot
 from .results_dock import results_dock
 
 SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
+SCORE_HEADERS = {"tp": "TP", "fp": "FP", "fn": "FN", "precision": "P", "recall": "R", "f1": "F1",
+                 "predicted_f1": "pred. F1"}
 LIST_ROWS = 4
+TABLE_ROWS = 3
 PARITY_MAX_WIDTH = 420
 
 
@@ -54,9 +57,15 @@ def is_ground_truth(layer) -> bool:
         "ground truth")
 
 
-def rows_high(widget, rows: int) -> None:
-    """Fix a list or table to ``rows`` rows (plus its header), so it never grows the dock."""
-    widget.setFixedHeight(rows * widget.fontMetrics().height() * 3 // 2 + 30)
+def list_rows_high(widget: QListWidget, rows: int) -> None:
+    """Fix a list to ``rows`` lines, so it never grows the dock."""
+    widget.setFixedHeight(rows * (widget.fontMetrics().height() + 2) + 8)
+
+
+def table_rows_high(widget: QTableWidget, rows: int) -> None:
+    """Fix a table to ``rows`` rows under its header, so it never grows the dock."""
+    header = widget.horizontalHeader().sizeHint().height()
+    widget.setFixedHeight(header + rows * widget.verticalHeader().defaultSectionSize() + 8)
 
 
 class TrainingWidget(Step):
@@ -70,17 +79,18 @@ class TrainingWidget(Step):
         self.reviewed_button = PushButton(text="Frame reviewed ✓")
         self.empty_button = PushButton(text="Checked: no objects")
         self.frame_list = QListWidget()
-        rows_high(self.frame_list, LIST_ROWS)
+        list_rows_high(self.frame_list, LIST_ROWS)
         self.iou = FloatSpinBox(label="IoU threshold", value=0.1, min=0.0, max=1.0, step=0.05)
         self.score_button = PushButton(text="Score labeled frames")
         self.score_table = QTableWidget(0, len(SCORE_COLUMNS))
         self.score_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        rows_high(self.score_table, LIST_ROWS)
+        table_rows_high(self.score_table, TABLE_ROWS)
+        self.score_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.mode = ComboBox(label="refit", choices=[m.value for m in RefitMode], value=RefitMode.ADD.value)
         self.refit_button = PushButton(text="Refit forest")
         self.metrics = QLabel("")
         self.metrics.setWordWrap(True)
-        self.metrics.setFixedHeight(3 * self.metrics.fontMetrics().height() + 6)
+        self.metrics.setFixedHeight(4 * self.metrics.fontMetrics().height() + 6)
         self.save_forest_button = PushButton(text="Save forest…")
         self.load_forest_button = PushButton(text="Load forest…")
         self.save_set_button = PushButton(text="Save training set…")
@@ -248,7 +258,7 @@ class TrainingWidget(Step):
         self.scores = scores
         columns = [c for c in SCORE_COLUMNS if c in scores.columns]
         self.score_table.setColumnCount(len(columns))
-        self.score_table.setHorizontalHeaderLabels(["predicted" if c == "predicted_f1" else c for c in columns])
+        self.score_table.setHorizontalHeaderLabels([SCORE_HEADERS[c] for c in columns])
         self.score_table.setRowCount(len(scores))
         self.score_table.setVerticalHeaderLabels([str(t) for t in scores["frame"]])
         for r, values in enumerate(scores.loc[:, columns].itertuples(index=False)):
@@ -299,14 +309,14 @@ class TrainingWidget(Step):
             self.parity.clear()
         else:
             report = cv_report(cv, training, new_sources)
-            self.metrics.setText("5-fold cross-validated F1<br>" + "<br>".join(
-                f"{name} ({int(r.n)} frames): MAE {r.mae:.3f}, RMSE {r.rmse:.3f}, R² {r.r2:.2f}"
-                for name, r in report.iterrows()))
+            self.metrics.setText("5-fold cross-validated F1 (MAE / RMSE / R²)<br>" + "<br>".join(
+                f"{name}, {int(r.n)} frames: {r.mae:.3f} / {r.rmse:.3f} / "
+                + ("–" if np.isnan(r.r2) else f"{r.r2:.2f}") for name, r in report.iterrows()))
             predictions = cv.predictions
             is_new = [training.sources[r] in new_sources for r in predictions["row"]]
             self.parity.show_predictions(predictions["true_f1"], predictions["f1"], is_new)
             self.parity_text.setText(self.metrics.text())
-            results_dock(self.viewer).show_page(self.parity_page, "Refit: predicted vs true F1")
+            results_dock(self.viewer).show_page(self.parity_page, "Refit: predicted vs true F1", front=True)
         self.status.info("refit done; the Quality step now uses the new forest")
 
     def _on_refit_error(self, exc: Exception) -> None:
