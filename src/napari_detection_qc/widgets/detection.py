@@ -12,8 +12,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton, RadioButtons, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QProgressBar
+from qtpy.QtCore import QEventLoop, QTimer
+from qtpy.QtWidgets import QApplication, QProgressBar
 
 from ..detections import FrameDetections, smallest_label_dtype
 from ..engines import load_detector
@@ -122,6 +122,7 @@ class DetectionWidget(Step):
             indices = list(range(len(frames)))
         else:
             indices = [int(self.viewer.dims.current_step[0])]
+        self._start_progress(len(indices))
         self._prepare_layers(layer, frames, is_2d)
         options = dict(device=self.device.value, score_threshold=self.threshold.value,
                        max_detections=self.max_detections.value)
@@ -133,14 +134,20 @@ class DetectionWidget(Step):
         self.worker.yielded.connect(self._on_frame)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.progress = RunProgress(total=len(indices))
-        self.progress_bar.setRange(0, len(indices))
+        self.cancel_button.enabled = True
+        self.worker.start()
+
+    def _start_progress(self, total: int) -> None:
+        """Show the progress at once: creating the layers and loading the detector take seconds,
+        and the user must see that Detect was taken (painted before that work starts)."""
+        self.run_button.enabled = False
+        self.progress = RunProgress(total=total)
+        self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
         self.progress_bar.setVisible(True)
         self._show_progress()
         self._ticker.start()
-        self.worker.start()
+        QApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
 
     def cancel(self) -> None:
         if self.worker is not None:
