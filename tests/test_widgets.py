@@ -291,6 +291,11 @@ def test_layout_fits_a_1920x1080_screen(make_napari_viewer, qtbot, small_stack):
     from napari_detection_qc.widgets import DetectionQCWidget
     from napari_detection_qc.widgets.results_dock import results_dock
 
+    from qtpy.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen().geometry()
+    if screen.width() < 1920 or screen.height() < 1080:
+        pytest.skip('needs a 1920 x 1080 screen: xvfb-run -s "-screen 0 1920x1080x24"')
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
     window.resize(1920, 1080)
