@@ -288,10 +288,10 @@ def process(qtbot, ms=50):
 
 
 def test_layout_fits_a_1920x1080_screen(make_napari_viewer, qtbot, small_stack):
+    from qtpy.QtWidgets import QApplication
+
     from napari_detection_qc.widgets import DetectionQCWidget
     from napari_detection_qc.widgets.results_dock import results_dock
-
-    from qtpy.QtWidgets import QApplication
 
     screen = QApplication.primaryScreen().geometry()
     if screen.width() < 1920 or screen.height() < 1080:
