@@ -545,3 +545,16 @@ def test_single_image_plot_is_bars(make_napari_viewer, qtbot, small_stack, test_
     widget = quality_widget(viewer, qtbot, test_forest[1], name="one")
     assert len(widget.plot.axes.patches) == 3  # F1, precision and recall as bars
     assert widget.plot.axes.get_xlim() == (0.0, 1.0)
+
+
+def test_object_size_reaches_the_detector_and_its_record(make_napari_viewer, qtbot, small_stack):
+    from napari_detection_qc.widgets import DetectionWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_stack[0][0], name="one")
+    widget = DetectionWidget(viewer)
+    assert widget.object_size.native.text() == "auto"
+    widget.object_size.value = 24.0
+    widget.run()
+    wait_for(qtbot, widget)
+    assert viewer.layers["one masks"].metadata["detection_qc"]["detector"]["object_size"] == 24.0

@@ -17,8 +17,8 @@ import pandas as pd
 from scipy import ndimage
 
 from .detections import FrameDetections, boxes_to_rectangles, frame_shapes_data
+from .pixel_sizes import METADATA_KEY
 
-METADATA_KEY = "detection_qc"
 ORIGIN_DETECTOR = "detector"
 ORIGIN_MANUAL = "manual"
 MANUAL_SCORE = 1.0

@@ -1,15 +1,18 @@
 """Detector engines behind one small interface: ``load_detector(spec)`` -> ``Detector``."""
 
-from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector, load_detector, resolve_device
+from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector, parse_object_size, resolve_device
 from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
+from .registry import default_weights_path, load_detector
 
 __all__ = [
     "DEFAULT_MAX_DETECTIONS",
     "DEFAULT_SCORE_THRESHOLD",
     "Detector",
     "DetectorLoadError",
+    "default_weights_path",
     "load_checkpoint",
     "load_detector",
+    "parse_object_size",
     "resolve_device",
     "save_checkpoint",
 ]

@@ -1,4 +1,4 @@
-"""The detector interface every engine implements, frame input handling, and ``load_detector``.
+"""The detector interface every engine implements, and frame input handling.
 
 Engines only see valid, non-constant grayscale frames already scaled to 0..255; everything a user
 can hand in (uint8/uint16/int/float grayscale, RGB/RGBA, empty or constant frames, NaN) is dealt
@@ -10,18 +10,18 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..detections import FrameDetections
-from .checkpoint import DetectorLoadError
+from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
+from .boxmasks import BoxMasks
+from .intensity import scale_to_255
+from .scaling import ScaleRule, estimate_object_size, resample
+from .tiling import detect_in_tiles
 
-DEFAULT_SCORE_THRESHOLD = 0.1
-DEFAULT_MAX_DETECTIONS = 1000
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
 
 
@@ -53,34 +53,22 @@ def as_grayscale(frame) -> np.ndarray:
     return array
 
 
-def scale_to_255(gray: np.ndarray, normalisation: dict[str, Any]) -> np.ndarray | None:
-    """Map intensities to the 0..255 range the model saw in training; None for a constant frame.
-
-    ``percentile``: the header's (low, high) percentiles go to 0 and 255, so uint16, float and
-    gain/offset changes all look alike. ``raw8``: uint8 frames are used as they are (as detectron2
-    models were trained); other dtypes are min-max scaled to 0..255.
-    """
-    low, high = float(gray.min()), float(gray.max())
-    if high <= low:
-        return None
-    mode = normalisation["intensity"]
-    if mode == "raw8" and gray.dtype == np.uint8:
-        return gray.astype(np.float32)
-    if mode == "percentile":
-        low, high = np.percentile(gray, normalisation["percentiles"])
-        if high <= low:
-            low, high = float(gray.min()), float(gray.max())
-    elif mode != "raw8":
-        raise DetectorLoadError(f"unknown input intensity mode {mode!r} in the model header")
-    scaled = (gray.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
-    return np.clip(scaled, 0, 255, out=scaled)
+ObjectSize = float | str | None
+"""A typical object diameter in native pixels, or ``"auto"``/None to estimate it per frame."""
 
 
 class Detector(ABC):
     """A cavity detector: ``predict(frame)`` -> :class:`FrameDetections`, one frame at a time or
-    streamed over a stack with ``predict_many`` (a caller can stop between frames)."""
+    streamed over a stack with ``predict_many`` (a caller can stop between frames).
+
+    Models that know the object size they were trained at (``scale_rule``) see every frame
+    resampled to it (``object_size``: a diameter in native pixels, or ``"auto"`` to estimate it per
+    frame) and detected in overlapping tiles; results always come back on the frame's own pixel
+    grid. Other models (detectron2's) apply their own resize rule to the whole frame.
+    """
 
     engine: str
+    scale_rule: ScaleRule | None = None
 
     def __init__(
         self,
@@ -104,6 +92,8 @@ class Detector(ABC):
         self.score_threshold = float(score_threshold)
         self.max_detections = int(max_detections)
         self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
+        self.last_object_sizes: list[float | None] = []
+        """The typical object diameter used for each frame of the last ``predict_many``."""
 
     def metadata(self) -> dict[str, Any]:
         """What produced a set of detections (stored in napari layer metadata, checked by forests)."""
@@ -115,15 +105,49 @@ class Detector(ABC):
             "max_detections": self.max_detections,
         }
 
-    def predict(self, frame) -> FrameDetections:
-        return next(self.predict_many([frame]))
+    def predict(self, frame, object_size: ObjectSize = "auto") -> FrameDetections:
+        return next(self.predict_many([frame], object_size))
 
-    def predict_many(self, frames: Iterable) -> Iterator[FrameDetections]:
-        """Yield each frame's detections in order; same-shape frames run ``batch_size`` at a time."""
+    def predict_many(self, frames: Iterable, object_size: ObjectSize = "auto") -> Iterator[FrameDetections]:
+        """Yield each frame's detections in order."""
+        size = parse_object_size(object_size)
+        self.last_object_sizes = []
+        if self.scale_rule is None:
+            yield from self._predict_unscaled(frames)
+            return
+        for frame in frames:
+            gray = as_grayscale(frame)
+            image = scale_to_255(gray, self.normalisation)
+            if image is None:
+                self.last_object_sizes.append(size)
+                yield FrameDetections.empty(gray.shape)
+                continue
+            yield self._predict_scaled(image, size)
+
+    def object_size_of(self, frame) -> float | None:
+        """The typical object diameter (native px) ``"auto"`` finds in a frame; None if unknown."""
+        if self.scale_rule is None:
+            return None
+        image = scale_to_255(as_grayscale(frame), self.normalisation)
+        return None if image is None else estimate_object_size(image, self._detect_boxes, self.scale_rule)
+
+    def _predict_scaled(self, image: np.ndarray, size: float | None) -> FrameDetections:
+        if size is None:
+            size = estimate_object_size(image, self._detect_boxes, self.scale_rule)
+        self.last_object_sizes.append(size)
+        factor = self.scale_rule.factor_for(size)
+        resampled = resample(image, factor)
+        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size)
+        back = (image.shape[0] / resampled.shape[0], image.shape[1] / resampled.shape[1])
+        return found.top(self.max_detections).scaled(*back).to_detections(image.shape)
+
+    def _predict_unscaled(self, frames: Iterable) -> Iterator[FrameDetections]:
+        """Same-shape frames run ``batch_size`` at a time, at the model's own resize rule."""
         pending: list[tuple[np.ndarray | None, tuple[int, int]]] = []
         for frame in frames:
             gray = as_grayscale(frame)
             pending.append((scale_to_255(gray, self.normalisation), gray.shape))
+            self.last_object_sizes.append(None)
             if len(pending) >= self.batch_size:
                 yield from self._run(pending)
                 pending = []
@@ -141,7 +165,11 @@ class Detector(ABC):
 
     @abstractmethod
     def _detect(self, images: Sequence[np.ndarray]) -> list[FrameDetections]:
-        """Detections of valid 0..255 float32 grayscale frames."""
+        """Detections of valid 0..255 float32 grayscale frames, at the model's own resize rule."""
+
+    def _detect_boxes(self, images: Sequence[np.ndarray]) -> list[BoxMasks]:
+        """Raw detections of 0..255 frames at their given scale (models with a ``scale_rule``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support object-size rescaling")
 
     def __repr__(self) -> str:
         return (
@@ -150,9 +178,17 @@ class Detector(ABC):
         )
 
 
-def default_weights_path() -> Path:
-    """The bundled default model inside the installed package."""
-    return Path(str(resources.files("napari_detection_qc") / "models" / "default_detector.pt"))
+def parse_object_size(object_size: ObjectSize) -> float | None:
+    """None for automatic; else a positive diameter in pixels (clear error otherwise)."""
+    if object_size is None or (isinstance(object_size, str) and object_size.strip().lower() == "auto"):
+        return None
+    try:
+        size = float(object_size)
+    except (TypeError, ValueError):
+        raise ValueError(f'object size must be "auto" or a diameter in pixels, got {object_size!r}') from None
+    if not np.isfinite(size) or size <= 0:
+        raise ValueError(f'object size must be "auto" or a positive diameter in pixels, got {object_size!r}')
+    return size
 
 
 def file_sha256(path) -> str:
@@ -161,51 +197,3 @@ def file_sha256(path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def load_detector(
-    spec="default",
-    *,
-    device="auto",
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    max_detections: int = DEFAULT_MAX_DETECTIONS,
-    batch_size: int | None = None,
-) -> Detector:
-    """A ready detector from ``"default"`` (the bundled model), a torchvision-engine checkpoint
-    path, a detectron2 ``model_final.pth`` path, or a ``(config_yaml, weights_pth)`` pair.
-
-    detectron2 weights run on detectron2 when it is installed, otherwise they are imported into the
-    torchvision engine (no detectron2 needed).
-    """
-    from .torchvision_maskrcnn import TorchvisionDetector
-
-    options = dict(
-        device=device, score_threshold=score_threshold, max_detections=max_detections, batch_size=batch_size
-    )
-    if isinstance(spec, str) and spec == "default":
-        path = default_weights_path()
-        if not path.is_file():
-            raise DetectorLoadError(f"the bundled default model is missing from the installation ({path})")
-        return TorchvisionDetector.from_checkpoint(path, **options)
-    if isinstance(spec, (tuple, list)):
-        if len(spec) != 2:
-            raise ValueError("a detectron2 spec is a (config_yaml, weights_pth) pair")
-        config, weights = (Path(p) for p in spec)
-        return load_detectron2_weights(weights, config, options)
-    path = Path(spec)
-    if path.suffix == ".pth":
-        return load_detectron2_weights(path, None, options)
-    return TorchvisionDetector.from_checkpoint(path, **options)
-
-
-def load_detectron2_weights(weights: Path, config: Path | None, options: dict) -> Detector:
-    """detectron2 weights on the detectron2 engine if importable, else through the import."""
-    from .detectron2_engine import Detectron2Detector, detectron2_available
-
-    if detectron2_available():
-        return Detectron2Detector(weights, config, **options)
-    from .detectron2_checkpoint import import_detectron2_checkpoint
-    from .torchvision_maskrcnn import TorchvisionDetector
-
-    header, state_dict = import_detectron2_checkpoint(weights, config)
-    return TorchvisionDetector(header, state_dict, **options)

@@ -39,9 +39,11 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import Conv2dNormActivation
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-from ..detections import FrameDetections, smallest_label_dtype
+from ..detections import FrameDetections
 from .base import Detector
+from .boxmasks import BoxMasks
 from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
+from .scaling import ScaleRule
 
 PAPER_ANCHOR_SIZES = [4, 8, 16, 32, 64, 128, 256, 512]
 PAPER_ASPECT_RATIOS = [0.5, 1.0, 2.0]
@@ -347,31 +349,6 @@ def to_model_batch(images: Sequence[np.ndarray], arch: dict[str, Any], normalisa
     return ImageList(batch, sizes), scales
 
 
-def paste_masks_as_labels(
-    boxes: np.ndarray, scores: np.ndarray, mask_probs: torch.Tensor, shape
-) -> np.ndarray:
-    """Paint each box's mask (sampled at pixel centres, detectron2's paste) into an instance image.
-
-    Only pixels whose square overlaps the box are painted, so every mask lies inside its box;
-    lower scores are painted first so the most confident detection wins where masks overlap.
-    """
-    height, width = shape
-    labels = np.zeros(shape, dtype=smallest_label_dtype(len(boxes)))
-    for index in np.argsort(scores, kind="stable"):
-        y0, x0, y1, x1 = boxes[index]
-        r0, c0 = max(int(math.floor(y0)), 0), max(int(math.floor(x0)), 0)
-        r1, c1 = min(int(math.ceil(y1)), height), min(int(math.ceil(x1)), width)
-        if r1 <= r0 or c1 <= c0:
-            continue
-        ys = (torch.arange(r0, r1, dtype=torch.float32) + 0.5 - y0) / max(y1 - y0, 1e-6) * 2 - 1
-        xs = (torch.arange(c0, c1, dtype=torch.float32) + 0.5 - x0) / max(x1 - x0, 1e-6) * 2 - 1
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
-        sampled = F.grid_sample(mask_probs[index][None, None].float(), grid, align_corners=False)[0, 0]
-        window = labels[r0:r1, c0:c1]
-        window[(sampled >= 0.5).numpy()] = index + 1
-    return labels
-
-
 # -- the detector ----------------------------------------------------------------------------------
 class TorchvisionDetector(Detector):
     """Mask R-CNN on torchvision; CPU or CUDA; frames batched ``batch_size`` at a time."""
@@ -412,11 +389,18 @@ class TorchvisionDetector(Detector):
                 f"{str(error)[:500]}"
             ) from error
         self.model.eval().to(self.device)
+        self.scale_rule = ScaleRule.from_input_header(self.normalisation)
 
     @classmethod
     def from_checkpoint(cls, path, **options) -> TorchvisionDetector:
         header, state_dict = load_checkpoint(path)
-        return cls(header, state_dict, **options)
+        try:
+            return cls(header, state_dict, **options)
+        except DetectorLoadError as error:
+            raise DetectorLoadError(f"{path}: {error}") from error
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            raise DetectorLoadError(f"{path}: malformed checkpoint header ({reason})") from error
 
     def save(self, path, **header_updates) -> dict:
         """Write this model as a checkpoint (same header, optional updates such as training notes)."""
@@ -424,28 +408,20 @@ class TorchvisionDetector(Detector):
         return save_model(path, self.model, {**header, **header_updates})
 
     def _detect(self, images: Sequence[np.ndarray]) -> list[FrameDetections]:
+        return [found.to_detections(image.shape) for found, image in zip(self._detect_boxes(images), images, strict=True)]
+
+    def _detect_boxes(self, images: Sequence[np.ndarray]) -> list[BoxMasks]:
         with torch.inference_mode():
             batch, scales = to_model_batch(images, self.architecture, self.normalisation, self.device)
             features = self.model.backbone(batch.tensors)
             proposals, _ = self.model.rpn(batch, features)
             outputs, _ = self.model.roi_heads(features, proposals, batch.image_sizes)
         results = []
-        for image, output, (scale_y, scale_x) in zip(images, outputs, scales, strict=True):
-            xyxy = output["boxes"].float().cpu().numpy()
-            boxes = (
-                np.stack(
-                    [xyxy[:, 1] * scale_y, xyxy[:, 0] * scale_x, xyxy[:, 3] * scale_y, xyxy[:, 2] * scale_x],
-                    axis=1,
-                )
-                .astype(np.float64)
-                .reshape(-1, 4)
-            )
-            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image.shape[0])
-            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image.shape[1])
-            scores = output["scores"].float().cpu().numpy().astype(np.float64).clip(0, 1)
-            masks = output["masks"][:, 0].cpu()
-            labels = paste_masks_as_labels(boxes, scores, masks, image.shape)
-            results.append(FrameDetections(boxes, scores, labels))
+        for output, (scale_y, scale_x) in zip(outputs, scales, strict=True):
+            xyxy = output["boxes"].float().cpu().numpy().astype(np.float64).reshape(-1, 4)
+            boxes = xyxy[:, [1, 0, 3, 2]] * np.array([scale_y, scale_x, scale_y, scale_x])
+            scores = output["scores"].float().cpu().numpy().astype(np.float64)
+            results.append(BoxMasks(boxes, scores, output["masks"][:, 0].float().cpu()))
         return results
 
 

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QApplication, QProgressBar
 from ..detections import FrameDetections, smallest_label_dtype
 from ..engines import load_detector
 from ..layer_pair import METADATA_KEY, merge_frames, new_pair_id, pair_record, with_origin
+from ..pixel_sizes import pixel_size_from_layer
 from ..progress import RunProgress, clock
 from ._common import LayerPicker, StatusLine, Step, row
 
@@ -50,7 +51,7 @@ class DetectionWidget(Step):
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.threshold = FloatSpinBox(label="score threshold", value=0.1, min=0.0, max=1.0, step=0.05)
         self.max_detections = SpinBox(label="max detections", value=1000, min=1, max=100000)
-        # object size: typical cavity diameter in px; 0 shows "auto" and is passed as object_size=None
+        # object size: typical cavity diameter in native px; 0 shows "auto" (passed as None: estimated per frame)
         self.object_size = FloatSpinBox(label="object size (px)", value=0.0, min=0.0, max=10000.0, step=1.0,
                                         tooltip="typical cavity diameter in pixels; auto lets the detector decide")
         self.object_size.native.setSpecialValueText("auto")
@@ -68,6 +69,8 @@ class DetectionWidget(Step):
                          self.progress_text)
 
         self.engine.changed.connect(self._on_engine)
+        self.image.changed.connect(self._take_pixel_size)
+        self._take_pixel_size(self.image.value)
         self.pixel_size.changed.connect(self._on_pixel_size)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -84,9 +87,17 @@ class DetectionWidget(Step):
         self.weights.visible = value != ENGINES[0]
         self.config.visible = value == ENGINES[2]
 
+    def _take_pixel_size(self, layer) -> None:
+        """The pixel size belongs to the image: take the one its layer knows (our reader, a scale
+        in nm), or 0 (unknown) so another image's value is not carried over."""
+        self.pixel_size.value = pixel_size_from_layer(layer) or 0.0
+
     def _on_pixel_size(self, value: float) -> None:
-        """A new pixel size applies to the layers at once (density and diameters follow)."""
-        if self.worker is None and self.masks_layer is not None and self.boxes_layer is not None:
+        """A new pixel size applies at once to the layers detected on this image (density and
+        diameters follow)."""
+        image = self.image.value
+        if (self.worker is None and self.masks_layer is not None and self.boxes_layer is not None
+                and image is not None and pair_record(self.masks_layer.metadata).get("image_layer") == image.name):
             for layer in (self.masks_layer, self.boxes_layer):
                 record = {**pair_record(layer.metadata), "pixel_size_nm": value or None}
                 layer.metadata = {**layer.metadata, METADATA_KEY: record}
@@ -278,11 +289,10 @@ class DetectionWidget(Step):
 
 def detect_frames(spec, options: dict, frames, indices: list[int], object_size: float | None = None):
     """Worker body: load the detector, then yield ``(t, FrameDetections, detector metadata)`` per
-    frame, so progress and cancel take effect between frames."""
+    frame, so progress and cancel take effect between frames. ``object_size`` None: the detector
+    estimates it per frame (auto); the metadata records it as the batch store does."""
     detector = load_detector(spec, **options)
-    metadata = detector.metadata()
+    metadata = {**detector.metadata(), "object_size": object_size or "auto"}
     selected = (np.asarray(frames[t]) for t in indices)
-    # issue 11: predict_many takes the object size (typical diameter, px) once engines/ supports it
-    size_option = {} if object_size is None else {"object_size": object_size}
-    for t, frame in zip(indices, detector.predict_many(selected, **size_option)):
+    for t, frame in zip(indices, detector.predict_many(selected, object_size)):
         yield t, frame, metadata

@@ -24,10 +24,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..explain import frame_contributions, strongest_negative
+from ..coco import detections_to_coco, write_coco
+from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
 from ..features import feature_label
 from ..forest import QualityForest, bundled_forest_for
 from ..layer_pair import count_unboxed, pair_record
+from ..pixel_sizes import pixel_size_from_layer
 from ..scoring import physical_readouts, predicted_quality
 from ._common import (
     LayerPicker,
@@ -112,9 +114,11 @@ class QualityWidget(Step):
         self.auto_update = CheckBox(text="update when the layers change", value=True)
         self.compute_button = PushButton(text="Predict quality")
         self.export_button = PushButton(text="Export CSV…")
+        self.export_coco_button = PushButton(text="Export COCO…")
         self.add_section("Detections", self.masks, self.boxes)
         self.add_section("Forest", self.forest_choice, self.forest_file, self.forest_name, self.threshold)
-        self.add_section("Predict", self.auto_update, row(self.compute_button, self.export_button))
+        self.add_section("Predict", self.auto_update,
+                         row(self.compute_button, self.export_button, self.export_coco_button))
         self.panel = QualityPanel()
         self.plot, self.table_view = self.panel.plot, self.panel.table_view
 
@@ -133,6 +137,7 @@ class QualityWidget(Step):
 
         self.compute_button.changed.connect(self.compute)
         self.export_button.changed.connect(self._ask_export)
+        self.export_coco_button.changed.connect(self._ask_export_coco)
         self.forest_choice.changed.connect(self._on_forest_choice)
         self.forest_file.changed.connect(self.request)
         self.threshold.changed.connect(self._redraw)
@@ -231,7 +236,7 @@ class QualityWidget(Step):
             return
         masks, boxes = self.masks.value, self.boxes.value
         warning = forest.detector_mismatch(layer_detector(boxes))
-        pixel_size = pair_record(boxes.metadata).get("pixel_size_nm") or None
+        pixel_size = pixel_size_from_layer(boxes)
         self.worker = create_worker(quality_with_readouts, stack, forest, pixel_size,
                                     labels_data(masks), boxes.features.copy())
         self.worker.returned.connect(lambda result: self._show(result, forest, name, warning))
@@ -309,10 +314,14 @@ class QualityWidget(Step):
         if frame is None or self.features is None or frame >= len(self.features):
             self.panel.explanation.setText("")
             return
-        contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
-        pushed_down = strongest_negative(contributions)
         r = self.table.iloc[frame]
         text = f"frame {frame}: predicted F1 {r['f1']:.2f} [{r['f1_low']:.2f}, {r['f1_high']:.2f}]"
+        try:
+            contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
+        except ExplanationUnavailable as exc:
+            self.panel.explanation.setText(f"{text}; {exc}")
+            return
+        pushed_down = strongest_negative(contributions)
         if pushed_down:
             text += "; pulled down by: " + ", ".join(f"{feature_label(name)} ({value:+.2f})"
                                                      for name, value in pushed_down)
@@ -327,6 +336,28 @@ class QualityWidget(Step):
         if path:
             self.export_csv(path)
 
+    def _ask_export_coco(self) -> None:
+        try:
+            detections_from_layers(self.masks.value, self.boxes.value)
+        except ValueError as exc:
+            self.status.error(f"nothing to export: {exc}")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export detections as COCO", "detections.json",
+                                              "COCO JSON (*.json)")
+        if path:
+            self.export_coco(path)
+
+    def export_coco(self, path) -> Path | None:
+        """The chosen layers' detections as COCO JSON (RLE masks, boxes, scores)."""
+        try:
+            stack = detections_from_layers(self.masks.value, self.boxes.value)
+        except ValueError as exc:
+            self.status.error(str(exc))
+            return None
+        path = write_coco(path, detections_to_coco([(source_file_name(self.viewer, self.boxes.value), stack)]))
+        self.status.info(f"wrote {stack.total_count} detections to {path}")
+        return path
+
     def export_csv(self, path) -> Path | None:
         if self.table is None:
             self.status.error("nothing to export yet: predict quality first")
@@ -337,12 +368,24 @@ class QualityWidget(Step):
         return path
 
 
+def source_file_name(viewer, boxes) -> str:
+    """The name COCO images of these detections get: the file the image layer was read from
+    (our reader records it), else the image layer's name."""
+    image_name = pair_record(boxes.metadata).get("image_layer") or boxes.name.removesuffix(" boxes")
+    image = viewer.layers[image_name] if image_name in viewer.layers else None
+    source = pair_record(image.metadata).get("source") if image is not None else None
+    return Path(source).name if source else image_name
+
+
 def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | None, labels, box_features):
     """Worker body: the predicted-quality table (plus density and diameter when the pixel size is
     known), the frames' features, and how many masks have no box (they are ignored)."""
     table, features = predicted_quality(stack, forest)
     if len(features):
-        frame_contributions(forest, features.iloc[:1])  # builds the cached explainer off the UI thread
+        try:  # builds the cached explainer off the UI thread
+            frame_contributions(forest, features.iloc[:1])
+        except ExplanationUnavailable:
+            pass  # the explanation line says what to install
     if pixel_size_nm:
         readouts = physical_readouts(stack, pixel_size_nm)
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)

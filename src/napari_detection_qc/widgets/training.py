@@ -24,9 +24,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..coco import CocoGroundTruth
 from ..features import stack_features
 from ..forest import QualityForest, bundled_forest_for
 from ..ground_truth import GroundTruthRecord, labeled_frames, painted_frames, seeded_name
+from ..layer_pair import METADATA_KEY
 from ..refit import RefitMode, cv_report, labeled_rows, refit_forest, training_for_refit
 from ..scoring import ground_truth_frames, true_quality
 from ..training_set import TrainingSet
@@ -76,6 +78,7 @@ class TrainingWidget(Step):
         self.ground_truth = LayerPicker(napari_viewer, Labels, "ground truth", prefer=is_ground_truth,
                                         only_fallback=False)
         self.seed_button = PushButton(text="Start ground truth from predictions")
+        self.coco_button = PushButton(text="Load COCO ground truth…")
         self.reviewed_button = PushButton(text="Frame reviewed ✓")
         self.empty_button = PushButton(text="Checked: no objects")
         self.frame_list = QListWidget()
@@ -96,7 +99,8 @@ class TrainingWidget(Step):
         self.save_set_button = PushButton(text="Save training set…")
         self.load_set_button = PushButton(text="Load training set…")
         self.add_section("Layers", self.masks, self.boxes, self.ground_truth)
-        self.add_section("Ground truth", self.seed_button, row(self.reviewed_button, self.empty_button),
+        self.add_section("Ground truth", row(self.seed_button, self.coco_button),
+                         row(self.reviewed_button, self.empty_button),
                          QLabel("labeled frames (click to go there):"), self.frame_list)
         self.add_section("True quality", self.iou, self.score_button, self.score_table)
         self.add_section("Refit forest", self.mode, self.refit_button, self.metrics)
@@ -116,6 +120,7 @@ class TrainingWidget(Step):
         self.worker = None
         self._watched_truth = None
         self.seed_button.changed.connect(self.seed_ground_truth)
+        self.coco_button.changed.connect(self._ask_load_coco)
         self.reviewed_button.changed.connect(lambda: self.mark_reviewed(self.current_frame()))
         self.empty_button.changed.connect(lambda: self.mark_empty(self.current_frame()))
         self.frame_list.itemClicked.connect(lambda item: self.go_to_frame(item.data(256)))
@@ -168,15 +173,44 @@ class TrainingWidget(Step):
         if masks is None:
             self.status.error("pick the predicted masks layer to seed ground truth from")
             return None
+        data = np.array(labels_data(masks), copy=True)
+        layer = self._add_ground_truth(masks, data, GroundTruthRecord(seeded_from=masks.name).to_metadata({}))
+        if layer is not None:
+            self.status.info(f"'{layer.name}' seeded from predictions: correct a frame, then mark it reviewed")
+        return layer
+
+    def load_coco_ground_truth(self, path) -> Labels | None:
+        """Ground truth from a COCO file: the images named like the masks' image (or, in a file
+        about one image or stack, its images in order); every frame the file holds counts as
+        labeled, with or without objects."""
+        masks = self.masks.value
+        if masks is None:
+            self.status.error("pick the predicted masks layer: the COCO images are matched to its image")
+            return None
+        shape = labels_data(masks).shape
+        n_frames = 1 if len(shape) == 2 else shape[0]
+        try:
+            truth = CocoGroundTruth.load(path).stack_labels(
+                masks.name.removesuffix(" masks"), n_frames, shape[-2:], sole_input=True
+            )
+        except ValueError as exc:
+            self.status.error(str(exc))
+            return None
+        record = GroundTruthRecord(reviewed_frames=set(range(n_frames)))
+        metadata = record.to_metadata({METADATA_KEY: {"source": str(path)}})
+        layer = self._add_ground_truth(masks, truth[0] if len(shape) == 2 else truth, metadata)
+        if layer is not None:
+            self.status.info(f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s)")
+        return layer
+
+    def _add_ground_truth(self, masks: Labels, data: np.ndarray, metadata: dict) -> Labels | None:
+        """A new Labels layer '<image> ground truth' beside the masks; never replaces one."""
         name = seeded_name(masks.name)
         if name in self.viewer.layers:
-            self.status.error(f"'{name}' exists already; rename or delete it to seed again (nothing overwritten)")
+            self.status.error(f"'{name}' exists already; rename or delete it first (nothing overwritten)")
             return None
-        data = np.array(labels_data(masks), copy=True)
-        metadata = GroundTruthRecord(seeded_from=masks.name).to_metadata({})
         layer = self.viewer.add_labels(data, name=name, scale=masks.scale, metadata=metadata)
         self.ground_truth.value = layer
-        self.status.info(f"'{name}' seeded from predictions: correct a frame, then mark it reviewed")
         return layer
 
     def _watch_truth(self, _value=None) -> None:
@@ -382,6 +416,10 @@ class TrainingWidget(Step):
             self.status.error("no training set yet: refit once, or load one")
         elif path := self._ask(True, "Save training set", "CSV (*.csv)"):
             self.save_training_set(path)
+
+    def _ask_load_coco(self):
+        if path := self._ask(False, "Load COCO ground truth", "COCO JSON (*.json)"):
+            self.load_coco_ground_truth(path)
 
     def _ask_load_set(self):
         if path := self._ask(False, "Load training set", "CSV (*.csv)"):

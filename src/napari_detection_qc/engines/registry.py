@@ -1,0 +1,66 @@
+"""``load_detector(spec)``: the one place that knows which engine reads which weights.
+
+Engines import only :mod:`.base`; this module imports the engines, so nothing imports its own
+factory.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
+from .checkpoint import DetectorLoadError
+
+
+def default_weights_path() -> Path:
+    """The bundled default model inside the installed package."""
+    return Path(str(resources.files("napari_detection_qc") / "models" / "default_detector.pt"))
+
+
+def load_detector(
+    spec="default",
+    *,
+    device="auto",
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
+    batch_size: int | None = None,
+) -> Detector:
+    """A ready detector from ``"default"`` (the bundled model), a torchvision-engine checkpoint
+    path, a detectron2 ``model_final.pth`` path, or a ``(config_yaml, weights_pth)`` pair.
+
+    detectron2 weights run on detectron2 when it is installed, otherwise they are imported into the
+    torchvision engine (no detectron2 needed).
+    """
+    from .torchvision_maskrcnn import TorchvisionDetector
+
+    options = dict(
+        device=device, score_threshold=score_threshold, max_detections=max_detections, batch_size=batch_size
+    )
+    if isinstance(spec, str) and spec == "default":
+        path = default_weights_path()
+        if not path.is_file():
+            raise DetectorLoadError(f"the bundled default model is missing from the installation ({path})")
+        return TorchvisionDetector.from_checkpoint(path, **options)
+    if isinstance(spec, (tuple, list)):
+        if len(spec) != 2:
+            raise ValueError("a detectron2 spec is a (config_yaml, weights_pth) pair")
+        config, weights = (Path(p) for p in spec)
+        return load_detectron2_weights(weights, config, options)
+    path = Path(spec)
+    if path.suffix == ".pth":
+        return load_detectron2_weights(path, None, options)
+    return TorchvisionDetector.from_checkpoint(path, **options)
+
+
+def load_detectron2_weights(weights: Path, config: Path | None, options: dict) -> Detector:
+    """detectron2 weights on the detectron2 engine if importable, else through the import."""
+    from .detectron2_engine import Detectron2Detector, detectron2_available
+
+    if detectron2_available():
+        return Detectron2Detector(weights, config, **options)
+    from .detectron2_checkpoint import import_detectron2_checkpoint
+    from .torchvision_maskrcnn import TorchvisionDetector
+
+    header, state_dict = import_detectron2_checkpoint(weights, config)
+    return TorchvisionDetector(header, state_dict, **options)

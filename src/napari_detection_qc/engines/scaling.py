@@ -1,0 +1,141 @@
+"""Work at any magnification: resample frames so objects fall in the size range the model was
+trained on, and estimate that size from the frame itself when the user does not give it.
+
+A model that knows its trained size carries ``input.object_size`` in its header:
+``{"target_px": 22, "min_factor": 0.0625, "max_factor": 1.5}``. A frame whose typical object is
+``d`` px across is resampled by ``clip(target_px / d, min_factor, max_factor)``.
+
+The automatic estimate asks the model itself (as cellpose's size model does, without a second
+model): a central view of the frame is detected at a ladder of factors, and the factor whose
+confident, comfortably sized detections are densest per native area wins; the median size of those
+detections, divided by the factor, is the frame's typical object diameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .boxmasks import BoxMasks
+
+ESTIMATE_VIEW_PX = 384
+"""Side of the (resampled) view detected at each factor of the ladder."""
+CONFIDENT_SCORE = 0.5
+COMFORTABLE_PX = (8.0, 72.0)
+"""Detections this size (after resampling) are where the model is reliable."""
+CONFIRMING_SCORE = 0.3
+MIN_VIEW_PX = 48
+
+DetectBoxes = Callable[[Sequence[np.ndarray]], list[BoxMasks]]
+
+
+@dataclass(frozen=True)
+class ScaleRule:
+    """The object size a model was trained at, and how far a frame may be resampled."""
+
+    target_px: float
+    min_factor: float
+    max_factor: float
+
+    @classmethod
+    def from_input_header(cls, input_header: dict) -> ScaleRule | None:
+        spec = input_header.get("object_size")
+        if spec is None:
+            return None
+        return cls(float(spec["target_px"]), float(spec["min_factor"]), float(spec["max_factor"]))
+
+    def to_header(self) -> dict:
+        return {"target_px": self.target_px, "min_factor": self.min_factor, "max_factor": self.max_factor}
+
+    def factor_for(self, diameter_px: float | None) -> float:
+        """Resampling factor for a typical object diameter (native pixels); 1 when unknown."""
+        if diameter_px is None:
+            return float(np.clip(1.0, self.min_factor, self.max_factor))
+        if not np.isfinite(diameter_px) or diameter_px <= 0:
+            raise ValueError(f"the object size must be a positive number of pixels, got {diameter_px}")
+        return float(np.clip(self.target_px / diameter_px, self.min_factor, self.max_factor))
+
+
+def resample(image: np.ndarray, factor: float) -> np.ndarray:
+    """Bilinear (antialiased when shrinking) resampling of a float32 frame by ``factor``."""
+    if factor == 1.0:
+        return image
+    height, width = image.shape
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=size, mode="bilinear", antialias=factor < 1, align_corners=False)[
+        0, 0
+    ].numpy()
+
+
+def box_diameters(boxes: np.ndarray) -> np.ndarray:
+    """Geometric mean of box height and width: the diameter of a round object."""
+    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+
+
+def central_view(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The central ``side`` x ``side`` part of a frame (all of it where smaller) and its origin."""
+    height, width = image.shape
+    top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
+    return image[top : top + side, left : left + side], (top, left)
+
+
+def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule):
+    """(factor, native boxes, scores, native view area) from 2 x max_factor down to min_factor."""
+    results = []
+    factor = 2 * rule.max_factor
+    while factor >= rule.min_factor * 0.999:
+        view, (top, left) = central_view(image, int(np.ceil(ESTIMATE_VIEW_PX / factor)))
+        if min(view.shape) * factor < MIN_VIEW_PX and factor < 1:
+            break  # the whole frame is already smaller than a useful view
+        found = detect_boxes([resample(view, factor)])[0]
+        scaled = resample(view, factor).shape
+        native = found.boxes * np.array([view.shape[0] / scaled[0], view.shape[1] / scaled[1]] * 2)
+        results.append((factor, native + np.array([top, left, top, left]), found.scores, view.size))
+        factor /= 2
+    return results
+
+
+def _found_again(boxes: np.ndarray, other: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
+    """Which ``boxes`` overlap some box of ``other`` with IoU >= ``min_iou`` (native coordinates)."""
+    if len(boxes) == 0 or len(other) == 0:
+        return np.zeros(len(boxes), dtype=bool)
+    y0 = np.maximum(boxes[:, None, 0], other[None, :, 0])
+    x0 = np.maximum(boxes[:, None, 1], other[None, :, 1])
+    y1 = np.minimum(boxes[:, None, 2], other[None, :, 2])
+    x1 = np.minimum(boxes[:, None, 3], other[None, :, 3])
+    inter = np.clip(y1 - y0, 0, None) * np.clip(x1 - x0, 0, None)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    union = area(boxes)[:, None] + area(other)[None, :] - inter
+    return (inter / np.maximum(union, 1e-9) >= min_iou).any(axis=1)
+
+
+def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule) -> float | None:
+    """Typical object diameter (native px) of a 0..255 frame, or None when the model confirms
+    nothing at any factor.
+
+    A real object is seen at neighbouring factors of the ladder (the model's comfortable size
+    band spans three octaves), while texture that happens to look like a small cavity at one
+    magnification is not; so only confident, comfortably sized detections that the next factor
+    up or down also finds count. The factor whose such detections cover the largest share of its
+    view (score-weighted; a share, so a few big cavities weigh as much as many small ones) gives
+    the estimate.
+    """
+    ladder = _ladder_detections(image, detect_boxes, rule)
+    best_density, best_diameter = 0.0, None
+    for index, (factor, boxes, scores, area) in enumerate(ladder):
+        if factor > rule.max_factor:
+            continue  # only there to confirm the largest factor's detections
+        diameters = box_diameters(boxes) * factor
+        keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= COMFORTABLE_PX[1])
+        neighbours = [ladder[i][1][ladder[i][2] >= CONFIRMING_SCORE] for i in (index - 1, index + 1) if 0 <= i < len(ladder)]
+        confirmed = keep & np.logical_or.reduce([_found_again(boxes, other) for other in neighbours])
+        covered = box_diameters(boxes[confirmed]) ** 2
+        density = float((scores[confirmed] * covered).sum()) / area
+        if density > best_density:
+            best_density, best_diameter = density, float(np.median(diameters[confirmed])) / factor
+    return best_diameter

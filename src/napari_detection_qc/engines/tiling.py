@@ -1,0 +1,53 @@
+"""Detect in overlapping tiles so any frame size runs in bounded memory, with objects on seams kept
+exactly once: a detection belongs to the tile whose core (the tile minus half of each overlap)
+holds its box centre.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .boxmasks import BoxMasks
+from .scaling import DetectBoxes
+
+TILE_PX = 1024
+OVERLAP_PX = 128
+"""Larger than the biggest object after resampling, so every object lies whole inside some tile."""
+
+
+def tile_spans(length: int, tile: int = TILE_PX, overlap: int = OVERLAP_PX) -> list[tuple[int, int, int, int]]:
+    """(start, stop, core_start, core_stop) along one axis; cores partition [0, length)."""
+    if length <= tile:
+        return [(0, length, 0, length)]
+    count = int(np.ceil((length - overlap) / (tile - overlap)))
+    starts = np.round(np.linspace(0, length - tile, count)).astype(int)
+    spans = []
+    for index, start in enumerate(starts):
+        stop = start + tile
+        core_start = 0 if index == 0 else (start + int(starts[index - 1]) + tile) // 2
+        core_stop = length if index == count - 1 else (int(starts[index + 1]) + stop) // 2
+        spans.append((int(start), int(stop), core_start, core_stop))
+    return spans
+
+
+def detect_in_tiles(image: np.ndarray, detect_boxes: DetectBoxes, batch_size: int = 1) -> BoxMasks:
+    """All detections of a frame of any size, in the frame's pixel coordinates."""
+    tiles = [
+        (rows, cols)
+        for rows in tile_spans(image.shape[0])
+        for cols in tile_spans(image.shape[1])
+    ]
+    parts = []
+    for first in range(0, len(tiles), max(1, batch_size)):
+        chunk = tiles[first : first + max(1, batch_size)]
+        crops = [image[r[0] : r[1], c[0] : c[1]] for r, c in chunk]
+        for (rows, cols), found in zip(chunk, detect_boxes(crops), strict=True):
+            if len(tiles) > 1:
+                centre_y = (found.boxes[:, 0] + found.boxes[:, 2]) / 2 + rows[0]
+                centre_x = (found.boxes[:, 1] + found.boxes[:, 3]) / 2 + cols[0]
+                inside = (
+                    (centre_y >= rows[2]) & (centre_y < rows[3]) & (centre_x >= cols[2]) & (centre_x < cols[3])
+                )
+                found = found.select(inside)
+            parts.append(found.shifted(rows[0], cols[0]))
+    return BoxMasks.concatenate(parts)
