@@ -31,6 +31,27 @@ CANDIDATE_FEATURES = SCORE_BIN_NAMES + (
     "image_confidence",
 )
 
+FEATURE_LABELS: dict[str, str] = {
+    **{name: f"share of detections scoring {i / 10:.1f}-{(i + 1) / 10:.1f}" for i, name in enumerate(SCORE_BIN_NAMES[:-1], 1)},
+    "frac_score_0.9": "share of detections scoring 0.9 or more",
+    "area_ratio": "image area covered by boxes",
+    "mean_score": "mean detection score",
+    "std_score": "spread of detection scores",
+    "mean_size": "mean box size (share of image)",
+    "std_size": "spread of box sizes",
+    "mean_circularity": "mean roundness of masks",
+    "std_circularity": "spread of mask roundness",
+    "count": "number of detections",
+    "image_confidence": "area-weighted mean score",
+}
+"""What each feature means, in words a microscopist reads without the paper at hand (plots,
+explanations, tables); ``feature_label`` falls back to the raw name."""
+
+
+def feature_label(name: str) -> str:
+    return FEATURE_LABELS.get(name, name)
+
+
 BOX_COLUMNS = ("y_min", "x_min", "y_max", "x_max")
 
 PAPER_FEATURES = (
