@@ -265,10 +265,13 @@ class QualityForest:
                 f"this forest needs the detector signals {missing}, which these detections lack; "
                 "detect again with signals on, or use a forest without them"
             )
+        if "novelty" in self.features and embeddings is None:
+            raise ValueError("this forest needs the detector's backbone embeddings of the frames")
         novelty, known = self._novelty(embeddings, len(features_df))
-        if "novelty" in self.features and not known.all():
-            raise ValueError("this forest needs the detector's backbone embedding of every frame")
-        derived = {"novelty": novelty}
+        # a frame without an embedding (empty or constant image) gets the typical training novelty
+        # as a feature value, and is never called in domain by a forest that relies on novelty
+        typical = np.median(self.typicality.reference_novelty) if self.typicality is not None else 0.0
+        derived = {"novelty": np.where(known, novelty, typical)}
         if "score_hist_distance" in self.features:
             bins = _table(features_df, SCORE_BIN_NAMES, "features")
             derived["score_hist_distance"] = score_histogram_distance(bins, self._training_bins)
@@ -287,7 +290,7 @@ class QualityForest:
         out["novelty"] = novelty
         out["novelty_known"] = known
         novel = known & (novelty > (self.typicality.threshold if self.typicality else np.inf))
-        out["in_domain"] = (distance <= self._domain_radius) & ~novel
+        out["in_domain"] = (distance <= self._domain_radius) & ~novel & (known | ("novelty" not in self.features))
         return out
 
     def _novelty(self, embeddings, n: int) -> tuple[np.ndarray, np.ndarray]:

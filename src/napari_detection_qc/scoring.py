@@ -15,6 +15,7 @@ from .detections import StackDetections
 from .features import stack_features
 from .forest import QualityForest
 from .matching import PAPER_IOU_THRESHOLD, boxes_from_labels, match_frame
+from .signals import stack_signals
 
 QUALITY_COLUMNS = (
     "frame", "count", "f1", "f1_low", "f1_high", "precision", "precision_low", "precision_high",
@@ -23,10 +24,18 @@ QUALITY_COLUMNS = (
 TRUE_COLUMNS = ("frame", "n_true", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1")
 
 
-def predicted_quality(stack: StackDetections, forest: QualityForest) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(quality table with one row per frame, the frames' 18 features)."""
+def predicted_quality(
+    stack: StackDetections, forest: QualityForest, signals: list[dict] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(quality table with one row per frame, the frames' 18 features and stored signals).
+    ``signals``: per-frame signal dicts when the frames do not carry them (e.g. read back from
+    layer metadata with ``signals_from_records``)."""
     features = stack_features(stack)
-    predicted = forest.predict(features)
+    if signals is not None and len(signals) != len(stack):
+        raise ValueError(f"got signals of {len(signals)} frames for a stack of {len(stack)}")
+    signal_table, embeddings = stack_signals(signals if signals is not None else stack)
+    features = features.join(signal_table)
+    predicted = forest.predict(features, embeddings)
     table = predicted.copy()
     table.insert(0, "frame", np.arange(len(stack)))
     table.insert(1, "count", features["count"].astype(int).to_numpy())

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from .matching import box_iou_matrix
 
@@ -225,3 +226,40 @@ class Typicality:
         if len(points) == 0:
             return np.zeros(0)
         return -self._mixture.score_samples(self._statistics(self._raw_distances(points, exclude_self=False)))
+
+
+# -- signals of a stack, and their JSON form (layer metadata, stores) ------------------------------
+def stack_signals(frames) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Per frame: a table of the TTA signals (columns only where every frame has them) and the
+    embeddings (NaN rows for frames without one; None when no frame has one)."""
+    frames = list(getattr(frames, "frames", frames))
+    signals = [getattr(f, "signals", f) or {} for f in frames]
+    columns = {name: [s[name] for s in signals] for name in TTA_SIGNALS if signals and all(name in s for s in signals)}
+    table = pd.DataFrame(columns, index=pd.RangeIndex(len(frames), name="frame"))
+    sizes = {len(s[EMBEDDING]) for s in signals if EMBEDDING in s}
+    if len(sizes) != 1:
+        return table, None
+    embeddings = np.full((len(frames), sizes.pop()), np.nan)
+    for row, s in zip(embeddings, signals):
+        if EMBEDDING in s:
+            row[:] = s[EMBEDDING]
+    return table, embeddings
+
+
+def signals_to_records(frames) -> list[dict]:
+    """JSON-ready signals of each frame (for napari layer metadata or a store's JSON)."""
+    records = []
+    for frame in getattr(frames, "frames", frames):
+        record = {}
+        for key, value in (frame.signals or {}).items():
+            record[key] = np.asarray(value).tolist() if key == EMBEDDING else float(value)
+        records.append(record)
+    return records
+
+
+def signals_from_records(records) -> list[dict]:
+    """Inverse of :func:`signals_to_records`."""
+    return [
+        {key: np.asarray(value, dtype=np.float32) if key == EMBEDDING else float(value) for key, value in r.items()}
+        for r in records or []
+    ]
