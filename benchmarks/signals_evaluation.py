@@ -101,7 +101,8 @@ def evaluate_and_report(table: pd.DataFrame, embeddings: np.ndarray, detector, a
                 for signal in TTA_SIGNALS:
                     part[signal] = table[signal].to_numpy()[part["row"]]
     seconds = time.perf_counter() - start
-    text = report(table, results, compared, detector, seconds)
+    command = "nice -n 15 python benchmarks/signals_study.py" + (f" --emps {args.emps}" if args.emps != 366 else "")
+    text = report(table, results, compared, detector, seconds, command)
     print(text)
     if not args.no_save:
         write_section("signals_study", text)
@@ -112,14 +113,14 @@ def fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.2f}"
 
 
-def report(table, results, compared, detector, seconds) -> str:
+def report(table, results, compared, detector, seconds, command) -> str:
     names = [name for name, _, _ in compared]
     before, after = names[0], names[-1]
     synthetic = table[table["kind"] != "emps"]
     lines = [
         "<!-- signals_study:start -->",
         "## Knowing when it does not know (issue 16): detector signals, before and after", "",
-        f"Command: `nice -n 15 python benchmarks/signals_study.py` with detector `{detector.name}` "
+        f"Command: `{command}` with detector `{detector.name}` "
         f"(weights {detector.weights_sha256[:12]}); {len(synthetic)} synthetic frames "
         f"({synthetic['domain'].nunique()} domains: presets at random severity, realistic families at 512x512), "
         f"{int((table['kind'] == 'emps').sum())} EMPS images. Evaluation {seconds / 60:.1f} min on 2 shared cores "
