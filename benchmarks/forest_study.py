@@ -33,7 +33,14 @@ from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES, det
 from napari_detection_qc.forest import MODELS_DIR, TARGETS, QualityForest
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.metrics import regression_metrics, reliability_classification
-from napari_detection_qc.synthetic import DEFAULT, PRESETS, Domain, make_frame
+from napari_detection_qc.synthetic import (
+    DEFAULT,
+    PRESETS,
+    REALISTIC_FAMILIES,
+    Domain,
+    make_frame,
+    make_realistic_frame,
+)
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "study"
@@ -66,15 +73,28 @@ def blend(clean: Domain, shifted: Domain, severity: float) -> Domain:
     return replace(clean, **values)
 
 
+STUDY_FAMILIES = tuple(f for f in REALISTIC_FAMILIES if f != "large_frames")
+"""Realistic families in the study (large frames are the realistic family at 2-4k px: slow, same look)."""
+
+
 def frame_plan(frames_per_domain: int) -> pd.DataFrame:
-    """(domain, severity, seed) of every study frame; clean frames have severity 0."""
+    """(domain, severity, seed) of every study frame: the named presets at random severities
+    (clean frames have severity 0) and the realistic families (severity 1: their own draws)."""
     rng = np.random.default_rng(STUDY_SEED)
     rows = []
-    for d, name in enumerate(PRESETS):
+    for d, name in enumerate((*PRESETS, *STUDY_FAMILIES)):
         for i in range(frames_per_domain):
-            severity = 0.0 if name == "clean" else float(rng.uniform(0.3, 1.0))
+            severity = 0.0 if name == "clean" else 1.0 if name in STUDY_FAMILIES else float(rng.uniform(0.3, 1.0))
             rows.append({"domain": name, "severity": round(severity, 4), "seed": STUDY_SEED + 10_000 * d + i})
     return pd.DataFrame(rows)
+
+
+def study_frame(domain: str, severity: float, seed: int):
+    """(image, labels) of one study frame."""
+    if domain in STUDY_FAMILIES:
+        image, labels, _ = make_realistic_frame(seed, domain)
+        return image, labels
+    return make_frame(seed, (512, 512), blend(DEFAULT, PRESETS[domain], severity))
 
 
 def cached_detections(detector, domain: str, severity: float, seed: int):
@@ -84,7 +104,7 @@ def cached_detections(detector, domain: str, severity: float, seed: int):
         with np.load(path) as saved:
             frame = FrameDetections(saved["boxes"], saved["scores"], saved["labels"])
             return frame, saved["true_boxes"]
-    image, truth = make_frame(seed, (512, 512), blend(DEFAULT, PRESETS[domain], severity))
+    image, truth = study_frame(domain, severity, seed)
     frame = detector.predict(image)
     true_boxes, _ = boxes_from_labels(truth)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +291,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     detector = load_detector(args.model)
     plan = frame_plan(args.frames_per_domain)
-    print(f"{len(plan)} frames over {len(PRESETS)} domains with {detector}", flush=True)
+    print(f"{len(plan)} frames over {plan['domain'].nunique()} domains with {detector}", flush=True)
     table = build_table(detector, plan)
 
     print("evaluating feature sets", flush=True)

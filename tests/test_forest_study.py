@@ -28,7 +28,8 @@ def test_blend_goes_from_clean_to_the_preset():
 
 def test_plan_is_seeded_and_covers_every_domain():
     plan = forest_study.frame_plan(3)
-    assert len(plan) == 3 * len(PRESETS) and set(plan["domain"]) == set(PRESETS)
+    domains = set(PRESETS) | set(forest_study.STUDY_FAMILIES)
+    assert len(plan) == 3 * len(domains) and set(plan["domain"]) == domains
     assert plan["seed"].is_unique and (plan.loc[plan["domain"] == "clean", "severity"] == 0).all()
     pd.testing.assert_frame_equal(plan, forest_study.frame_plan(3))
 

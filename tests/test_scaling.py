@@ -156,7 +156,11 @@ def tiny_scaled_detector(tmp_path_factory, one_torch_thread):
     from conftest import TINY_ARCHITECTURE
 
     from napari_detection_qc.engines import load_detector
-    from napari_detection_qc.engines.torchvision_maskrcnn import build_maskrcnn, new_checkpoint_header, save_model
+    from napari_detection_qc.engines.torchvision_maskrcnn import (
+        build_maskrcnn,
+        new_checkpoint_header,
+        save_model,
+    )
 
     torch.manual_seed(0)
     normalisation = {

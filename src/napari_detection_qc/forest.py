@@ -36,6 +36,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES, PAPER_FEATURES, SCORE_BIN_NAMES
+from .forest_structure import pipeline_problem, signal_arrays_problem
 from .metrics import regression_metrics
 from .signals import TTA_SIGNALS, Typicality, score_histogram_distance
 
@@ -51,6 +52,7 @@ NO_SIGNALS_NOTE = (
 )
 BUNDLED_FORESTS = {"default": "default_forest.skops", "li2025": "li2025_forest.skops"}
 MODELS_DIR = Path(__file__).parent / "models"
+MIN_TRAINING_FRAMES = 5
 
 # Types a forest file may contain; anything else in a file is refused before loading.
 TRUSTED_TYPES = [
@@ -165,7 +167,6 @@ class QualityForest:
         forest = RandomForestRegressor(
             n_estimators=self.n_estimators,
             random_state=self.random_state,
-            oob_score=True,
             n_jobs=1,
             **self.forest_params,
         )
@@ -181,8 +182,8 @@ class QualityForest:
         """Fit one pipeline per target; calibrate intervals and the domain flag on the same data.
         ``embeddings`` (one row per frame, the detector's backbone embedding) enable the novelty
         signal; a forest fitted without them works as the paper's and says so."""
-        if len(features_df) < 5:
-            raise ValueError(f"a forest needs at least 5 labeled frames, got {len(features_df)}")
+        if len(features_df) < MIN_TRAINING_FRAMES:
+            raise ValueError(f"a forest needs at least {MIN_TRAINING_FRAMES} labeled frames, got {len(features_df)}")
         self.training_embeddings = None if embeddings is None else _embeddings(embeddings, len(features_df))
         if self.training_embeddings is not None and not np.isfinite(self.training_embeddings).all():
             raise ValueError("training embeddings must be finite (frames without one cannot be used)")
@@ -204,6 +205,11 @@ class QualityForest:
         y = _table(targets_df, TARGETS, "targets")
         if len(x) != len(y):
             raise ValueError(f"{len(x)} feature rows but {len(y)} target rows")
+        if y.min() < 0 or y.max() > 1:
+            raise ValueError(
+                f"targets {', '.join(TARGETS)} must lie in [0, 1] (fractions, not percent); "
+                f"got {y.min():g} to {y.max():g}"
+            )
         self.pipelines = {}
         for j, target in enumerate(TARGETS):
             pipeline = self._new_pipeline().fit(x, y[:, j])
@@ -354,6 +360,12 @@ class QualityForest:
         _table(x_frame, self.features, "features")
         _table(y_frame, TARGETS, "targets")
         splits = list(self._splits(len(x_frame), scheme, groups, n_splits, n_repeats))
+        smallest = min(len(train) for _, _, train, _ in splits)
+        if smallest < MIN_TRAINING_FRAMES:
+            raise ValueError(
+                f"{scheme} cross-validation of {len(x_frame)} labeled frames leaves only {smallest} to fit "
+                f"a fold's forest; it needs at least {MIN_TRAINING_FRAMES}"
+            )
         fold_rows, prediction_frames = [], []
         group_values = None if groups is None else np.asarray(groups)
         for repeat, fold, train_idx, test_idx in splits:
@@ -476,8 +488,18 @@ class QualityForest:
             raise ForestLoadError(f"{path} could not be loaded as a forest: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
             raise ForestLoadError(f"{path} is a skops file but not a napari-detection-qc forest")
-        if meta.get("version", 0) > FILE_VERSION:
-            raise ForestLoadError(f"{path} was written by a newer version (format {meta['version']})")
+        version = meta.get("version", 0)
+        if not isinstance(version, int) or version > FILE_VERSION:
+            raise ForestLoadError(f"{path} was written by a newer version (format {version!r})")
+        try:
+            return cls._from_state(state, meta)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ForestLoadError(f"{path} is a damaged forest file ({reason})") from exc
+
+    @classmethod
+    def _from_state(cls, state: dict, meta: dict) -> QualityForest:
+        """The forest of a loaded file, checked structurally before anything predicts with it."""
         forest = cls(
             meta["features"],
             meta["n_estimators"],
@@ -491,11 +513,25 @@ class QualityForest:
         forest.metadata = {k: v for k, v in meta.items() if k not in known}
         forest.pipelines = dict(state["pipelines"])
         if set(forest.pipelines) != set(TARGETS):
-            raise ForestLoadError(f"{path} lacks a model for one of {TARGETS}")
-        forest.training_features = pd.DataFrame(state["training_features"], columns=list(forest.features))
-        forest.training_targets = pd.DataFrame(state["training_targets"], columns=list(TARGETS))
+            raise ValueError(f"it lacks a model for one of {TARGETS}")
+        n_features = len(forest.features)
+        for target, pipeline in forest.pipelines.items():
+            problem = pipeline_problem(pipeline, n_features)
+            if problem:
+                raise ValueError(f"its {target} model holds {problem}")
+        features, targets = np.asarray(state["training_features"]), np.asarray(state["training_targets"])
+        if features.ndim != 2 or features.shape[1] != n_features or targets.shape != (len(features), len(TARGETS)):
+            raise ValueError(f"training arrays of shapes {features.shape} and {targets.shape}")
+        if len(features) < 1 or not (np.isfinite(features).all() and np.isfinite(targets).all()):
+            raise ValueError("empty or non-finite training arrays")
+        forest.training_features = pd.DataFrame(features, columns=list(forest.features), dtype=np.float64)
+        forest.training_targets = pd.DataFrame(targets, columns=list(TARGETS), dtype=np.float64)
         forest.training_groups = meta.get("training_groups")
-        forest._training_bins = state.get("training_score_bins")
+        problem = signal_arrays_problem(state, len(features), len(TARGETS))
+        if problem:
+            raise ValueError(problem)
+        bins = state.get("training_score_bins")
+        forest._training_bins = None if bins is None else np.asarray(bins, dtype=np.float64)
         if "training_embeddings" in state:
             forest.training_embeddings = np.asarray(state["training_embeddings"], dtype=np.float64)
             forest.typicality = Typicality().fit(forest.training_embeddings)
@@ -505,11 +541,11 @@ class QualityForest:
         if ("novelty" in needs and forest.typicality is None) or (
             "score_hist_distance" in needs and forest._training_bins is None
         ):
-            raise ForestLoadError(f"{path} uses derived features {needs} but lacks the data to compute them")
+            raise ValueError(f"it uses derived features {needs} but lacks the data to compute them")
         calibration = meta.get("calibration")
         if calibration and (forest.typicality is None or "conformal_residuals" in state):
             # stored at save time: loading need not re-run every tree
-            forest._interval_scale = {k: float(v) for k, v in calibration["interval_scale"].items()}
+            forest._interval_scale = {k: float(calibration["interval_scale"][k]) for k in TARGETS}
             forest._domain_radius = float(calibration["domain_radius"])
             if "conformal_residuals" in state:
                 forest._residuals = dict(zip(TARGETS, np.asarray(state["conformal_residuals"], dtype=np.float64)))

@@ -16,14 +16,13 @@ import numpy as np
 import torch
 
 from ..detections import FrameDetections
+from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 from ..signals import SignalOptions, blank_frame_signals, frame_signals
 from .boxmasks import BoxMasks
 from .intensity import scale_to_255
 from .scaling import ScaleRule, estimate_object_size, resample
 from .tiling import detect_in_tiles
 
-DEFAULT_SCORE_THRESHOLD = 0.1
-DEFAULT_MAX_DETECTIONS = 1000
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
 
 

@@ -27,6 +27,7 @@ ESTIMATE_VIEW_PX = 384
 CONFIDENT_SCORE = 0.5
 COMFORTABLE_PX = (8.0, 72.0)
 """Detections this size (after resampling) are where the model is reliable."""
+CONFIRMING_SCORE = 0.3
 MIN_VIEW_PX = 48
 
 DetectBoxes = Callable[[Sequence[np.ndarray]], list[BoxMasks]]
@@ -76,29 +77,65 @@ def box_diameters(boxes: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
 
 
-def central_view(image: np.ndarray, side: int) -> np.ndarray:
+def central_view(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The central ``side`` x ``side`` part of a frame (all of it where smaller) and its origin."""
     height, width = image.shape
     top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
-    return image[top : top + side, left : left + side]
+    return image[top : top + side, left : left + side], (top, left)
 
 
-def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule) -> float | None:
-    """Typical object diameter (native px) of a 0..255 frame, or None when the model finds nothing
-    it is confident about at any factor."""
-    best_density, best_diameter = 0.0, None
-    factor = rule.max_factor
+def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule):
+    """(factor, native boxes, scores, native view area) from 2 x max_factor down to min_factor."""
+    results = []
+    factor = 2 * rule.max_factor
     while factor >= rule.min_factor * 0.999:
-        native_side = int(np.ceil(ESTIMATE_VIEW_PX / factor))
-        view = central_view(image, native_side)
+        view, (top, left) = central_view(image, int(np.ceil(ESTIMATE_VIEW_PX / factor)))
         if min(view.shape) * factor < MIN_VIEW_PX and factor < 1:
             break  # the whole frame is already smaller than a useful view
         found = detect_boxes([resample(view, factor)])[0]
-        diameters = box_diameters(found.boxes)
-        confident = (found.scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (
-            diameters <= COMFORTABLE_PX[1]
-        )
-        density = float(found.scores[confident].sum()) / view.size
-        if density > best_density:
-            best_density, best_diameter = density, float(np.median(diameters[confident])) / factor
+        scaled = resample(view, factor).shape
+        native = found.boxes * np.array([view.shape[0] / scaled[0], view.shape[1] / scaled[1]] * 2)
+        results.append((factor, native + np.array([top, left, top, left]), found.scores, view.size))
         factor /= 2
+    return results
+
+
+def _found_again(boxes: np.ndarray, other: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
+    """Which ``boxes`` overlap some box of ``other`` with IoU >= ``min_iou`` (native coordinates)."""
+    if len(boxes) == 0 or len(other) == 0:
+        return np.zeros(len(boxes), dtype=bool)
+    y0 = np.maximum(boxes[:, None, 0], other[None, :, 0])
+    x0 = np.maximum(boxes[:, None, 1], other[None, :, 1])
+    y1 = np.minimum(boxes[:, None, 2], other[None, :, 2])
+    x1 = np.minimum(boxes[:, None, 3], other[None, :, 3])
+    inter = np.clip(y1 - y0, 0, None) * np.clip(x1 - x0, 0, None)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    union = area(boxes)[:, None] + area(other)[None, :] - inter
+    return (inter / np.maximum(union, 1e-9) >= min_iou).any(axis=1)
+
+
+def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule) -> float | None:
+    """Typical object diameter (native px) of a 0..255 frame, or None when the model confirms
+    nothing at any factor.
+
+    A real object is seen at neighbouring factors of the ladder (the model's comfortable size
+    band spans three octaves), while texture that happens to look like a small cavity at one
+    magnification is not; so only confident, comfortably sized detections that the next factor
+    up or down also finds count. The factor whose such detections cover the largest share of its
+    view (score-weighted; a share, so a few big cavities weigh as much as many small ones) gives
+    the estimate.
+    """
+    ladder = _ladder_detections(image, detect_boxes, rule)
+    best_density, best_diameter = 0.0, None
+    for index, (factor, boxes, scores, area) in enumerate(ladder):
+        if factor > rule.max_factor:
+            continue  # only there to confirm the largest factor's detections
+        diameters = box_diameters(boxes) * factor
+        keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= COMFORTABLE_PX[1])
+        neighbours = [ladder[i][1][ladder[i][2] >= CONFIRMING_SCORE] for i in (index - 1, index + 1) if 0 <= i < len(ladder)]
+        confirmed = keep & np.logical_or.reduce([_found_again(boxes, other) for other in neighbours])
+        covered = box_diameters(boxes[confirmed]) ** 2
+        density = float((scores[confirmed] * covered).sum()) / area
+        if density > best_density:
+            best_density, best_diameter = density, float(np.median(diameters[confirmed])) / factor
     return best_diameter

@@ -395,7 +395,13 @@ class TorchvisionDetector(Detector):
     @classmethod
     def from_checkpoint(cls, path, **options) -> TorchvisionDetector:
         header, state_dict = load_checkpoint(path)
-        return cls(header, state_dict, **options)
+        try:
+            return cls(header, state_dict, **options)
+        except DetectorLoadError as error:
+            raise DetectorLoadError(f"{path}: {error}") from error
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            raise DetectorLoadError(f"{path}: malformed checkpoint header ({reason})") from error
 
     def save(self, path, **header_updates) -> dict:
         """Write this model as a checkpoint (same header, optional updates such as training notes)."""
@@ -408,7 +414,7 @@ class TorchvisionDetector(Detector):
     def embed(self, image: np.ndarray) -> np.ndarray:
         """Per-channel mean and std of the FPN maps P2-P5 over the frame (its central
         ``TILE_PX`` square on bigger frames): what the detector's heads see, in one vector."""
-        view = central_view(image, TILE_PX)
+        view, _ = central_view(image, TILE_PX)
         with torch.inference_mode():
             batch, _ = to_model_batch([view], self.architecture, self.normalisation, self.device)
             features = self.model.backbone(batch.tensors)

@@ -20,9 +20,16 @@ Image model, in units of the matrix's mean transmitted intensity (1.0):
   (Gaussian with Poisson variance), Gaussian read noise, a small point spread that makes the
   noise grainy, then a gain; an optional scale bar is burnt in.
 
+Knobs used only by the realistic families (``realistic.py``; all off by default, so the presets
+draw the frames they always drew): an exact cavity count, closer packing, truncated squares, a
+set rim width, dark bands or bright halos round cavities, flat or graded interior contrast (adding
+up where cavities overlap); blotchy low-frequency texture, wider bend contours, near-black thick
+regions, dislocation tangles, short bright dislocation segments (never labelled); coarse speckle,
+scan streaks, vertical line artefacts, a moire-hatched corner, burnt-in acquisition text.
+
 Output: images are float32 in [0, 255] (the range of the 8-bit micrographs the detector sees);
-labels are uint16 instance images, ids 1..N contiguous, each id one connected component
-(``scipy.ndimage.label``'s default connectivity), 0 background.
+labels are uint16 instance images (uint32 beyond 65534 cavities), ids 1..N contiguous, each id
+one connected component (``scipy.ndimage.label``'s default connectivity), 0 background.
 """
 
 from __future__ import annotations

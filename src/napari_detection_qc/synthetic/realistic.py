@@ -102,13 +102,14 @@ def _cavity_size(rng, family, shape):
         return _log_uniform(rng, 8, 25), mix
     if regime < 0.8:
         return _log_uniform(rng, 25, 60), mix
-    return _log_uniform(rng, 60, min(300, max(shape) / 3)), mix
+    return _log_uniform(rng, 60, min(300, max(60, max(shape) / 3))), mix
 
 
 def _cavity_count(rng, family, shape, median_diameter):
     """Cavities attempted: a covered share of the frame, or a dense field of tiny ones."""
     area = shape[0] * shape[1]
-    if family != "big" and rng.random() < EMPTY_FRAME_PROBABILITY:
+    empty = family != "big" and rng.random() < EMPTY_FRAME_PROBABILITY
+    if empty and family != "tiny_dense":  # that family holds 100-600 per 1024 x 1024 by definition
         return 0
     if family == "tiny_dense" or median_diameter < 8.5 and rng.random() < 0.6:
         return int(rng.uniform(100, 600) * area / 1024**2)
@@ -237,6 +238,12 @@ def _cavity_signal(domain: Domain, diameter: float) -> float:
     return float(np.sqrt(np.mean((image[near] / 127.5 - 1.0) ** 2)))
 
 
+def _clutter(domain: Domain) -> float:
+    """RMS of the texture and noise at the scale of cavities (blotches count 30%: mostly larger)."""
+    noise = _PSF_NOISE_FACTOR * np.sqrt(domain.read_noise**2 + (1.0 / domain.dose if domain.dose else 0.0))
+    return float(np.sqrt(domain.mottle**2 + domain.speckle**2 + noise**2 + (0.3 * domain.blotchiness) ** 2))
+
+
 def _keep_cavities_visible(domain: Domain, diameter: float, ratio: float) -> Domain:
     """Scale texture and noise down until the cavities' contrast is ``ratio`` times the clutter.
 
@@ -245,9 +252,7 @@ def _keep_cavities_visible(domain: Domain, diameter: float, ratio: float) -> Dom
     """
     if domain.cavity_count == 0:
         return domain
-    noise = _PSF_NOISE_FACTOR * np.sqrt(domain.read_noise**2 + (1.0 / domain.dose if domain.dose else 0.0))
-    clutter = np.sqrt(domain.mottle**2 + domain.speckle**2 + noise**2 + (0.3 * domain.blotchiness) ** 2)
-    scale = min(1.0, _cavity_signal(domain, diameter) / (ratio * max(clutter, 1e-9)))
+    scale = min(1.0, _cavity_signal(domain, diameter) / (ratio * max(_clutter(domain), 1e-9)))
     if scale == 1.0:
         return domain
     return replace(

@@ -15,8 +15,7 @@ from qtpy.QtCore import Qt
 
 from ..detections import StackDetections
 from ..forest import QualityForest
-
-METADATA_KEY = "detection_qc"
+from ..pixel_sizes import METADATA_KEY
 
 
 class LayerPicker(ComboBox):

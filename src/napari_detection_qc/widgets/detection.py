@@ -22,6 +22,7 @@ from napari.qt.threading import create_worker
 
 from ..detections import FrameDetections, StackDetections, smallest_label_dtype
 from ..engines import load_detector
+from ..pixel_sizes import pixel_size_from_layer
 from ._common import DOCK_MAX_WIDTH, METADATA_KEY, LayerPicker, StatusLabel, container
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
@@ -67,6 +68,8 @@ class DetectionWidget(Container):
             container(self.run_button, self.cancel_button), self.status,
         ])
         self.engine.changed.connect(self._on_engine)
+        self.image.changed.connect(self._take_pixel_size)
+        self._take_pixel_size(self.image.value)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.worker = None
@@ -74,6 +77,11 @@ class DetectionWidget(Container):
         self._last_shapes_refresh = 0.0
 
     # -- user actions ------------------------------------------------------------------------------
+    def _take_pixel_size(self, layer) -> None:
+        """The pixel size belongs to the image: take the one its layer knows (our reader, a scale
+        in nm), or 0 (unknown) so another image's value is not carried over."""
+        self.pixel_size.value = pixel_size_from_layer(layer) or 0.0
+
     def _on_engine(self, value: str) -> None:
         self.weights.visible = value != ENGINES[0]
         self.config.visible = value == ENGINES[2]

@@ -14,8 +14,10 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QTableWidget, QTableWidgetItem
 
-from ..explain import frame_contributions, strongest_negative
+from ..coco import detections_to_coco, write_coco
+from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
 from ..forest import QualityForest, bundled_forest_for
+from ..pixel_sizes import pixel_size_from_layer
 from ..scoring import physical_readouts, predicted_quality
 from ._common import (
     DOCK_MAX_WIDTH,
@@ -51,6 +53,7 @@ class QualityWidget(Container):
         self.auto_update = CheckBox(text="update when the layers change", value=True)
         self.compute_button = PushButton(text="Predict quality")
         self.export_button = PushButton(text="Export CSV…")
+        self.export_coco_button = PushButton(text="Export COCO…")
         self.status = StatusLabel(value="")
         self.explanation = wrapping_label()
         self.plot = QualityPlot()
@@ -60,7 +63,7 @@ class QualityWidget(Container):
         self.table_view.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table_view.setMinimumHeight(160)
         self.extend([self.masks, self.boxes, self.forest_choice, self.forest_file, self.threshold,
-                     self.auto_update, container(self.compute_button, self.export_button), self.status])
+                     self.auto_update, container(self.compute_button, self.export_button, self.export_coco_button), self.status])
         self.native.layout().addWidget(self.plot)
         self.native.layout().addWidget(self.table_view)
         self.extend([self.explanation])
@@ -79,6 +82,7 @@ class QualityWidget(Container):
 
         self.compute_button.changed.connect(self.compute)
         self.export_button.changed.connect(self._ask_export)
+        self.export_coco_button.changed.connect(self._ask_export_coco)
         self.forest_choice.changed.connect(self._on_forest_choice)
         self.forest_file.changed.connect(self.request)
         self.threshold.changed.connect(self._redraw)
@@ -158,7 +162,7 @@ class QualityWidget(Container):
             self.status.error(str(exc))
             return
         warning = forest.detector_mismatch(layer_detector(self.boxes.value))
-        self.worker = create_worker(quality_with_readouts, stack, forest, layer_pixel_size(self.boxes.value))
+        self.worker = create_worker(quality_with_readouts, stack, forest, pixel_size_from_layer(self.boxes.value))
         self.worker.returned.connect(lambda result: self._show(result, forest, warning))
         self.worker.errored.connect(lambda exc: self.status.error(f"quality prediction failed: {exc}"))
         self.worker.finished.connect(self._on_finished)
@@ -232,10 +236,14 @@ class QualityWidget(Container):
         if frame is None or self.features is None or frame >= len(self.features):
             self.explanation.value = ""
             return
-        contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
-        pushed_down = strongest_negative(contributions)
         row = self.table.iloc[frame]
         text = f"frame {frame}: predicted F1 {row['f1']:.2f} [{row['f1_low']:.2f}, {row['f1_high']:.2f}]"
+        try:
+            contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
+        except ExplanationUnavailable as exc:
+            self.explanation.value = f"{text}<br>{exc}"
+            return
+        pushed_down = strongest_negative(contributions)
         if pushed_down:
             text += "<br>pulled down by: " + ", ".join(f"{name} ({value:+.3f})" for name, value in pushed_down)
         self.explanation.value = text
@@ -245,6 +253,23 @@ class QualityWidget(Container):
         path, _ = QFileDialog.getSaveFileName(self.native, "Export quality table", "quality.csv", "CSV (*.csv)")
         if path:
             self.export_csv(path)
+
+    def _ask_export_coco(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export detections as COCO", "detections.json",
+                                              "COCO JSON (*.json)")
+        if path:
+            self.export_coco(path)
+
+    def export_coco(self, path) -> Path | None:
+        """The chosen layers' detections as COCO JSON (RLE masks, boxes, scores)."""
+        try:
+            stack = detections_from_layers(self.masks.value, self.boxes.value)
+        except ValueError as exc:
+            self.status.error(str(exc))
+            return None
+        path = write_coco(path, detections_to_coco([(source_file_name(self.viewer, self.boxes.value), stack)]))
+        self.status.info(f"wrote {stack.total_count} detections to {path}")
+        return path
 
     def export_csv(self, path) -> Path:
         if self.table is None:
@@ -256,10 +281,14 @@ class QualityWidget(Container):
         return path
 
 
-def layer_pixel_size(layer) -> float | None:
-    """The pixel size (nm) the detection widget recorded on the layer, if the user gave one."""
-    record = (layer.metadata or {}).get(METADATA_KEY, {}) if layer is not None else {}
-    return record.get("pixel_size_nm") or None
+def source_file_name(viewer, boxes) -> str:
+    """The name COCO images of these detections get: the file the image layer was read from
+    (our reader records it), else the image layer's name."""
+    record = (boxes.metadata or {}).get(METADATA_KEY, {})
+    image_name = record.get("image_layer") or boxes.name.removesuffix(" boxes")
+    image = viewer.layers[image_name] if image_name in viewer.layers else None
+    source = (image.metadata or {}).get(METADATA_KEY, {}).get("source") if image is not None else None
+    return Path(source).name if source else image_name
 
 
 def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | None):
@@ -267,7 +296,10 @@ def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | N
     known) and the frames' features."""
     table, features = predicted_quality(stack, forest)
     if len(features):
-        frame_contributions(forest, features.iloc[:1])  # builds the cached explainer off the UI thread
+        try:  # builds the cached explainer off the UI thread
+            frame_contributions(forest, features.iloc[:1])
+        except ExplanationUnavailable:
+            pass  # the explanation line says what to install
     if pixel_size_nm:
         readouts = physical_readouts(stack, pixel_size_nm)
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)

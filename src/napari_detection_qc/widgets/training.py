@@ -13,6 +13,7 @@ from napari.layers import Labels, Shapes
 from napari.qt.threading import create_worker
 from qtpy.QtWidgets import QFileDialog
 
+from ..coco import CocoGroundTruth
 from ..features import stack_features
 from ..forest import QualityForest, bundled_forest_for
 from ..scoring import ground_truth_frames, true_quality
@@ -65,6 +66,7 @@ class TrainingWidget(Container):
         self.boxes = LayerPicker(napari_viewer, Shapes, "predicted boxes")
         self.ground_truth = LayerPicker(napari_viewer, Labels, "ground truth")
         self.seed_button = PushButton(text="Start ground truth from predictions")
+        self.coco_button = PushButton(text="Load COCO ground truth…")
         self.reviewed_button = PushButton(text="Frame reviewed ✓")
         self.empty_button = PushButton(text="Checked: no objects")
         self.iou = FloatSpinBox(label="IoU threshold", value=0.1, min=0.0, max=1.0, step=0.05)
@@ -80,7 +82,7 @@ class TrainingWidget(Container):
         self.metrics = wrapping_label()
         self.parity = ParityPlot()
         self.extend([
-            self.masks, self.boxes, self.ground_truth, self.seed_button,
+            self.masks, self.boxes, self.ground_truth, container(self.seed_button, self.coco_button),
             container(self.reviewed_button, self.empty_button), self.iou, self.score_button,
             self.results, self.mode, self.refit_button,
             container(self.save_forest_button, self.load_forest_button),
@@ -93,6 +95,7 @@ class TrainingWidget(Container):
         self.worker = None
         self._watched_truth = None
         self.seed_button.changed.connect(self.seed_ground_truth)
+        self.coco_button.changed.connect(self._ask_load_coco)
         self.reviewed_button.changed.connect(lambda: self.mark_reviewed(self.current_frame()))
         self.empty_button.changed.connect(lambda: self.mark_empty(self.current_frame()))
         self.score_button.changed.connect(self.score_labeled_frames)
@@ -117,16 +120,43 @@ class TrainingWidget(Container):
         if masks is None:
             self.status.error("pick the predicted masks layer to seed ground truth from")
             return None
-        base = masks.name[: -len(" masks")] if masks.name.endswith(" masks") else masks.name
-        name = f"{base} ground truth"
-        if name in self.viewer.layers:
-            self.status.error(f"'{name}' exists already; rename or delete it to seed again (nothing overwritten)")
-            return None
         data = np.array(masks.data[0] if masks.multiscale else masks.data, copy=True)
-        layer = self.viewer.add_labels(data, name=name, scale=masks.scale,
-                                       metadata={METADATA_KEY: {"seeded_from": masks.name, "reviewed_frames": []}})
+        layer = self._add_ground_truth(masks, data, {"seeded_from": masks.name, "reviewed_frames": []})
+        if layer is not None:
+            self.status.info(f"'{layer.name}' seeded from predictions: correct a frame, then mark it reviewed")
+        return layer
+
+    def load_coco_ground_truth(self, path) -> Labels | None:
+        """Ground truth from a COCO file: the images named like the masks' image (or, in a file
+        about one image or stack, its images in order); every frame the file holds counts as
+        labeled, with or without objects."""
+        masks = self.masks.value
+        if masks is None:
+            self.status.error("pick the predicted masks layer: the COCO images are matched to its image")
+            return None
+        shape = np.shape(masks.data[0] if masks.multiscale else masks.data)
+        n_frames = 1 if len(shape) == 2 else shape[0]
+        try:
+            truth = CocoGroundTruth.load(path).stack_labels(
+                masks.name.removesuffix(" masks"), n_frames, shape[-2:], sole_input=True
+            )
+        except ValueError as exc:
+            self.status.error(str(exc))
+            return None
+        record = {"seeded_from": None, "reviewed_frames": list(range(n_frames)), "source": str(path)}
+        layer = self._add_ground_truth(masks, truth[0] if len(shape) == 2 else truth, record)
+        if layer is not None:
+            self.status.info(f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s)")
+        return layer
+
+    def _add_ground_truth(self, masks: Labels, data: np.ndarray, record: dict) -> Labels | None:
+        """A new Labels layer '<image> ground truth' beside the masks; never replaces one."""
+        name = f"{masks.name.removesuffix(' masks')} ground truth"
+        if name in self.viewer.layers:
+            self.status.error(f"'{name}' exists already; rename or delete it first (nothing overwritten)")
+            return None
+        layer = self.viewer.add_labels(data, name=name, scale=masks.scale, metadata={METADATA_KEY: record})
         self.ground_truth.value = layer
-        self.status.info(f"'{name}' seeded from predictions: correct a frame, then mark it reviewed")
         return layer
 
     def _watch_truth(self, _value=None) -> None:
@@ -306,6 +336,10 @@ class TrainingWidget(Container):
     def _ask_save_set(self):
         if path := self._ask(True, "Save training set", "CSV (*.csv)"):
             self.save_training_set(path)
+
+    def _ask_load_coco(self):
+        if path := self._ask(False, "Load COCO ground truth", "COCO JSON (*.json)"):
+            self.load_coco_ground_truth(path)
 
     def _ask_load_set(self):
         if path := self._ask(False, "Load training set", "CSV (*.csv)"):
