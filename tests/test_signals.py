@@ -2,6 +2,8 @@
 empty and single frames, novelty flags a novel frame, intervals widen with novelty, and forests
 from before the signals still load and say so."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.scaling import ScaleRule
 from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
-from napari_detection_qc.forest import NO_SIGNALS_NOTE, TARGETS, QualityForest
+from napari_detection_qc.forest import NO_SIGNALS_NOTE, TARGETS, ForestLoadError, QualityForest
 from napari_detection_qc.scoring import predicted_quality
 from napari_detection_qc.signals import (
     EMBEDDING,
@@ -144,6 +146,22 @@ def test_signal_forest_round_trips_through_its_file(signal_forest, tmp_path):
     loaded = QualityForest.load(signal_forest.save(tmp_path / "signals.skops"))
     assert loaded.signals_note is None and loaded.uses_novelty
     pd.testing.assert_frame_equal(loaded.predict(features, embeddings), signal_forest.predict(features, embeddings))
+
+
+@pytest.mark.parametrize(
+    "attribute, damage",
+    [
+        ("training_embeddings", lambda e: e[:-1]),  # one row short
+        ("training_embeddings", lambda e: np.where(np.arange(e.shape[1]) == 0, np.inf, e)),
+        ("_training_bins", lambda b: b * 3.0),  # fractions above 1
+        ("_residuals", lambda r: {t: -np.abs(v) - 1 for t, v in r.items()}),
+    ],
+)
+def test_damaged_signal_arrays_in_a_forest_file_are_refused(signal_forest, tmp_path, attribute, damage):
+    damaged = copy.copy(signal_forest)
+    setattr(damaged, attribute, damage(getattr(signal_forest, attribute)))
+    with pytest.raises(ForestLoadError, match="damaged forest file"):
+        QualityForest.load(damaged.save(tmp_path / "damaged.skops"))
 
 
 def test_forest_files_from_before_the_signals_load_and_say_so():

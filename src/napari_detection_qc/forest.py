@@ -176,6 +176,16 @@ class QualityForest:
     def uses_novelty(self) -> bool:
         return self.typicality is not None
 
+    @property
+    def required_signals(self) -> str:
+        """The least detection-time signals (``SignalOptions.parse`` names) its features need:
+        "all" for TTA features, "cheap" for novelty, else "none". A forest that uses novelty only
+        for its domain flag and intervals still predicts without embeddings (it then falls back
+        to the feature rows' distance and global intervals)."""
+        if any(f in TTA_SIGNALS for f in self.features):
+            return "all"
+        return "cheap" if "novelty" in self.features else "none"
+
     def fit(
         self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None, embeddings=None
     ) -> QualityForest:

@@ -30,6 +30,8 @@ EMBEDDING = "embedding"
 SIGNAL_SECONDS = "signal_seconds"
 VIEWS = ("flip_x", "flip_y", "rot90")
 MATCH_IOU = 0.5
+SIGNAL_LEVELS = ("none", "cheap", "all")
+"""What a detection call can ask for, from least to most (``SignalOptions.parse``)."""
 
 
 @dataclass(frozen=True)
