@@ -6,9 +6,9 @@ A model that knows its trained size carries ``input.object_size`` in its header:
 ``d`` px across is resampled by ``clip(target_px / d, min_factor, max_factor)``.
 
 The automatic estimate asks the model itself (as cellpose's size model does, without a second
-model): a central view of the frame is detected at a ladder of factors, and the factor whose
-confident, comfortably sized detections are densest per native area wins; the median size of those
-detections, divided by the factor, is the frame's typical object diameter.
+model): a central view of the frame is detected at a ladder of factors; the factor whose
+confident, comfortably sized detections (confirmed at a neighbouring factor) weigh most wins, and
+the median size of those detections, divided by the factor, is the frame's typical diameter.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ CONFIDENT_SCORE = 0.5
 COMFORTABLE_PX = (8.0, 72.0)
 """Detections this size (after resampling) are where the model is reliable."""
 CONFIRMING_SCORE = 0.3
-MIN_VIEW_PX = 48
+MIN_VIEW_PX = 112
+"""Factors whose view of the frame is smaller than this are skipped: a few blotches fill it."""
 
 DetectBoxes = Callable[[Sequence[np.ndarray]], list[BoxMasks]]
 
@@ -121,9 +122,10 @@ def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: Sca
     A real object is seen at neighbouring factors of the ladder (the model's comfortable size
     band spans three octaves), while texture that happens to look like a small cavity at one
     magnification is not; so only confident, comfortably sized detections that the next factor
-    up or down also finds count. The factor whose such detections cover the largest share of its
-    view (score-weighted; a share, so a few big cavities weigh as much as many small ones) gives
-    the estimate.
+    up or down also finds count. The factor with the largest sum of score x diameter of such
+    detections per native area gives the estimate (weighting by diameter balances many small
+    spurious detections against a few big ones; measured on held-out synthetic frames against
+    counting, area and square-root weights, it was the most often within 1.6x of the truth).
     """
     ladder = _ladder_detections(image, detect_boxes, rule)
     best_density, best_diameter = 0.0, None
@@ -131,11 +133,11 @@ def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: Sca
         if factor > rule.max_factor:
             continue  # only there to confirm the largest factor's detections
         diameters = box_diameters(boxes) * factor
-        keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= COMFORTABLE_PX[1])
+        largest = min(COMFORTABLE_PX[1], np.sqrt(area) * factor / 3)  # a "cavity" filling the view is texture
+        keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= largest)
         neighbours = [ladder[i][1][ladder[i][2] >= CONFIRMING_SCORE] for i in (index - 1, index + 1) if 0 <= i < len(ladder)]
         confirmed = keep & np.logical_or.reduce([_found_again(boxes, other) for other in neighbours])
-        covered = box_diameters(boxes[confirmed]) ** 2
-        density = float((scores[confirmed] * covered).sum()) / area
+        density = float((scores[confirmed] * box_diameters(boxes[confirmed])).sum()) / area
         if density > best_density:
             best_density, best_diameter = density, float(np.median(diameters[confirmed])) / factor
     return best_diameter
