@@ -21,14 +21,17 @@ from napari_detection_qc.engines.torchvision_maskrcnn import (
 )
 from napari_detection_qc.features import (
     CANDIDATE_FEATURES,
+    PAPER_FEATURES,
     frame_features,
     mask_circularities,
     table_features,
 )
 from napari_detection_qc.forest import TARGETS, QualityForest
+from napari_detection_qc.io import InputError
 from napari_detection_qc.run import detector as run_detector
 from napari_detection_qc.run.quality import read_training_table
 from napari_detection_qc.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted_quality, true_quality
+from napari_detection_qc.signals import EMBEDDING
 from napari_detection_qc.store import DETECTION_COLUMNS, Store
 from napari_detection_qc.store import format as store_format
 from napari_detection_qc.synthetic import make_stack
@@ -401,6 +404,62 @@ def test_demo_without_a_forest_still_shows_true_quality(tiny_model, tmp_path, ca
     captured = capsys.readouterr()
     assert "no predicted quality" in captured.err
     assert "true F1" in captured.out and "predicted F1" not in captured.out
+
+
+# -- detector signals --------------------------------------------------------------------------------
+def test_detect_with_signals_stores_them_and_score_uses_them(tmp_path, tiny_model, stack, detected, capsys):
+    out = tmp_path / "signals"
+    assert main(detect_args([stack[0]], out, tiny_model, "--signals", "cheap")) == 0
+    store = Store(out / "series")
+    assert store.read_meta()["signals"] == "cheap"
+    detector = load_detector(tiny_model, device="cpu", max_detections=MAX_DETECTIONS)
+    frames = [detector.predict(frame, signals="cheap") for frame in np.load(stack[0])]
+    stored = store.read_signals(3)
+    for frame, signals in zip(frames, stored):
+        np.testing.assert_array_equal(signals[EMBEDDING], frame.signals[EMBEDDING])
+    assert Store(detected).read_signals(3) is None  # a store detected without signals
+
+    # a forest fitted with embeddings near these frames', novelty among its features
+    rng = np.random.default_rng(1)
+    embeddings = np.stack([s[EMBEDDING] for s in stored]).astype(np.float64)
+    training = embeddings[rng.integers(0, 3, 40)] + rng.normal(0, 0.05, (40, embeddings.shape[1]))
+    features = pd.DataFrame(rng.random((40, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
+    targets = pd.DataFrame(rng.random((40, 3)), columns=list(TARGETS))
+    novelty_forest = QualityForest(PAPER_FEATURES + ("novelty",), n_estimators=20).fit(
+        features, targets, embeddings=training
+    )
+    forest_path = novelty_forest.save(tmp_path / "novelty.skops")
+    quality = tmp_path / "quality.csv"
+    assert main(["score", str(out), "--forest", str(forest_path), "--out", str(quality)]) == 0
+    expected, _ = predicted_quality(StackDetections.from_frames(frames), QualityForest.load(forest_path))
+    table = pd.read_csv(quality)
+    np.testing.assert_allclose(table[list(QUALITY_COLUMNS)].astype(float), expected.astype(float), rtol=1e-9)
+
+    # detections without embeddings: a clear error for a forest whose features need them ...
+    capsys.readouterr()
+    assert main(["score", str(detected), "--forest", str(forest_path), "--out", str(quality)]) == 2
+    assert "detect again with --signals cheap" in capsys.readouterr().err
+    # ... and a warned fallback for one that uses them only for its domain flag
+    domain_forest = QualityForest(PAPER_FEATURES, n_estimators=20).fit(features, targets, embeddings=training)
+    domain_path = domain_forest.save(tmp_path / "domain.skops")
+    assert main(["score", str(detected), "--forest", str(domain_path), "--out", str(quality)]) == 0
+    assert "feature rows only" in capsys.readouterr().err
+    # a store keeps the signals it was made with
+    assert main(detect_args([stack[0]], out, tiny_model, "--signals", "all")) == 2
+    assert "--signals cheap" in capsys.readouterr().err
+
+
+def test_damaged_signals_of_a_store_are_an_input_error(tmp_path):
+    store = Store(tmp_path)
+    np.savez(store.signals_path, tta_iou=np.array([0.5, 2.0]), embedding=np.zeros((2, 4)))
+    with pytest.raises(InputError, match="damaged signals: tta_iou"):
+        store.read_signals(2)
+    np.savez(store.signals_path, tta_iou=np.array([0.5, np.nan]), embedding=np.zeros((3, 4)))
+    with pytest.raises(InputError, match="damaged signals: embedding"):
+        store.read_signals(2)
+    np.savez(store.signals_path, tta_iou=np.array([0.5, np.nan]), embedding=np.array([[0.0, 1.0], [np.nan, 0.0]]))
+    first, second = store.read_signals(2)
+    assert first["tta_iou"] == 0.5 and "tta_iou" not in second and EMBEDDING not in second
 
 
 def test_usage_errors_exit_2(tmp_path, tiny_model, capsys):

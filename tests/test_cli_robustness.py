@@ -272,10 +272,10 @@ def test_out_of_memory_is_exit_3_or_skipped_with_keep_going(tmp_path, tiny_check
     np.save(tmp_path / "b_small.npy", images[:1])
     original = TorchvisionDetector.predict
 
-    def predict(self, image):
+    def predict(self, image, **options):
         if image.sum() == images[1].sum():
             raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 99 GB")
-        return original(self, image)
+        return original(self, image, **options)
 
     monkeypatch.setattr(TorchvisionDetector, "predict", predict)
     assert detect([tmp_path / "a_big.npy", tmp_path / "b_small.npy"], tmp_path / "stop", tiny_checkpoint) == 3

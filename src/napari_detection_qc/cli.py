@@ -60,7 +60,15 @@ def detector_spec(args):
 
     model = args.model if args.model == "default" else str(Path(args.model).resolve())
     config = None if args.config is None else str(Path(args.config).resolve())
-    return DetectorSpec(model, config, args.device, args.score_threshold, args.max_detections, args.object_size)
+    return DetectorSpec(
+        model,
+        config,
+        args.device,
+        args.score_threshold,
+        args.max_detections,
+        args.object_size,
+        args.signals,
+    )
 
 
 # -- subcommands -----------------------------------------------------------------------------------
@@ -312,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TABLE",
         help="CSV/TSV of 'image name, nm per pixel' (header optional); overrides the files' own",
     )
+    detect.add_argument(
+        "--signals",
+        choices=("none", "cheap", "all"),  # signals.SIGNAL_LEVELS (not imported: --help stays fast)
+        default="none",
+        help="the detector's label-free signals stored with each frame, for forests that use them: "
+        "cheap = backbone embedding (novelty; about one extra backbone pass), all = also TTA agreement "
+        "under flips and rotation (about 3.4x the detection time)",
+    )
     detect.add_argument("--keep-going", action="store_true", help="skip unreadable files instead of stopping")
     detect.add_argument("--no-progress", action="store_true", help="no progress bar")
     detect.set_defaults(run=run_detect)
@@ -321,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--forest",
         default="auto",
-        help="auto (the bundled forest for the detector), default, li2025, or a forest file",
+        help="auto (the bundled forest for the detector), default, li2025, or a forest file; the detector "
+        "signals stored by detect --signals are used by forests fitted with them",
     )
     score.add_argument("--out", type=Path, help="CSV to write (default DETECTIONS/quality.csv)")
     score.add_argument("--keep-going", action="store_true", help="skip unreadable detections instead of stopping")
@@ -377,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--forest", default="auto", help="auto, default, li2025 or a forest file")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(
-        run=run_demo, score_threshold=DEFAULT_SCORE_THRESHOLD, max_detections=DEFAULT_MAX_DETECTIONS
+        run=run_demo, score_threshold=DEFAULT_SCORE_THRESHOLD, max_detections=DEFAULT_MAX_DETECTIONS, signals="none"
     )
     return parser
 

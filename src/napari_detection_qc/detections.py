@@ -8,7 +8,7 @@ fits, and Shapes rectangles with a features table holding ``score``, ``label`` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -51,11 +51,14 @@ def as_scores(scores, n: int | None = None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FrameDetections:
-    """One frame's detections: boxes (N, 4), scores (N,), instance image (Y, X) with id = index + 1."""
+    """One frame's detections: boxes (N, 4), scores (N,), instance image (Y, X) with id = index + 1,
+    and the detector's label-free ``signals`` about the frame (see ``signals.py``; empty unless
+    the detection call asked for them)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    signals: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         boxes = as_boxes(self.boxes)

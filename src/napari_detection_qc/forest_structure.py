@@ -13,6 +13,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 
+from .features import SCORE_BIN_NAMES
+
 TREE_LEAF = -1
 
 
@@ -58,4 +60,31 @@ def pipeline_problem(pipeline, n_features: int) -> str | None:
         problem = tree_problem(tree.tree_, n_features)
         if problem:
             return problem
+    return None
+
+
+def signal_arrays_problem(state: dict, n_training: int, n_targets: int) -> str | None:
+    """What is wrong with a format-2 file's signal arrays (each optional), or None: training
+    embeddings (one finite row per training frame, at least 3 for the typicality model), score
+    bins (one row of fractions per training frame) and conformal residuals (one row per target;
+    NaN where a frame was in every tree's bag, else non-negative)."""
+    if "training_embeddings" in state:
+        embeddings = np.asarray(state["training_embeddings"], dtype=np.float64)
+        if embeddings.ndim != 2 or len(embeddings) != n_training or embeddings.shape[1] < 1:
+            return f"training embeddings of shape {embeddings.shape} for {n_training} training frames"
+        if n_training < 3 or not np.isfinite(embeddings).all():
+            return "non-finite training embeddings, or fewer than 3"
+    if "training_score_bins" in state:
+        bins = np.asarray(state["training_score_bins"], dtype=np.float64)
+        if bins.shape != (n_training, len(SCORE_BIN_NAMES)):
+            return f"training score bins of shape {bins.shape} for {n_training} training frames"
+        if not (np.isfinite(bins).all() and bins.min(initial=0) >= 0 and bins.max(initial=0) <= 1):
+            return "training score bins outside [0, 1]"
+    if "conformal_residuals" in state:
+        residuals = np.asarray(state["conformal_residuals"], dtype=np.float64)
+        if residuals.shape != (n_targets, n_training):
+            return f"conformal residuals of shape {residuals.shape} for {n_training} training frames"
+        stored = residuals[~np.isnan(residuals)]
+        if not (np.isfinite(stored).all() and stored.min(initial=0) >= 0):
+            return "negative or infinite conformal residuals"
     return None

@@ -15,6 +15,7 @@ from .detections import StackDetections
 from .features import stack_features
 from .forest import QualityForest
 from .matching import PAPER_IOU_THRESHOLD, boxes_from_labels, match_frame
+from .signals import stack_signals
 
 QUALITY_COLUMNS = (
     "frame", "count", "f1", "f1_low", "f1_high", "precision", "precision_low", "precision_high",
@@ -23,20 +24,28 @@ QUALITY_COLUMNS = (
 TRUE_COLUMNS = ("frame", "n_true", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1")
 
 
-def quality_table(features: pd.DataFrame, forest: QualityForest) -> pd.DataFrame:
+def quality_table(features: pd.DataFrame, forest: QualityForest, embeddings=None) -> pd.DataFrame:
     """Predicted F1/precision/recall with intervals and the domain flag, one row per frame of a
-    feature table (index = frame); the viewer and the CLI both go through here."""
-    predicted = forest.predict(features)
+    feature table (index = frame; with the detector's TTA signals as columns when stored) and the
+    frames' backbone embeddings (``stack_signals``); the viewer and the CLI both go through here."""
+    predicted = forest.predict(features, embeddings)
     table = predicted.assign(
         frame=np.arange(len(features)), count=features["count"].to_numpy().astype(np.int64)
     )
     return table.loc[:, list(QUALITY_COLUMNS)].reset_index(drop=True)
 
 
-def predicted_quality(stack: StackDetections, forest: QualityForest) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(quality table with one row per frame, the frames' 18 features)."""
-    features = stack_features(stack)
-    return quality_table(features, forest), features
+def predicted_quality(
+    stack: StackDetections, forest: QualityForest, signals: list[dict] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(quality table with one row per frame, the frames' 18 features and stored signals).
+    ``signals``: per-frame signal dicts when the frames do not carry them (e.g. read back from
+    layer metadata with ``signals_from_records``)."""
+    if signals is not None and len(signals) != len(stack):
+        raise ValueError(f"got signals of {len(signals)} frames for a stack of {len(stack)}")
+    signal_table, embeddings = stack_signals(signals if signals is not None else stack)
+    features = stack_features(stack).join(signal_table)
+    return quality_table(features, forest, embeddings), features
 
 
 def ground_truth_frames(ground_truth: np.ndarray, n_frames: int) -> np.ndarray:

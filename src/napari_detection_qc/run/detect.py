@@ -34,7 +34,8 @@ def run_frame_task(spec: DetectorSpec, task: FrameTask) -> FrameOutcome:
     detector = cached_detector(spec)
     where = f"{task.source}: frame {task.index}"
     try:
-        detections = detector.predict(read_frame(task.source, task.index), object_size=spec.object_size)
+        frame = read_frame(task.source, task.index)
+        detections = detector.predict(frame, object_size=spec.object_size, signals=spec.signals)
         write_frame(task.target, detections)
     except InputError as exc:
         return FrameOutcome(task, 0, str(exc))
@@ -98,7 +99,9 @@ def detect(
     for source, name in zip(sources, store_names(sources)):
         try:
             root = Path(out_dir) / name
-            plans.append(plan_input(source, root, spec.score_threshold, detector_meta, pixel_sizes.get(source)))
+            plans.append(
+                plan_input(source, root, spec.score_threshold, detector_meta, pixel_sizes.get(source), spec.signals)
+            )
         except InputError as exc:
             fail(str(exc), on_error, failures)
     complete, detected = run_plans(plans, spec, executor, on_error, failures, progress)

@@ -41,6 +41,9 @@ class DetectorSpec:
     max_detections: int = DEFAULT_MAX_DETECTIONS
     object_size: float | None = None
     """Typical object diameter in native pixels; None estimates it per frame (``auto``)."""
+    signals: str = "none"
+    """The detector's label-free signals stored with each frame: none, cheap (backbone embedding)
+    or all (and TTA agreement, about 3.4x the detection time); see ``signals.py``."""
 
     def load(self):
         from ..engines import load_detector

@@ -15,6 +15,7 @@ from ..forest import TARGETS, QualityForest, bundled_forest_for
 from ..io import InputError, list_inputs, read_frames
 from ..matching import PAPER_IOU_THRESHOLD
 from ..scoring import QUALITY_COLUMNS, TRUE_COLUMNS, boxes_true_quality, quality_table
+from ..signals import SIGNAL_LEVELS, stack_signals
 from ..store.format import Store, boxes_by_frame
 from .detect import ErrorHandler, fail
 
@@ -32,12 +33,41 @@ def store_features(store: Store) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return meta, table, table_features(table, meta["n_frames"], meta["image_shape"])
 
 
-def score_store(store: Store, forest: QualityForest) -> pd.DataFrame:
-    """Predicted F1/precision/recall with intervals and the in-domain flag for every frame."""
+def store_signals(store: Store, meta: dict, forest: QualityForest) -> tuple[pd.DataFrame | None, np.ndarray | None]:
+    """(TTA signal columns, embeddings) stored with a store's detections for ``forest``; a clear
+    error when the forest's features need signals the store was not detected with."""
+    stored, needed = meta.get("signals", "none"), forest.required_signals
+    if SIGNAL_LEVELS.index(needed) > SIGNAL_LEVELS.index(stored if stored in SIGNAL_LEVELS else "none"):
+        raise InputError(
+            f"{store.root}: this forest needs detector signals the detections lack (detected with --signals "
+            f"{stored}); detect again with --signals {needed}, or score with a forest without signals"
+        )
+    signals = store.read_signals(meta["n_frames"])
+    if signals is None:
+        return None, None
+    table, embeddings = stack_signals(signals)
+    if embeddings is None and forest.uses_novelty and stored != "none":  # every frame empty or constant
+        embeddings = np.full((meta["n_frames"], forest.training_embeddings.shape[1]), np.nan)
+    return table, embeddings
+
+
+def score_store(store: Store, forest: QualityForest, warn: ErrorHandler | None = None) -> pd.DataFrame:
+    """Predicted F1/precision/recall with intervals and the in-domain flag for every frame, with
+    the detector's signals where the store has them (``detect --signals``). A forest with a
+    novelty check scores stores without embeddings on its feature rows alone, and says so."""
     meta, _, features = store_features(store)
-    table = quality_table(features, forest)
-    table.insert(0, "source", meta["source"])
-    return table
+    table, embeddings = store_signals(store, meta, forest)
+    if embeddings is None and forest.uses_novelty and warn is not None:
+        warn(
+            "detections without the detector's embeddings (detect --signals cheap) get this forest's "
+            "in-domain flag from the feature rows only, and intervals that do not widen with novelty"
+        )
+    try:
+        quality = quality_table(features if table is None else features.join(table), forest, embeddings)
+    except ValueError as exc:  # signals of another detector (embeddings of another length)
+        raise InputError(f"{store.root}: {exc}") from exc
+    quality.insert(0, "source", meta["source"])
+    return quality
 
 
 def score_stores(
@@ -47,6 +77,12 @@ def score_stores(
     another detector than the store's. Returns the joined table and the failures."""
     forests: dict[str, QualityForest] = {}
     tables, failures, warned = [], [], set()
+
+    def warn_once(message: str) -> None:
+        if message not in warned:
+            warned.add(message)
+            warn(message)
+
     for store in stores:
         try:
             detector_meta = store.read_meta()["detector"]
@@ -54,10 +90,9 @@ def score_stores(
             if name not in forests:
                 forests[name] = QualityForest.load(name)
             mismatch = forests[name].detector_mismatch(detector_meta)
-            if mismatch and mismatch not in warned:
-                warned.add(mismatch)
-                warn(mismatch)
-            tables.append(score_store(store, forests[name]))
+            if mismatch:
+                warn_once(mismatch)
+            tables.append(score_store(store, forests[name], warn_once))
         except InputError as exc:
             fail(str(exc), on_error, failures)
     columns = ["source", *QUALITY_COLUMNS]

@@ -2,8 +2,13 @@
 
     <out>/<name>/meta.json          source, its fingerprint, n_frames, image_shape, pixel_size_nm,
                                     detector, score_threshold
-    <out>/<name>/frames/000123.npz  one frame: labels, boxes, scores, circularity
+    <out>/<name>/frames/000123.npz  one frame: labels, boxes, scores, circularity (and signal_*
+                                    arrays when detected with --signals)
     <out>/<name>/detections.csv     every detection, once all frames are done
+    <out>/<name>/signals.npz        the detector's signals of every frame (``signals.py``), only
+                                    when detected with --signals: one value per frame for each
+                                    TTA signal and signal_seconds, (T, D) embeddings; NaN where a
+                                    frame has none (an empty or constant frame has no embedding)
     <out>/<name>/masks.npy          (T, Y, X) instance masks in the smallest unsigned dtype
 
 Every file is written under a temporary name in its folder and renamed into place, so an interrupted
@@ -26,9 +31,12 @@ from ..atomic import atomic_path
 from ..detections import FrameDetections, StackDetections, smallest_label_dtype
 from ..features import BOX_COLUMNS, mask_circularities
 from ..io import InputError
+from ..signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
 
 DETECTION_COLUMNS = ("frame", "label", *BOX_COLUMNS, "score", "circularity")
 FRAME_ARRAYS = ("labels", "boxes", "scores", "circularity")
+SIGNAL_PREFIX = "signal_"
+SCALAR_SIGNALS = (*TTA_SIGNALS, SIGNAL_SECONDS)
 # pandas 3 parses floats exactly by default and deprecates the option older versions need for it
 EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
@@ -86,6 +94,10 @@ class Store:
     def masks_path(self) -> Path:
         return self.root / "masks.npy"
 
+    @property
+    def signals_path(self) -> Path:
+        return self.root / "signals.npz"
+
     def frame_path(self, index: int) -> Path:
         return self.frames_dir / f"{index:06d}.npz"
 
@@ -123,6 +135,43 @@ class Store:
         if not (np.isfinite(boxes).all() and ((scores >= 0) & (scores <= 1)).all()):
             raise InputError(f"{self.table_path}: damaged detections table: non-finite boxes or scores")
         return table
+
+    def read_signals(self, n_frames: int) -> list[dict] | None:
+        """Each frame's signals as ``Detector.predict(..., signals=)`` gave them, or None for a
+        store detected without signals (or before they existed); checked like the table."""
+        if not self.signals_path.is_file():
+            return None
+        try:
+            with np.load(self.signals_path, allow_pickle=False) as stored:
+                arrays = {name: np.asarray(stored[name], dtype=np.float64) for name in stored.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{self.signals_path}: unreadable signals ({exc})") from exc
+        problem = signal_arrays_problem(arrays, n_frames)
+        if problem:
+            raise InputError(f"{self.signals_path}: damaged signals: {problem}")
+        records: list[dict] = [{} for _ in range(n_frames)]
+        for name, values in arrays.items():
+            for record, value in zip(records, values):
+                if name == EMBEDDING:
+                    if np.isfinite(value).all():
+                        record[name] = value.astype(np.float32)
+                elif np.isfinite(value):
+                    record[name] = float(value)
+        return records
+
+
+def signal_arrays_problem(arrays: dict[str, np.ndarray], n_frames: int) -> str | None:
+    """What is wrong with a signals.npz's arrays, or None."""
+    unknown = sorted(set(arrays) - {*SCALAR_SIGNALS, EMBEDDING})
+    if unknown:
+        return f"unknown arrays {unknown}"
+    for name, values in arrays.items():
+        expected_ndim = 2 if name == EMBEDDING else 1
+        if values.ndim != expected_ndim or len(values) != n_frames:
+            return f"{name} of shape {values.shape} for {n_frames} frames"
+        if np.isinf(values).any() or (name in TTA_SIGNALS and not (np.isnan(values) | (values >= 0) & (values <= 1)).all()):
+            return f"{name} holds values out of range"
+    return None
 
 
 def boxes_by_frame(table: pd.DataFrame, n_frames: int) -> list[np.ndarray]:
@@ -175,9 +224,15 @@ def write_frame(path: Path, detections: FrameDetections) -> None:
     """One frame's detections with the masks' Heywood circularity, computed once here."""
     circularity = mask_circularities(detections.labels, np.arange(1, detections.count + 1))
     labels = detections.labels.astype(smallest_label_dtype(detections.count), copy=False)
+    signals = {f"{SIGNAL_PREFIX}{name}": np.asarray(value) for name, value in detections.signals.items()}
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         np.savez_compressed(
-            handle, labels=labels, boxes=detections.boxes, scores=detections.scores, circularity=circularity
+            handle,
+            labels=labels,
+            boxes=detections.boxes,
+            scores=detections.scores,
+            circularity=circularity,
+            **signals,
         )
 
 
@@ -195,9 +250,13 @@ def assemble(store: Store, n_frames: int, image_shape: Sequence[int]) -> None:
     frame with ordinary writes (not a memory map), so a long series never needs all its masks in
     memory and a full disk is an ``OSError`` (ENOSPC), not a Bus error."""
     columns: dict[str, list[np.ndarray]] = {name: [] for name in DETECTION_COLUMNS}
+    signals: list[dict[str, np.ndarray]] = []
     max_count = 0
     for t in range(n_frames):
         with np.load(store.frame_path(t), allow_pickle=False) as frame:
+            signals.append({
+                name[len(SIGNAL_PREFIX) :]: frame[name] for name in frame.files if name.startswith(SIGNAL_PREFIX)
+            })
             boxes, scores = frame["boxes"].reshape(-1, 4), frame["scores"]
             count = len(scores)
             columns["frame"].append(np.full(count, t, dtype=np.int64))
@@ -208,6 +267,7 @@ def assemble(store: Store, n_frames: int, image_shape: Sequence[int]) -> None:
             columns["circularity"].append(frame["circularity"])
         max_count = max(max_count, count)
     write_csv(store.table_path, pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()}))
+    write_signals(store, signals)
     dtype = smallest_label_dtype(max_count)
     header = {
         "descr": np.lib.format.dtype_to_descr(dtype),
@@ -219,3 +279,25 @@ def assemble(store: Store, n_frames: int, image_shape: Sequence[int]) -> None:
         for t in range(n_frames):
             with np.load(store.frame_path(t), allow_pickle=False) as frame:
                 handle.write(np.ascontiguousarray(frame["labels"], dtype=dtype).tobytes())
+
+
+def write_signals(store: Store, frames: list[dict[str, np.ndarray]]) -> None:
+    """The frames' signals joined into signals.npz (nothing when no frame has any), written before
+    masks.npy so that a complete store has them. NaN stands for a value a frame lacks."""
+    n_frames = len(frames)
+    if not any(frames):
+        return
+    arrays = {
+        name: np.array([frame.get(name, np.nan) for frame in frames], dtype=np.float64)
+        for name in SCALAR_SIGNALS
+        if any(name in frame for frame in frames)
+    }
+    sizes = {frame[EMBEDDING].size for frame in frames if EMBEDDING in frame}
+    if len(sizes) == 1:
+        embeddings = np.full((n_frames, sizes.pop()), np.nan, dtype=np.float32)
+        for row, frame in zip(embeddings, frames):
+            if EMBEDDING in frame:
+                row[:] = frame[EMBEDDING]
+        arrays[EMBEDDING] = embeddings
+    with atomic_path(store.signals_path) as temporary, open(temporary, "wb") as handle:
+        np.savez_compressed(handle, **arrays)

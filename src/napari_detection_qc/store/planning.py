@@ -93,14 +93,25 @@ def identity_conflict(previous: dict, meta: dict, source: Path, root: Path) -> s
         )
     if not same("detector"):
         return f"{root} holds detections of another detector; choose another --out, or delete {root} to redo it"
+    if previous.get("signals", "none") != meta["signals"]:
+        return (
+            f"{root} holds detections made with --signals {previous.get('signals', 'none')}, not "
+            f"{meta['signals']}; rerun with that, choose another --out, or delete {root} to redo it"
+        )
     return None
 
 
 def plan_input(
-    source: Path, root: Path, score_threshold: float, detector_meta: dict, pixel_size_nm: float | None = None
+    source: Path,
+    root: Path,
+    score_threshold: float,
+    detector_meta: dict,
+    pixel_size_nm: float | None = None,
+    signals: str = "none",
 ) -> InputPlan:
     """Describe the input, write (or check) its store's meta.json and list the frames not yet done.
-    A store made by another detector, or for another input or content, is refused rather than mixed.
+    A store made by another detector or with other ``signals`` (none, cheap, all), or for another
+    input or content, is refused rather than mixed.
     Temporary files of writers that no longer run are removed; a running writer's are kept.
     ``pixel_size_nm`` (from a pixel-size table) replaces the one the file records."""
     info = describe(source)
@@ -118,6 +129,7 @@ def plan_input(
         "pixel_size_nm": pixel_size_nm or info.pixel_size_nm,
         "detector": detector_meta,
         "score_threshold": score_threshold,
+        "signals": signals,
         "created_by": f"napari-detection-qc {__version__}",
     }
     if store.meta_path.is_file():
