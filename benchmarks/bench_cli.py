@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_detection_qc import batch
 from napari_detection_qc.cli import main
 from napari_detection_qc.engines import default_weights_path
-from napari_detection_qc.features import CANDIDATE_FEATURES
+from napari_detection_qc.features import BOX_COLUMNS, CANDIDATE_FEATURES
 from napari_detection_qc.forest import BUNDLED_FORESTS, MODELS_DIR, TARGETS, QualityForest
+from napari_detection_qc.store import Store
 from napari_detection_qc.synthetic import make_stack
 
 IMAGE_SHAPE = (512, 512)
 
 
-def synthetic_store(root: Path, n_frames: int, seed: int = 0) -> batch.Store:
+def synthetic_store(root: Path, n_frames: int, seed: int = 0) -> Store:
     """A finished store of ``n_frames`` frames with random detections (no detector needed)."""
     rng = np.random.default_rng(seed)
     counts = rng.poisson(20, n_frames)
@@ -57,7 +57,7 @@ def synthetic_store(root: Path, n_frames: int, seed: int = 0) -> batch.Store:
             "circularity": circularity,
         }
     )
-    store = batch.Store(root / "synthetic")
+    store = Store(root / "synthetic")
     store.frames_dir.mkdir(parents=True)
     meta = {
         "source": "synthetic",
@@ -154,7 +154,7 @@ def report_agreement(serial: Path, parallel: Path) -> None:
     if len(a) != len(b) or not (a["frame"].to_numpy() == b["frame"].to_numpy()).all():
         print(f"detect: serial found {len(a)} detections, --workers 2 found {len(b)}")
         return
-    box_difference = np.abs(a[batch.BOX_COLUMNS].to_numpy() - b[batch.BOX_COLUMNS].to_numpy()).max(initial=0)
+    box_difference = np.abs(a[list(BOX_COLUMNS)].to_numpy() - b[list(BOX_COLUMNS)].to_numpy()).max(initial=0)
     score_difference = np.abs(a["score"].to_numpy() - b["score"].to_numpy()).max(initial=0)
     mask_pixels = int((np.load(serial / "masks.npy") != np.load(parallel / "masks.npy")).sum())
     print(

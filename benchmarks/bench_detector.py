@@ -1,74 +1,173 @@
-"""Default detector benchmark: CPU time of one 1024x1024 frame, and held-out F1 per synthetic preset.
+"""Default detector benchmark: held-out F1 per synthetic family at native resolution with the
+automatic object size, and CPU time per 1024, 2048 and 4096 px frame; writes the model card.
 
-    PYTHONPATH=src python benchmarks/bench_detector.py [--frames 25] [--threads 2] [--repeats 5]
+    PYTHONPATH=src python benchmarks/bench_detector.py [--frames 15] [--threads 2] [--write-card]
 
-The target is at most 1.5 s per 1024x1024 frame on a 2-core CPU. F1 uses the paper's matching
-(box IoU >= 0.1) on held-out frames (seeds >= 1_000_000, never used in training); only "clean" is
-in-distribution, so the shifted presets are expected to score lower.
+Held-out frames use seeds >= 1_000_000 (training used 0, 1, 2, ...). F1 is the paper's matching
+(box IoU >= 0.1), mean over frames of the per-frame F1. Targets (issue 11): >= 0.85 on every
+realistic family, >= 0.9 on "clean"; <= 1.5 s per 2048 x 2048 and <= 6 s per 4096 x 4096 frame on
+a 2-core CPU. Synthetic numbers: the real-micrograph check happens outside this repository.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from napari_detection_qc.engines import load_detector
-from napari_detection_qc.synthetic import make_frame
+from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector
+from napari_detection_qc.matching import boxes_from_labels, match_frame
+from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES, make_frame, make_realistic_frame
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from train_default_detector import HELD_OUT_SEED, held_out_scores  # noqa: E402
+HELD_OUT_SEED = 1_000_000
+COMMAND = "PYTHONPATH=src python benchmarks/bench_detector.py --write-card"
+SLOW_FAMILIES = {"large_frames": 4}
+"""Frames per family where one frame takes seconds (capped so the benchmark stays minutes long)."""
 
 
-def time_one_frame(detector, shape=(1024, 1024), repeats: int = 5) -> dict:
-    """Median wall time of ``predict`` on one clean frame, after a warm-up call."""
-    image, labels = make_frame(HELD_OUT_SEED + 999, shape, "clean")
-    detector.predict(image)
-    times = []
-    for _ in range(repeats):
+def held_out_frames(source: str, count: int):
+    """(image, labels) of held-out frames of a realistic family or an older named preset."""
+    for index in range(count):
+        seed = HELD_OUT_SEED + index
+        if source in REALISTIC_FAMILIES:
+            image, labels, _ = make_realistic_frame(seed, source)
+        else:
+            image, labels = make_frame(seed, (512, 512), PRESETS[source])
+        yield image, labels
+
+
+def family_scores(detector, source: str, count: int) -> dict:
+    """Mean per-frame F1/precision/recall, pooled F1, frames with cavities but no detection."""
+    matches, missed, seconds, pixels = [], 0, 0.0, 0
+    for image, labels in held_out_frames(source, count):
         start = time.perf_counter()
         detections = detector.predict(image)
-        times.append(time.perf_counter() - start)
+        seconds += time.perf_counter() - start
+        pixels += image.size
+        truth = boxes_from_labels(labels)[0]
+        matches.append(match_frame(detections.boxes, truth))
+        missed += int(len(truth) > 0 and detections.count == 0)
+    tp, fp, fn = (sum(getattr(m, k) for m in matches) for k in ("tp", "fp", "fn"))
     return {
-        "shape": list(shape),
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "detections": detections.count,
-        "true_cavities": int(labels.max()),
+        "frames": len(matches),
+        "mean_f1": float(np.mean([m.f1 for m in matches])),
+        "mean_precision": float(np.mean([m.precision for m in matches])),
+        "mean_recall": float(np.mean([m.recall for m in matches])),
+        "pooled_f1": 2 * tp / max(2 * tp + fp + fn, 1),
+        "frames_with_cavities_but_no_detection": missed,
+        "seconds_per_megapixel": seconds / (pixels / 1e6),
     }
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def time_frames(detector, sides=(1024, 2048, 4096), repeats: int = 2) -> dict:
+    """Median wall time of ``predict`` (auto object size) on realistic frames of each size."""
+    timings = {}
+    for side in sides:
+        image, labels, info = make_realistic_frame(HELD_OUT_SEED + 500 + side, "realistic", (side, side))
+        detector.predict(image)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            detections = detector.predict(image)
+            times.append(time.perf_counter() - start)
+        timings[f"{side}x{side}"] = {
+            "median_s": statistics.median(times),
+            "detections": detections.count,
+            "true_cavities": int(len(np.unique(labels)) - 1),
+            "object_size_px": detector.last_object_sizes[0],
+            "true_diameter_px": info.get("diameter_px"),
+            "dtype": str(image.dtype),
+        }
+    return timings
+
+
+def model_card(path: Path, scores: dict, timings: dict, threads: int) -> str:
+    header, _ = load_checkpoint(path)
+    arch, training, scale = header["architecture"], header["training"], header["input"]["object_size"]
+    rows = "\n".join(
+        f"| {name} | {s['frames']} | {s['mean_f1']:.3f} | {s['mean_precision']:.3f} | {s['mean_recall']:.3f} | "
+        f"{s['pooled_f1']:.3f} | {s['frames_with_cavities_but_no_detection']} |"
+        for name, s in scores.items()
     )
+    speed = "\n".join(
+        f"| {k} | {t['median_s']:.2f} | {t['detections']} | {t['true_cavities']} | "
+        f"{t['object_size_px'] or 0:.1f} | {t['true_diameter_px'] or 0:.1f} |"
+        for k, t in timings.items()
+    )
+    return f"""# Default detector: compact cavity Mask R-CNN
+
+- File: `default_detector.pt` ({path.stat().st_size / 1e6:.1f} MB, float16 weights), torchvision engine,
+  sha256 of the weights `{header["sha256"]}`.
+- Architecture `{arch["name"]}`: compact ResNet-like backbone (stem {arch["backbone"]["stem_widths"]},
+  stages {arch["backbone"]["stage_widths"]}, BatchNorm), FPN {arch["fpn_channels"]} channels (P2-P5 + pool),
+  anchors {arch["anchor_sizes"]} x ratios {arch["aspect_ratios"]}, RPN IoU 0.3/0.7, ROI IoU 0.4,
+  128 ROIs/image, box head {arch["roi"]["box_head_dim"]}, mask head {arch["roi"]["mask_head_widths"]}, aligned RoIAlign.
+- Input: robust intensity (median -> 128, one robust sigma (1.4826 MAD) -> 30 grey levels), 3 identical
+  channels; each frame resampled so its typical cavity is {scale["target_px"]:g} px across (factor
+  {scale["min_factor"]:g}-{scale["max_factor"]:g}; object size `auto` estimates it per frame with the model
+  itself), detected in 1024 px tiles with 128 px overlap, results mapped back to the native pixel grid.
+- Purpose: a detector that installs with the plugin and runs offline. Trained on synthetic frames only
+  (randomized to cover what real TEM cavity micrographs look like); fine-tune it on your corrected
+  frames, or use your own weights (e.g. the seed paper's detectron2 `model_final.pth` through
+  `load_detector((config_yaml, weights))`).
+
+## Training
+{chr(10).join(f"- {k}: {v}" for k, v in training.items())}
+- Command: see `scripts/train_default_detector.py` (step-scheduled and resumable).
+
+## Held-out synthetic frames at native resolution, object size `auto`
+Seeds >= {HELD_OUT_SEED}; score threshold 0.1; paper matching (box IoU >= 0.1); F1 is the mean of
+per-frame F1. Realistic families come from `make_realistic_frame` (8/16-bit, 512-4096 px); the others
+are the older named presets (512 x 512). Reproduce: `{COMMAND}`.
+
+| family | frames | mean F1 | mean precision | mean recall | pooled F1 | frames with cavities, no detection |
+|---|---|---|---|---|---|---|
+{rows}
+
+## Speed ({platform.machine()} CPU, {threads} threads, torch {torch.__version__}, object size `auto`)
+
+| frame | median s | detections | true cavities | auto size px | true median diameter px |
+|---|---|---|---|---|---|
+{speed}
+"""
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="default", help="detector spec for load_detector")
-    parser.add_argument("--frames", type=int, default=25, help="held-out frames per preset (0: skip F1)")
+    parser.add_argument("--frames", type=int, default=15, help="held-out frames per family (0: skip F1)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--write-card", action="store_true", help="write models/default_detector.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     detector = load_detector(args.spec, device="cpu")
-    timing = time_one_frame(detector, repeats=args.repeats)
-    print(
-        f"{detector.name}: 1024x1024 CPU inference {timing['median_s']:.3f} s median "
-        f"({timing['min_s']:.3f} s best, {args.threads} threads, {timing['detections']} detections, "
-        f"{timing['true_cavities']} true cavities); target <= 1.5 s",
-        flush=True,
-    )
+    scores = {}
     if args.frames:
-        scores = held_out_scores(detector, args.frames)
-        print(f"{'preset':16s} {'mean F1':>8s} {'precision':>9s} {'recall':>7s} {'pooled F1':>9s}")
-        for name, s in scores.items():
+        print(f"{'family':16s} {'mean F1':>8s} {'precision':>9s} {'recall':>7s} {'pooled F1':>9s} {'missed':>6s}")
+        for source in (*REALISTIC_FAMILIES, *PRESETS):
+            count = min(args.frames, SLOW_FAMILIES.get(source, args.frames))
+            s = scores[source] = family_scores(detector, source, count)
             print(
-                f"{name:16s} {s['mean_f1']:8.3f} {s['mean_precision']:9.3f} {s['mean_recall']:7.3f} {s['pooled_f1']:9.3f}"
+                f"{source:16s} {s['mean_f1']:8.3f} {s['mean_precision']:9.3f} {s['mean_recall']:7.3f} "
+                f"{s['pooled_f1']:9.3f} {s['frames_with_cavities_but_no_detection']:6d}",
+                flush=True,
             )
-        print(json.dumps({"timing": timing, "held_out": scores}))
+    timings = time_frames(detector, repeats=args.repeats)
+    for name, t in timings.items():
+        print(f"{name}: {t['median_s']:.2f} s median, {t['detections']} detections / {t['true_cavities']} true", flush=True)
+    print(json.dumps({"held_out": scores, "timing": timings}))
+    print(f"reproduce: {COMMAND}")
+    if args.write_card and args.spec == "default":
+        path = default_weights_path()
+        path.with_suffix(".md").write_text(model_card(path, scores, timings, args.threads))
+        print(f"wrote {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from napari_detection_qc.forest import MODELS_DIR, TARGETS, QualityForest
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.metrics import regression_metrics, reliability_classification
 from napari_detection_qc.study_frames import frame_plan, study_frame
-from napari_detection_qc.synthetic import PRESETS
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "study"
@@ -241,7 +240,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     detector = load_detector(args.model)
     plan = frame_plan(args.frames_per_domain)
-    print(f"{len(plan)} frames over {len(PRESETS)} domains with {detector}", flush=True)
+    print(f"{len(plan)} frames over {plan['domain'].nunique()} domains with {detector}", flush=True)
     table = build_table(detector, plan)
 
     print("evaluating feature sets", flush=True)

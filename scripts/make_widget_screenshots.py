@@ -1,10 +1,12 @@
-"""Screenshots of the three widgets in use on the bundled sample stack, for the README.
+"""Screenshots of the Detection QC dock in use on the bundled sample stack, for the README, in a
+1920 x 1080 window (the screen the layout is designed for).
 
-Runs the real loop in a napari window: detect on the sample stack, predict quality, seed ground
-truth from the predictions, correct two frames (here with the generator's exact masks, standing
-in for the user's corrections), score them and refit the forest.
+Runs the real loop: detect on the sample stack (Detection tab), predict quality (Quality tab,
+plot and table in the results dock under the canvas), seed ground truth from the predictions,
+correct three frames (here with the generator's exact masks, standing in for the user's
+corrections), score them and refit the forest (Training tab, parity plot under the canvas).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_widget_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/make_widget_screenshots.py
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def wait(app, predicate, timeout=1800.0):
             raise TimeoutError
     for _ in range(20):
         app.processEvents()
+        time.sleep(0.01)
 
 
 def main() -> None:
@@ -34,42 +37,36 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_detection_qc.sample_data import SAMPLE_FRAME_PRESETS, sample_ground_truth
-    from napari_detection_qc.widgets import DetectionWidget, QualityWidget, TrainingWidget
+    from napari_detection_qc.widgets import DetectionQCWidget
 
     get_settings().application.gui_notification_level = "none"  # no toasts over the screenshots
     viewer = napari.Viewer(title="napari-detection-qc")
-    viewer.window.resize(1600, 1000)
+    viewer.window._qt_window.resize(1920, 1080)
     app = QApplication.instance()
     (images, image_kwargs, _), (truth, _, _) = sample_ground_truth()
-    image = viewer.add_image(images, **image_kwargs)
+    viewer.add_image(images, **image_kwargs)
+    dock = DetectionQCWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Detection QC", area="right")
+    detection, quality, training = dock.detection, dock.quality, dock.training
 
-    detection = DetectionWidget(viewer)
-    viewer.window.add_dock_widget(detection, name="Detection", area="right")
-    detection.image.value = image
-    viewer.reset_view()
+    detection.pixel_size.value = 0.4
     detection.run()
-    wait(app, lambda: detection.worker is None)
-    poor_frame = SAMPLE_FRAME_PRESETS.index("hard_shift")
+    wait(app, lambda: detection.progress.done >= 8)  # mid-run: progress in the dock
+    DOCS.mkdir(exist_ok=True)
     viewer.dims.set_current_step(0, 3)
     viewer.reset_view()
     wait(app, lambda: True)
-    DOCS.mkdir(exist_ok=True)
     viewer.screenshot(str(DOCS / "widget_detection.png"), canvas_only=False)
+    wait(app, lambda: detection.worker is None)
 
-    quality = QualityWidget(viewer)
-    viewer.window.add_dock_widget(quality, name="Quality", area="right", tabify=True)
-    quality.masks.value = viewer.layers[f"{image.name} masks"]
-    quality.boxes.value = viewer.layers[f"{image.name} boxes"]
-    quality.compute()
+    poor_frame = SAMPLE_FRAME_PRESETS.index("hard_shift")
+    dock.setCurrentIndex(1)
     wait(app, lambda: quality.worker is None and quality.table is not None)
     quality.go_to_frame(poor_frame)
     wait(app, lambda: True)
     viewer.screenshot(str(DOCS / "widget_quality.png"), canvas_only=False)
 
-    training = TrainingWidget(viewer)
-    viewer.window.add_dock_widget(training, name="Training", area="right", tabify=True)
-    training.masks.value = viewer.layers[f"{image.name} masks"]
-    training.boxes.value = viewer.layers[f"{image.name} boxes"]
+    dock.setCurrentIndex(2)
     ground_truth = training.seed_ground_truth()
     for frame in (poor_frame, 5, 6):  # the user's corrections
         ground_truth.data[frame] = truth[frame]
@@ -78,7 +75,7 @@ def main() -> None:
     training.score_labeled_frames()
     training.refit()
     wait(app, lambda: training.worker is None)
-    wait(app, lambda: quality.worker is None)
+    wait(app, lambda: quality.worker is None and quality.forest is training.session.forest)
     viewer.layers.selection.active = ground_truth
     viewer.dims.set_current_step(0, poor_frame)
     wait(app, lambda: True)

@@ -85,7 +85,11 @@ def training_frame(seed: int) -> tuple[np.ndarray, np.ndarray]:
         image = np.full(raw.shape, 128.0, dtype=np.float32)
     diameter = typical_diameter(labels)
     factor = SCALE_RULE.factor_for(diameter)
-    factor = float(np.clip(factor * np.exp(rng.normal(0, SIZE_ESTIMATE_ERROR)), SCALE_RULE.min_factor, SCALE_RULE.max_factor))
+    factor = float(
+        np.clip(
+            factor * np.exp(rng.normal(0, SIZE_ESTIMATE_ERROR)), SCALE_RULE.min_factor, SCALE_RULE.max_factor
+        )
+    )
     return at_trained_scale(image, labels, factor)
 
 
@@ -127,7 +131,9 @@ def train(args, model, start_step: int, first_seed: int) -> tuple[torch.nn.Modul
         for group in optimizer.param_groups:
             group["lr"] = lr
         crops = [pool.crop(args.crop_size) for _ in range(args.batch_size)]
-        losses = batch_losses(model, [c[0] for c in crops], [c[1] for c in crops], COMPACT_FPN, NORMALISATION, "cpu")
+        losses = batch_losses(
+            model, [c[0] for c in crops], [c[1] for c in crops], COMPACT_FPN, NORMALISATION, "cpu"
+        )
         loss = sum(losses.values())
         optimizer.zero_grad()
         loss.backward()
@@ -172,6 +178,8 @@ def header(args, steps: int, next_seed: int, minutes: float | None = None) -> di
         "machine": f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}",
         "initialised_from": args.init_note,
     }
+    if getattr(args, "schedule_note", None):
+        training["schedule"] = args.schedule_note
     if minutes is not None:
         training["minutes_this_run"] = round(minutes, 1)
     return new_checkpoint_header(
@@ -186,11 +194,15 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
         saved_header, state = load_checkpoint(args.resume)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         training = saved_header["training"]
-        if training.get("seed") != args.seed or training.get("total_steps") != args.steps:
-            raise SystemExit(
-                f"{args.resume} was trained with --seed {training.get('seed')} --steps {training.get('total_steps')}; "
-                "resume with the same values"
-            )
+        if training.get("seed") != args.seed:
+            raise SystemExit(f"{args.resume} was trained with --seed {training.get('seed')}; resume with the same seed")
+        if training.get("total_steps") != args.steps:  # a shorter or longer cosine from here on
+            args.schedule_note = (
+                f"{training.get('schedule', '')} {training.get('total_steps')}-step schedule until step "
+                f"{training['steps']}, then {args.steps}"
+            ).strip()
+        else:
+            args.schedule_note = training.get("schedule")
         args.init_note = training.get("initialised_from", "resumed")
         return model, int(training["steps"]), int(training["next_seed"])
     if args.init is not None:
@@ -203,10 +215,16 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=2400, help="total optimizer steps of the schedule")
-    parser.add_argument("--max-minutes", type=float, default=600.0, help="stop this run after this long (resumable)")
-    parser.add_argument("--init", type=Path, default=None, help="start from these weights (same architecture)")
+    parser.add_argument(
+        "--max-minutes", type=float, default=600.0, help="stop this run after this long (resumable)"
+    )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="start from these weights (same architecture)"
+    )
     parser.add_argument("--resume", type=Path, default=None, help="continue a run from its resume checkpoint")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-size", type=int, default=320)
@@ -230,12 +248,17 @@ def main(argv=None) -> None:
     fields = header(args, summary["steps"], summary["next_seed"], summary["minutes"])
     if summary["steps"] < args.steps:
         save_model(args.resume_out, model, fields, half=True)
-        print(f"stopped at step {summary['steps']}/{args.steps}; resume with --resume {args.resume_out}", flush=True)
+        print(
+            f"stopped at step {summary['steps']}/{args.steps}; resume with --resume {args.resume_out}",
+            flush=True,
+        )
         return
     saved = save_model(args.out, model, fields, half=True)
     TorchvisionDetector.from_checkpoint(args.out, device="cpu")  # it loads
     print(json.dumps(saved["training"], indent=1), flush=True)
-    print(f"wrote {args.out}; run benchmarks/bench_detector.py --families to fill in its model card", flush=True)
+    print(
+        f"wrote {args.out}; run benchmarks/bench_detector.py --families to fill in its model card", flush=True
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_detection_qc import batch
+from napari_detection_qc.atomic import atomic_path
 from napari_detection_qc.cli import main
 from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
@@ -19,9 +19,21 @@ from napari_detection_qc.engines.torchvision_maskrcnn import (
     build_maskrcnn,
     save_model,
 )
-from napari_detection_qc.features import CANDIDATE_FEATURES, frame_features, mask_circularities
+from napari_detection_qc.features import (
+    CANDIDATE_FEATURES,
+    PAPER_FEATURES,
+    frame_features,
+    mask_circularities,
+    table_features,
+)
 from napari_detection_qc.forest import TARGETS, QualityForest
+from napari_detection_qc.io import InputError
+from napari_detection_qc.run import detector as run_detector
+from napari_detection_qc.run.quality import read_training_table
 from napari_detection_qc.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted_quality, true_quality
+from napari_detection_qc.signals import EMBEDDING
+from napari_detection_qc.store import DETECTION_COLUMNS, Store
+from napari_detection_qc.store import format as store_format
 from napari_detection_qc.synthetic import make_stack
 
 MAX_DETECTIONS = 40  # keeps the random detector's mask pasting cheap
@@ -114,14 +126,14 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
     assert masks.shape == (3, 128, 128) and masks.dtype == np.uint8
     np.testing.assert_array_equal(masks, np.stack([f.labels for f in stored]))
     table = pd.read_csv(detected / "detections.csv")
-    assert list(table.columns) == list(batch.DETECTION_COLUMNS)
+    assert list(table.columns) == list(DETECTION_COLUMNS)
     assert len(table) == stored.total_count
     first = stored[0]
     np.testing.assert_allclose(
         table.loc[table.frame == 0, "circularity"],
         mask_circularities(first.labels, np.arange(1, first.count + 1)),
     )
-    meta = batch.Store(detected).read_meta()
+    meta = Store(detected).read_meta()
     assert meta["n_frames"] == 3 and meta["image_shape"] == [128, 128] and meta["pixel_size_nm"] is None
     assert meta["detector"]["detector"] == "tiny-random" and meta["score_threshold"] == 0.1
     assert not [p for p in all_files(detected) if p.name.endswith(".tmp")]
@@ -130,7 +142,7 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
 def test_rerun_skips_done_frames_and_redoes_missing_ones(tmp_path, tiny_model, stack, capsys):
     out = tmp_path / "out"
     assert main(detect_args([stack[0]], out, tiny_model)) == 0
-    store = batch.Store(out / "series")
+    store = Store(out / "series")
     mtimes = {p: p.stat().st_mtime_ns for p in all_files(store.root) if p.suffix == ".npz"}
     capsys.readouterr()
     assert main(detect_args([stack[0]], out, tiny_model)) == 0
@@ -155,10 +167,10 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(
             raise KeyboardInterrupt
         return mask_circularities(labels, ids)
 
-    monkeypatch.setattr(batch, "mask_circularities", interrupt_on_second_frame)
+    monkeypatch.setattr(store_format, "mask_circularities", interrupt_on_second_frame)
     out = tmp_path / "out"
     assert main(detect_args([stack[0]], out, tiny_model)) == 130
-    store = batch.Store(out / "series")
+    store = Store(out / "series")
     assert [p.name for p in store.frames_dir.iterdir()] == ["000000.npz"]
     assert not store.table_path.exists() and not store.masks_path.exists()
     monkeypatch.undo()
@@ -172,7 +184,7 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "table.csv"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with batch.atomic_path(target) as temporary:
+        with atomic_path(target) as temporary:
             temporary.write_text("half")
             raise RuntimeError("crash")
     assert target.read_text() == "old" and all_files(tmp_path) == [target]
@@ -199,10 +211,10 @@ def test_corrupt_file_stops_the_run_or_is_skipped_with_keep_going(tmp_path, tiny
     assert main(detect_args([folder], out, tiny_model, "--keep-going")) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and "b_corrupt.tif" in errors[0] and "d_nan_frame.npy: frame 1" in errors[1]
-    assert batch.Store(out / "a_good").is_complete and batch.Store(out / "c_good").is_complete
+    assert Store(out / "a_good").is_complete and Store(out / "c_good").is_complete
     assert np.load(out / "c_good" / "masks.npy").shape == (1, 128, 128)
-    assert not (out / "b_corrupt").exists() and not batch.Store(out / "d_nan_frame").is_complete
-    assert batch.Store(out / "e_scaled").read_meta()["pixel_size_nm"] == pytest.approx(0.4)
+    assert not (out / "b_corrupt").exists() and not Store(out / "d_nan_frame").is_complete
+    assert Store(out / "e_scaled").read_meta()["pixel_size_nm"] == pytest.approx(0.4)
 
 
 def test_dask_cluster_gives_the_serial_results(tmp_path, detected, tiny_model, stack):
@@ -213,7 +225,7 @@ def test_dask_cluster_gives_the_serial_results(tmp_path, detected, tiny_model, s
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         assert main(detect_args([stack[0]], out, tiny_model, "--scheduler", cluster.scheduler_address)) == 0
         with Client(cluster) as client:
-            loaded = client.run(lambda: len(batch._loaded_detectors))
+            loaded = client.run(lambda: len(run_detector._loaded_detectors))
     assert sum(loaded.values()) >= 1 and max(loaded.values()) == 1  # one model per worker, not per frame
     for name in ("detections.csv", "masks.npy"):
         assert (out / "series" / name).read_bytes() == (detected / name).read_bytes()
@@ -232,7 +244,7 @@ def test_store_of_another_detector_is_refused(tmp_path, detected, stack, tiny_mo
     header = load_detector(tiny_model, device="cpu").header
     save_model(other, build_maskrcnn(header["architecture"]).eval(), {**header, "name": "other"})
     assert main(detect_args([stack[0]], detected.parent, other)) == 2
-    assert "another input or detector" in capsys.readouterr().err
+    assert "another detector" in capsys.readouterr().err
 
 
 # -- features from the table -----------------------------------------------------------------------
@@ -269,7 +281,7 @@ def test_table_features_equal_frame_features():
             )
         )
         expected.append(frame_features(boxes, scores, labels))
-    got = batch.table_features(pd.concat(rows, ignore_index=True), 7, shape)
+    got = table_features(pd.concat(rows, ignore_index=True), 7, shape)
     want = pd.DataFrame(expected, columns=list(CANDIDATE_FEATURES))
     assert list(got.columns) == list(CANDIDATE_FEATURES)
     np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-12, atol=1e-12)
@@ -318,7 +330,7 @@ def test_evaluate_equals_true_quality_and_adds_features(tmp_path, detected, stac
     expected = true_quality(stored_stack(detected), np.load(stack[1]))
     pd.testing.assert_frame_equal(table[list(TRUE_COLUMNS)], expected, check_dtype=False)
     assert (table["n_true"] > 0).all()
-    batch.read_training_table(out, CANDIDATE_FEATURES)  # ready for fit-forest
+    read_training_table(out, CANDIDATE_FEATURES)  # ready for fit-forest
 
 
 def test_fit_forest_round_trip(tmp_path, capsys):
@@ -394,9 +406,76 @@ def test_demo_without_a_forest_still_shows_true_quality(tiny_model, tmp_path, ca
     assert "true F1" in captured.out and "predicted F1" not in captured.out
 
 
+# -- detector signals --------------------------------------------------------------------------------
+def test_detect_with_signals_stores_them_and_score_uses_them(tmp_path, tiny_model, stack, detected, capsys):
+    out = tmp_path / "signals"
+    assert main(detect_args([stack[0]], out, tiny_model, "--signals", "cheap")) == 0
+    store = Store(out / "series")
+    assert store.read_meta()["signals"] == "cheap"
+    detector = load_detector(tiny_model, device="cpu", max_detections=MAX_DETECTIONS)
+    frames = [detector.predict(frame, signals="cheap") for frame in np.load(stack[0])]
+    stored = store.read_signals(3)
+    for frame, signals in zip(frames, stored):
+        np.testing.assert_array_equal(signals[EMBEDDING], frame.signals[EMBEDDING])
+    assert Store(detected).read_signals(3) is None  # a store detected without signals
+
+    # a forest fitted with embeddings near these frames', novelty among its features
+    rng = np.random.default_rng(1)
+    embeddings = np.stack([s[EMBEDDING] for s in stored]).astype(np.float64)
+    training = embeddings[rng.integers(0, 3, 40)] + rng.normal(0, 0.05, (40, embeddings.shape[1]))
+    features = pd.DataFrame(rng.random((40, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
+    targets = pd.DataFrame(rng.random((40, 3)), columns=list(TARGETS))
+    novelty_forest = QualityForest(PAPER_FEATURES + ("novelty",), n_estimators=20).fit(
+        features, targets, embeddings=training
+    )
+    forest_path = novelty_forest.save(tmp_path / "novelty.skops")
+    quality = tmp_path / "quality.csv"
+    assert main(["score", str(out), "--forest", str(forest_path), "--out", str(quality)]) == 0
+    expected, _ = predicted_quality(StackDetections.from_frames(frames), QualityForest.load(forest_path))
+    table = pd.read_csv(quality)
+    np.testing.assert_allclose(table[list(QUALITY_COLUMNS)].astype(float), expected.astype(float), rtol=1e-9)
+
+    # detections without embeddings: a clear error for a forest whose features need them ...
+    capsys.readouterr()
+    assert main(["score", str(detected), "--forest", str(forest_path), "--out", str(quality)]) == 2
+    assert "detect again with --signals cheap" in capsys.readouterr().err
+    # ... and a warned fallback for one that uses them only for its domain flag
+    domain_forest = QualityForest(PAPER_FEATURES, n_estimators=20).fit(features, targets, embeddings=training)
+    domain_path = domain_forest.save(tmp_path / "domain.skops")
+    assert main(["score", str(detected), "--forest", str(domain_path), "--out", str(quality)]) == 0
+    assert "feature rows only" in capsys.readouterr().err
+    # a store keeps the signals it was made with
+    assert main(detect_args([stack[0]], out, tiny_model, "--signals", "all")) == 2
+    assert "--signals cheap" in capsys.readouterr().err
+
+
+def test_damaged_signals_of_a_store_are_an_input_error(tmp_path):
+    store = Store(tmp_path)
+    np.savez(store.signals_path, tta_iou=np.array([0.5, 2.0]), embedding=np.zeros((2, 4)))
+    with pytest.raises(InputError, match="damaged signals: tta_iou"):
+        store.read_signals(2)
+    np.savez(store.signals_path, tta_iou=np.array([0.5, np.nan]), embedding=np.zeros((3, 4)))
+    with pytest.raises(InputError, match="damaged signals: embedding"):
+        store.read_signals(2)
+    np.savez(store.signals_path, tta_iou=np.array([0.5, np.nan]), embedding=np.array([[0.0, 1.0], [np.nan, 0.0]]))
+    first, second = store.read_signals(2)
+    assert first["tta_iou"] == 0.5 and "tta_iou" not in second and EMBEDDING not in second
+
+
 def test_usage_errors_exit_2(tmp_path, tiny_model, capsys):
     assert main([]) == 2
     (tmp_path / "notes.txt").write_text("x")
     assert main(detect_args([tmp_path / "notes.txt"], tmp_path / "out", tiny_model)) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert main(["score", str(tmp_path)]) == 2
+
+
+def test_object_size_option_is_parsed_and_checked():
+    from napari_detection_qc.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["detect", "x.tif", "--out", "o"]).object_size is None
+    assert parser.parse_args(["detect", "x.tif", "--out", "o", "--object-size", "35"]).object_size == 35.0
+    for bad in ("-3", "0", "big", "inf"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["detect", "x.tif", "--out", "o", "--object-size", bad])

@@ -12,8 +12,12 @@ import pytest
 import torch
 from conftest import TINY_ARCHITECTURE
 
-from napari_detection_qc.engines import DetectorLoadError, load_checkpoint, load_detector
-from napari_detection_qc.engines import default_weights_path
+from napari_detection_qc.engines import (
+    DetectorLoadError,
+    default_weights_path,
+    load_checkpoint,
+    load_detector,
+)
 from napari_detection_qc.engines.detectron2_checkpoint import import_detectron2_checkpoint
 from napari_detection_qc.engines.torchvision_maskrcnn import (
     COMPACT_FPN,

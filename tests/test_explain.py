@@ -36,3 +36,15 @@ def test_strongest_negative():
     series = pd.Series({"a": 0.2, "b": -0.3, "c": -0.1, "d": -0.5})
     assert strongest_negative(series, 2) == [("d", -0.5), ("b", -0.3)]
     assert strongest_negative(pd.Series({"a": 0.1})) == []
+
+
+def test_missing_shap_says_what_to_install(forest_and_data, monkeypatch):
+    import sys
+
+    from napari_detection_qc.explain import ExplanationUnavailable, _explainers
+
+    forest, x = forest_and_data
+    _explainers.clear()
+    monkeypatch.setitem(sys.modules, "shap", None)  # import shap now raises ImportError
+    with pytest.raises(ExplanationUnavailable, match=r"pip install .*\[explain\]"):
+        frame_contributions(forest, x.iloc[:1])

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from napari_detection_qc import cli
-from napari_detection_qc.batch import forest_name
 from napari_detection_qc.detector_forest import fit_detector_forest
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.checkpoint import (
@@ -25,6 +24,8 @@ from napari_detection_qc.engines.finetune import (
 from napari_detection_qc.finetune_outputs import read_labelled_frames, save_finetuned
 from napari_detection_qc.forest import QualityForest, companion_forest_path, forest_for_detector
 from napari_detection_qc.io import InputError
+from napari_detection_qc.run.quality import forest_name
+from napari_detection_qc.study_frames import frame_plan
 from napari_detection_qc.synthetic import make_frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -152,7 +153,8 @@ def test_forest_for_the_new_detector_is_saved_beside_it_and_found_by_auto(tuned,
     seen = []
     forest = fit_detector_forest(result.detector, images, truth, frames_per_domain=1,
                                  progress=lambda done, total, what: seen.append((done, total)))
-    assert seen[-1] == (11, 11) and forest.n_training == 11
+    total = len(frame_plan(1)) + 3  # one study frame per domain, then the 3 labelled frames
+    assert seen[-1] == (total, total) and forest.n_training == total
     assert forest.detector["weights_sha256"] == result.detector.weights_sha256
     model = tmp_path / "model.pt"
     written = save_finetuned(result, forest, model)
@@ -265,3 +267,12 @@ def test_models_with_an_object_size_rule_train_at_the_scale_inference_uses(tmp_p
     assert frame.image.shape == tuple(round(s * factor) for s in images[0].shape) and factor != 1
     result = finetune(parent, images, truth, steps=1, device="cpu")
     assert result.detector.scale_rule == parent.scale_rule and result.history["val_f1"].notna().all()
+
+
+def test_a_moved_model_file_still_owns_its_stores():
+    """``weights_path`` finds the forest beside the weights; the weights hash is the identity."""
+    from napari_detection_qc.store.planning import same_detector
+
+    here = {"detector": "tuned", "weights_sha256": "ab", "weights_path": "/old/tuned.pt"}
+    assert same_detector(here, {**here, "weights_path": "/new/tuned.pt"})
+    assert not same_detector(here, {**here, "weights_sha256": "cd"})

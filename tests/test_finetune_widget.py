@@ -40,7 +40,7 @@ def test_finetune_section_trains_shows_graphs_and_saves(section, qtbot, tmp_path
     qtbot.waitUntil(lambda: section.worker is None, timeout=WORKER_TIMEOUT_MS)
     assert section.result is not None and section.forest is not None, section.status.value
     assert len(section._history) == len(section.result.history) > 0
-    assert "true F1" in section.comparison.value and section.save_button.enabled
+    assert "true F1" in section.comparison.text() and section.save_button.enabled
     assert section.curves.figure.axes  # the graphs were drawn
     section.save(tmp_path / "tuned.pt")
     assert (tmp_path / "tuned.pt").is_file() and (tmp_path / "tuned.forest.skops").is_file()

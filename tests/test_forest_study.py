@@ -9,7 +9,7 @@ import pytest
 
 from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
 from napari_detection_qc.forest import TARGETS
-from napari_detection_qc.study_frames import blend, frame_plan
+from napari_detection_qc.study_frames import STUDY_FAMILIES, blend, frame_plan
 from napari_detection_qc.synthetic import DEFAULT, PRESETS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -29,7 +29,8 @@ def test_blend_goes_from_clean_to_the_preset():
 
 def test_plan_is_seeded_and_covers_every_domain():
     plan = frame_plan(3)
-    assert len(plan) == 3 * len(PRESETS) and set(plan["domain"]) == set(PRESETS)
+    domains = set(PRESETS) | set(STUDY_FAMILIES)
+    assert len(plan) == 3 * len(domains) and set(plan["domain"]) == domains
     assert plan["seed"].is_unique and (plan.loc[plan["domain"] == "clean", "severity"] == 0).all()
     pd.testing.assert_frame_equal(plan, frame_plan(3))
 

@@ -56,16 +56,21 @@ def test_tiff_without_physical_resolution_has_no_pixel_size(tmp_path):
     assert read_frames(path)[1] is None
 
 
-def test_rgb_tiff_and_png_are_single_frames(tmp_path):
+def test_rgb_tiff_and_png_are_single_frames_and_planar_tiffs_are_stacks(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (16, 20, 3), dtype=np.uint8)
-    planar = tmp_path / "planar.tif"
-    tifffile.imwrite(planar, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    contiguous = tmp_path / "rgb.tif"
+    tifffile.imwrite(contiguous, rgb, photometric="rgb")
     png = tmp_path / "image.png"
     iio.imwrite(png, rgb)
-    for path in (planar, png):
+    for path in (contiguous, png):
         info = describe(path)
         assert (info.n_frames, info.frame_shape, info.is_2d) == (1, (16, 20), True)
         np.testing.assert_array_equal(read_frame(path, 0), rgb)
+    # separate sample planes: the bytes tifffile writes by default for a 3-frame grayscale stack
+    planar = tmp_path / "planar.tif"
+    tifffile.imwrite(planar, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    assert describe(planar).n_frames == 3
+    np.testing.assert_array_equal(read_frame(planar, 2), rgb[..., 2])
 
 
 def test_npy_stack_reads_frames_without_pickles(tmp_path):

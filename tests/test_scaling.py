@@ -19,7 +19,7 @@ def threshold_boxes(images):
     """A stand-in model: every bright connected blob is a detection with score 0.9 and a full mask."""
     results = []
     for image in images:
-        labels, count = ndimage.label(image > 240)  # above matrix noise after normalisation
+        labels, count = ndimage.label(image > 200)  # between matrix (128) and squares (255)
         slices = ndimage.find_objects(labels)
         boxes = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in slices], float).reshape(-1, 4)
         results.append(BoxMasks(boxes, np.full(count, 0.9), torch.ones((count, 28, 28))))
@@ -148,3 +148,60 @@ def test_robust_intensity_of_a_constant_frame_is_none():
     hot = np.zeros((50, 50), np.uint16)
     hot[3, 3] = 60000
     assert scale_to_255(hot, ROBUST) is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_scaled_detector(tmp_path_factory, one_torch_thread):
+    """A tiny random model whose header carries a trained object size (the bundled model's kind)."""
+    from conftest import TINY_ARCHITECTURE
+
+    from napari_detection_qc.engines import load_detector
+    from napari_detection_qc.engines.torchvision_maskrcnn import (
+        build_maskrcnn,
+        new_checkpoint_header,
+        save_model,
+    )
+
+    torch.manual_seed(0)
+    normalisation = {
+        "intensity": "robust",
+        "channel_order": "gray3",
+        "pixel_mean": [128.0] * 3,
+        "pixel_std": [64.0] * 3,
+        "object_size": ScaleRule(22, 1 / 16, 1.5).to_header(),
+    }
+    header = new_checkpoint_header(TINY_ARCHITECTURE, name="tiny-scaled", normalisation=normalisation, training="random")
+    path = tmp_path_factory.mktemp("scaled") / "tiny.pt"
+    save_model(path, build_maskrcnn(TINY_ARCHITECTURE).eval(), header)
+    return load_detector(path, device="cpu", score_threshold=0.0, max_detections=50)
+
+
+def odd_frames():
+    rng = np.random.default_rng(1)
+    hot16 = rng.normal(3000, 40, (300, 260)).clip(0, 65535).astype(np.uint16)
+    hot16[5, 5] = hot16[100, 7] = 65535
+    rgba = rng.integers(0, 255, (120, 90, 4), dtype=np.uint8)
+    return {
+        "one pixel": np.array([[7]], np.uint8),
+        "two pixels": np.array([[0, 255]], np.uint8),
+        "one colour": np.full((64, 64), 9, np.uint8),
+        "16-bit hot pixels": hot16,
+        "RGBA": rgba,
+        "non-square large": rng.normal(100, 20, (2672, 4008)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("name", list(odd_frames()))
+def test_odd_frames_give_detections_on_their_own_grid(tiny_scaled_detector, name):
+    frame = odd_frames()[name]
+    result = tiny_scaled_detector.predict(frame, object_size=22 if name == "non-square large" else "auto")
+    assert result.labels.shape == frame.shape[:2]
+    assert np.all(result.boxes[:, [2, 3]] <= np.array(frame.shape[:2]))
+    assert result.count <= 50
+
+
+def test_nan_pixels_are_a_clear_error(tiny_scaled_detector):
+    frame = np.ones((40, 40), np.float32)
+    frame[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tiny_scaled_detector.predict(frame)

@@ -162,7 +162,7 @@ def test_quality_widget_equals_core_api(make_napari_viewer, qtbot, small_stack, 
     assert widget.table_view.rowCount() == 4
     widget.go_to_frame(3)
     assert viewer.dims.current_step[0] == 3
-    assert widget.explanation.value.startswith("frame 3")
+    assert widget.explanation.startswith("frame 3")
     out = widget.export_csv(tmp_path / "quality.csv")
     assert len(pd.read_csv(out)) == 4
     assert "density_per_um2" not in widget.table.columns  # no pixel size was given
@@ -172,7 +172,9 @@ def test_quality_widget_equals_core_api(make_napari_viewer, qtbot, small_stack, 
         layer.metadata["detection_qc"]["pixel_size_nm"] = 0.4
     widget.compute()
     wait_for(qtbot, widget)
-    assert (widget.table["density_per_um2"] > 0).any() and widget.table_view.columnCount() == 10
+    assert (widget.table["density_per_um2"] > 0).any() and widget.table_view.columnCount() == 9
+    view = widget.table_view
+    assert [view.verticalHeaderItem(r).text() for r in range(4)] == ["0", "1", "2", "3"]  # rows are frames
 
     # deleting a box changes the prediction input; with auto update the widget recomputes itself
     widget.auto_update.value = True
@@ -245,7 +247,7 @@ def test_training_loop_changes_the_forest(make_napari_viewer, qtbot, small_stack
     widget.refit()  # adds the 3 frames to the forest's 200 training frames
     wait_for(qtbot, widget)
     assert widget.session.forest is not None and widget.session.forest.n_training == 203
-    assert "CV F1" in widget.metrics.value
+    assert "cross-validated F1" in widget.metrics.text()
     qtbot.waitUntil(lambda: quality.forest is widget.session.forest, timeout=WORKER_TIMEOUT_MS)
     assert not np.allclose(quality.table["f1"].to_numpy(), before)
 
@@ -276,3 +278,283 @@ def test_training_files_round_trip(make_napari_viewer, tmp_path, test_forest):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     widget.load_training_set(tmp_path / "bad.csv")
     assert "not a training set" in widget.status.value
+
+
+# -- the whole workflow on a 1920 x 1080 screen -------------------------------------------------------------
+
+
+def process(qtbot, ms=50):
+    qtbot.wait(ms)
+
+
+def test_layout_fits_a_1920x1080_screen(make_napari_viewer, qtbot, small_stack):
+    from qtpy.QtWidgets import QApplication
+
+    from napari_detection_qc.widgets import DetectionQCWidget
+    from napari_detection_qc.widgets.results_dock import results_dock
+
+    screen = QApplication.primaryScreen().geometry()
+    if screen.width() < 1920 or screen.height() < 1080:
+        pytest.skip('needs a 1920 x 1080 screen: xvfb-run -s "-screen 0 1920x1080x24"')
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1920, 1080)
+    viewer.add_image(small_stack[0], name="tem")
+    widget = DetectionQCWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="Detection QC", area="right")
+    results = results_dock(viewer)
+    results.show_page(widget.quality.panel, "Quality per frame")
+    results.show_page(widget.training.parity_page, "Refit")
+    process(qtbot, 200)
+    assert [widget.tabText(i) for i in range(3)] == ["Detection", "Quality", "Training"]
+    hint = window.minimumSizeHint()
+    assert hint.height() <= 1080 and hint.width() <= 1920
+    frame = window.geometry()
+    assert frame.height() <= 1080 and frame.width() <= 1920
+    holder = results.parent()
+    while not holder.inherits("QDockWidget"):
+        holder = holder.parent()
+    assert window.dockWidgetArea(holder).name == "BottomDockWidgetArea"
+    for docked in (dock, holder):
+        box = docked.geometry()
+        assert box.top() >= 0 and box.bottom() <= frame.height() and box.right() <= frame.width()
+    assert holder.geometry().height() >= 200  # the plot is readable
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.height() >= 400  # and the image still has most of the screen
+    # each step's sections fit the dock without scrolling; the status line stays in view below them
+    for step in (widget.detection, widget.quality, widget.training):
+        widget.setCurrentWidget(step)
+        process(qtbot)
+        assert step.body.sizeHint().height() <= step.scroll.viewport().height(), type(step).__name__
+        assert step.status.isVisible()
+    # a long status never grows the dock: elided, one line, the whole text in the tooltip
+    before = (dock.minimumSizeHint(), widget.detection.minimumSizeHint())
+    widget.detection.status.value = "a very long message " * 100
+    process(qtbot)
+    assert (dock.minimumSizeHint(), widget.detection.minimumSizeHint()) == before
+    assert widget.detection.status.toolTip().startswith("a very long message")
+    assert len(widget.detection.status.text()) < len(widget.detection.status.value)
+
+
+def test_pickers_take_the_obvious_layers_and_follow_renames(make_napari_viewer, qtbot, small_stack):
+    from napari_detection_qc.widgets import DetectionQCWidget
+
+    viewer = make_napari_viewer()
+    widget = DetectionQCWidget(viewer)
+    assert widget.detection.image.value is None
+    image = viewer.add_image(small_stack[0], name="tem")
+    assert widget.detection.image.value is image  # the only image
+    widget.detection.run()
+    masks, boxes = viewer.layers["tem masks"], viewer.layers["tem boxes"]
+    for step in (widget.quality, widget.training):  # the layers the detection is making
+        assert step.masks.value is masks and step.boxes.value is boxes
+    wait_for(qtbot, widget.detection)
+    wait_for(qtbot, widget.quality)
+    qtbot.waitUntil(lambda: widget.quality.table is not None, timeout=WORKER_TIMEOUT_MS)
+    assert widget.training.ground_truth.value is None  # never the predictions as ground truth
+    masks.name = "renamed masks"
+    assert widget.quality.masks.value is masks
+    assert widget.quality.masks.native.currentText() == "renamed masks"
+    viewer.layers.remove(masks)
+    assert widget.quality.masks.value is None
+    viewer.layers.remove(image)
+    assert widget.detection.image.value is None
+
+
+def test_progress_shows_in_the_dock_at_once_with_correct_totals(make_napari_viewer, qtbot, small_stack):
+    from napari_detection_qc.widgets import DetectionWidget
+
+    viewer = make_napari_viewer()
+    widget = DetectionWidget(viewer)
+    viewer.add_image(small_stack[0], name="tem")
+    widget.run()
+    # before the worker has done anything: the bar and the count are there
+    assert widget.progress_bar.isVisibleTo(widget) and widget.progress_bar.maximum() == 4
+    assert widget.progress_text.value.startswith("0 / 4 frames")
+    texts = []
+    widget.worker.yielded.connect(lambda _item: texts.append(widget.progress_text.value))
+    wait_for(qtbot, widget)
+    assert texts[-1].startswith("4 / 4 frames") and "left" in texts[-1]
+    assert not widget.progress_bar.isVisibleTo(widget)
+
+
+def test_rerun_replaces_frame_by_frame_and_cancel_keeps_the_rest(make_napari_viewer, qtbot, small_stack):
+    viewer = make_napari_viewer()
+    images, _ = small_stack
+    widget = detect(viewer, qtbot, images)
+    boxes, masks = viewer.layers["tem boxes"], viewer.layers["tem masks"]
+    before = boxes.features.groupby("frame").size().reindex(range(4), fill_value=0)
+    masks_before = masks.data.copy()
+    widget.threshold.value = 0.95
+    widget.run()
+    assert len(boxes.data) == before.sum()  # nothing cleared up front
+    seen = []
+    widget.worker.yielded.connect(lambda item: seen.append(item[0]) or widget.cancel())
+    wait_for(qtbot, widget)
+    assert "cancelled" in widget.status.value and "keep their earlier detections" in widget.status.value
+    after = boxes.features.groupby("frame").size().reindex(range(4), fill_value=0)
+    redone = set(seen)
+    assert 1 <= len(redone) < 4
+    for t in range(4):
+        if t in redone:
+            assert (boxes.features.loc[boxes.features["frame"] == t, "score"] >= 0.95).all()
+        else:  # not redone: exactly as before
+            assert after[t] == before[t]
+            np.testing.assert_array_equal(masks.data[t], masks_before[t])
+
+
+def test_painted_mask_gets_a_box_and_deleted_box_takes_its_mask(make_napari_viewer, qtbot, small_stack, test_forest):
+    viewer = make_napari_viewer()
+    detect(viewer, qtbot, small_stack[0])
+    quality = quality_widget(viewer, qtbot, test_forest[1])
+    masks, boxes = viewer.layers["tem masks"], viewer.layers["tem boxes"]
+    n_boxes = len(boxes.data)
+    new_id = int(masks.data[1].max()) + 1
+    viewer.dims.set_current_step(0, 1)
+    masks.selected_label = new_id
+    masks.brush_size = 6
+    masks.paint((1, 200, 30), new_id)
+    qtbot.waitUntil(lambda: len(boxes.data) == n_boxes + 1)
+    row = boxes.features.iloc[-1]
+    assert (row["frame"], row["label"], row["score"], row["origin"]) == (1, new_id, 1.0, "manual")
+    assert "marked manual" in quality.status.value
+    # deleting a box clears its mask, undoably
+    index = int(np.flatnonzero((boxes.features["frame"] == 2).to_numpy())[0])
+    label = int(boxes.features.iloc[index]["label"])
+    assert (masks.data[2] == label).any()
+    boxes.selected_data = {index}
+    boxes.remove_selected()
+    assert not (masks.data[2] == label).any()
+    masks.undo()
+    assert (masks.data[2] == label).any()
+
+
+def test_quality_refuses_masks_and_boxes_that_do_not_belong_together(make_napari_viewer, qtbot, small_stack,
+                                                                      test_forest):
+    viewer = make_napari_viewer()
+    detect(viewer, qtbot, small_stack[0][:2], name="first")
+    detect(viewer, qtbot, small_stack[0][2:], name="second")
+    widget = quality_widget(viewer, qtbot, test_forest[1], name="first")
+    assert widget.table is not None
+    widget.boxes.value = viewer.layers["second boxes"]
+    widget.compute()
+    assert "different detection runs" in widget.status.value
+    assert widget.table is None and widget.table_view.rowCount() == 0  # nothing meaningless shown
+
+
+def test_actions_that_need_a_result_say_so_before_any_dialog(make_napari_viewer, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_detection_qc.widgets import QualityWidget, TrainingWidget
+
+    def no_dialog(*_args, **_kwargs):
+        raise AssertionError("a dialog opened")
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", no_dialog)
+    viewer = make_napari_viewer()
+    quality, training = QualityWidget(viewer), TrainingWidget(viewer)
+    quality.export_button.native.click()
+    assert "nothing to export yet" in quality.status.value
+    training.save_forest_button.native.click()
+    assert "no forest" in training.status.value
+    training.save_set_button.native.click()
+    assert "no training set yet" in training.status.value
+
+
+def test_checked_empty_is_undoable_and_the_frame_list_follows(make_napari_viewer, qtbot, small_stack):
+    from napari_detection_qc.widgets import TrainingWidget
+
+    viewer = make_napari_viewer()
+    detect(viewer, qtbot, small_stack[0])
+    widget = TrainingWidget(viewer)
+    truth = widget.seed_ground_truth()
+    before = truth.data[2].copy()
+    assert before.any()
+    widget.mark_empty(2)
+    assert not truth.data[2].any() and "undo" in widget.status.value
+    assert [widget.frame_list.item(i).text() for i in range(widget.frame_list.count())] == [
+        "frame 2: 0 object(s), reviewed"]
+    truth.undo()
+    np.testing.assert_array_equal(truth.data[2], before)
+    # painting marks the frame reviewed, and says so
+    viewer.dims.set_current_step(0, 1)
+    truth.paint((1, 10, 10), 99)
+    assert "marked reviewed" in widget.status.value
+    qtbot.waitUntil(lambda: widget.frame_list.count() == 2)
+    assert widget.frame_list.item(0).text().startswith("frame 1: ")
+    widget.frame_list.itemClicked.emit(widget.frame_list.item(1))
+    assert viewer.dims.current_step[0] == 2
+
+
+def test_refit_reports_your_frames_and_names_forests_honestly(make_napari_viewer, qtbot, small_stack, test_forest):
+    from napari_detection_qc.widgets import DetectionQCWidget
+
+    viewer = make_napari_viewer()
+    images, truth = small_stack
+    viewer.add_image(images, name="tem")
+    widget = DetectionQCWidget(viewer)
+    widget.detection.run()
+    wait_for(qtbot, widget.detection)
+    training, quality = widget.training, widget.quality
+    ground_truth = training.seed_ground_truth()
+    for t in (0, 1, 3):
+        ground_truth.data[t] = truth[t]
+        training.mark_reviewed(t)
+    training.refit()
+    wait_for(qtbot, training)
+    assert "yours, 3 frames" in training.metrics.text() and "pooled" in training.metrics.text()
+    qtbot.waitUntil(lambda: quality.forest is training.session.forest, timeout=WORKER_TIMEOUT_MS)
+    assert "refit in this viewer" in quality.forest_name.text()
+    training.load_forest(test_forest[1])
+    qtbot.waitUntil(lambda: "loaded from test.skops" in quality.forest_name.text(), timeout=WORKER_TIMEOUT_MS)
+    # an error marks the earlier numbers stale
+    training._on_refit_error(RuntimeError("boom"))
+    assert training.metrics.text().startswith("stale")
+
+
+def test_pixel_size_change_updates_density_and_plot_reads_well(make_napari_viewer, qtbot, small_stack, test_forest):
+    from napari_detection_qc.features import CANDIDATE_FEATURES, FEATURE_LABELS
+    from napari_detection_qc.widgets import DetectionQCWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_stack[0], name="tem")
+    widget = DetectionQCWidget(viewer)
+    quality = widget.quality
+    quality.forest_choice.value = "from file"
+    quality.forest_file.value = test_forest[1]
+    widget.detection.run()
+    wait_for(qtbot, widget.detection)
+    qtbot.waitUntil(lambda: quality.table is not None and quality.worker is None, timeout=WORKER_TIMEOUT_MS)
+    assert "density_per_um2" not in quality.table.columns
+    widget.detection.pixel_size.value = 0.5
+    qtbot.waitUntil(lambda: quality.table is not None and "density_per_um2" in quality.table.columns,
+                    timeout=WORKER_TIMEOUT_MS)
+    ticks = quality.plot.axes.get_xticks()
+    assert np.allclose(ticks, np.round(ticks))  # frames are whole numbers
+    quality.go_to_frame(1)
+    text = quality.explanation
+    raw = [name for name in CANDIDATE_FEATURES if "_" in name and name in text]
+    assert not raw
+    if "pulled down by" in text:
+        assert any(label in text for label in FEATURE_LABELS.values())
+
+
+def test_single_image_plot_is_bars(make_napari_viewer, qtbot, small_stack, test_forest):
+    viewer = make_napari_viewer()
+    detect(viewer, qtbot, small_stack[0][0], name="one")
+    widget = quality_widget(viewer, qtbot, test_forest[1], name="one")
+    assert len(widget.plot.axes.patches) == 3  # F1, precision and recall as bars
+    assert widget.plot.axes.get_xlim() == (0.0, 1.0)
+
+
+def test_object_size_reaches_the_detector_and_its_record(make_napari_viewer, qtbot, small_stack):
+    from napari_detection_qc.widgets import DetectionWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_stack[0][0], name="one")
+    widget = DetectionWidget(viewer)
+    assert widget.object_size.native.text() == "auto"
+    widget.object_size.value = 24.0
+    widget.run()
+    wait_for(qtbot, widget)
+    assert viewer.layers["one masks"].metadata["detection_qc"]["detector"]["object_size"] == 24.0

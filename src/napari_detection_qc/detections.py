@@ -8,7 +8,7 @@ fits, and Shapes rectangles with a features table holding ``score``, ``label`` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -51,11 +51,14 @@ def as_scores(scores, n: int | None = None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FrameDetections:
-    """One frame's detections: boxes (N, 4), scores (N,), instance image (Y, X) with id = index + 1."""
+    """One frame's detections: boxes (N, 4), scores (N,), instance image (Y, X) with id = index + 1,
+    and the detector's label-free ``signals`` about the frame (see ``signals.py``; empty unless
+    the detection call asked for them)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    signals: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         boxes = as_boxes(self.boxes)
@@ -137,25 +140,10 @@ class StackDetections:
 
     def to_shapes_data(self) -> tuple[list[np.ndarray], pd.DataFrame]:
         """Shapes layer rectangles (vertex arrays) and their features table (score, label, frame)."""
-        vertices = []
-        rows = []
-        for t, frame in enumerate(self.frames):
-            if frame.count == 0:
-                continue
-            vertices.append(boxes_to_rectangles(frame.boxes, None if self.is_2d else t))
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "score": frame.scores,
-                        "label": np.arange(1, frame.count + 1, dtype=np.int64),
-                        "frame": np.full(frame.count, t, dtype=np.int64),
-                    }
-                )
-            )
-        if not rows:
+        parts = [frame_shapes_data(frame, t, self.is_2d) for t, frame in enumerate(self.frames) if frame.count]
+        if not parts:
             return [], empty_shapes_features()
-        all_vertices = np.concatenate(vertices)
-        return list(all_vertices), pd.concat(rows, ignore_index=True)
+        return list(np.concatenate([v for v, _ in parts])), pd.concat([f for _, f in parts], ignore_index=True)
 
     @classmethod
     def from_layer_data(
@@ -176,6 +164,16 @@ class StackDetections:
             sel = np.flatnonzero(frames == t)
             out.append(frame_from_boxes_and_masks(boxes[sel], scores[sel], ids[sel], stack[t]))
         return cls(tuple(out), is_2d)
+
+
+def frame_shapes_data(frame: FrameDetections, t: int, is_2d: bool) -> tuple[np.ndarray, pd.DataFrame]:
+    """One frame's rectangles (N, 4, D) and feature rows (score, label = mask id, frame)."""
+    features = pd.DataFrame({
+        "score": frame.scores,
+        "label": np.arange(1, frame.count + 1, dtype=np.int64),
+        "frame": np.full(frame.count, t, dtype=np.int64),
+    })
+    return boxes_to_rectangles(frame.boxes, None if is_2d else t), features
 
 
 def empty_shapes_features() -> pd.DataFrame:

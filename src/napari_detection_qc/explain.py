@@ -2,7 +2,8 @@
 choose features) and, per frame, which features pushed the predicted quality up or down.
 
 The scaler is a per-feature affine map, so SHAP values of the forest on scaled inputs belong to the
-original feature names one to one.
+original feature names one to one. shap is an optional dependency (the ``explain`` extra): it is
+imported only here, when an explanation is asked for.
 """
 
 from __future__ import annotations
@@ -18,9 +19,18 @@ from .forest import TARGETS, QualityForest
 # again each time the user moves to another frame)
 _explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+SHAP_MISSING = 'explanations need shap: pip install "napari-detection-qc[explain]"'
+
+
+class ExplanationUnavailable(ImportError):
+    """shap is not installed; the message says what to install."""
+
 
 def _explainer(forest: QualityForest, target: str):
-    import shap
+    try:
+        import shap
+    except ImportError as exc:
+        raise ExplanationUnavailable(SHAP_MISSING) from exc
 
     if not forest.is_fitted:
         raise RuntimeError("the forest is not fitted")

@@ -5,8 +5,16 @@ and recall, with calibrated intervals, an out-of-domain flag, the paper's CV met
 - Intervals: split-conformal on the forests' out-of-bag predictions (no data is held back),
   normalised by the spread of the trees so that hard frames get wider intervals.
 - ``in_domain``: the frame's nearest training frame, in the F1 model's scaled feature space, is no
-  farther than 99% of training frames are from their own nearest neighbour.
+  farther than 99% of training frames are from their own nearest neighbour, and, when the frames
+  carry the detector's backbone embeddings (``signals.py``), the frame's novelty against the
+  training frames is no higher than 99% of the training frames' own.
+- Signals (issue 16): the detector's TTA agreement can be features; so can two values the forest
+  derives itself: ``score_hist_distance`` (to the nearest training frame's score histogram) and
+  ``novelty`` (typicality of the embedding). With embeddings, intervals are weighted-conformal by
+  novelty: residuals of training frames of similar novelty count most, and a frame more novel
+  than the training frames gets a wider interval, up to [0, 1].
 - Files: skops (no pickle execution) holding the pipelines, the training set and the metadata.
+  Files from before the signals load and say so (``signals_note``).
 """
 
 from __future__ import annotations
@@ -27,14 +35,24 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .atomic import atomic_path
-from .features import CANDIDATE_FEATURES, PAPER_FEATURES
+from .features import CANDIDATE_FEATURES, PAPER_FEATURES, SCORE_BIN_NAMES
+from .forest_structure import pipeline_problem, signal_arrays_problem
 from .metrics import regression_metrics
+from .signals import TTA_SIGNALS, Typicality, score_histogram_distance
 
 TARGETS = ("f1", "precision", "recall")
 FILE_FORMAT = "napari-detection-qc/quality-forest"
-FILE_VERSION = 1
+FILE_VERSION = 2  # 2: training embeddings, signal features and conformal residuals (issue 16)
+DERIVED_FEATURES = ("score_hist_distance", "novelty")
+"""Computed by the forest from a frame's score bins / embedding against its training frames."""
+FOREST_FEATURES = CANDIDATE_FEATURES + TTA_SIGNALS + DERIVED_FEATURES
+NO_SIGNALS_NOTE = (
+    "this forest was fitted without the detector's signals (a file from before they existed): its "
+    "domain flag uses the feature rows only and its intervals do not widen with novelty"
+)
 BUNDLED_FORESTS = {"default": "default_forest.skops", "li2025": "li2025_forest.skops"}
 MODELS_DIR = Path(__file__).parent / "models"
+MIN_TRAINING_FRAMES = 5
 
 # Types a forest file may contain; anything else in a file is refused before loading.
 TRUSTED_TYPES = [
@@ -64,6 +82,13 @@ def package_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             versions[name] = "unknown"
     return versions
+
+
+def _embeddings(embeddings, n: int) -> np.ndarray:
+    vectors = np.asarray(embeddings, dtype=np.float64)
+    if vectors.ndim != 2 or len(vectors) != n:
+        raise ValueError(f"embeddings must be one row per frame ({n}), got shape {vectors.shape}")
+    return vectors
 
 
 def _table(frame: pd.DataFrame, columns: Sequence[str], what: str) -> np.ndarray:
@@ -104,9 +129,9 @@ class QualityForest:
         detector: dict | None = None,
         forest_params: dict | None = None,
     ):
-        unknown = [f for f in features if f not in CANDIDATE_FEATURES]
+        unknown = [f for f in features if f not in FOREST_FEATURES]
         if unknown:
-            raise ValueError(f"unknown features {unknown}; choose from {CANDIDATE_FEATURES}")
+            raise ValueError(f"unknown features {unknown}; choose from {FOREST_FEATURES}")
         if not 0 < coverage < 1:
             raise ValueError("coverage must lie in (0, 1)")
         self.features = tuple(features)
@@ -123,6 +148,11 @@ class QualityForest:
         self._interval_scale: dict[str, float] = {}
         self._neighbours: NearestNeighbors | None = None
         self._domain_radius = 0.0
+        self.training_embeddings: np.ndarray | None = None
+        self.typicality: Typicality | None = None
+        self._residuals: dict[str, np.ndarray] = {}
+        self.signals_note: str | None = None
+        self._training_bins: np.ndarray | None = None
 
     # -- fitting -----------------------------------------------------------------------------------
     @property
@@ -137,20 +167,59 @@ class QualityForest:
         forest = RandomForestRegressor(
             n_estimators=self.n_estimators,
             random_state=self.random_state,
-            oob_score=True,
             n_jobs=1,
             **self.forest_params,
         )
         return Pipeline([("scaler", StandardScaler()), ("forest", forest)])
 
-    def fit(self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None) -> QualityForest:
-        """Fit one pipeline per target; calibrate intervals and the domain flag on the same data."""
+    @property
+    def uses_novelty(self) -> bool:
+        return self.typicality is not None
+
+    @property
+    def required_signals(self) -> str:
+        """The least detection-time signals (``SignalOptions.parse`` names) its features need:
+        "all" for TTA features, "cheap" for novelty, else "none". A forest that uses novelty only
+        for its domain flag and intervals still predicts without embeddings (it then falls back
+        to the feature rows' distance and global intervals)."""
+        if any(f in TTA_SIGNALS for f in self.features):
+            return "all"
+        return "cheap" if "novelty" in self.features else "none"
+
+    def fit(
+        self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None, embeddings=None
+    ) -> QualityForest:
+        """Fit one pipeline per target; calibrate intervals and the domain flag on the same data.
+        ``embeddings`` (one row per frame, the detector's backbone embedding) enable the novelty
+        signal; a forest fitted without them works as the paper's and says so."""
+        if len(features_df) < MIN_TRAINING_FRAMES:
+            raise ValueError(f"a forest needs at least {MIN_TRAINING_FRAMES} labeled frames, got {len(features_df)}")
+        self.training_embeddings = None if embeddings is None else _embeddings(embeddings, len(features_df))
+        if self.training_embeddings is not None and not np.isfinite(self.training_embeddings).all():
+            raise ValueError("training embeddings must be finite (frames without one cannot be used)")
+        self.typicality = None if embeddings is None else Typicality().fit(self.training_embeddings)
+        if "novelty" in self.features and self.typicality is None:
+            raise ValueError("the feature 'novelty' needs the training frames' embeddings")
+        self.signals_note = None if self.typicality is not None else NO_SIGNALS_NOTE
+        derived = {}
+        self._training_bins = None
+        if "score_hist_distance" in self.features:
+            self._training_bins = _table(features_df, SCORE_BIN_NAMES, "features")
+            derived["score_hist_distance"] = score_histogram_distance(
+                self._training_bins, self._training_bins, exclude_self=True
+            )
+        if self.typicality is not None:
+            derived["novelty"] = self.typicality.reference_novelty
+        features_df = features_df.assign(**{k: v for k, v in derived.items() if k in self.features})
         x = _table(features_df, self.features, "features")
         y = _table(targets_df, TARGETS, "targets")
         if len(x) != len(y):
             raise ValueError(f"{len(x)} feature rows but {len(y)} target rows")
-        if len(x) < 5:
-            raise ValueError(f"a forest needs at least 5 labeled frames, got {len(x)}")
+        if y.min() < 0 or y.max() > 1:
+            raise ValueError(
+                f"targets {', '.join(TARGETS)} must lie in [0, 1] (fractions, not percent); "
+                f"got {y.min():g} to {y.max():g}"
+            )
         self.pipelines = {}
         for j, target in enumerate(TARGETS):
             pipeline = self._new_pipeline().fit(x, y[:, j])
@@ -183,8 +252,11 @@ class QualityForest:
             oob_mean = oob.mean(axis=0).filled(np.nan)
             oob_std = oob.std(axis=0).filled(np.nan)
             truth = self.training_targets[target].to_numpy()
-            residual = np.abs(truth - oob_mean)[seen] / (oob_std[seen] + self._spread_floor)
-            self._interval_scale[target] = conformal_quantile(residual, self.coverage) if seen.any() else 1.0
+            residual = np.abs(truth - oob_mean) / (oob_std + self._spread_floor)
+            self._residuals[target] = residual  # NaN where a frame was in every tree's bag
+            self._interval_scale[target] = (
+                conformal_quantile(residual[seen], self.coverage) if seen.any() else 1.0
+            )
         self._fit_neighbours()
         distances, _ = self._neighbours.kneighbors(n_neighbors=1)  # nearest *other* training frame
         self._domain_radius = float(np.quantile(distances[:, 0], 0.99))
@@ -196,28 +268,83 @@ class QualityForest:
     _spread_floor = 0.02
 
     # -- prediction --------------------------------------------------------------------------------
-    def predict(self, features_df: pd.DataFrame) -> pd.DataFrame:
-        """Predicted f1/precision/recall with ``<target>_low``/``_high`` intervals and ``in_domain``."""
+    def predict(self, features_df: pd.DataFrame, embeddings=None) -> pd.DataFrame:
+        """Predicted f1/precision/recall with ``<target>_low``/``_high`` intervals, ``in_domain``,
+        ``domain_distance`` and ``novelty`` (0 where unknown: no embedding, or a forest without
+        signals; ``novelty_known`` says which). ``embeddings``: one row per frame (NaN rows for
+        frames without one), as the detector stored them with the detections."""
         if not self.is_fitted:
             raise RuntimeError("the forest is not fitted; fit it or load a saved one")
-        x = _table(features_df, self.features, "features")
+        missing = [f for f in self.features if f in TTA_SIGNALS and f not in features_df.columns]
+        if missing:
+            raise ValueError(
+                f"this forest needs the detector signals {missing}, which these detections lack; "
+                "detect again with signals on, or use a forest without them"
+            )
+        if "novelty" in self.features and embeddings is None:
+            raise ValueError("this forest needs the detector's backbone embeddings of the frames")
+        novelty, known = self._novelty(embeddings, len(features_df))
+        # a frame without an embedding (empty or constant image) gets the typical training novelty
+        # as a feature value, and is never called in domain by a forest that relies on novelty
+        typical = np.median(self.typicality.reference_novelty) if self.typicality is not None else 0.0
+        derived = {"novelty": np.where(known, novelty, typical)}
+        if "score_hist_distance" in self.features:
+            bins = _table(features_df, SCORE_BIN_NAMES, "features")
+            derived["score_hist_distance"] = score_histogram_distance(bins, self._training_bins)
+        x = _table(features_df.assign(**{k: v for k, v in derived.items() if k in self.features}),
+                   self.features, "features")
         out = pd.DataFrame(index=features_df.index)
-        if len(x) == 0:
-            for target in TARGETS:
-                out[target] = out[f"{target}_low"] = out[f"{target}_high"] = np.zeros(0)
-            out["in_domain"] = np.zeros(0, dtype=bool)
-            out["domain_distance"] = np.zeros(0)
-            return out
         for target in TARGETS:
-            point = np.clip(self.pipelines[target].predict(x), 0.0, 1.0)
-            half = self._interval_scale[target] * (self._tree_spread(target, x) + self._spread_floor)
+            point = np.clip(self.pipelines[target].predict(x), 0.0, 1.0) if len(x) else np.zeros(0)
+            scale = self._interval_scales(target, novelty, known)
+            half = scale * (self._tree_spread(target, x) + self._spread_floor) if len(x) else np.zeros(0)
             out[target] = point
             out[f"{target}_low"] = np.clip(point - half, 0.0, 1.0)
             out[f"{target}_high"] = np.clip(point + half, 0.0, 1.0)
-        distance = self.domain_distance(x)
+        distance = self.domain_distance(x) if len(x) else np.zeros(0)
         out["domain_distance"] = distance
-        out["in_domain"] = distance <= self._domain_radius
+        out["novelty"] = novelty
+        out["novelty_known"] = known
+        novel = known & (novelty > (self.typicality.threshold if self.typicality else np.inf))
+        out["in_domain"] = (distance <= self._domain_radius) & ~novel & (known | ("novelty" not in self.features))
         return out
+
+    def _novelty(self, embeddings, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Novelty of each frame's embedding and whether it is known (finite, forest has signals)."""
+        novelty, known = np.zeros(n), np.zeros(n, dtype=bool)
+        if self.typicality is None or embeddings is None or n == 0:
+            return novelty, known
+        vectors = _embeddings(embeddings, n)
+        if vectors.shape[1] != self.training_embeddings.shape[1]:
+            raise ValueError(
+                f"the embeddings have {vectors.shape[1]} values per frame but this forest's training frames "
+                f"{self.training_embeddings.shape[1]}: they come from another detector"
+            )
+        known = np.isfinite(vectors).all(axis=1)
+        if known.any():
+            novelty[known] = self.typicality.novelty(vectors[known])
+        return novelty, known
+
+    def _interval_scales(self, target: str, novelty: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """Per frame conformal scale: weighted by novelty where known (training frames of similar
+        novelty weigh most; a frame unlike all of them gets an unbounded scale), else global."""
+        scales = np.full(len(novelty), self._interval_scale[target])
+        if self.typicality is None or not known.any():
+            return scales
+        residual = self._residuals[target]
+        seen = np.isfinite(residual)
+        reference = self.typicality.reference_novelty[seen]
+        residual = residual[seen]
+        order = np.argsort(residual)
+        residual, reference = residual[order], reference[order]
+        spread = np.subtract(*np.quantile(reference, [0.75, 0.25])) / 1.34 or reference.std() or 1.0
+        bandwidth = 1.06 * spread * len(reference) ** -0.2
+        for i in np.flatnonzero(known):
+            weights = np.exp(-0.5 * ((reference - novelty[i]) / bandwidth) ** 2)
+            cumulative = np.cumsum(weights) / (weights.sum() + 1.0)  # the frame itself weighs 1, at +inf
+            reached = np.flatnonzero(cumulative >= self.coverage)
+            scales[i] = residual[reached[0]] if len(reached) else np.inf
+        return scales
 
     def domain_distance(self, x: np.ndarray) -> np.ndarray:
         """Distance to the nearest training frame, in units of the domain radius' scaled space."""
@@ -243,6 +370,12 @@ class QualityForest:
         _table(x_frame, self.features, "features")
         _table(y_frame, TARGETS, "targets")
         splits = list(self._splits(len(x_frame), scheme, groups, n_splits, n_repeats))
+        smallest = min(len(train) for _, _, train, _ in splits)
+        if smallest < MIN_TRAINING_FRAMES:
+            raise ValueError(
+                f"{scheme} cross-validation of {len(x_frame)} labeled frames leaves only {smallest} to fit "
+                f"a fold's forest; it needs at least {MIN_TRAINING_FRAMES}"
+            )
         fold_rows, prediction_frames = [], []
         group_values = None if groups is None else np.asarray(groups)
         for repeat, fold, train_idx, test_idx in splits:
@@ -326,6 +459,12 @@ class QualityForest:
             "training_features": self.training_features.to_numpy(),
             "training_targets": self.training_targets.to_numpy(),
         }
+        if self.training_embeddings is not None:
+            state["training_embeddings"] = self.training_embeddings
+        if self._training_bins is not None:
+            state["training_score_bins"] = self._training_bins
+        if self._residuals:
+            state["conformal_residuals"] = np.stack([self._residuals[t] for t in TARGETS])
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temporary:
@@ -359,8 +498,18 @@ class QualityForest:
             raise ForestLoadError(f"{path} could not be loaded as a forest: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
             raise ForestLoadError(f"{path} is a skops file but not a napari-detection-qc forest")
-        if meta.get("version", 0) > FILE_VERSION:
-            raise ForestLoadError(f"{path} was written by a newer version (format {meta['version']})")
+        version = meta.get("version", 0)
+        if not isinstance(version, int) or version > FILE_VERSION:
+            raise ForestLoadError(f"{path} was written by a newer version (format {version!r})")
+        try:
+            return cls._from_state(state, meta)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ForestLoadError(f"{path} is a damaged forest file ({reason})") from exc
+
+    @classmethod
+    def _from_state(cls, state: dict, meta: dict) -> QualityForest:
+        """The forest of a loaded file, checked structurally before anything predicts with it."""
         forest = cls(
             meta["features"],
             meta["n_estimators"],
@@ -374,14 +523,42 @@ class QualityForest:
         forest.metadata = {k: v for k, v in meta.items() if k not in known}
         forest.pipelines = dict(state["pipelines"])
         if set(forest.pipelines) != set(TARGETS):
-            raise ForestLoadError(f"{path} lacks a model for one of {TARGETS}")
-        forest.training_features = pd.DataFrame(state["training_features"], columns=list(forest.features))
-        forest.training_targets = pd.DataFrame(state["training_targets"], columns=list(TARGETS))
+            raise ValueError(f"it lacks a model for one of {TARGETS}")
+        n_features = len(forest.features)
+        for target, pipeline in forest.pipelines.items():
+            problem = pipeline_problem(pipeline, n_features)
+            if problem:
+                raise ValueError(f"its {target} model holds {problem}")
+        features, targets = np.asarray(state["training_features"]), np.asarray(state["training_targets"])
+        if features.ndim != 2 or features.shape[1] != n_features or targets.shape != (len(features), len(TARGETS)):
+            raise ValueError(f"training arrays of shapes {features.shape} and {targets.shape}")
+        if len(features) < 1 or not (np.isfinite(features).all() and np.isfinite(targets).all()):
+            raise ValueError("empty or non-finite training arrays")
+        forest.training_features = pd.DataFrame(features, columns=list(forest.features), dtype=np.float64)
+        forest.training_targets = pd.DataFrame(targets, columns=list(TARGETS), dtype=np.float64)
         forest.training_groups = meta.get("training_groups")
+        problem = signal_arrays_problem(state, len(features), len(TARGETS))
+        if problem:
+            raise ValueError(problem)
+        bins = state.get("training_score_bins")
+        forest._training_bins = None if bins is None else np.asarray(bins, dtype=np.float64)
+        if "training_embeddings" in state:
+            forest.training_embeddings = np.asarray(state["training_embeddings"], dtype=np.float64)
+            forest.typicality = Typicality().fit(forest.training_embeddings)
+        else:
+            forest.signals_note = NO_SIGNALS_NOTE
+        needs = [f for f in forest.features if f in DERIVED_FEATURES]
+        if ("novelty" in needs and forest.typicality is None) or (
+            "score_hist_distance" in needs and forest._training_bins is None
+        ):
+            raise ValueError(f"it uses derived features {needs} but lacks the data to compute them")
         calibration = meta.get("calibration")
-        if calibration:  # stored at save time: loading need not re-run every tree
-            forest._interval_scale = {k: float(v) for k, v in calibration["interval_scale"].items()}
+        if calibration and (forest.typicality is None or "conformal_residuals" in state):
+            # stored at save time: loading need not re-run every tree
+            forest._interval_scale = {k: float(calibration["interval_scale"][k]) for k in TARGETS}
             forest._domain_radius = float(calibration["domain_radius"])
+            if "conformal_residuals" in state:
+                forest._residuals = dict(zip(TARGETS, np.asarray(state["conformal_residuals"], dtype=np.float64)))
             forest._fit_neighbours()
         else:
             forest._calibrate()

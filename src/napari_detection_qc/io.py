@@ -1,7 +1,10 @@
 """Reading micrographs and stacks from disk for batch runs: TIFF, PNG/JPEG, NPY and Gatan DM3/DM4.
 
 A file is one input: a 2-D image is one frame, a stack is ``(T, Y, X)`` (RGB(A) frames keep a
-trailing channel axis; the detectors convert them). Batch workers read single frames
+trailing channel axis; the detectors convert them). A TIFF whose samples are stored as separate
+planes is read as a stack of those planes: such a file is byte for byte what tifffile writes by
+default for a 3- or 4-frame grayscale stack, and reading it as frames loses nothing either way.
+Frames larger than ``MAX_FRAME_PIXELS`` are refused from the header, before any pixel is read. Batch workers read single frames
 (:func:`read_frame`) straight from the file, so a long series is never shipped whole between
 processes. The pixel size is returned in nanometres when the file records a physical one.
 Every failure to read is an :class:`InputError` naming the file.
@@ -10,8 +13,9 @@ Every failure to read is an :class:`InputError` naming the file.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -23,6 +27,7 @@ SUPPORTED_SUFFIXES = TIFF_SUFFIXES + PLAIN_IMAGE_SUFFIXES + (".npy",) + DM_SUFFI
 # Lengths in nanometres; spellings as written by ImageJ, DigitalMicrograph and TIFF writers.
 NM_PER_UNIT = {
     "pm": 1e-3,
+    "picometer": 1e-3,
     "å": 0.1,
     "angstrom": 0.1,
     "\\u00c5": 0.1,
@@ -38,10 +43,14 @@ NM_PER_UNIT = {
     "micrometre": 1e3,
     "\\u00b5m": 1e3,
     "mm": 1e6,
+    "millimeter": 1e6,
     "cm": 1e7,
+    "centimeter": 1e7,
     "m": 1e9,
+    "meter": 1e9,
 }
 TIFF_RESOLUTION_UNIT_CENTIMETER = 3
+MAX_FRAME_PIXELS = 2**28  # 16384 x 16384; a header claiming more is refused before allocating
 
 
 class InputError(ValueError):
@@ -67,11 +76,21 @@ def nanometres(value: float, unit: str | None) -> float | None:
     return None if factor is None else float(value) * factor
 
 
+def base_name(name: str) -> str:
+    """The file name in a name that tables and annotation files may write with a folder from
+    either system (``images/a.png``, ``C:\\data\\a.png``)."""
+    return PureWindowsPath(PurePosixPath(name).name).name
+
+
 def list_inputs(path) -> list[Path]:
     """The image files a path stands for: the file itself, or a folder's supported files, sorted."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+    if path.is_dir():  # broken symbolic links are listed, so that reading them reports them
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if (p.is_file() or (p.is_symlink() and not p.exists())) and p.suffix.lower() in SUPPORTED_SUFFIXES
+        )
         if not files:
             raise InputError(f"{path}: no supported images in this folder ({', '.join(SUPPORTED_SUFFIXES)})")
         return files
@@ -90,6 +109,11 @@ def stack_layout(shape: tuple[int, ...], path: Path) -> tuple[int, tuple[int, in
     if len(spatial) not in (2, 3) or 0 in shape:
         raise InputError(
             f"{path}: expected an image (Y, X), RGB (Y, X, 3|4) or a stack (T, Y, X), got shape {shape}"
+        )
+    if math.prod(spatial[-2:]) > MAX_FRAME_PIXELS:
+        raise InputError(
+            f"{path}: frames of {spatial[-2]} x {spatial[-1]} pixels are too large "
+            f"(at most {MAX_FRAME_PIXELS} pixels per frame)"
         )
     if len(spatial) == 2:
         return 1, spatial, True
@@ -128,6 +152,9 @@ def _read_with(path: Path, action, what: str):
     """``action(reader)`` with the file's reader; any library error becomes an InputError that
     names the file (every library raises its own types on corrupt files)."""
     reader = _reader_for(path)
+    if not path.exists():
+        broken = f"broken symbolic link to {os.readlink(path)}" if path.is_symlink() else "no such file"
+        raise InputError(f"{path}: {broken}")
     try:
         return action(reader)
     except InputError:
@@ -160,13 +187,10 @@ class TiffReader:
 
     @staticmethod
     def _series_shape(series) -> tuple[int, ...]:
-        """The series' shape with its samples (RGB) axis last and all frame axes (e.g. time and
-        channel) merged into one, napari-style."""
-        axes, shape = series.axes, tuple(series.shape)
-        if "S" in axes and not axes.endswith("S"):
-            s = axes.index("S")
-            shape = shape[:s] + shape[s + 1 :] + (shape[s],)
-        leading = len(shape) - (3 if "S" in axes else 2)
+        """The series' shape with all frame axes (e.g. time, channel, and samples stored as
+        separate planes) merged into one, napari-style; only contiguous samples (YXS) stay RGB."""
+        shape = tuple(series.shape)
+        leading = len(shape) - (3 if series.axes.endswith("S") else 2)
         if leading > 1:
             shape = (math.prod(shape[:leading]),) + shape[leading:]
         return shape
@@ -202,8 +226,8 @@ class TiffReader:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape = cls._series_shape(series)
-            array = cls._samples_last(series.asarray(), series.axes).reshape(shape)
-            return array, cls._pixel_size(tif)
+            stack_layout(shape, path)  # refuse huge frames before allocating them
+            return series.asarray().reshape(shape), cls._pixel_size(tif)
 
     @classmethod
     def frame(cls, path: Path, index: int) -> np.ndarray:
@@ -214,35 +238,45 @@ class TiffReader:
             shape = cls._series_shape(series)
             n_frames, _, _ = stack_layout(shape, path)
             if n_frames > 1 and len(series.pages) == n_frames:  # one page per frame: read that page
-                page = tif.asarray(key=index, series=0)
-                return cls._samples_last(page, series.axes[len(series.axes) - page.ndim :])
-            planar_rgb = "S" in series.axes and not series.axes.endswith("S")
-            mappable = series.dataoffset is not None and not planar_rgb
+                return tif.asarray(key=index, series=0)
+            mappable = series.dataoffset is not None
         if mappable:  # uncompressed frames back to back, as in ImageJ files over 4 GB: map, read one
             return np.array(as_frame_stack(tifffile.memmap(path, mode="r").reshape(shape), path)[index])
         return _whole_file_frame(cls, path, index)
 
-    @staticmethod
-    def _samples_last(array: np.ndarray, axes: str) -> np.ndarray:
-        if "S" in axes and not axes.endswith("S"):
-            return np.moveaxis(array, axes.index("S"), -1)
-        return array
-
 
 class PlainImageReader:
-    """PNG/JPEG through imageio: always one frame (grayscale or RGB(A)), no pixel size."""
+    """PNG/JPEG through Pillow (not imageio, whose plugin search writes ~/.imageio on a bad file):
+    always one frame, grayscale or RGB(A), no pixel size. The shape comes from the header alone."""
 
-    @staticmethod
-    def shape_and_pixel_size(path: Path):
-        import imageio.v3 as iio
+    # Pillow modes -> the mode the pixels are read in (palette and two-band images to RGB(A) / gray)
+    MODES = {"1": "L", "P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L", "CMYK": "RGB", "YCbCr": "RGB",
+             "HSV": "RGB", "LAB": "RGB", "RGBa": "RGBA", "RGBX": "RGB"}
+    CHANNELS = {"RGB": 3, "RGBA": 4}
 
-        return tuple(iio.improps(path).shape), None
+    @classmethod
+    def _mode(cls, image) -> str:
+        if image.mode == "P" and "transparency" not in image.info:
+            return "RGB"
+        return cls.MODES.get(image.mode, image.mode)
 
-    @staticmethod
-    def read(path: Path):
-        import imageio.v3 as iio
+    @classmethod
+    def shape_and_pixel_size(cls, path: Path):
+        from PIL import Image
 
-        return np.asarray(iio.imread(path)), None
+        with Image.open(path) as image:
+            width, height = image.size
+            channels = cls.CHANNELS.get(cls._mode(image))
+        return ((height, width) if channels is None else (height, width, channels)), None
+
+    @classmethod
+    def read(cls, path: Path):
+        from PIL import Image
+
+        with Image.open(path) as image:
+            stack_layout(cls.shape_and_pixel_size(path)[0], path)  # refuse huge frames before decoding
+            mode = cls._mode(image)
+            return np.asarray(image if mode == image.mode else image.convert(mode)), None
 
     @classmethod
     def frame(cls, path: Path, index: int) -> np.ndarray:
@@ -282,7 +316,7 @@ class DigitalMicrographReader:
             from rsciio.digitalmicrograph import file_reader
         except ImportError as exc:
             raise InputError(
-                f"{path}: reading Gatan DM3/DM4 files needs rosettasciio (pip install rosettasciio)"
+                f'{path}: reading Gatan DM3/DM4 files needs rosettasciio: pip install "napari-detection-qc[dm]"'
             ) from exc
         signals = [s for s in file_reader(str(path), lazy=True) if np.ndim(s["data"]) >= 2]
         if not signals:

@@ -14,8 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .detections import as_boxes
-
-PAPER_IOU_THRESHOLD = 0.1
+from .paper import PAPER_IOU_THRESHOLD  # noqa: F401  (re-exported: the matching threshold)
 
 
 class MatchResult(NamedTuple):

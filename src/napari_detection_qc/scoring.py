@@ -6,7 +6,7 @@ calling these functions on the same layers' data.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ from .detections import StackDetections
 from .features import stack_features
 from .forest import QualityForest
 from .matching import PAPER_IOU_THRESHOLD, boxes_from_labels, match_frame
+from .signals import stack_signals
 
 QUALITY_COLUMNS = (
     "frame", "count", "f1", "f1_low", "f1_high", "precision", "precision_low", "precision_high",
@@ -23,15 +24,28 @@ QUALITY_COLUMNS = (
 TRUE_COLUMNS = ("frame", "n_true", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1")
 
 
-def predicted_quality(stack: StackDetections, forest: QualityForest) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(quality table with one row per frame, the frames' 18 features)."""
-    features = stack_features(stack)
-    predicted = forest.predict(features)
-    table = predicted.copy()
-    table.insert(0, "frame", np.arange(len(stack)))
-    table.insert(1, "count", features["count"].astype(int).to_numpy())
-    table = table.loc[:, list(QUALITY_COLUMNS)].reset_index(drop=True)
-    return table, features
+def quality_table(features: pd.DataFrame, forest: QualityForest, embeddings=None) -> pd.DataFrame:
+    """Predicted F1/precision/recall with intervals and the domain flag, one row per frame of a
+    feature table (index = frame; with the detector's TTA signals as columns when stored) and the
+    frames' backbone embeddings (``stack_signals``); the viewer and the CLI both go through here."""
+    predicted = forest.predict(features, embeddings)
+    table = predicted.assign(
+        frame=np.arange(len(features)), count=features["count"].to_numpy().astype(np.int64)
+    )
+    return table.loc[:, list(QUALITY_COLUMNS)].reset_index(drop=True)
+
+
+def predicted_quality(
+    stack: StackDetections, forest: QualityForest, signals: list[dict] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(quality table with one row per frame, the frames' 18 features and stored signals).
+    ``signals``: per-frame signal dicts when the frames do not carry them (e.g. read back from
+    layer metadata with ``signals_from_records``)."""
+    if signals is not None and len(signals) != len(stack):
+        raise ValueError(f"got signals of {len(signals)} frames for a stack of {len(stack)}")
+    signal_table, embeddings = stack_signals(signals if signals is not None else stack)
+    features = stack_features(stack).join(signal_table)
+    return quality_table(features, forest, embeddings), features
 
 
 def ground_truth_frames(ground_truth: np.ndarray, n_frames: int) -> np.ndarray:
@@ -48,6 +62,36 @@ def ground_truth_frames(ground_truth: np.ndarray, n_frames: int) -> np.ndarray:
     return ground_truth
 
 
+def check_iou_threshold(iou_threshold: float) -> float:
+    """A match threshold in (0, 1]: at 0 every pair of boxes, even disjoint ones, would match."""
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise ValueError(f"the IoU threshold must lie in (0, 1], got {iou_threshold}")
+    return float(iou_threshold)
+
+
+def boxes_true_quality(
+    boxes_per_frame: Sequence[np.ndarray],
+    image_shape: Sequence[int],
+    ground_truth: np.ndarray,
+    frames: Iterable[int] | None = None,
+    iou_threshold: float = PAPER_IOU_THRESHOLD,
+) -> pd.DataFrame:
+    """The paper's TP/FP/FN, precision, recall and F1 of the chosen frames (default: all), from
+    each frame's predicted boxes; the one implementation behind the viewer and the CLI."""
+    iou_threshold = check_iou_threshold(iou_threshold)
+    truth = ground_truth_frames(ground_truth, len(boxes_per_frame))
+    if truth.shape[1:] != tuple(image_shape):
+        raise ValueError(f"ground truth frames are {truth.shape[1:]} but detections are {tuple(image_shape)}")
+    frames = range(len(boxes_per_frame)) if frames is None else sorted(int(t) for t in frames)
+    rows = []
+    for t in frames:
+        true_boxes, _ = boxes_from_labels(truth[t])
+        predicted = boxes_per_frame[t]
+        result = match_frame(predicted, true_boxes, iou_threshold)
+        rows.append({"frame": t, "n_true": len(true_boxes), "n_pred": len(predicted), **result._asdict()})
+    return pd.DataFrame(rows, columns=list(TRUE_COLUMNS))
+
+
 def true_quality(
     stack: StackDetections,
     ground_truth: np.ndarray,
@@ -55,18 +99,9 @@ def true_quality(
     iou_threshold: float = PAPER_IOU_THRESHOLD,
 ) -> pd.DataFrame:
     """The paper's TP/FP/FN, precision, recall and F1 of the chosen frames (default: all)."""
-    truth = ground_truth_frames(ground_truth, len(stack))
-    if truth.shape[1:] != stack.image_shape:
-        raise ValueError(
-            f"ground truth frames are {truth.shape[1:]} but detections are {stack.image_shape}"
-        )
-    frames = range(len(stack)) if frames is None else sorted(int(t) for t in frames)
-    rows = []
-    for t in frames:
-        true_boxes, _ = boxes_from_labels(truth[t])
-        result = match_frame(stack[t].boxes, true_boxes, iou_threshold)
-        rows.append({"frame": t, "n_true": len(true_boxes), "n_pred": stack[t].count, **result._asdict()})
-    return pd.DataFrame(rows, columns=list(TRUE_COLUMNS))
+    return boxes_true_quality(
+        [frame.boxes for frame in stack.frames], stack.image_shape, ground_truth, frames, iou_threshold
+    )
 
 
 def physical_readouts(stack: StackDetections, pixel_size_nm: float) -> pd.DataFrame:

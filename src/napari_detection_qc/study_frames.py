@@ -1,4 +1,5 @@
-"""The synthetic-domain study frames: every domain preset of ``synthetic`` at random severities.
+"""The synthetic-domain study frames: every domain preset of ``synthetic`` at random severities
+and the realistic families.
 
 Both the bundled default forest (``benchmarks/forest_study.py``) and the forest fitted for a
 fine-tuned detector learn from these frames: their detection quality varies for known reasons
@@ -12,7 +13,7 @@ from dataclasses import fields, replace
 import numpy as np
 import pandas as pd
 
-from .synthetic import DEFAULT, PRESETS, Domain, make_frame
+from .synthetic import DEFAULT, PRESETS, REALISTIC_FAMILIES, Domain, make_frame, make_realistic_frame
 
 STUDY_SEED = 5_000_000
 """Disjoint from the bundled detector's training seeds (0..) and its held-out seeds."""
@@ -37,18 +38,25 @@ def blend(clean: Domain, shifted: Domain, severity: float) -> Domain:
     return replace(clean, **values)
 
 
+STUDY_FAMILIES = tuple(f for f in REALISTIC_FAMILIES if f != "large_frames")
+"""Realistic families in the study (large frames are the realistic family at 2-4k px: slow, same look)."""
+
+
 def frame_plan(frames_per_domain: int) -> pd.DataFrame:
-    """(domain, severity, seed) of every study frame; clean frames have severity 0. The first
-    ``n`` frames per domain are the same for every ``frames_per_domain >= n``."""
+    """(domain, severity, seed) of every study frame: the named presets at random severities
+    (clean frames have severity 0) and the realistic families (severity 1: their own draws)."""
     rng = np.random.default_rng(STUDY_SEED)
     rows = []
-    for d, name in enumerate(PRESETS):
+    for d, name in enumerate((*PRESETS, *STUDY_FAMILIES)):
         for i in range(frames_per_domain):
-            severity = 0.0 if name == "clean" else float(rng.uniform(0.3, 1.0))
+            severity = 0.0 if name == "clean" else 1.0 if name in STUDY_FAMILIES else float(rng.uniform(0.3, 1.0))
             rows.append({"domain": name, "severity": round(severity, 4), "seed": STUDY_SEED + 10_000 * d + i})
     return pd.DataFrame(rows)
 
 
 def study_frame(domain: str, severity: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(image, labels) of one planned study frame."""
+    if domain in STUDY_FAMILIES:
+        image, labels, _ = make_realistic_frame(seed, domain)
+        return image, labels
     return make_frame(seed, STUDY_SHAPE, blend(DEFAULT, PRESETS[domain], severity))

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from ..detections import FrameDetections
+from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
+from ..signals import SignalOptions, blank_frame_signals, frame_signals
 from .boxmasks import BoxMasks
 from .intensity import scale_to_255
 from .scaling import ScaleRule, estimate_object_size, resample
 from .tiling import detect_in_tiles
 
-DEFAULT_SCORE_THRESHOLD = 0.1
-DEFAULT_MAX_DETECTIONS = 1000
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
 
 
@@ -112,24 +112,28 @@ class Detector(ABC):
             description["weights_path"] = self.weights_path
         return description
 
-    def predict(self, frame, object_size: ObjectSize = "auto") -> FrameDetections:
-        return next(self.predict_many([frame], object_size))
+    def predict(self, frame, object_size: ObjectSize = "auto", signals=None) -> FrameDetections:
+        return next(self.predict_many([frame], object_size, signals))
 
-    def predict_many(self, frames: Iterable, object_size: ObjectSize = "auto") -> Iterator[FrameDetections]:
-        """Yield each frame's detections in order."""
+    def predict_many(
+        self, frames: Iterable, object_size: ObjectSize = "auto", signals=None
+    ) -> Iterator[FrameDetections]:
+        """Yield each frame's detections in order. ``signals`` ("all", "cheap", a
+        :class:`SignalOptions`, or None) adds the detector's label-free signals to each frame."""
         size = parse_object_size(object_size)
+        options = SignalOptions.parse(signals)
         self.last_object_sizes = []
         if self.scale_rule is None:
-            yield from self._predict_unscaled(frames)
+            yield from self._predict_unscaled(frames, options)
             return
         for frame in frames:
             gray = as_grayscale(frame)
             image = scale_to_255(gray, self.normalisation)
             if image is None:
                 self.last_object_sizes.append(size)
-                yield FrameDetections.empty(gray.shape)
+                yield _with_signals(FrameDetections.empty(gray.shape), options and blank_frame_signals(options))
                 continue
-            yield self._predict_scaled(image, size)
+            yield self._predict_scaled(image, size, options)
 
     def object_size_of(self, frame) -> float | None:
         """The typical object diameter (native px) ``"auto"`` finds in a frame; None if unknown."""
@@ -138,17 +142,26 @@ class Detector(ABC):
         image = scale_to_255(as_grayscale(frame), self.normalisation)
         return None if image is None else estimate_object_size(image, self._detect_boxes, self.scale_rule)
 
-    def _predict_scaled(self, image: np.ndarray, size: float | None) -> FrameDetections:
+    def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
         if size is None:
             size = estimate_object_size(image, self._detect_boxes, self.scale_rule)
         self.last_object_sizes.append(size)
         factor = self.scale_rule.factor_for(size)
         resampled = resample(image, factor)
-        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size)
+        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size).top(self.max_detections)
         back = (image.shape[0] / resampled.shape[0], image.shape[1] / resampled.shape[1])
-        return found.top(self.max_detections).scaled(*back).to_detections(image.shape)
+        detections = found.scaled(*back).to_detections(image.shape)
+        if options is None:
+            return detections
 
-    def _predict_unscaled(self, frames: Iterable) -> Iterator[FrameDetections]:
+        def detect_view(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            in_view = detect_in_tiles(view, self._detect_boxes, self.batch_size).top(self.max_detections)
+            return in_view.boxes, in_view.scores
+
+        signals = frame_signals(resampled, found.boxes, found.scores, options, detect_view, self.embed)
+        return _with_signals(detections, signals)
+
+    def _predict_unscaled(self, frames: Iterable, options: SignalOptions | None) -> Iterator[FrameDetections]:
         """Same-shape frames run ``batch_size`` at a time, at the model's own resize rule."""
         pending: list[tuple[np.ndarray | None, tuple[int, int]]] = []
         for frame in frames:
@@ -156,11 +169,13 @@ class Detector(ABC):
             pending.append((scale_to_255(gray, self.normalisation), gray.shape))
             self.last_object_sizes.append(None)
             if len(pending) >= self.batch_size:
-                yield from self._run(pending)
+                yield from self._run(pending, options)
                 pending = []
-        yield from self._run(pending)
+        yield from self._run(pending, options)
 
-    def _run(self, pending: Sequence[tuple[np.ndarray | None, tuple[int, int]]]) -> Iterator[FrameDetections]:
+    def _run(
+        self, pending: Sequence[tuple[np.ndarray | None, tuple[int, int]]], options: SignalOptions | None
+    ) -> Iterator[FrameDetections]:
         images = [image for image, _ in pending if image is not None]
         shapes = {image.shape for image in images}
         if len(shapes) > 1:
@@ -168,7 +183,25 @@ class Detector(ABC):
         else:
             detected = iter(self._detect(images) if images else [])
         for image, shape in pending:
-            yield FrameDetections.empty(shape) if image is None else next(detected)
+            if image is None:
+                yield _with_signals(FrameDetections.empty(shape), options and blank_frame_signals(options))
+                continue
+            detections = next(detected)
+            if options is not None:
+                signals = frame_signals(
+                    image, detections.boxes, detections.scores, options, self._detect_view_unscaled, self.embed
+                )
+                detections = _with_signals(detections, signals)
+            yield detections
+
+    def _detect_view_unscaled(self, view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = self._detect([view])[0]
+        return found.boxes, found.scores
+
+    def embed(self, image: np.ndarray) -> np.ndarray | None:
+        """A fixed-length embedding of a 0..255 frame in the model's own feature space, for the
+        novelty signal; None for engines that do not expose their features."""
+        return None
 
     @abstractmethod
     def _detect(self, images: Sequence[np.ndarray]) -> list[FrameDetections]:
@@ -183,6 +216,12 @@ class Detector(ABC):
             f"{type(self).__name__}(name={self.name!r}, device={self.device}, "
             f"score_threshold={self.score_threshold}, weights={self.weights_sha256[:12]})"
         )
+
+
+def _with_signals(detections: FrameDetections, signals: dict | None) -> FrameDetections:
+    if not signals:
+        return detections
+    return FrameDetections(detections.boxes, detections.scores, detections.labels, signals)
 
 
 def parse_object_size(object_size: ObjectSize) -> float | None:

@@ -71,9 +71,16 @@ def load_checkpoint(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             "detectron2 model_final.pth files are loaded with load_detector((config_yaml, weights))"
         )
     header, state_dict = payload["header"], payload["state_dict"]
+    if not isinstance(header, dict) or not isinstance(state_dict, dict):
+        raise DetectorLoadError(f"{path}: malformed checkpoint (header and state_dict must be mappings)")
     if header.get("format") != FORMAT_NAME:
         raise DetectorLoadError(f"{path}: unknown checkpoint format {header.get('format')!r}")
-    if header.get("format_version", 0) > FORMAT_VERSION:
+    version = header.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise DetectorLoadError(f"{path}: malformed checkpoint header (format_version {version!r})")
+    if not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
+        raise DetectorLoadError(f"{path}: malformed checkpoint (the state_dict holds non-tensors)")
+    if version > FORMAT_VERSION:
         raise DetectorLoadError(
             f"{path}: checkpoint format version {header['format_version']} is newer than this "
             f"plugin understands ({FORMAT_VERSION}); update napari-detection-qc"

@@ -5,7 +5,8 @@ ResNet (stride in the 1x1 conv, FrozenBN), BGR input with detectron2's pixel mea
 RoIAlign with adaptive sampling, size-major unrounded anchors, box-regression weights, and the
 class order of the heads (detectron2 puts background last and has no background rows in its box
 and mask predictors; torchvision puts background first). The config comes from the run's YAML
-(plain ``yaml.safe_load``; ``_BASE_`` files are followed when present) on top of the seed paper's
+(a safe YAML loader without aliases, bounded in size and ``_BASE_`` depth; ``_BASE_`` files are
+followed when present) on top of the seed paper's
 settings, so a bare ``model_final.pth`` is read with the paper's config.
 """
 
@@ -160,18 +161,62 @@ def read_config(config_path: Path | None) -> dict[str, Any]:
     return flat
 
 
-def load_yaml_with_bases(path: Path) -> dict[str, Any]:
+MAX_CONFIG_BYTES = 1 << 20  # detectron2 configs are a few kB
+MAX_BASE_DEPTH = 10  # detectron2's own chains are 2-3 files long
+
+
+def _bounded_yaml_loader():
+    """A safe YAML loader without aliases: configs never need them, and ``*a`` repeated in nested
+    lists is the "billion laughs" bomb that takes gigabytes once the tree is walked."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(
+                    None, None, "YAML aliases (*name) are not allowed in a detector config", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+
+    return BoundedLoader
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """One config file as a mapping; size, aliases and nesting bounded, errors naming the file."""
     import yaml
 
     if not path.is_file():
         raise DetectorLoadError(f"detectron2 config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise DetectorLoadError(f"{path}: a detector config over {MAX_CONFIG_BYTES} bytes is not plausible")
     try:
-        config = yaml.safe_load(path.read_text()) or {}
+        config = yaml.load(path.read_text(), Loader=_bounded_yaml_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise DetectorLoadError(f"{path} is not a readable YAML config: {error}") from error
+    except RecursionError:
+        raise DetectorLoadError(f"{path}: YAML nested too deeply for a detector config") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise DetectorLoadError(f"{path} is not a readable YAML config: {error}") from error
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise DetectorLoadError(f"{path}: a detector config must be a YAML mapping, got {type(config).__name__}")
+    return config
+
+
+def load_yaml_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config with its ``_BASE_`` chain merged under it; a loop or an overly long chain is an error."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise DetectorLoadError(f"{path}: its _BASE_ chain loops back to {path.name}")
+    if len(seen) >= MAX_BASE_DEPTH:
+        raise DetectorLoadError(f"{path}: _BASE_ chain longer than {MAX_BASE_DEPTH} files")
+    config = read_yaml_mapping(path)
     base = config.pop("_BASE_", None)
+    if base is not None and not isinstance(base, str):
+        raise DetectorLoadError(f"{path}: _BASE_ must be a file name, got {base!r}")
     if base and (path.parent / base).is_file():
-        merged = load_yaml_with_bases(path.parent / base)
+        merged = load_yaml_with_bases(path.parent / base, (*seen, path.resolve()))
         deep_update(merged, config)
         return merged
     return config

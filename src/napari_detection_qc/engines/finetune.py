@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -403,7 +403,7 @@ def _train(detector, frames, train_idx, held_idx, notes, steps, minutes, device,
         "validation_after": after,
         "score_threshold": threshold,
         "notes": notes,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     header = {key: value for key, value in detector.header.items() if key != "sha256"}
     header.update(name=f"{detector.name} fine-tuned", score_threshold=threshold, finetune=provenance,

@@ -6,9 +6,9 @@ A model that knows its trained size carries ``input.object_size`` in its header:
 ``d`` px across is resampled by ``clip(target_px / d, min_factor, max_factor)``.
 
 The automatic estimate asks the model itself (as cellpose's size model does, without a second
-model): a central view of the frame is detected at a ladder of factors, and the factor whose
-confident, comfortably sized detections are densest per native area wins; the median size of those
-detections, divided by the factor, is the frame's typical object diameter.
+model): a central view of the frame is detected at a ladder of factors; the factor whose
+confident, comfortably sized detections (confirmed at a neighbouring factor) weigh most wins, and
+the median size of those detections, divided by the factor, is the frame's typical diameter.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ ESTIMATE_VIEW_PX = 384
 CONFIDENT_SCORE = 0.5
 COMFORTABLE_PX = (8.0, 72.0)
 """Detections this size (after resampling) are where the model is reliable."""
-MIN_VIEW_PX = 48
+CONFIRMING_SCORE = 0.3
+MIN_VIEW_PX = 112
+"""Factors whose view of the frame is smaller than this are skipped: a few blotches fill it."""
 
 DetectBoxes = Callable[[Sequence[np.ndarray]], list[BoxMasks]]
 
@@ -76,29 +78,66 @@ def box_diameters(boxes: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
 
 
-def central_view(image: np.ndarray, side: int) -> np.ndarray:
+def central_view(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The central ``side`` x ``side`` part of a frame (all of it where smaller) and its origin."""
     height, width = image.shape
     top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
-    return image[top : top + side, left : left + side]
+    return image[top : top + side, left : left + side], (top, left)
 
 
-def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule) -> float | None:
-    """Typical object diameter (native px) of a 0..255 frame, or None when the model finds nothing
-    it is confident about at any factor."""
-    best_density, best_diameter = 0.0, None
-    factor = rule.max_factor
+def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule):
+    """(factor, native boxes, scores, native view area) from 2 x max_factor down to min_factor."""
+    results = []
+    factor = 2 * rule.max_factor
     while factor >= rule.min_factor * 0.999:
-        native_side = int(np.ceil(ESTIMATE_VIEW_PX / factor))
-        view = central_view(image, native_side)
+        view, (top, left) = central_view(image, int(np.ceil(ESTIMATE_VIEW_PX / factor)))
         if min(view.shape) * factor < MIN_VIEW_PX and factor < 1:
             break  # the whole frame is already smaller than a useful view
         found = detect_boxes([resample(view, factor)])[0]
-        diameters = box_diameters(found.boxes)
-        confident = (found.scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (
-            diameters <= COMFORTABLE_PX[1]
-        )
-        density = float(found.scores[confident].sum()) / view.size
-        if density > best_density:
-            best_density, best_diameter = density, float(np.median(diameters[confident])) / factor
+        scaled = resample(view, factor).shape
+        native = found.boxes * np.array([view.shape[0] / scaled[0], view.shape[1] / scaled[1]] * 2)
+        results.append((factor, native + np.array([top, left, top, left]), found.scores, view.size))
         factor /= 2
+    return results
+
+
+def _found_again(boxes: np.ndarray, other: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
+    """Which ``boxes`` overlap some box of ``other`` with IoU >= ``min_iou`` (native coordinates)."""
+    if len(boxes) == 0 or len(other) == 0:
+        return np.zeros(len(boxes), dtype=bool)
+    y0 = np.maximum(boxes[:, None, 0], other[None, :, 0])
+    x0 = np.maximum(boxes[:, None, 1], other[None, :, 1])
+    y1 = np.minimum(boxes[:, None, 2], other[None, :, 2])
+    x1 = np.minimum(boxes[:, None, 3], other[None, :, 3])
+    inter = np.clip(y1 - y0, 0, None) * np.clip(x1 - x0, 0, None)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    union = area(boxes)[:, None] + area(other)[None, :] - inter
+    return (inter / np.maximum(union, 1e-9) >= min_iou).any(axis=1)
+
+
+def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule) -> float | None:
+    """Typical object diameter (native px) of a 0..255 frame, or None when the model confirms
+    nothing at any factor.
+
+    A real object is seen at neighbouring factors of the ladder (the model's comfortable size
+    band spans three octaves), while texture that happens to look like a small cavity at one
+    magnification is not; so only confident, comfortably sized detections that the next factor
+    up or down also finds count. The factor with the largest sum of score x diameter of such
+    detections per native area gives the estimate (weighting by diameter balances many small
+    spurious detections against a few big ones; measured on held-out synthetic frames against
+    counting, area and square-root weights, it was the most often within 1.6x of the truth).
+    """
+    ladder = _ladder_detections(image, detect_boxes, rule)
+    best_density, best_diameter = 0.0, None
+    for index, (factor, boxes, scores, area) in enumerate(ladder):
+        if factor > rule.max_factor:
+            continue  # only there to confirm the largest factor's detections
+        diameters = box_diameters(boxes) * factor
+        largest = min(COMFORTABLE_PX[1], np.sqrt(area) * factor / 3)  # a "cavity" filling the view is texture
+        keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= largest)
+        neighbours = [ladder[i][1][ladder[i][2] >= CONFIRMING_SCORE] for i in (index - 1, index + 1) if 0 <= i < len(ladder)]
+        confirmed = keep & np.logical_or.reduce([_found_again(boxes, other) for other in neighbours])
+        density = float((scores[confirmed] * box_diameters(boxes[confirmed])).sum()) / area
+        if density > best_density:
+            best_density, best_diameter = density, float(np.median(diameters[confirmed])) / factor
     return best_diameter

@@ -43,7 +43,8 @@ from ..detections import FrameDetections
 from .base import DEFAULT_SCORE_THRESHOLD, Detector
 from .boxmasks import BoxMasks
 from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
-from .scaling import ScaleRule
+from .scaling import ScaleRule, central_view
+from .tiling import TILE_PX
 
 PAPER_ANCHOR_SIZES = [4, 8, 16, 32, 64, 128, 256, 512]
 PAPER_ASPECT_RATIOS = [0.5, 1.0, 2.0]
@@ -398,7 +399,13 @@ class TorchvisionDetector(Detector):
     @classmethod
     def from_checkpoint(cls, path, **options) -> TorchvisionDetector:
         header, state_dict = load_checkpoint(path)
-        return cls(header, state_dict, **options)
+        try:
+            return cls(header, state_dict, **options)
+        except DetectorLoadError as error:
+            raise DetectorLoadError(f"{path}: {error}") from error
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            raise DetectorLoadError(f"{path}: malformed checkpoint header ({reason})") from error
 
     def save(self, path, **header_updates) -> dict:
         """Write this model as a checkpoint (same header, optional updates such as training notes)."""
@@ -407,6 +414,22 @@ class TorchvisionDetector(Detector):
 
     def _detect(self, images: Sequence[np.ndarray]) -> list[FrameDetections]:
         return [found.to_detections(image.shape) for found, image in zip(self._detect_boxes(images), images, strict=True)]
+
+    def embed(self, image: np.ndarray) -> np.ndarray:
+        """Per-channel mean and std of the FPN maps P2-P5 over the frame (its central
+        ``TILE_PX`` square on bigger frames): what the detector's heads see, in one vector."""
+        view, _ = central_view(image, TILE_PX)
+        with torch.inference_mode():
+            batch, _ = to_model_batch([view], self.architecture, self.normalisation, self.device)
+            features = self.model.backbone(batch.tensors)
+        height, width = batch.image_sizes[0]
+        parts = []
+        for level in ("0", "1", "2", "3"):
+            stride = batch.tensors.shape[-1] / features[level].shape[-1]
+            rows, cols = max(1, math.ceil(height / stride)), max(1, math.ceil(width / stride))
+            valid = features[level][0, :, :rows, :cols].float().flatten(1)
+            parts += [valid.mean(dim=1), valid.std(dim=1, unbiased=False)]
+        return torch.cat(parts).cpu().numpy()
 
     def _detect_boxes(self, images: Sequence[np.ndarray]) -> list[BoxMasks]:
         with torch.inference_mode():

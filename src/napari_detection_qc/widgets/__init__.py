@@ -1,8 +1,10 @@
-"""Thin napari dock widgets over the core: detection, quality and training."""
+"""napari docks over the core: the three steps (detection, quality, training), alone or as the
+tabs of one dock, and the results dock under the canvas."""
 
 from . import _torch_import  # noqa: F401  (first: see its docstring)
 from .detection import DetectionWidget
+from .main import DetectionQCWidget
 from .quality import QualityWidget
 from .training import TrainingWidget
 
-__all__ = ["DetectionWidget", "QualityWidget", "TrainingWidget"]
+__all__ = ["DetectionQCWidget", "DetectionWidget", "QualityWidget", "TrainingWidget"]

@@ -1,30 +1,29 @@
-"""Detection widget: run a Mask R-CNN over the current frame or the whole stack in a background
-worker (progress bar, cancel, results streaming in per frame) into a Labels layer ``<image> masks``
-and a Shapes layer ``<image> boxes`` with ``score``, ``label`` and ``frame`` features."""
+"""Detection step: run a Mask R-CNN over the current frame or the whole stack in a background
+worker into a Labels layer ``<image> masks`` and a Shapes layer ``<image> boxes`` (features
+``score``, ``label``, ``frame``, ``origin``). A re-run replaces frame by frame as results arrive,
+so a cancel or an error keeps every frame not yet redone. Progress (frames, elapsed, time left)
+shows in the dock from the moment Detect is pressed."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    PushButton,
-    RadioButtons,
-    SpinBox,
-)
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton, RadioButtons, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QEventLoop, QTimer
+from qtpy.QtWidgets import QApplication, QProgressBar
 
-from ..detections import FrameDetections, StackDetections, smallest_label_dtype
+from ..detections import FrameDetections, smallest_label_dtype
 from ..engines import load_detector
-from ._common import DOCK_MAX_WIDTH, METADATA_KEY, LayerPicker, StatusLabel, container
+from ..layer_pair import METADATA_KEY, merge_frames, new_pair_id, pair_record, with_origin
+from ..pixel_sizes import pixel_size_from_layer
+from ..progress import RunProgress, clock
+from ._common import LayerPicker, StatusLine, Step, row
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
+WHOLE_STACK, CURRENT_FRAME = "whole stack", "current frame"
 SHAPES_REFRESH_SECONDS = 1.0
 
 
@@ -42,11 +41,9 @@ def image_frames(layer: Image) -> tuple[np.ndarray, bool]:
     )
 
 
-class DetectionWidget(Container):
+class DetectionWidget(Step):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self.native.setMaximumWidth(DOCK_MAX_WIDTH)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.image = LayerPicker(napari_viewer, Image, "image")
         self.engine = ComboBox(label="engine", choices=ENGINES, value=ENGINES[0])
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth", visible=False)
@@ -54,29 +51,57 @@ class DetectionWidget(Container):
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.threshold = FloatSpinBox(label="score threshold", value=0.1, min=0.0, max=1.0, step=0.05)
         self.max_detections = SpinBox(label="max detections", value=1000, min=1, max=100000)
+        # object size: typical cavity diameter in native px; 0 shows "auto" (passed as None: estimated per frame)
+        self.object_size = FloatSpinBox(label="object size (px)", value=0.0, min=0.0, max=10000.0, step=1.0,
+                                        tooltip="typical cavity diameter in pixels; auto lets the detector decide")
+        self.object_size.native.setSpecialValueText("auto")
         self.pixel_size = FloatSpinBox(label="pixel size (nm, 0 = unknown)", value=0.0, min=0.0, max=1e6, step=0.1)
-        self.scope = RadioButtons(label="run on", choices=["current frame", "whole stack"], value="whole stack",
+        self.scope = RadioButtons(label="run on", choices=[CURRENT_FRAME, WHOLE_STACK], value=WHOLE_STACK,
                                   orientation="horizontal")
         self.run_button = PushButton(text="Detect")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.keep_other_frames = CheckBox(text="keep other frames' detections", value=True)
-        self.status = StatusLabel(value="")
-        self.extend([
-            self.image, self.engine, self.weights, self.config, self.device, self.threshold,
-            self.max_detections, self.pixel_size, self.scope, self.keep_other_frames,
-            container(self.run_button, self.cancel_button), self.status,
-        ])
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        self.progress_text = StatusLine()
+        self.add_section("Image and detector", self.image, self.engine, self.weights, self.config, self.device,
+                         self.threshold, self.max_detections, self.object_size, self.pixel_size)
+        self.add_section("Run", self.scope, row(self.run_button, self.cancel_button), self.progress_bar,
+                         self.progress_text)
+
         self.engine.changed.connect(self._on_engine)
+        self.image.changed.connect(self._take_pixel_size)
+        self._take_pixel_size(self.image.value)
+        self.pixel_size.changed.connect(self._on_pixel_size)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.worker = None
-        self._results: dict[int, FrameDetections] = {}
-        self._last_shapes_refresh = 0.0
+        self.masks_layer: Labels | None = None
+        self.boxes_layer: Shapes | None = None
+        self.progress: RunProgress | None = None
+        self._ticker = QTimer()
+        self._ticker.setInterval(1000)
+        self._ticker.timeout.connect(self._show_progress)
 
     # -- user actions ------------------------------------------------------------------------------
     def _on_engine(self, value: str) -> None:
         self.weights.visible = value != ENGINES[0]
         self.config.visible = value == ENGINES[2]
+
+    def _take_pixel_size(self, layer) -> None:
+        """The pixel size belongs to the image: take the one its layer knows (our reader, a scale
+        in nm), or 0 (unknown) so another image's value is not carried over."""
+        self.pixel_size.value = pixel_size_from_layer(layer) or 0.0
+
+    def _on_pixel_size(self, value: float) -> None:
+        """A new pixel size applies at once to the layers detected on this image (density and
+        diameters follow)."""
+        image = self.image.value
+        if (self.worker is None and self.masks_layer is not None and self.boxes_layer is not None
+                and image is not None and pair_record(self.masks_layer.metadata).get("image_layer") == image.name):
+            for layer in (self.masks_layer, self.boxes_layer):
+                record = {**pair_record(layer.metadata), "pixel_size_nm": value or None}
+                layer.metadata = {**layer.metadata, METADATA_KEY: record}
+            self.session.detections_changed.emit(self.masks_layer, self.boxes_layer, True)
 
     def detector_spec(self):
         engine = self.engine.value
@@ -104,141 +129,170 @@ class DetectionWidget(Container):
         except ValueError as exc:
             self.status.error(str(exc))
             return
-        if is_2d or self.scope.value == "whole stack":
+        if is_2d or self.scope.value == WHOLE_STACK:
             indices = list(range(len(frames)))
         else:
             indices = [int(self.viewer.dims.current_step[0])]
-        self._prepare_layers(layer, frames, is_2d, indices)
+        self._start_progress(len(indices))
+        self._prepare_layers(layer, frames, is_2d)
         options = dict(device=self.device.value, score_threshold=self.threshold.value,
                        max_detections=self.max_detections.value)
+        object_size = self.object_size.value or None
         self.worker = create_worker(
-            detect_frames, spec, options, frames, indices,
-            _progress={"total": len(indices) + 1, "desc": f"Detecting on {layer.name}"},
+            detect_frames, spec, options, frames, indices, object_size,
+            _progress={"total": len(indices), "desc": f"Detecting on {layer.name}"},
         )
         self.worker.yielded.connect(self._on_frame)
-        self.worker.returned.connect(self._on_done)
-        self._detector_metadata = None
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"detecting on {len(indices)} frame(s)…"
+        self.cancel_button.enabled = True
         self.worker.start()
+
+    def _start_progress(self, total: int) -> None:
+        """Show the progress at once: creating the layers and loading the detector take seconds,
+        and the user must see that Detect was taken (painted before that work starts)."""
+        self.run_button.enabled = False
+        self.progress = RunProgress(total=total)
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setVisible(True)
+        self._show_progress()
+        self._ticker.start()
+        QApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
 
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.quit()
-            self.status.value = "cancelling after the current frame…"
+            self.progress_text.value = "cancelling after the current frame…"
+
+    def _show_progress(self) -> None:
+        if self.progress is not None:
+            self.progress_bar.setValue(self.progress.done)
+            self.progress_text.value = self.progress.text()
 
     # -- layers ------------------------------------------------------------------------------------
-    def _prepare_layers(self, layer: Image, frames, is_2d: bool, indices: list[int]) -> None:
-        """Create or reuse ``<image> masks`` / ``<image> boxes``; remember what stays untouched."""
-        shape = frames.shape[1:3]
-        label_shape = shape if is_2d else (len(frames), *shape)
-        dtype = smallest_label_dtype(self.max_detections.value)
-        self.masks_layer = self._existing(f"{layer.name} masks", Labels)
-        self.boxes_layer = self._existing(f"{layer.name} boxes", Shapes)
-        self._results = {}
-        self._is_2d = is_2d
-        self._n_frames = len(frames)
-        reusable = (
-            self.masks_layer is not None and self.boxes_layer is not None
-            and tuple(self.masks_layer.data.shape) == tuple(label_shape)
-        )
-        if reusable and self.keep_other_frames.value:
-            try:
-                previous = StackDetections.from_layer_data(self.masks_layer.data, self.boxes_layer.data,
-                                                           self.boxes_layer.features)
-                self._results = {t: previous[t] for t in range(len(previous)) if t not in indices}
-            except ValueError:
-                self._results = {}
-        labels = np.zeros(label_shape, dtype=np.promote_types(dtype, self._results_dtype()))
-        for t, frame in self._results.items():
-            labels[t if not is_2d else ...] = frame.labels
+    def _prepare_layers(self, layer: Image, frames, is_2d: bool) -> None:
+        """Reuse ``<image> masks`` / ``<image> boxes`` when they fit this image (their frames stay
+        until redone), else add new layers (napari numbers the names; nothing is overwritten)."""
+        label_shape = frames.shape[1:3] if is_2d else (len(frames), *frames.shape[1:3])
+        masks = self._existing(f"{layer.name} masks", Labels)
+        boxes = self._existing(f"{layer.name} boxes", Shapes)
+        reusable = (masks is not None and boxes is not None and tuple(masks.data.shape) == tuple(label_shape)
+                    and boxes.ndim == len(label_shape)
+                    and ({"score", "label", "frame"} <= set(boxes.features.columns) or not len(boxes.data)))
         scale = layer.scale[-2:] if is_2d else layer.scale[-3:]
-        if self.masks_layer is None:
-            self.masks_layer = self.viewer.add_labels(labels, name=f"{layer.name} masks", scale=scale)
-        else:
-            self.masks_layer.data = labels
-        if self.boxes_layer is None:
-            self.boxes_layer = self.viewer.add_shapes(
-                name=f"{layer.name} boxes", ndim=2 if is_2d else 3, scale=scale,
-                face_color="transparent", edge_width=1.5,
-            )
-        self._refresh_shapes()
+        if not reusable:
+            masks = self.viewer.add_labels(np.zeros(label_shape, smallest_label_dtype(self.max_detections.value)),
+                                           name=f"{layer.name} masks", scale=scale)
+            boxes = self.viewer.add_shapes(name=f"{layer.name} boxes", ndim=len(label_shape), scale=scale,
+                                           face_color="transparent", edge_width=1.5)
+        self.masks_layer, self.boxes_layer = masks, boxes
+        self._is_2d = is_2d
+        self._previous = pair_record(masks.metadata)
+        self._vertices = list(boxes.data)
+        self._features = with_origin(boxes.features) if len(boxes.data) else with_origin(
+            boxes.features.reindex(columns=["score", "label", "frame"]))
+        self._pending: dict[int, FrameDetections] = {}
+        self._redone: list[int] = []
+        self._detector: dict | None = None
+        self._pair_id = new_pair_id()
+        self.session.detecting |= {id(masks), id(boxes)}
+        self.session.detections_changed.emit(masks, boxes, False)
 
     def _existing(self, name: str, layer_type):
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
         return layer if isinstance(layer, layer_type) else None
 
-    def _results_dtype(self):
-        return smallest_label_dtype(max((f.count for f in self._results.values()), default=0))
+    def _on_frame(self, item) -> None:
+        t, frame, detector = item
+        self._detector = detector
+        masks = self.masks_layer
+        if frame.count > np.iinfo(masks.data.dtype).max:
+            masks.data = masks.data.astype(smallest_label_dtype(frame.count))
+        if self._is_2d:
+            masks.data[...] = frame.labels
+        else:
+            masks.data[t] = frame.labels
+        masks.refresh()
+        self._pending[t] = frame
+        self._redone.append(t)
+        self.progress.advance()
+        self._show_progress()
+        if time.monotonic() - self._last_shapes_refresh > SHAPES_REFRESH_SECONDS:
+            self._refresh_shapes()
 
-    def _stack(self) -> StackDetections:
-        shape = self.masks_layer.data.shape[-2:]
-        frames = [self._results.get(t, FrameDetections.empty(shape)) for t in range(self._n_frames)]
-        return StackDetections.from_frames(frames, is_2d=self._is_2d)
+    _last_shapes_refresh = 0.0
 
     def _refresh_shapes(self) -> None:
-        vertices, features = self._stack().to_shapes_data()
+        """Replace the boxes of the frames done since the last refresh."""
+        if self._pending:
+            self._vertices, self._features = merge_frames(self._vertices, self._features, self._pending, self._is_2d)
+            self._pending = {}
         layer = self.boxes_layer
-        layer.data = (vertices, ["rectangle"] * len(vertices)) if vertices else []
-        layer.features = features
-        if len(vertices):
+        layer.data = (self._vertices, ["rectangle"] * len(self._vertices)) if self._vertices else []
+        layer.features = self._features
+        if len(self._vertices):
             layer.edge_color = "score"
             layer.edge_colormap = "plasma"
             layer.edge_contrast_limits = (0.0, 1.0)
         self._last_shapes_refresh = time.monotonic()
 
-    def _on_frame(self, item) -> None:
-        t, frame = item
-        if t == "detector":
-            self._detector_metadata = frame
-            return
-        self._results[t] = frame
-        if frame.labels.max(initial=0) > np.iinfo(self.masks_layer.data.dtype).max:
-            self.masks_layer.data = self.masks_layer.data.astype(smallest_label_dtype(frame.count))
-        if self._is_2d:
-            self.masks_layer.data[...] = frame.labels
-        else:
-            self.masks_layer.data[t] = frame.labels
-        self.masks_layer.refresh()
-        if time.monotonic() - self._last_shapes_refresh > SHAPES_REFRESH_SECONDS:
-            self._refresh_shapes()
-        self.status.value = f"frame {t}: {frame.count} detections"
-
-    def _on_done(self, _result=None) -> None:
-        self._finish_layers(self._detector_metadata, complete=True)
-
-    def _finish_layers(self, detector_metadata: dict | None, complete: bool) -> None:
+    def _finish_layers(self) -> None:
+        """Boxes up to date, and the record both layers carry (detector, image, pixel size)."""
         self._refresh_shapes()
-        layer = self.image.value
+        image = self.image.value
         record = {
-            "detector": detector_metadata or {},
-            "image_layer": layer.name if layer is not None else "",
+            "pair_id": self._pair_id,
+            "detector": self._detector or self._previous.get("detector") or {},
+            "image_layer": image.name if image is not None else "",
             "pixel_size_nm": self.pixel_size.value or None,
-            "frames_done": sorted(self._results),
+            "frames_done": sorted(set(self._previous.get("frames_done", [])) | set(self._redone)),
         }
-        for out in (self.masks_layer, self.boxes_layer):
-            out.metadata = {**out.metadata, METADATA_KEY: record}
-        total = sum(f.count for f in self._results.values())
-        if complete:
-            self.status.info(f"{total} detections in {len(self._results)} frame(s)")
+        for layer in (self.masks_layer, self.boxes_layer):
+            layer.metadata = {**layer.metadata, METADATA_KEY: record}
+
+    def _kept_from_other_detector(self) -> list[int]:
+        earlier = (self._previous.get("detector") or {}).get("weights_sha256")
+        now = (self._detector or {}).get("weights_sha256")
+        if not earlier or not now or earlier == now:
+            return []
+        return sorted(set(self._previous.get("frames_done", [])) - set(self._redone))
 
     def _on_error(self, exc: Exception) -> None:
-        self.status.error(f"detection failed: {exc}")
+        self._failed = f"detection failed: {exc}"
+
+    _failed: str | None = None
 
     def _on_finished(self) -> None:
-        if self.worker is not None and self.worker.abort_requested:
-            self._finish_layers(self._detector_metadata, complete=False)
-            self.status.warn(f"cancelled; {len(self._results)} frame(s) have detections")
+        self._ticker.stop()
+        self._finish_layers()
+        self.session.detecting -= {id(self.masks_layer), id(self.boxes_layer)}
+        done, total = len(self._redone), self.progress.total
+        count = int(self._features["frame"].isin(self._redone).sum())
+        kept = "" if done == total else f"; the other {total - done} frame(s) keep their earlier detections"
+        if self._failed:
+            self.status.error(f"{self._failed} ({done} of {total} frame(s) redone{kept})")
+        elif self.worker.abort_requested:
+            self.status.warn(f"cancelled: {done} of {total} frame(s) redone{kept}")
+        else:
+            self.status.info(f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}")
+        if mixed := self._kept_from_other_detector():
+            self.status.warn(f"frames {mixed[:5]}{'…' if len(mixed) > 5 else ''} keep detections from an earlier "
+                             "detector; run on the whole stack to make them consistent")
+        self._failed = None
         self.worker = None
+        self.progress_bar.setVisible(False)
+        self.progress_text.value = ""
         self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.session.detections_changed.emit(self.masks_layer, self.boxes_layer, True)
 
 
-def detect_frames(spec, options: dict, frames, indices: list[int]):
-    """Worker body: load the detector and yield ``("detector", its metadata)``, then
-    ``(t, FrameDetections)`` per frame, so progress and cancel take effect between frames."""
+def detect_frames(spec, options: dict, frames, indices: list[int], object_size: float | None = None):
+    """Worker body: load the detector, then yield ``(t, FrameDetections, detector metadata)`` per
+    frame, so progress and cancel take effect between frames. ``object_size`` None: the detector
+    estimates it per frame (auto); the metadata records it as the batch store does."""
     detector = load_detector(spec, **options)
-    yield "detector", detector.metadata()
+    metadata = {**detector.metadata(), "object_size": object_size or "auto"}
     selected = (np.asarray(frames[t]) for t in indices)
-    yield from zip(indices, detector.predict_many(selected))
+    for t, frame in zip(indices, detector.predict_many(selected, object_size)):
+        yield t, frame, metadata

@@ -1,6 +1,7 @@
-"""The "Fine-tune detector" section of the training step: fine-tune the detector on the reviewed
-frames in a background thread (progress, cancel, live training graphs), fit the new detector's
-forest, show held-out F1 before and after, and save model + forest to a file the user picks.
+"""The "Fine-tune detector" section of the Training step: fine-tune the detector on the reviewed
+frames in a background thread (progress, cancel, live training graphs in the results dock), fit
+the new detector's forest, show held-out F1 before and after, and save model + forest to a file
+the user picks.
 
 Qt-free work (``engines.finetune``, ``detector_forest``, ``finetune_outputs``) runs in a napari
 thread worker; its reports are queued and drawn by a timer on the UI thread, and cancel sets an
@@ -10,16 +11,15 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
-from napari.layers import Image, Labels
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton
+from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog, QLabel
 
 from ..detector_forest import STUDY_FRAMES_PER_DOMAIN, ForestFitCancelled, fit_detector_forest
 from ..engines import load_detector
@@ -27,9 +27,10 @@ from ..engines.finetune import FinetuneCancelled, finetune
 from ..finetune_outputs import save_finetuned
 from ..forest import companion_forest_path
 from ..scoring import ground_truth_frames
-from ._common import LayerPicker, StatusLabel, container, wrapping_label
+from ._common import LayerPicker, row
 from .detection import image_frames
 from .plots import TrainingCurves
+from .results_dock import results_dock
 
 REDRAW_MS = 700
 
@@ -46,31 +47,27 @@ def finetune_job(spec, device: str, minutes: float, frames_per_domain: int, imag
     return result, forest
 
 
-class FinetuneSection(Container):
-    """Embedded in the training widget: ``ground_truth`` is its ground-truth picker and
-    ``labelled_frames(layer)`` says which frames of that layer count as labelled."""
+class FinetuneSection:
+    """A section of the Training step (``step``): its ground-truth picker, its reviewed frames
+    (``step.labeled()``) and its status line."""
 
-    def __init__(self, napari_viewer, ground_truth: LayerPicker, labelled_frames: Callable[[Labels], list[int]]):
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
-        self.ground_truth = ground_truth
-        self.labelled_frames = labelled_frames
+    def __init__(self, step):
+        self.step = step
+        self.viewer = step.viewer
+        self.status = step.status
         self.frames_per_domain = STUDY_FRAMES_PER_DOMAIN
-        self.title = Label(value="<b>Fine-tune detector</b> on the reviewed frames")
-        self.image = LayerPicker(napari_viewer, Image, "image")
+        self.image = LayerPicker(step.viewer, Image, "image")
         self.base = FileEdit(label="base weights (empty: bundled)", mode="r", filter="*.pt *.pth")
         self.minutes = FloatSpinBox(label="minutes", value=5.0, min=0.05, max=600.0, step=0.5)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.run_button = PushButton(text="Fine-tune detector")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.save_button = PushButton(text="Save model + forest…", enabled=False)
-        self.status = StatusLabel(value="")
-        self.comparison = wrapping_label()
+        self.comparison = QLabel("")
+        self.comparison.setWordWrap(True)
         self.curves = TrainingCurves()
-        self.extend([self.title, self.image, self.base, self.minutes, self.device,
-                     container(self.run_button, self.cancel_button), self.save_button, self.status,
-                     self.comparison])
-        self.native.layout().addWidget(self.curves)
+        step.add_section("Fine-tune detector on the reviewed frames", self.image, self.base, self.minutes,
+                         self.device, row(self.run_button, self.cancel_button), self.save_button, self.comparison)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self._ask_save)
@@ -87,13 +84,14 @@ class FinetuneSection(Container):
     # -- inputs ------------------------------------------------------------------------------------
     def labelled_inputs(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
         """Copies of the labelled frames and their ground truth (edits during training cannot race)."""
-        if self.image.value is None or self.ground_truth.value is None:
+        ground_truth = self.step.ground_truth.value
+        if self.image.value is None or ground_truth is None:
             raise ValueError("pick the image and its ground-truth layer")
         frames, _ = image_frames(self.image.value)
-        truth = ground_truth_frames(np.asarray(self.ground_truth.value.data), len(frames))
+        truth = ground_truth_frames(np.asarray(ground_truth.data), len(frames))
         if truth.shape[1:] != frames.shape[1:3]:
             raise ValueError(f"ground truth is {truth.shape[1:]} per frame but the image is {frames.shape[1:3]}")
-        chosen = self.labelled_frames(self.ground_truth.value)
+        chosen = self.step.labeled()
         if not chosen:
             raise ValueError("no reviewed frames yet: correct a frame and mark it reviewed")
         return [np.array(frames[t]) for t in chosen], [np.array(truth[t]) for t in chosen], chosen
@@ -126,7 +124,8 @@ class FinetuneSection(Container):
         self._progress = progress(total=100, desc="Fine-tuning detector")
         self.run_button.enabled, self.cancel_button.enabled, self.save_button.enabled = False, True, False
         self.status.value = f"fine-tuning on {len(chosen)} reviewed frame(s) for up to {self.minutes.value:g} min…"
-        self.comparison.value = ""
+        self.comparison.setText("")
+        results_dock(self.viewer).show_page(self.curves, "Fine-tuning curves", front=True)
         self._timer.start()
         self.worker.start()
 
@@ -165,7 +164,7 @@ class FinetuneSection(Container):
             lines.insert(0, f"held-out frame(s) {held}: true F1 {b['f1']:.2f} → {a['f1']:.2f} (precision "
                             f"{b['precision']:.2f} → {a['precision']:.2f}, recall {b['recall']:.2f} → "
                             f"{a['recall']:.2f}; score threshold {self.result.score_threshold:g})")
-        self.comparison.value = "<br>".join(lines)
+        self.comparison.setText("\n".join(lines))
         self.save_button.enabled = True
         self.status.info("fine-tuned and its forest fitted: save them, then detect with the saved model "
                          "(the quality step's 'auto' forest finds the forest beside it)")
@@ -197,6 +196,6 @@ class FinetuneSection(Container):
         self.status.info(f"saved {path} and {companion_forest_path(path).name}")
 
     def _ask_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save fine-tuned model", "", "Checkpoint (*.pt)")
+        path, _ = QFileDialog.getSaveFileName(self.step, "Save fine-tuned model", "", "Checkpoint (*.pt)")
         if path:
             self.save(path)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from psygnal import Signal
 
 BACKGROUND = "#262930"  # napari's dark theme
@@ -26,23 +27,55 @@ def _dark_axes(figure: Figure):
 
 class QualityPlot(FigureCanvasQTAgg):
     """Predicted F1 per frame with its interval; frames under the threshold in red, out-of-domain
-    frames ringed in orange, the current frame shaded. Clicking emits the nearest frame."""
+    frames ringed in orange, the current frame shaded. Clicking emits the nearest frame. A single
+    image gets F1, precision and recall as bars with their intervals instead of a one-dot line."""
 
     frame_clicked = Signal(int)
 
     def __init__(self):
-        self.figure = Figure(figsize=(4, 2.9), tight_layout=True)
+        self.figure = Figure(figsize=(5, 2.2), tight_layout=True)
         super().__init__(self.figure)
         self.axes = _dark_axes(self.figure)
         self.table: pd.DataFrame | None = None
         self._current = None
-        self.setMinimumHeight(220)
+        self.setMinimumHeight(150)
         self.mpl_connect("button_press_event", self._on_click)
+
+    def clear(self) -> None:
+        self.table = None
+        self.axes.clear()
+        self._current = None
+        self.draw_idle()
 
     def show_table(self, table: pd.DataFrame, threshold: float, current: int | None) -> None:
         self.table = table
+        self.axes.clear()
+        self._current = None
+        if len(table) == 1:
+            self._show_single(table.iloc[0], threshold)
+        else:
+            self._show_frames(table, threshold)
+            self.highlight(current)
+        self.draw_idle()
+
+    def _show_single(self, row: pd.Series, threshold: float) -> None:
         axes = self.axes
-        axes.clear()
+        names = ["recall", "precision", "f1"]
+        values = [row[name] for name in names]
+        low = [row[f"{name}_low"] if f"{name}_low" in row else row[name] for name in names]
+        high = [row[f"{name}_high"] if f"{name}_high" in row else row[name] for name in names]
+        colours = ["#e3b55a", "#9ad18b", "#e0475b" if row["f1"] < threshold else "#4a90d9"]
+        axes.barh(names, values, color=colours, height=0.55)
+        axes.errorbar(values, names, xerr=[np.subtract(values, low), np.subtract(high, values)], fmt="none",
+                      ecolor=FOREGROUND, capsize=3, lw=1)
+        axes.axvline(threshold, color=FOREGROUND, ls="--", lw=0.8)
+        axes.set_xlim(0, 1.0)
+        axes.set_xlabel("predicted (bars: 90% interval)")
+        title = "this image" + ("" if bool(row["in_domain"]) else " (outside the forest's experience)")
+        axes.set_title(title, color=FOREGROUND, fontsize=8)
+
+    def _show_frames(self, table: pd.DataFrame, threshold: float) -> None:
+        axes = self.axes
         frames = table["frame"].to_numpy()
         f1 = table["f1"].to_numpy()
         low, high = table["f1_low"].to_numpy(), table["f1_high"].to_numpy()
@@ -60,24 +93,23 @@ class QualityPlot(FigureCanvasQTAgg):
         axes.axhline(threshold, color=FOREGROUND, ls="--", lw=0.8)
         axes.set_ylim(-0.02, 1.02)
         axes.set_xlim(frames.min() - 0.6, frames.max() + 0.6)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("frame")
-        axes.set_ylabel("predicted quality")
-        legend = axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, ncol=3, frameon=False)
+        axes.set_ylabel("predicted")
+        legend = axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
         for text in legend.get_texts():
             text.set_color(FOREGROUND)
-        self._current = None
-        self.highlight(current)
 
     def highlight(self, frame: int | None) -> None:
         if self._current is not None:
             self._current.remove()
             self._current = None
-        if frame is not None and self.table is not None:
+        if frame is not None and self.table is not None and len(self.table) > 1:
             self._current = self.axes.axvspan(frame - 0.5, frame + 0.5, color="white", alpha=0.15, zorder=0)
         self.draw_idle()
 
     def _on_click(self, event) -> None:
-        if event.inaxes is not self.axes or event.xdata is None or self.table is None:
+        if event.inaxes is not self.axes or event.xdata is None or self.table is None or len(self.table) < 2:
             return
         frames = self.table["frame"].to_numpy()
         self.frame_clicked.emit(int(frames[np.argmin(np.abs(frames - event.xdata))]))
@@ -87,10 +119,14 @@ class ParityPlot(FigureCanvasQTAgg):
     """Cross-validated predicted vs true F1 after a refit; the user's frames highlighted."""
 
     def __init__(self):
-        self.figure = Figure(figsize=(3.2, 3.0), tight_layout=True)
+        self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True)
         super().__init__(self.figure)
         self.axes = _dark_axes(self.figure)
-        self.setMinimumHeight(220)
+        self.setMinimumHeight(150)
+
+    def clear(self) -> None:
+        self.axes.clear()
+        self.draw_idle()
 
     def show_predictions(self, true_f1, predicted_f1, is_new) -> None:
         axes = self.axes
@@ -104,7 +140,7 @@ class ParityPlot(FigureCanvasQTAgg):
         axes.set_xlim(-0.02, 1.02)
         axes.set_ylim(-0.02, 1.02)
         axes.set_xlabel("true F1")
-        axes.set_ylabel("cross-validated predicted F1")
+        axes.set_ylabel("predicted F1 (CV)")
         legend = axes.legend(loc="upper left", fontsize=7, frameon=False)
         for text in legend.get_texts():
             text.set_color(FOREGROUND)

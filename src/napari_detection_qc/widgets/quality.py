@@ -1,6 +1,7 @@
-"""Quality widget: predicted F1 / precision / recall per frame from a masks + boxes layer pair,
-as a clickable plot and a table, with the features that pushed the selected frame down (SHAP).
-Recomputes in the background, debounced, whenever the layers change."""
+"""Quality step: predicted F1 / precision / recall per frame from a masks + boxes layer pair. The
+controls live in the step; the plot, the table and the features that pulled the current frame
+down (SHAP) live in the results dock under the canvas. Recomputes in the background, debounced,
+whenever the layers change; layers that do not belong together are refused with the reason."""
 
 from __future__ import annotations
 
@@ -8,62 +9,118 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ..explain import frame_contributions, strongest_negative
+from ..coco import detections_to_coco, write_coco
+from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
+from ..features import feature_label
 from ..forest import QualityForest, forest_for_detector
+from ..layer_pair import count_unboxed, pair_record
+from ..pixel_sizes import pixel_size_from_layer
 from ..scoring import physical_readouts, predicted_quality
 from ._common import (
-    DOCK_MAX_WIDTH,
-    METADATA_KEY,
     LayerPicker,
-    StatusLabel,
-    container,
+    Step,
     detections_from_layers,
-    forest_session,
+    has_detection_record,
+    has_scores,
+    labels_data,
     layer_detector,
-    wrapping_label,
+    row,
 )
+from .pair_sync import PairSync
 from .plots import QualityPlot
+from .results_dock import results_dock
 
-FOREST_CHOICES = ("auto (matches the detector)", "bundled default", "li2025 (authors' detectron2 model)",
-                  "trained in this viewer", "from file")
-TABLE_COLUMNS = ("frame", "count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain")
+FOREST_AUTO = "auto (matches the detector)"
+FOREST_DEFAULT = "bundled default"
+FOREST_LI2025 = "li2025 (authors' detectron2 model)"
+FOREST_SESSION = "from the Training step"
+FOREST_FILE = "from file"
+FOREST_CHOICES = (FOREST_AUTO, FOREST_DEFAULT, FOREST_LI2025, FOREST_SESSION, FOREST_FILE)
+TABLE_COLUMNS = ("count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain")
 PHYSICAL_COLUMNS = ("density_per_um2", "mean_diameter_nm")
 DEBOUNCE_MS = 300
 
 
-class QualityWidget(Container):
+class QualityPanel(QWidget):
+    """The per-frame plot beside the table (row headers are the frames, 0-based like napari's
+    slider) and the explanation of the current frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.plot = QualityPlot()
+        self.table_view = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.explanation = QLabel("")
+        self.explanation.setWordWrap(True)
+        self.explanation.setFixedHeight(3 * self.explanation.fontMetrics().height() + 6)
+        right = QVBoxLayout()
+        right.addWidget(self.table_view)
+        right.addWidget(self.explanation)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.plot, 3)
+        layout.addLayout(right, 2)
+
+    def clear(self) -> None:
+        self.plot.clear()
+        self.table_view.setRowCount(0)
+        self.explanation.setText("")
+
+    def fill(self, table: pd.DataFrame) -> None:
+        view = self.table_view
+        columns = list(TABLE_COLUMNS) + [c for c in PHYSICAL_COLUMNS if c in table.columns]
+        view.setColumnCount(len(columns))
+        view.setHorizontalHeaderLabels(columns)
+        view.setRowCount(len(table))
+        view.setVerticalHeaderLabels([str(int(t)) for t in table["frame"]])
+        for r, values in enumerate(table.loc[:, columns].itertuples(index=False)):
+            for c, value in enumerate(values):
+                if isinstance(value, (bool, np.bool_)):
+                    text = "yes" if value else "no"
+                elif isinstance(value, (float, np.floating)):
+                    text = f"{value:.3f}"
+                else:
+                    text = str(value)
+                view.setItem(r, c, QTableWidgetItem(text))
+        view.resizeColumnsToContents()
+
+
+class QualityWidget(Step):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self.native.setMaximumWidth(DOCK_MAX_WIDTH)
-        self.viewer = napari_viewer
-        self.session = forest_session(napari_viewer)
-        self.masks = LayerPicker(napari_viewer, Labels, "masks")
-        self.boxes = LayerPicker(napari_viewer, Shapes, "boxes")
-        self.forest_choice = ComboBox(label="forest", choices=FOREST_CHOICES, value=FOREST_CHOICES[0])
+        super().__init__(napari_viewer)
+        self.masks = LayerPicker(napari_viewer, Labels, "masks", prefer=has_detection_record)
+        self.boxes = LayerPicker(napari_viewer, Shapes, "boxes", prefer=has_scores)
+        self.forest_choice = ComboBox(label="forest", choices=FOREST_CHOICES, value=FOREST_AUTO)
         self.forest_file = FileEdit(label="forest file", mode="r", filter="*.skops", visible=False)
+        self.forest_name = QLabel("")
+        self.forest_name.setWordWrap(True)
         self.threshold = FloatSpinBox(label="flag F1 below", value=0.5, min=0.0, max=1.0, step=0.05)
         self.auto_update = CheckBox(text="update when the layers change", value=True)
         self.compute_button = PushButton(text="Predict quality")
         self.export_button = PushButton(text="Export CSV…")
-        self.status = StatusLabel(value="")
-        self.explanation = wrapping_label()
-        self.plot = QualityPlot()
-        self.table_view = QTableWidget(0, len(TABLE_COLUMNS))
-        self.table_view.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
-        self.table_view.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table_view.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table_view.setMinimumHeight(160)
-        self.extend([self.masks, self.boxes, self.forest_choice, self.forest_file, self.threshold,
-                     self.auto_update, container(self.compute_button, self.export_button), self.status])
-        self.native.layout().addWidget(self.plot)
-        self.native.layout().addWidget(self.table_view)
-        self.extend([self.explanation])
+        self.export_coco_button = PushButton(text="Export COCO…")
+        self.add_section("Detections", self.masks, self.boxes)
+        self.add_section("Forest", self.forest_choice, self.forest_file, self.forest_name, self.threshold)
+        self.add_section("Predict", self.auto_update,
+                         row(self.compute_button, self.export_button, self.export_coco_button))
+        self.panel = QualityPanel()
+        self.plot, self.table_view = self.panel.plot, self.panel.table_view
 
         self.table: pd.DataFrame | None = None
         self.features: pd.DataFrame | None = None
@@ -72,6 +129,7 @@ class QualityWidget(Container):
         self.worker = None
         self._pending = False
         self._watched: list = []
+        self._sync: PairSync | None = None
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
@@ -79,31 +137,42 @@ class QualityWidget(Container):
 
         self.compute_button.changed.connect(self.compute)
         self.export_button.changed.connect(self._ask_export)
+        self.export_coco_button.changed.connect(self._ask_export_coco)
         self.forest_choice.changed.connect(self._on_forest_choice)
         self.forest_file.changed.connect(self.request)
         self.threshold.changed.connect(self._redraw)
         self.masks.changed.connect(self._watch_layers)
         self.boxes.changed.connect(self._watch_layers)
         self.plot.frame_clicked.connect(self.go_to_frame)
-        self.table_view.cellClicked.connect(lambda row, _col: self.go_to_frame(int(self.table.iloc[row]["frame"])))
+        self.table_view.cellClicked.connect(lambda r, _c: self.go_to_frame(int(self.table.iloc[r]["frame"])))
         self.viewer.dims.events.current_step.connect(self._on_step)
-        self.session.changed.connect(self._on_session_forest)
+        self.session.forest_changed.connect(self._on_session_forest)
+        self.session.detections_changed.connect(self._on_detections)
         self._watch_layers()
 
     # -- inputs ------------------------------------------------------------------------------------
     def _on_forest_choice(self, value: str) -> None:
-        self.forest_file.visible = value == "from file"
+        self.forest_file.visible = value == FOREST_FILE
         self.request()
 
     def _on_session_forest(self, _forest) -> None:
-        if self.forest_choice.value == "trained in this viewer":
+        if self.forest_choice.value == FOREST_SESSION:
             self.request()
-        self.forest_choice.value = "trained in this viewer"
+        self.forest_choice.value = FOREST_SESSION
+
+    def _on_detections(self, masks, boxes, finished: bool) -> None:
+        """The layers a detection makes become this step's layers; recompute once it is done."""
+        self.masks.value, self.boxes.value = masks, boxes
+        if finished:
+            self.request()
 
     def _watch_layers(self, _value=None) -> None:
-        """Recompute (debounced) when the chosen layers are edited."""
+        """Recompute (debounced) when the chosen layers are edited, and keep them consistent."""
         for emitter in self._watched:
             emitter.disconnect(self.schedule)
+        if self._sync is not None:
+            self._sync.disconnect()
+            self._sync = None
         self._watched = []
         masks, boxes = self.masks.value, self.boxes.value
         if masks is not None:
@@ -112,11 +181,13 @@ class QualityWidget(Container):
             self._watched += [boxes.events.data, boxes.events.features]
         for emitter in self._watched:
             emitter.connect(self.schedule)
+        if masks is not None and boxes is not None:
+            self._sync = PairSync(self.session, masks, boxes, self.status.info)
         self.schedule()
 
     def schedule(self, _event=None) -> None:
         """A layer changed: recompute soon, if the user wants updates on layer changes."""
-        if self.auto_update.value:
+        if self.auto_update.value and not self.session.is_busy(self.masks.value, self.boxes.value):
             self.request()
 
     def request(self, _value=None) -> None:
@@ -124,26 +195,29 @@ class QualityWidget(Container):
         if self.masks.value is not None and self.boxes.value is not None:
             self._timer.start()
 
-    def resolve_forest(self) -> QualityForest:
+    def resolve_forest(self) -> tuple[QualityForest, str]:
+        """The chosen forest and an honest name for it."""
         choice = self.forest_choice.value
-        if choice == "trained in this viewer":
+        if choice == FOREST_SESSION:
             if self.session.forest is None:
-                raise ValueError("no forest has been trained in this viewer yet (use the training widget)")
-            return self.session.forest
-        if choice == "from file":
+                raise ValueError("no forest refit or loaded in the Training step yet")
+            return self.session.forest, self.session.source
+        if choice == FOREST_FILE:
             path = self.forest_file.value
             if not path or not Path(path).is_file():
                 raise ValueError("choose a forest file (.skops)")
-            key = str(Path(path).resolve())
-        elif choice == "bundled default":
-            key = "default"
-        elif choice.startswith("li2025"):
-            key = "li2025"
+            key, name = str(Path(path).resolve()), f"loaded from {Path(path).name}"
+        elif choice == FOREST_DEFAULT:
+            key, name = "default", "bundled default"
+        elif choice == FOREST_LI2025:
+            key, name = "li2025", "li2025 (authors' detectron2 model)"
         else:
             key = forest_for_detector(layer_detector(self.boxes.value))
+            bundled = key in ("default", "li2025")
+            name = f"bundled {key} (matches the detector)" if bundled else f"{Path(key).name} (saved beside the detector)"
         if key not in self._forest_cache:
             self._forest_cache[key] = QualityForest.load(key)
-        return self._forest_cache[key]
+        return self._forest_cache[key], name
 
     # -- computing ---------------------------------------------------------------------------------
     def compute(self) -> None:
@@ -151,19 +225,35 @@ class QualityWidget(Container):
         if self.worker is not None:
             self._pending = True
             return
+        if self.session.is_busy(self.masks.value, self.boxes.value):
+            self.status.value = "waiting for the detection to finish…"  # it asks again when done
+            return
         try:
             stack = detections_from_layers(self.masks.value, self.boxes.value)
-            forest = self.resolve_forest()
+            forest, name = self.resolve_forest()
         except ValueError as exc:
+            self._clear()
             self.status.error(str(exc))
             return
-        warning = forest.detector_mismatch(layer_detector(self.boxes.value))
-        self.worker = create_worker(quality_with_readouts, stack, forest, layer_pixel_size(self.boxes.value))
-        self.worker.returned.connect(lambda result: self._show(result, forest, warning))
-        self.worker.errored.connect(lambda exc: self.status.error(f"quality prediction failed: {exc}"))
+        masks, boxes = self.masks.value, self.boxes.value
+        warning = forest.detector_mismatch(layer_detector(boxes))
+        pixel_size = pixel_size_from_layer(boxes)
+        self.worker = create_worker(quality_with_readouts, stack, forest, pixel_size,
+                                    labels_data(masks), boxes.features.copy())
+        self.worker.returned.connect(lambda result: self._show(result, forest, name, warning))
+        self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
         self.status.value = "predicting quality…"
         self.worker.start()
+
+    def _clear(self) -> None:
+        """Nothing shown is better than numbers from inputs that are no longer valid."""
+        self.table = self.features = None
+        self.panel.clear()
+
+    def _on_error(self, exc: Exception) -> None:
+        self._clear()
+        self.status.error(f"quality prediction failed: {exc}")
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -171,17 +261,23 @@ class QualityWidget(Container):
             self._pending = False
             self.compute()
 
-    def _show(self, result, forest: QualityForest, warning: str | None) -> None:
-        self.table, self.features = result
+    def _show(self, result, forest: QualityForest, name: str, warning: str | None) -> None:
+        self.table, self.features, ignored = result
         self.forest = self.session.in_use = forest
+        self.forest_name.setText(f"using: {name} ({forest.n_training} training frames)")
+        results_dock(self.viewer).show_page(self.panel, "Quality per frame")
+        self.panel.fill(self.table)
         self._redraw()
-        self._fill_table()
         poor = int((self.table["f1"] < self.threshold.value).sum())
         outside = int((~self.table["in_domain"]).sum())
         message = (f"{len(self.table)} frame(s): mean predicted F1 {self.table['f1'].mean():.2f}; "
                    f"{poor} under {self.threshold.value:g}, {outside} out of domain")
+        if ignored:
+            message += f"; {ignored} mask(s) without a box ignored"
         if warning:
             self.status.warn(warning)
+        elif ignored:
+            self.status.warn(message)
         else:
             self.status.value = message
         self._explain(self.current_frame())
@@ -189,23 +285,6 @@ class QualityWidget(Container):
     def _redraw(self, _value=None) -> None:
         if self.table is not None:
             self.plot.show_table(self.table, self.threshold.value, self.current_frame())
-
-    def _fill_table(self) -> None:
-        view = self.table_view
-        columns = list(TABLE_COLUMNS) + [c for c in PHYSICAL_COLUMNS if c in self.table.columns]
-        view.setColumnCount(len(columns))
-        view.setHorizontalHeaderLabels(columns)
-        view.setRowCount(len(self.table))
-        for row, values in enumerate(self.table.loc[:, columns].itertuples(index=False)):
-            for col, value in enumerate(values):
-                if isinstance(value, (bool, np.bool_)):
-                    text = "yes" if value else "no"
-                elif isinstance(value, (float, np.floating)):
-                    text = f"{value:.3f}"
-                else:
-                    text = str(value)
-                view.setItem(row, col, QTableWidgetItem(text))
-        view.resizeColumnsToContents()
 
     # -- frame navigation --------------------------------------------------------------------------
     def current_frame(self) -> int | None:
@@ -227,48 +306,88 @@ class QualityWidget(Container):
         self.table_view.selectRow(frame)
         self._explain(frame)
 
+    @property
+    def explanation(self) -> str:
+        return self.panel.explanation.text()
+
     def _explain(self, frame: int | None) -> None:
-        """The features that pushed this frame's predicted F1 down most (SHAP)."""
+        """The features that pushed this frame's predicted F1 down most (SHAP), in plain words."""
         if frame is None or self.features is None or frame >= len(self.features):
-            self.explanation.value = ""
+            self.panel.explanation.setText("")
             return
-        contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
+        r = self.table.iloc[frame]
+        text = f"frame {frame}: predicted F1 {r['f1']:.2f} [{r['f1_low']:.2f}, {r['f1_high']:.2f}]"
+        try:
+            contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
+        except ExplanationUnavailable as exc:
+            self.panel.explanation.setText(f"{text}; {exc}")
+            return
         pushed_down = strongest_negative(contributions)
-        row = self.table.iloc[frame]
-        text = f"frame {frame}: predicted F1 {row['f1']:.2f} [{row['f1_low']:.2f}, {row['f1_high']:.2f}]"
         if pushed_down:
-            text += "<br>pulled down by: " + ", ".join(f"{name} ({value:+.3f})" for name, value in pushed_down)
-        self.explanation.value = text
+            text += "; pulled down by: " + ", ".join(f"{feature_label(name)} ({value:+.2f})"
+                                                     for name, value in pushed_down)
+        self.panel.explanation.setText(text)
 
     # -- export ------------------------------------------------------------------------------------
     def _ask_export(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self.native, "Export quality table", "quality.csv", "CSV (*.csv)")
+        if self.table is None:
+            self.status.error("nothing to export yet: predict quality first")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export quality table", "quality.csv", "CSV (*.csv)")
         if path:
             self.export_csv(path)
 
-    def export_csv(self, path) -> Path:
+    def _ask_export_coco(self) -> None:
+        try:
+            detections_from_layers(self.masks.value, self.boxes.value)
+        except ValueError as exc:
+            self.status.error(f"nothing to export: {exc}")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export detections as COCO", "detections.json",
+                                              "COCO JSON (*.json)")
+        if path:
+            self.export_coco(path)
+
+    def export_coco(self, path) -> Path | None:
+        """The chosen layers' detections as COCO JSON (RLE masks, boxes, scores)."""
+        try:
+            stack = detections_from_layers(self.masks.value, self.boxes.value)
+        except ValueError as exc:
+            self.status.error(str(exc))
+            return None
+        path = write_coco(path, detections_to_coco([(source_file_name(self.viewer, self.boxes.value), stack)]))
+        self.status.info(f"wrote {stack.total_count} detections to {path}")
+        return path
+
+    def export_csv(self, path) -> Path | None:
         if self.table is None:
             self.status.error("nothing to export yet: predict quality first")
-            raise ValueError("no quality table")
+            return None
         path = Path(path)
         self.table.to_csv(path, index=False)
         self.status.info(f"wrote {len(self.table)} rows to {path}")
         return path
 
 
-def layer_pixel_size(layer) -> float | None:
-    """The pixel size (nm) the detection widget recorded on the layer, if the user gave one."""
-    record = (layer.metadata or {}).get(METADATA_KEY, {}) if layer is not None else {}
-    return record.get("pixel_size_nm") or None
+def source_file_name(viewer, boxes) -> str:
+    """The name COCO images of these detections get: the file the image layer was read from
+    (our reader records it), else the image layer's name."""
+    image_name = pair_record(boxes.metadata).get("image_layer") or boxes.name.removesuffix(" boxes")
+    image = viewer.layers[image_name] if image_name in viewer.layers else None
+    source = pair_record(image.metadata).get("source") if image is not None else None
+    return Path(source).name if source else image_name
 
 
-def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | None):
+def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | None, labels, box_features):
     """Worker body: the predicted-quality table (plus density and diameter when the pixel size is
-    known) and the frames' features."""
+    known), the frames' features, and how many masks have no box (they are ignored)."""
     table, features = predicted_quality(stack, forest)
     if len(features):
-        frame_contributions(forest, features.iloc[:1])  # builds the cached explainer off the UI thread
+        try:  # builds the cached explainer off the UI thread
+            frame_contributions(forest, features.iloc[:1])
+        except ExplanationUnavailable:
+            pass  # the explanation line says what to install
     if pixel_size_nm:
         readouts = physical_readouts(stack, pixel_size_nm)
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)
-    return table, features
+    return table, features, count_unboxed(labels, box_features)

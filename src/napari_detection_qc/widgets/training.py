@@ -1,6 +1,7 @@
-"""Training widget: seed an editable ground-truth layer from the predictions, mark reviewed
-frames, compute the true F1 of the detections on them, and refit the forest in the background.
-The refit forest becomes the quality widget's forest at once."""
+"""Training step: seed an editable ground-truth layer from the predictions, review frames (listed,
+click to jump), compute the true F1 of the detections on them, and refit the forest in the
+background; the refit forest becomes the Quality step's forest at once. Sections are stacked, so
+other features add theirs with ``add_section``."""
 
 from __future__ import annotations
 
@@ -8,96 +9,123 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton
+from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
 from napari.qt.threading import create_worker
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
+)
 
+from ..coco import CocoGroundTruth
 from ..features import stack_features
 from ..forest import QualityForest, forest_for_detector
+from ..ground_truth import GroundTruthRecord, labeled_frames, painted_frames, seeded_name
+from ..layer_pair import METADATA_KEY
+from ..refit import RefitMode, cv_report, labeled_rows, refit_forest, training_for_refit
 from ..scoring import ground_truth_frames, true_quality
 from ..training_set import TrainingSet
 from ._common import (
-    DOCK_MAX_WIDTH,
-    METADATA_KEY,
     LayerPicker,
-    StatusLabel,
-    container,
+    Step,
     detections_from_layers,
-    forest_session,
+    has_detection_record,
+    has_scores,
+    labels_data,
     layer_detector,
-    wrapping_label,
+    row,
 )
 from .finetune import FinetuneSection
 from .plots import ParityPlot
+from .results_dock import results_dock
 
-REFIT_MODES = ("add to the forest's training data", "replace it with my frames only")
-MIN_FRAMES_TO_REPLACE = 5
-
-
-def ground_truth_record(layer: Labels) -> dict:
-    """The ground-truth bookkeeping on a Labels layer: whether it was seeded from predictions and
-    which frames the user reviewed (edited, or confirmed as shown, possibly empty)."""
-    record = (layer.metadata or {}).setdefault(METADATA_KEY, {})
-    record.setdefault("seeded_from", None)
-    record.setdefault("reviewed_frames", [])
-    return record
+SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
+SCORE_HEADERS = {"tp": "TP", "fp": "FP", "fn": "FN", "precision": "P", "recall": "R", "f1": "F1",
+                 "predicted_f1": "pred. F1"}
+LIST_ROWS = 4
+TABLE_ROWS = 3
+PARITY_MAX_WIDTH = 420
 
 
-def labeled_frames(layer: Labels) -> list[int]:
-    """Frames that count as labeled: reviewed ones; in a layer drawn from scratch (not seeded),
-    also every frame that holds any ground truth."""
-    record = ground_truth_record(layer)
-    frames = set(record["reviewed_frames"])
-    if record["seeded_from"] is None:
-        data = np.asarray(layer.data)
-        stack = data[None] if data.ndim == 2 else data
-        frames |= {int(t) for t in np.flatnonzero(stack.reshape(len(stack), -1).any(axis=1))}
-    return sorted(frames)
+def is_ground_truth(layer) -> bool:
+    """A layer seeded here, or one whose name says it is ground truth."""
+    return GroundTruthRecord.from_metadata(layer.metadata).seeded_from is not None or layer.name.endswith(
+        "ground truth")
 
 
-class TrainingWidget(Container):
+def list_rows_high(widget: QListWidget, rows: int) -> None:
+    """Fix a list to ``rows`` lines, so it never grows the dock."""
+    widget.setFixedHeight(rows * (widget.fontMetrics().height() + 2) + 8)
+
+
+def table_rows_high(widget: QTableWidget, rows: int) -> None:
+    """Fix a table to ``rows`` rows under its header, so it never grows the dock."""
+    header = widget.horizontalHeader().sizeHint().height()
+    widget.setFixedHeight(header + rows * widget.verticalHeader().defaultSectionSize() + 8)
+
+
+class TrainingWidget(Step):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
-        self.native.setMaximumWidth(DOCK_MAX_WIDTH)
-        self.viewer = napari_viewer
-        self.session = forest_session(napari_viewer)
-        self.masks = LayerPicker(napari_viewer, Labels, "predicted masks")
-        self.boxes = LayerPicker(napari_viewer, Shapes, "predicted boxes")
-        self.ground_truth = LayerPicker(napari_viewer, Labels, "ground truth")
+        super().__init__(napari_viewer)
+        self.masks = LayerPicker(napari_viewer, Labels, "predicted masks", prefer=has_detection_record)
+        self.boxes = LayerPicker(napari_viewer, Shapes, "predicted boxes", prefer=has_scores)
+        self.ground_truth = LayerPicker(napari_viewer, Labels, "ground truth", prefer=is_ground_truth,
+                                        only_fallback=False)
         self.seed_button = PushButton(text="Start ground truth from predictions")
+        self.coco_button = PushButton(text="Load COCO ground truth…")
         self.reviewed_button = PushButton(text="Frame reviewed ✓")
         self.empty_button = PushButton(text="Checked: no objects")
+        self.frame_list = QListWidget()
+        list_rows_high(self.frame_list, LIST_ROWS)
         self.iou = FloatSpinBox(label="IoU threshold", value=0.1, min=0.0, max=1.0, step=0.05)
         self.score_button = PushButton(text="Score labeled frames")
-        self.mode = ComboBox(label="refit", choices=REFIT_MODES, value=REFIT_MODES[0])
+        self.score_table = QTableWidget(0, len(SCORE_COLUMNS))
+        self.score_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table_rows_high(self.score_table, TABLE_ROWS)
+        self.score_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.mode = ComboBox(label="refit", choices=[m.value for m in RefitMode], value=RefitMode.ADD.value)
         self.refit_button = PushButton(text="Refit forest")
+        self.metrics = QLabel("")
+        self.metrics.setWordWrap(True)
+        self.metrics.setFixedHeight(4 * self.metrics.fontMetrics().height() + 6)
         self.save_forest_button = PushButton(text="Save forest…")
         self.load_forest_button = PushButton(text="Load forest…")
         self.save_set_button = PushButton(text="Save training set…")
         self.load_set_button = PushButton(text="Load training set…")
-        self.status = StatusLabel(value="")
-        self.results = wrapping_label()
-        self.metrics = wrapping_label()
+        self.add_section("Layers", self.masks, self.boxes, self.ground_truth)
+        self.add_section("Ground truth", row(self.seed_button, self.coco_button),
+                         row(self.reviewed_button, self.empty_button),
+                         QLabel("labeled frames (click to go there):"), self.frame_list)
+        self.add_section("True quality", self.iou, self.score_button, self.score_table)
+        self.add_section("Refit forest", self.mode, self.refit_button, self.metrics)
+        self.add_section("Files", row(self.save_forest_button, self.load_forest_button),
+                         row(self.save_set_button, self.load_set_button))
         self.parity = ParityPlot()
-        self.extend([
-            self.masks, self.boxes, self.ground_truth, self.seed_button,
-            container(self.reviewed_button, self.empty_button), self.iou, self.score_button,
-            self.results, self.mode, self.refit_button,
-            container(self.save_forest_button, self.load_forest_button),
-            container(self.save_set_button, self.load_set_button), self.status, self.metrics,
-        ])
-        self.native.layout().addWidget(self.parity)
-        self.finetune = FinetuneSection(napari_viewer, self.ground_truth, labeled_frames)
-        self.native.layout().addWidget(self.finetune.native)
+        self.parity.setMaximumWidth(PARITY_MAX_WIDTH)
+        self.parity_text = QLabel("")
+        self.parity_text.setWordWrap(True)
+        self.parity_page = QWidget()
+        page = QHBoxLayout(self.parity_page)
+        page.addWidget(self.parity)
+        page.addWidget(self.parity_text, 1)
+        self.finetune = FinetuneSection(self)
 
         self.training_set: TrainingSet | None = None
         self.scores: pd.DataFrame | None = None
         self.worker = None
         self._watched_truth = None
         self.seed_button.changed.connect(self.seed_ground_truth)
+        self.coco_button.changed.connect(self._ask_load_coco)
         self.reviewed_button.changed.connect(lambda: self.mark_reviewed(self.current_frame()))
         self.empty_button.changed.connect(lambda: self.mark_empty(self.current_frame()))
+        self.frame_list.itemClicked.connect(lambda item: self.go_to_frame(item.data(256)))
         self.score_button.changed.connect(self.score_labeled_frames)
         self.refit_button.changed.connect(self.refit)
         self.save_forest_button.changed.connect(self._ask_save_forest)
@@ -105,7 +133,11 @@ class TrainingWidget(Container):
         self.save_set_button.changed.connect(self._ask_save_set)
         self.load_set_button.changed.connect(self._ask_load_set)
         self.ground_truth.changed.connect(self._watch_truth)
+        self.session.detections_changed.connect(self._on_detections)
         self._watch_truth()
+
+    def _on_detections(self, masks, boxes, _finished: bool) -> None:
+        self.masks.value, self.boxes.value = masks, boxes
 
     # -- ground truth ------------------------------------------------------------------------------
     def current_frame(self) -> int:
@@ -114,58 +146,123 @@ class TrainingWidget(Container):
             return 0
         return int(self.viewer.dims.current_step[0])
 
+    def go_to_frame(self, frame: int) -> None:
+        layer = self.ground_truth.value
+        if layer is not None and np.ndim(layer.data) == 3:
+            self.viewer.dims.set_current_step(0, int(frame))
+
+    def record(self) -> GroundTruthRecord:
+        return GroundTruthRecord.from_metadata(self.ground_truth.value.metadata)
+
+    def _store(self, record: GroundTruthRecord) -> None:
+        layer = self.ground_truth.value
+        layer.metadata = record.to_metadata(layer.metadata)
+        self.refresh_frame_list()
+
+    def labeled(self):
+        layer = self.ground_truth.value
+        return [] if layer is None else labeled_frames(self.record(), labels_data(layer))
+
+    def refresh_frame_list(self) -> None:
+        self.frame_list.clear()
+        for frame in self.labeled():
+            self.frame_list.addItem(f"frame {frame.frame}: {frame.n_objects} object(s), {frame.how}")
+            self.frame_list.item(self.frame_list.count() - 1).setData(256, frame.frame)
+
     def seed_ground_truth(self) -> Labels | None:
         """A new editable Labels layer holding a copy of the predicted masks."""
         masks = self.masks.value
         if masks is None:
             self.status.error("pick the predicted masks layer to seed ground truth from")
             return None
-        base = masks.name[: -len(" masks")] if masks.name.endswith(" masks") else masks.name
-        name = f"{base} ground truth"
-        if name in self.viewer.layers:
-            self.status.error(f"'{name}' exists already; rename or delete it to seed again (nothing overwritten)")
+        data = np.array(labels_data(masks), copy=True)
+        layer = self._add_ground_truth(masks, data, GroundTruthRecord(seeded_from=masks.name).to_metadata({}))
+        if layer is not None:
+            self.status.info(f"'{layer.name}' seeded from predictions: correct a frame, then mark it reviewed")
+        return layer
+
+    def load_coco_ground_truth(self, path) -> Labels | None:
+        """Ground truth from a COCO file: the images named like the masks' image (or, in a file
+        about one image or stack, its images in order); every frame the file holds counts as
+        labeled, with or without objects."""
+        masks = self.masks.value
+        if masks is None:
+            self.status.error("pick the predicted masks layer: the COCO images are matched to its image")
             return None
-        data = np.array(masks.data[0] if masks.multiscale else masks.data, copy=True)
-        layer = self.viewer.add_labels(data, name=name, scale=masks.scale,
-                                       metadata={METADATA_KEY: {"seeded_from": masks.name, "reviewed_frames": []}})
+        shape = labels_data(masks).shape
+        n_frames = 1 if len(shape) == 2 else shape[0]
+        try:
+            truth = CocoGroundTruth.load(path).stack_labels(
+                masks.name.removesuffix(" masks"), n_frames, shape[-2:], sole_input=True
+            )
+        except ValueError as exc:
+            self.status.error(str(exc))
+            return None
+        record = GroundTruthRecord(reviewed_frames=set(range(n_frames)))
+        metadata = record.to_metadata({METADATA_KEY: {"source": str(path)}})
+        layer = self._add_ground_truth(masks, truth[0] if len(shape) == 2 else truth, metadata)
+        if layer is not None:
+            self.status.info(f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s)")
+        return layer
+
+    def _add_ground_truth(self, masks: Labels, data: np.ndarray, metadata: dict) -> Labels | None:
+        """A new Labels layer '<image> ground truth' beside the masks; never replaces one."""
+        name = seeded_name(masks.name)
+        if name in self.viewer.layers:
+            self.status.error(f"'{name}' exists already; rename or delete it first (nothing overwritten)")
+            return None
+        layer = self.viewer.add_labels(data, name=name, scale=masks.scale, metadata=metadata)
         self.ground_truth.value = layer
-        self.status.info(f"'{name}' seeded from predictions: correct a frame, then mark it reviewed")
         return layer
 
     def _watch_truth(self, _value=None) -> None:
-        """Painting on a frame of the ground truth marks that frame reviewed."""
+        """Painting on a frame of the ground truth marks that frame reviewed (and says so)."""
         if self._watched_truth is not None:
             self._watched_truth.events.paint.disconnect(self._on_paint)
         self._watched_truth = self.ground_truth.value
         if self._watched_truth is not None:
             self._watched_truth.events.paint.connect(self._on_paint)
+        self.refresh_frame_list()
 
-    def _on_paint(self, _event=None) -> None:
-        self.mark_reviewed(self.current_frame(), quiet=True)
+    def _on_paint(self, event) -> None:
+        record = self.record()
+        frames = painted_frames(event.value, np.ndim(self.ground_truth.value.data)) - record.reviewed_frames
+        if frames:
+            record.reviewed_frames |= frames
+            layer = self.ground_truth.value
+            layer.metadata = record.to_metadata(layer.metadata)
+            self.status.value = f"frame(s) {sorted(frames)} marked reviewed: you edited them"
+        QTimer.singleShot(0, self.refresh_frame_list)  # napari writes the pixels after announcing them
 
     def mark_reviewed(self, frame: int, quiet: bool = False) -> None:
-        layer = self.ground_truth.value
-        if layer is None:
+        if self.ground_truth.value is None:
             self.status.error("pick or seed a ground-truth layer first")
             return
-        record = ground_truth_record(layer)
-        if frame not in record["reviewed_frames"]:
-            record["reviewed_frames"] = sorted({*record["reviewed_frames"], int(frame)})
+        record = self.record()
+        record.reviewed_frames.add(int(frame))
+        self._store(record)
         if not quiet:
-            self.status.info(f"frame {frame} counts as labeled ({len(labeled_frames(layer))} labeled)")
+            self.status.info(f"frame {frame} counts as labeled ({len(self.labeled())} labeled)")
 
     def mark_empty(self, frame: int) -> None:
-        """Clear the frame's ground truth and count it as labeled with no objects."""
+        """Clear the frame's ground truth (one undoable step of the layer's history) and count it
+        as labeled with no objects."""
         layer = self.ground_truth.value
         if layer is None:
             self.status.error("pick or seed a ground-truth layer first")
             return
-        if np.ndim(layer.data) == 2:
-            layer.data[...] = 0
+        data = labels_data(layer)
+        if data.ndim == 2:
+            where = np.nonzero(data)
         else:
-            layer.data[frame] = 0
-        layer.refresh()
-        self.mark_reviewed(frame)
+            inside = np.nonzero(data[frame])
+            where = (np.full(inside[0].size, frame), *inside)
+        if where[0].size:
+            with layer.block_history():
+                layer.data_setitem(where, 0)
+        self.mark_reviewed(frame, quiet=True)
+        undo = f" ({where[0].size} pixels cleared; undo on '{layer.name}' restores them)" if where[0].size else ""
+        self.status.info(f"frame {frame} counts as labeled with no objects{undo}")
 
     # -- true quality ------------------------------------------------------------------------------
     def _labeled_inputs(self):
@@ -173,10 +270,10 @@ class TrainingWidget(Container):
         if layer is None:
             raise ValueError("pick or seed a ground-truth layer first")
         stack = detections_from_layers(self.masks.value, self.boxes.value)
-        truth = ground_truth_frames(np.asarray(layer.data), len(stack))
+        truth = ground_truth_frames(labels_data(layer), len(stack))
         if truth.shape[1:] != stack.image_shape:
             raise ValueError(f"ground truth is {truth.shape[1:]} per frame but the masks are {stack.image_shape}")
-        frames = labeled_frames(layer)
+        frames = [f.frame for f in self.labeled()]
         if not frames:
             raise ValueError("no labeled frames yet: correct a frame and mark it reviewed")
         return stack, truth, frames
@@ -186,23 +283,32 @@ class TrainingWidget(Container):
         try:
             stack, truth, frames = self._labeled_inputs()
         except ValueError as exc:
+            self.scores = None
+            self.score_table.setRowCount(0)
             self.status.error(str(exc))
             return None
         scores = true_quality(stack, truth, frames, self.iou.value)
         forest = self.session.forest or self.session.in_use
         if forest is not None:
-            predicted = forest.predict(stack_features(stack).iloc[frames])
-            scores["predicted_f1"] = predicted["f1"].to_numpy()
+            scores["predicted_f1"] = forest.predict(stack_features(stack).iloc[frames])["f1"].to_numpy()
         self.scores = scores
-        lines = [f"frame {r.frame}: TP {r.tp} FP {r.fp} FN {r.fn}  P {r.precision:.2f} R {r.recall:.2f} "
-                 f"F1 {r.f1:.2f}" + (f" (predicted {r.predicted_f1:.2f})" if "predicted_f1" in scores else "")
-                 for r in scores.itertuples()]
-        self.results.value = "<br>".join(lines[:12]) + ("<br>…" if len(lines) > 12 else "")
+        columns = [c for c in SCORE_COLUMNS if c in scores.columns]
+        self.score_table.setColumnCount(len(columns))
+        self.score_table.setHorizontalHeaderLabels([SCORE_HEADERS[c] for c in columns])
+        self.score_table.setRowCount(len(scores))
+        self.score_table.setVerticalHeaderLabels([str(t) for t in scores["frame"]])
+        for r, values in enumerate(scores.loc[:, columns].itertuples(index=False)):
+            for c, value in enumerate(values):
+                text = f"{value:.2f}" if isinstance(value, (float, np.floating)) else str(value)
+                self.score_table.setItem(r, c, QTableWidgetItem(text))
+        self.score_table.resizeColumnsToContents()
+        self.status.value = (f"{len(scores)} labeled frame(s): mean true F1 {scores['f1'].mean():.2f}"
+                             + (f", mean predicted {scores['predicted_f1'].mean():.2f}" if forest else ""))
         return scores
 
     # -- refit -------------------------------------------------------------------------------------
     def base_forest(self) -> QualityForest:
-        """The forest to extend: the one trained here, else the quality widget's, else bundled."""
+        """The forest to extend: the one trained here, else the Quality step's, else bundled."""
         for forest in (self.session.forest, self.session.in_use):
             if forest is not None:
                 return forest
@@ -215,27 +321,15 @@ class TrainingWidget(Container):
         try:
             stack, truth, frames = self._labeled_inputs()
             base = self.base_forest()
+            new_rows = labeled_rows(stack, truth, frames, self.iou.value, self.ground_truth.value.name)
+            training = training_for_refit(RefitMode(self.mode.value), new_rows, self.training_set, base)
         except ValueError as exc:
             self.status.error(str(exc))
             return
-        features = stack_features(stack).iloc[frames].reset_index(drop=True)
-        targets = true_quality(stack, truth, frames, self.iou.value)[["f1", "precision", "recall"]]
-        source = self.ground_truth.value.name
-        new_rows = TrainingSet().add(features, targets, [f"{source}#{t}" for t in frames])
-        if self.mode.value == REFIT_MODES[0]:
-            training = (self.training_set or TrainingSet.from_forest(base)).copy()
-            training.add(new_rows.features, new_rows.targets, new_rows.sources)
-        else:
-            if len(frames) < MIN_FRAMES_TO_REPLACE:
-                self.status.error(f"replacing the training data needs at least {MIN_FRAMES_TO_REPLACE} labeled "
-                                  f"frames; you have {len(frames)}")
-                return
-            training = new_rows
-        new_sources = set(new_rows.sources)
         self.worker = create_worker(refit_forest, training, base, layer_detector(self.boxes.value),
                                     _progress={"desc": "Refitting forest"})
-        self.worker.returned.connect(lambda result: self._on_refit(result, training, new_sources))
-        self.worker.errored.connect(lambda exc: self.status.error(f"refit failed: {exc}"))
+        self.worker.returned.connect(lambda result: self._on_refit(result, training, set(new_rows.sources)))
+        self.worker.errored.connect(self._on_refit_error)
         self.worker.finished.connect(self._on_refit_finished)
         self.refit_button.enabled = False
         self.status.value = f"refitting on {len(training)} frames ({len(frames)} yours)…"
@@ -244,17 +338,28 @@ class TrainingWidget(Container):
     def _on_refit(self, result, training: TrainingSet, new_sources: set[str]) -> None:
         forest, cv = result
         self.training_set = training
-        self.session.set(forest, "trained in this viewer")
+        mine = sum(source in new_sources for source in training.sources)
+        self.session.set_forest(forest, f"refit in this viewer on {len(training)} frames ({mine} yours)")
         if cv is None:
-            self.metrics.value = f"fit on {len(training)} frames (too few for cross-validation)"
+            self.metrics.setText(f"fit on {len(training)} frames (too few for cross-validation)")
+            self.parity.clear()
         else:
-            s = cv.summary.loc["f1"]
-            self.metrics.value = (f"fit on {len(training)} frames; 5-fold CV F1: MAE {s['mae']:.3f}, "
-                                  f"RMSE {s['rmse']:.3f}, R² {s['r2']:.2f}")
+            report = cv_report(cv, training, new_sources)
+            self.metrics.setText("5-fold cross-validated F1 (MAE / RMSE / R²)<br>" + "<br>".join(
+                f"{name}, {int(r.n)} frames: {r.mae:.3f} / {r.rmse:.3f} / "
+                + ("–" if np.isnan(r.r2) else f"{r.r2:.2f}") for name, r in report.iterrows()))
             predictions = cv.predictions
-            is_new = [training.sources[row] in new_sources for row in predictions["row"]]
+            is_new = [training.sources[r] in new_sources for r in predictions["row"]]
             self.parity.show_predictions(predictions["true_f1"], predictions["f1"], is_new)
-        self.status.info("refit done; the quality widget now uses the new forest")
+            self.parity_text.setText(self.metrics.text())
+            results_dock(self.viewer).show_page(self.parity_page, "Refit: predicted vs true F1", front=True)
+        self.status.info("refit done; the Quality step now uses the new forest")
+
+    def _on_refit_error(self, exc: Exception) -> None:
+        if self.metrics.text() and not self.metrics.text().startswith("stale"):
+            self.metrics.setText("stale (the last refit failed): " + self.metrics.text())
+            self.parity_text.setText(self.metrics.text())
+        self.status.error(f"refit failed: {exc}")
 
     def _on_refit_finished(self) -> None:
         self.worker = None
@@ -263,7 +368,7 @@ class TrainingWidget(Container):
     # -- files -------------------------------------------------------------------------------------
     def save_forest(self, path) -> None:
         if self.session.forest is None:
-            self.status.error("no forest trained in this viewer yet")
+            self.status.error("no forest refit or loaded in this viewer yet: refit first")
             return
         self.session.forest.save(path)
         self.status.info(f"forest saved to {path}")
@@ -275,7 +380,7 @@ class TrainingWidget(Container):
             self.status.error(str(exc))
             return
         self.training_set = None
-        self.session.set(forest, f"loaded from {Path(path).name}")
+        self.session.set_forest(forest, f"loaded from {Path(path).name}")
         self.status.info(f"loaded forest {Path(path).name} ({forest.n_training} training frames)")
 
     def save_training_set(self, path) -> None:
@@ -295,11 +400,13 @@ class TrainingWidget(Container):
 
     def _ask(self, save: bool, caption: str, pattern: str):
         dialog = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
-        path, _ = dialog(self.native, caption, "", pattern)
+        path, _ = dialog(self, caption, "", pattern)
         return path or None
 
     def _ask_save_forest(self):
-        if path := self._ask(True, "Save forest", "Forest (*.skops)"):
+        if self.session.forest is None:
+            self.status.error("no forest refit or loaded in this viewer yet: refit first")
+        elif path := self._ask(True, "Save forest", "Forest (*.skops)"):
             self.save_forest(path)
 
     def _ask_load_forest(self):
@@ -307,22 +414,15 @@ class TrainingWidget(Container):
             self.load_forest(path)
 
     def _ask_save_set(self):
-        if path := self._ask(True, "Save training set", "CSV (*.csv)"):
+        if self.training_set is None:
+            self.status.error("no training set yet: refit once, or load one")
+        elif path := self._ask(True, "Save training set", "CSV (*.csv)"):
             self.save_training_set(path)
+
+    def _ask_load_coco(self):
+        if path := self._ask(False, "Load COCO ground truth", "COCO JSON (*.json)"):
+            self.load_coco_ground_truth(path)
 
     def _ask_load_set(self):
         if path := self._ask(False, "Load training set", "CSV (*.csv)"):
             self.load_training_set(path)
-
-
-def refit_forest(training: TrainingSet, base: QualityForest, detector: dict | None):
-    """Worker body: fit a forest like ``base`` on the training set, cross-validate when there are
-    enough frames; returns (forest, CVResult or None)."""
-    features = training.features
-    forest = QualityForest(base.features, base.n_estimators, base.random_state, base.coverage,
-                           detector or base.detector, base.forest_params)
-    forest.fit(features, training.targets)
-    cv = None
-    if len(training) >= 10:
-        cv = forest.cross_validate(features, training.targets, scheme="random", n_splits=5, n_repeats=1)
-    return forest, cv

@@ -20,9 +20,16 @@ Image model, in units of the matrix's mean transmitted intensity (1.0):
   (Gaussian with Poisson variance), Gaussian read noise, a small point spread that makes the
   noise grainy, then a gain; an optional scale bar is burnt in.
 
+Knobs used only by the realistic families (``realistic.py``; all off by default, so the presets
+draw the frames they always drew): an exact cavity count, closer packing, truncated squares, a
+set rim width, dark bands or bright halos round cavities, flat or graded interior contrast (adding
+up where cavities overlap); blotchy low-frequency texture, wider bend contours, near-black thick
+regions, dislocation tangles, short bright dislocation segments (never labelled); coarse speckle,
+scan streaks, vertical line artefacts, a moire-hatched corner, burnt-in acquisition text.
+
 Output: images are float32 in [0, 255] (the range of the 8-bit micrographs the detector sees);
-labels are uint16 instance images, ids 1..N contiguous, each id one connected component
-(``scipy.ndimage.label``'s default connectivity), 0 background.
+labels are uint16 instance images (uint32 beyond 65534 cavities), ids 1..N contiguous, each id
+one connected component (``scipy.ndimage.label``'s default connectivity), 0 background.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
-from scipy import fft, ndimage
+from scipy import fft, ndimage, special
 from skimage.draw import disk
 
 __all__ = [
@@ -42,6 +49,7 @@ __all__ = [
     "frame_seed",
     "get_domain",
     "make_frame",
+    "render_frame",
     "make_stack",
 ]
 
@@ -104,6 +112,47 @@ class Domain:
     burn_in: bool = False
     """Burn a white scale bar and its label into the lower left corner."""
 
+    # Knobs of the "realistic" families (synthetic.realistic); their defaults switch them off, so
+    # the presets above draw exactly the frames they always drew.
+    cavity_count: int | None = None
+    """Cavities attempted in this frame, overriding ``cavities_per_frame`` (no area scaling)."""
+    min_separation: float = _MIN_SEPARATION
+    """Centres at least this fraction of the summed radii apart (below 1: touching, overlapping)."""
+    truncated_square_fraction: float = 0.0
+    """Fraction of the faceted cavities drawn as squares with cut corners."""
+    rim_sigma_px: float | None = None
+    """Width (px) of the Fresnel rim; None ties it to ``defocus``."""
+    ring_strength: float = 0.0
+    """Darkening (> 0: a dark band) or brightening (< 0: a bright halo) just outside each cavity."""
+    ring_width_px: float = 3.0
+    interior_contrast: float = 0.0
+    """Flat brightening (> 0) or darkening (< 0) of cavity interiors; adds up where they overlap."""
+    interior_shading: float = 0.0
+    """Linear brightness gradient across each interior, in random directions."""
+    blotchiness: float = 0.0
+    """Standard deviation of a low-frequency blotchy texture of the matrix."""
+    blotch_px: float = 30.0
+    """Typical size (px) of the blotches."""
+    bend_width: float = 1.0
+    """Widens (> 1) or narrows the bend contours."""
+    dark_regions: float = 0.0
+    """Darkness of large thick, near-black regions (0: none)."""
+    tangles: tuple[int, int] = (0, 0)
+    """Dislocation tangles: clusters of short curved dark lines."""
+    bright_segments: tuple[int, int] = (0, 0)
+    """Short bright dislocation segments that look like small cavities but are not labelled."""
+    speckle: float = 0.0
+    """Standard deviation of multiplicative coarse speckle at the scale of small cavities."""
+    speckle_px: float = 1.5
+    scan_streaks: int = 0
+    """Short horizontal streaks (bright or dark) as from scan glitches."""
+    vertical_lines: int = 0
+    """Vertical line artefacts (column offsets) across part of the frame."""
+    moire: float = 0.0
+    """Amplitude of a moire hatch fading out from one corner."""
+    burn_in_text: bool = False
+    """Burn a magnification/voltage text block into the upper right corner."""
+
     def __post_init__(self):
         if self.focus not in ("under", "over"):
             raise ValueError(f'focus must be "under" or "over", got {self.focus!r}')
@@ -113,6 +162,8 @@ class Domain:
             "dislocation_lines",
             "dislocation_loops",
             "black_dots",
+            "tangles",
+            "bright_segments",
         ):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
@@ -121,6 +172,10 @@ class Domain:
             raise ValueError("cavity diameters must be positive")
         if self.dose is not None and self.dose <= 0:
             raise ValueError("dose must be positive or None")
+        if self.cavity_count is not None and self.cavity_count < 0:
+            raise ValueError(f"cavity_count must be >= 0 or None, got {self.cavity_count}")
+        if self.rim_sigma_px is not None and self.rim_sigma_px <= 0:
+            raise ValueError("rim_sigma_px must be positive or None")
 
 
 DEFAULT = Domain()
@@ -187,6 +242,18 @@ def make_frame(
     Returns ``(image, labels)``: image float32 (Y, X) in [0, 255]; labels uint16 (Y, X), one id per
     cavity, ids 1..N contiguous, each id one connected component, 0 background.
     """
+    image, labels, _ = render_frame(seed, shape, domain)
+    return image, labels
+
+
+def render_frame(
+    seed: int, shape: tuple[int, int] = (512, 512), domain: Domain | str = DEFAULT
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_frame`` plus the true diameter (px, float) of each labelled cavity, index id - 1.
+
+    Why: a cavity cut by the frame edge or partly covered keeps its true size here, which the
+    label areas would understate.
+    """
     domain = get_domain(domain)
     if len(shape) != 2 or min(shape) < 8:
         raise ValueError(f"shape must be (Y, X) with both sides >= 8, got {shape}")
@@ -194,15 +261,21 @@ def make_frame(
     rng = np.random.default_rng(seed)
     area_scale = shape[0] * shape[1] / REFERENCE_AREA_PX
 
-    deficit, labels = _draw_cavities(rng, shape, domain, area_scale)
+    deficit, labels, cavity_shading, diameters = _draw_cavities(rng, shape, domain, area_scale)
     intensity = _matrix(rng, shape, domain)
-    intensity *= 1.0 + np.tanh(_cavity_contrast(deficit, domain))
+    intensity *= 1.0 + np.tanh(_cavity_contrast(deficit, domain, cavity_shading))
     intensity *= 1.0 - _DISTRACTOR_DARKNESS * _distractors(rng, shape, domain, area_scale)
+    if domain.bright_segments[1] > 0:
+        intensity *= 1.0 + _bright_segments(rng, shape, domain, area_scale)
     intensity = _detector(rng, intensity, domain)
+    if domain.scan_streaks or domain.vertical_lines or domain.moire:
+        _line_artefacts(rng, intensity, domain)
     image = np.clip(255.0 * domain.brightness * (1.0 + domain.contrast * (intensity - 1.0)), 0.0, 255.0)
     if domain.burn_in:
         _burn_in_scale_bar(rng, image)
-    return image.astype(np.float32, copy=False), labels
+    if domain.burn_in_text:
+        _burn_in_text(rng, image)
+    return image.astype(np.float32, copy=False), labels, diameters
 
 
 def make_stack(
@@ -233,16 +306,23 @@ def make_stack(
 
 
 def _draw_cavities(rng, shape, domain, area_scale):
-    """Thickness-deficit map (float32) and instance labels of the frame's cavities."""
-    low, high = domain.cavities_per_frame
-    count = int(round(rng.integers(low, high + 1) * area_scale))
+    """Thickness deficit, instance labels, extra contrast (rings, interiors; None when off) and
+    the true diameter of each kept cavity."""
+    if domain.cavity_count is None:
+        low, high = domain.cavities_per_frame
+        count = int(round(rng.integers(low, high + 1) * area_scale))
+    else:
+        count = domain.cavity_count
     centers, radii = _place_cavities(rng, shape, domain, count)
     deficit = np.zeros(shape, dtype=np.float32)
-    labels = np.zeros(shape, dtype=np.uint16)
+    labels = np.zeros(shape, dtype=np.uint16 if len(radii) < 65535 else np.uint32)
+    shaded = domain.ring_strength != 0 or domain.interior_contrast != 0 or domain.interior_shading != 0
+    shading = np.zeros(shape, dtype=np.float32) if shaded else None
     drawn_area = np.zeros(len(radii) + 1, dtype=np.int64)
     for index, (center, radius) in enumerate(zip(centers, radii, strict=True), start=1):
-        drawn_area[index] = _draw_cavity(rng, deficit, labels, index, center, radius, domain)
-    return deficit, _clean_labels(labels, drawn_area)
+        drawn_area[index] = _draw_cavity(rng, deficit, labels, index, center, radius, domain, shading)
+    labels, kept = _clean_labels(labels, drawn_area)
+    return deficit, labels, shading, 2 * np.asarray(radii, dtype=float)[kept - 1]
 
 
 def _place_cavities(rng, shape, domain, count):
@@ -259,7 +339,7 @@ def _place_cavities(rng, shape, domain, count):
             center = rng.uniform((0, 0), shape)
             if not centers or np.all(
                 np.hypot(*(np.asarray(centers) - center).T)
-                >= _MIN_SEPARATION * (radius + np.asarray(kept_radii))
+                >= domain.min_separation * (radius + np.asarray(kept_radii))
             ):
                 centers.append(center)
                 kept_radii.append(radius)
@@ -267,12 +347,15 @@ def _place_cavities(rng, shape, domain, count):
     return centers, kept_radii
 
 
-def _draw_cavity(rng, deficit, labels, label_id, center, radius, domain):
-    """Add one void's thickness deficit and paint its label; returns its visible area in pixels."""
+def _draw_cavity(rng, deficit, labels, label_id, center, radius, domain, shading):
+    """Add one void's thickness deficit (and its extra shading, if any) and paint its label;
+    returns its drawn area in pixels."""
     stretch = np.sqrt(1.0 + rng.uniform(0.0, domain.max_ellipticity))
     semi_long, semi_short = radius * stretch, radius / stretch
     angle = rng.uniform(0.0, np.pi)
     reach = 1.3 * semi_long + 1.0
+    if shading is not None and domain.ring_strength:
+        reach = max(reach, semi_long * 1.2 + 3 * domain.ring_width_px + 1.0)
     y0, x0 = np.maximum(np.floor(center - reach).astype(int), 0)
     y1, x1 = np.minimum(np.ceil(center + reach).astype(int) + 1, labels.shape)
     yy, xx = np.ogrid[y0:y1, x0:x1]
@@ -280,10 +363,16 @@ def _draw_cavity(rng, deficit, labels, label_id, center, radius, domain):
     u = (dx * np.cos(angle) + dy * np.sin(angle)) / semi_long
     v = (dy * np.cos(angle) - dx * np.sin(angle)) / semi_short
     if rng.random() < domain.facet_fraction:
-        n_facets = int(rng.choice((6, 8)))
-        normals = rng.uniform(0.0, 2 * np.pi / n_facets) + 2 * np.pi * np.arange(n_facets) / n_facets
-        equal_area_apothem = np.sqrt(np.pi / (n_facets * np.tan(np.pi / n_facets)))
-        apothems = equal_area_apothem * rng.uniform(0.92, 1.08, n_facets)
+        if domain.truncated_square_fraction and rng.random() < domain.truncated_square_fraction:
+            normals = rng.uniform(0.0, np.pi / 2) + np.pi * np.arange(8) / 4
+            corner_cut = rng.uniform(1.08, 1.3)  # sqrt(2) would leave the square's corners whole
+            square_apothem = np.sqrt(np.pi / (4 - 4 * (np.sqrt(2) - corner_cut) ** 2))  # area pi
+            apothems = square_apothem * np.tile([1.0, corner_cut], 4)
+        else:
+            n_facets = int(rng.choice((6, 8)))
+            normals = rng.uniform(0.0, 2 * np.pi / n_facets) + 2 * np.pi * np.arange(n_facets) / n_facets
+            equal_area_apothem = np.sqrt(np.pi / (n_facets * np.tan(np.pi / n_facets)))
+            apothems = equal_area_apothem * rng.uniform(0.92, 1.08, n_facets)
         rho = np.max((u[..., None] * np.cos(normals) + v[..., None] * np.sin(normals)) / apothems, axis=-1)
     else:
         rho = np.hypot(u, v)
@@ -292,12 +381,28 @@ def _draw_cavity(rng, deficit, labels, label_id, center, radius, domain):
     edge = np.clip((1.0 - rho) / _EDGE_WIDTH, 0, 1) ** _EDGE_EXPONENT
     deficit[y0:y1, x0:x1] += np.where(inside, 2 * radius * dome * edge, 0)
     labels[y0:y1, x0:x1][inside] = label_id
+    if shading is not None:
+        shading[y0:y1, x0:x1] += _cavity_shading(rng, u, v, rho, inside, radius, domain)
     return int(inside.sum())
 
 
+def _cavity_shading(rng, u, v, rho, inside, radius, domain):
+    """Extra contrast of one cavity: flat or graded interior, dark band or bright halo outside."""
+    direction = rng.uniform(0, 2 * np.pi)
+    interior = domain.interior_contrast + domain.interior_shading * (
+        u * np.cos(direction) + v * np.sin(direction)
+    )
+    outside_px = np.maximum(rho - 1.0, 0.0) * radius
+    ring = np.exp(-((outside_px / domain.ring_width_px) ** 2))
+    return np.where(inside, interior, -domain.ring_strength * ring).astype(np.float32)
+
+
 def _clean_labels(labels, drawn_area):
-    """Keep each id's largest piece if enough of it survived overwriting; renumber ids 1..N."""
-    new_ids = np.zeros(len(drawn_area), dtype=np.uint16)
+    """Keep each id's largest piece if enough of it survived overwriting; renumber ids 1..N.
+
+    Returns the new labels and the old ids kept, in new-id order.
+    """
+    new_ids = np.zeros(len(drawn_area), dtype=labels.dtype)
     next_id = 1
     for old_id, window in enumerate(ndimage.find_objects(labels), start=1):
         if window is None:
@@ -314,12 +419,12 @@ def _clean_labels(labels, drawn_area):
         if area >= max(_MIN_AREA_PX, _MIN_KEPT_FRACTION * drawn_area[old_id]):
             new_ids[old_id] = next_id
             next_id += 1
-    return new_ids[labels]
+    return new_ids[labels], np.flatnonzero(new_ids)
 
 
-def _cavity_contrast(deficit, domain):
+def _cavity_contrast(deficit, domain, shading=None):
     """Fresnel (transport of intensity) plus absorption contrast of the thickness deficit."""
-    sigma = np.sqrt(0.5**2 + 1.2 * domain.defocus)
+    sigma = np.sqrt(0.5**2 + 1.2 * domain.defocus) if domain.rim_sigma_px is None else domain.rim_sigma_px
     focus_sign = 1.0 if domain.focus == "under" else -1.0
     q2 = _squared_frequency(deficit.shape)
     minus_laplacian_of_gaussian = (
@@ -327,7 +432,10 @@ def _cavity_contrast(deficit, domain):
     )
     fresnel = fft.irfft2(fft.rfft2(deficit) * minus_laplacian_of_gaussian, s=deficit.shape)
     fresnel *= np.float32(focus_sign * _FRESNEL_GAIN * domain.defocus)
-    return fresnel + np.float32(_ABSORPTION_PER_PX) * deficit
+    contrast = fresnel + np.float32(_ABSORPTION_PER_PX) * deficit
+    if shading is not None:
+        contrast += ndimage.gaussian_filter(shading, 0.7)
+    return contrast
 
 
 # --- matrix, distractors, detector ------------------------------------------------------------
@@ -387,13 +495,23 @@ def _matrix(rng, shape, domain):
         bend_field = _random_field(rng, shape, size / 6) + np.float32(rng.uniform(0.5, 2.0)) * ramp
         bands = np.zeros(shape, dtype=np.float32)
         for level in rng.normal(0.0, 0.9, size=rng.integers(1, 4)):
-            inverse_width = np.float32(1.0 / rng.uniform(0.08, 0.2))
+            inverse_width = np.float32(1.0 / (rng.uniform(0.08, 0.2) * domain.bend_width))
             bands += np.exp(np.float32(-0.5) * ((bend_field - np.float32(level)) * inverse_width) ** 2)
         intensity *= 1.0 - np.float32(domain.bend_contours) * np.minimum(bands, 1)
     if domain.mottle > 0:
         intensity *= 1.0 + np.float32(domain.mottle) * _random_field(rng, shape, 1.5, 6.0)
     if rng.random() < domain.grain_boundary_probability:
         intensity *= _grain_boundary(rng, shape)
+    if domain.blotchiness > 0:
+        blotches = _random_field(rng, shape, domain.blotch_px / 4, domain.blotch_px * 2)
+        intensity *= np.maximum(1.0 + np.float32(domain.blotchiness) * blotches, np.float32(0.1))
+    if domain.dark_regions > 0:
+        thickness = _random_field(rng, shape, size / 10)
+        threshold = special.ndtri(1.0 - rng.uniform(0.05, 0.3))  # that share of the frame is thick
+        region = np.float32(0.5) + np.float32(0.5) * np.tanh(
+            (thickness - np.float32(threshold)) * np.float32(4)
+        )
+        intensity *= 1.0 - np.float32(domain.dark_regions) * region
     return intensity
 
 
@@ -448,9 +566,37 @@ def _distractors(rng, shape, domain, area_scale):
         )
     for _ in range(_scaled_count(rng, domain.black_dots, area_scale)):
         strokes[disk(rng.uniform((0, 0), shape), rng.uniform(0.8, 2.5), shape=shape)] += 1.5
+    if domain.tangles[1] > 0:
+        for _ in range(_scaled_count(rng, domain.tangles, area_scale)):
+            _add_tangle(rng, strokes, shape)
     if not strokes.any():
         return strokes
     return 1.0 - np.exp(np.float32(-2.5) * ndimage.gaussian_filter(strokes, 1.0))
+
+
+def _add_tangle(rng, strokes, shape):
+    """A dislocation tangle: 5-25 short, strongly curved lines around one point."""
+    center = rng.uniform((0, 0), shape)
+    spread = rng.uniform(15, 60)
+    for _ in range(rng.integers(5, 26)):
+        n_steps = int(rng.uniform(8, 50) / _STROKE_STEP_PX)
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.12, n_steps))
+        direction = np.stack([np.sin(heading), np.cos(heading)], 1)
+        points = center + rng.normal(0, spread, 2) + _STROKE_STEP_PX * np.cumsum(direction, 0)
+        _add_stroke(strokes, points, direction[:, ::-1] * (1, -1), np.ones(n_steps), rng.uniform(0, 1.5))
+
+
+def _bright_segments(rng, shape, domain, area_scale):
+    """Brightening map of short bright dislocation segments: cavity-sized, never labelled."""
+    strokes = np.zeros(shape, dtype=np.float32)
+    for _ in range(_scaled_count(rng, domain.bright_segments, area_scale)):
+        n_steps = int(rng.uniform(3, 15) / _STROKE_STEP_PX) + 1
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.05, n_steps))
+        direction = np.stack([np.sin(heading), np.cos(heading)], 1)
+        points = rng.uniform((0, 0), shape) + _STROKE_STEP_PX * np.cumsum(direction, 0)
+        strength = np.full(n_steps, rng.uniform(0.5, 1.5))
+        _add_stroke(strokes, points, direction[:, ::-1] * (1, -1), strength, rng.uniform(0.5, 2.0))
+    return np.float32(0.8) * (1.0 - np.exp(np.float32(-1.5) * ndimage.gaussian_filter(strokes, 0.8)))
 
 
 def _scaled_count(rng, count_range, area_scale):
@@ -479,7 +625,36 @@ def _detector(rng, intensity, domain):
     if domain.dose is not None:
         variance = variance + intensity / np.float32(domain.dose)
     noisy = intensity + np.sqrt(variance) * rng.standard_normal(intensity.shape, dtype=np.float32)
+    if domain.speckle > 0:
+        noisy *= 1.0 + np.float32(domain.speckle) * _random_field(rng, noisy.shape, domain.speckle_px)
     return ndimage.gaussian_filter(noisy, _DETECTOR_PSF_SIGMA)
+
+
+def _line_artefacts(rng, intensity, domain):
+    """In place: short horizontal scan streaks, vertical line artefacts, a moire-hatched corner."""
+    height, width = intensity.shape
+    for _ in range(domain.scan_streaks):
+        row, start = int(rng.integers(0, height)), int(rng.integers(0, width))
+        length = int(rng.uniform(0.05, 0.5) * width)
+        rows = slice(row, min(row + int(rng.integers(1, 4)), height))
+        intensity[rows, start : start + length] += np.float32(rng.choice((-1, 1)) * rng.uniform(0.1, 0.4))
+    for _ in range(domain.vertical_lines):
+        col, start = int(rng.integers(0, width)), int(rng.integers(0, height // 2))
+        stop = int(rng.integers(start + height // 4, height + 1))
+        cols = slice(col, min(col + int(rng.integers(1, 4)), width))
+        intensity[start:stop, cols] += np.float32(rng.choice((-1, 1)) * rng.uniform(0.05, 0.3))
+    if domain.moire > 0:
+        extent = int(rng.uniform(0.15, 0.4) * min(height, width))
+        rows = slice(0, extent) if rng.random() < 0.5 else slice(height - extent, height)
+        cols = slice(0, extent) if rng.random() < 0.5 else slice(width - extent, width)
+        yy, xx = np.mgrid[rows, cols].astype(np.float32)
+        corner_y, corner_x = (0 if rows.start == 0 else height), (0 if cols.start == 0 else width)
+        fade = np.exp(-np.hypot(yy - corner_y, xx - corner_x) / np.float32(extent / 3))
+        hatch = np.ones_like(fade)
+        for _ in range(2):
+            theta, period = rng.uniform(0, np.pi), rng.uniform(2.5, 6)
+            hatch *= np.cos(np.float32(2 * np.pi / period) * (np.cos(theta) * xx + np.sin(theta) * yy))
+        intensity[rows, cols] += np.float32(domain.moire) * fade * hatch
 
 
 # --- burn-in ---------------------------------------------------------------------------------
@@ -488,11 +663,35 @@ _GLYPHS = {
     "0": ("111", "101", "101", "101", "111"),
     "1": ("010", "110", "010", "010", "111"),
     "2": ("111", "001", "111", "100", "111"),
+    "3": ("111", "001", "111", "001", "111"),
+    "4": ("101", "101", "111", "001", "001"),
     "5": ("111", "100", "111", "001", "111"),
+    "6": ("111", "100", "111", "101", "111"),
+    "8": ("111", "101", "111", "101", "111"),
     "n": ("000", "110", "101", "101", "101"),
     "m": ("000", "111", "111", "101", "101"),
+    "k": ("100", "101", "110", "101", "101"),
+    "V": ("101", "101", "101", "101", "010"),
+    "x": ("000", "101", "010", "101", "101"),
     " ": ("000", "000", "000", "000", "000"),
 }
+
+
+def _glyph_mask(text, scale):
+    """Boolean pixels of ``text`` in the 3 x 5 font, magnified ``scale`` times."""
+    glyph_rows = np.hstack([np.array([[c == "1" for c in row + "0"] for row in _GLYPHS[ch]]) for ch in text])
+    return np.kron(glyph_rows, np.ones((scale, scale), dtype=bool))
+
+
+def _burn_in_text(rng, image):
+    """Acquisition text (voltage, magnification) on a black box in the upper right corner."""
+    height, width = image.shape
+    text = f"{rng.choice((120, 200, 300))}kV x{rng.choice((20, 40, 50, 80, 100))}k"
+    scale = max(1, height // 200)
+    mask = _glyph_mask(text, scale)[: max(height - 2 * scale, 0), : max(width - 2 * scale, 0)]
+    left = width - mask.shape[1] - scale
+    image[: mask.shape[0] + 2 * scale, left - scale :] = 0.0
+    image[scale : scale + mask.shape[0], left : left + mask.shape[1]][mask] = 255.0
 
 
 def _burn_in_scale_bar(rng, image):
@@ -505,10 +704,7 @@ def _burn_in_scale_bar(rng, image):
     margin = max(4, height // 40)
     image[height - margin - thickness : height - margin, margin : margin + bar_px] = 255.0
     scale = max(1, height // 170)
-    glyph_rows = np.hstack(
-        [np.array([[c == "1" for c in row + "0"] for row in _GLYPHS[ch]]) for ch in f"{bar_nm} nm"]
-    )
-    text = np.kron(glyph_rows, np.ones((scale, scale), dtype=bool))
+    text = _glyph_mask(f"{bar_nm} nm", scale)
     top = height - margin - thickness - 2 * scale - text.shape[0]
     right = min(margin + text.shape[1], width)
     if top >= 0:

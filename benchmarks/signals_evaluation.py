@@ -1,0 +1,178 @@
+"""Evaluation half of signals_study.py: before/after forests, per held-out domain, in the paper's
+format, written to the ``signals_study`` section of RESULTS.md."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+from results_file import RESULTS, write_section
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import KFold
+
+from napari_detection_qc.features import SCORE_BIN_NAMES
+from napari_detection_qc.forest import TARGETS, QualityForest
+from napari_detection_qc.metrics import regression_metrics
+from napari_detection_qc.signals import TTA_SIGNALS, score_histogram_distance
+
+FAIL_F1 = 0.5
+SIGNAL_AUROC = {  # signal -> +1 when a high value means "fails", -1 when a low value does
+    "tta_iou": -1, "tta_share": -1, "tta_count_change": 1, "score_hist_distance": 1, "novelty": 1,
+    "predicted_f1_before": -1, "predicted_f1_after": -1,
+}
+
+
+def configs(default_features: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(name, features, with embeddings) of the forests compared; the first is "before"."""
+    return [
+        ("before", default_features, False),
+        ("after: + TTA", default_features + TTA_SIGNALS, True),
+        ("after: + TTA + histogram + novelty", default_features + TTA_SIGNALS + ("score_hist_distance", "novelty"), True),
+    ]
+
+
+def fit_predict(features, with_embeddings, table, embeddings, train, test) -> pd.DataFrame:
+    forest = QualityForest(features=features)
+    forest.fit(table.iloc[train], table.iloc[train][list(TARGETS)],
+               embeddings=embeddings[train] if with_embeddings else None)
+    predicted = forest.predict(table.iloc[test], embeddings[test] if with_embeddings else None)
+    predicted = predicted.reset_index(drop=True)
+    predicted["row"] = test
+    bins = table[list(SCORE_BIN_NAMES)].to_numpy()  # for its AUROC, whether or not the forest uses it
+    predicted["score_hist_distance"] = score_histogram_distance(bins[test], bins[train])
+    return predicted
+
+
+def summarise(part: pd.DataFrame) -> dict:
+    truth, predicted = part["true_f1"].to_numpy(), part["f1"].to_numpy()
+    inside = part["in_domain"].to_numpy()
+    covered = (truth >= part["f1_low"]) & (truth <= part["f1_high"])
+    fails = truth < FAIL_F1
+    caught = (predicted < FAIL_F1) | ~inside
+    metrics = regression_metrics(truth, predicted) if len(part) > 1 else {"mae": abs(truth - predicted).mean(), "r2": np.nan}
+    return {
+        "n": len(part), "true_f1": truth.mean(), "mae": metrics["mae"], "r2": metrics["r2"],
+        "coverage": covered.mean(), "in_domain": inside.mean(),
+        "mae_in": np.abs(truth - predicted)[inside].mean() if inside.any() else np.nan,
+        "coverage_in": covered[inside].mean() if inside.any() else np.nan,
+        "n_fail": int(fails.sum()), "caught": caught[fails].mean() if fails.any() else np.nan,
+        "false_alarm": caught[~fails].mean() if (~fails).any() else np.nan,
+        "width": (part["f1_high"] - part["f1_low"]).mean(),
+    }
+
+
+def auroc(part: pd.DataFrame, signal: str) -> float:
+    fails = part["true_f1"] < FAIL_F1
+    if fails.all() or not fails.any() or signal not in part:
+        return np.nan
+    return float(roc_auc_score(fails, SIGNAL_AUROC[signal] * part[signal]))
+
+
+def evaluate_and_report(table: pd.DataFrame, embeddings: np.ndarray, detector, args) -> None:
+    start = time.perf_counter()
+    default = QualityForest.load("default")
+    compared = configs(tuple(default.features))
+    table = table.reset_index(drop=True)
+    synthetic = np.flatnonzero(table["kind"] != "emps")
+    emps = np.flatnonzero(table["kind"] == "emps")
+    domains = list(dict.fromkeys(table.loc[synthetic, "domain"]))
+    results = {}
+    for name, features, with_embeddings in compared:
+        print(f"  {name}", flush=True)
+        held_out = []
+        for domain in domains:
+            test = synthetic[table.loc[synthetic, "domain"].to_numpy() == domain]
+            train = np.setdiff1d(synthetic, test)
+            held_out.append(fit_predict(features, with_embeddings, table, embeddings, train, test))
+        held_out = pd.concat(held_out, ignore_index=True)
+        random_rows = []
+        for train, test in KFold(5, shuffle=True, random_state=0).split(synthetic):
+            random_rows.append(fit_predict(features, with_embeddings, table, embeddings, synthetic[train], synthetic[test]))
+        random_cv = pd.concat(random_rows, ignore_index=True)
+        unseen = fit_predict(features, with_embeddings, table, embeddings, synthetic, emps) if len(emps) else None
+        results[name] = {"held_out": held_out, "random": random_cv, "emps": unseen}
+    for result in results.values():
+        for key in ("held_out", "random", "emps"):
+            part = result[key]
+            if part is not None:
+                part["true_f1"] = table["f1"].to_numpy()[part["row"]]
+                part["domain"] = table["domain"].to_numpy()[part["row"]]
+                for signal in TTA_SIGNALS:
+                    part[signal] = table[signal].to_numpy()[part["row"]]
+    seconds = time.perf_counter() - start
+    command = "nice -n 15 python benchmarks/signals_study.py" + (f" --emps {args.emps}" if args.emps != 366 else "")
+    text = report(table, results, compared, detector, seconds, command)
+    print(text)
+    if not args.no_save:
+        write_section("signals_study", text)
+        print(f"wrote {RESULTS}")
+
+
+def fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.2f}"
+
+
+def report(table, results, compared, detector, seconds, command) -> str:
+    names = [name for name, _, _ in compared]
+    before, after = names[0], names[-1]
+    synthetic = table[table["kind"] != "emps"]
+    lines = [
+        "<!-- signals_study:start -->",
+        "## Knowing when it does not know (issue 16): detector signals, before and after", "",
+        f"Command: `{command}` with detector `{detector.name}` "
+        f"(weights {detector.weights_sha256[:12]}); {len(synthetic)} synthetic frames "
+        f"({synthetic['domain'].nunique()} domains: presets at random severity, realistic families at 512x512), "
+        f"{int((table['kind'] == 'emps').sum())} EMPS images. Evaluation {seconds / 60:.1f} min on 2 shared cores "
+        "(detections and signals cached).", "",
+        f"Detection time per frame (1 thread): {table['detect_seconds'].mean():.2f} s without signals; the signals "
+        f"(3 TTA views + backbone embedding) add {table['signals_seconds'].mean():.2f} s "
+        f"({table['signals_seconds'].sum() / table['detect_seconds'].sum():.1f}x). `signals=\"cheap\"` (embedding only) "
+        "adds about one backbone pass.", "",
+        "Forests compared (fit per fold; before = the bundled default forest's features with the feature-row "
+        "domain flag and global intervals; after = the same plus the detector's signals, the combined flag and "
+        "novelty-weighted intervals):", "",
+    ]
+    for name, features, _ in compared:
+        lines.append(f"- **{name}**: {', '.join(features)}")
+    lines += ["", "### Per held-out domain (leave-one-domain-out), F1", "",
+              "Caught: share of frames with true F1 < 0.5 predicted < 0.5 or flagged out of domain. False alarm: "
+              "the same for frames with true F1 >= 0.5. In-domain MAE / coverage: frames the forest calls in domain. "
+              "Targets: in-domain MAE <= 0.10, in-domain coverage >= 0.80, caught >= 0.90.", "",
+              "| held-out domain | n | true F1 | forest | MAE | R2 | in-domain rate | in-domain MAE | in-domain coverage "
+              "| failing | caught | false alarm | mean width |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for domain in dict.fromkeys(synthetic["domain"]):
+        for name in (before, after):
+            part = results[name]["held_out"]
+            s = summarise(part[part["domain"] == domain])
+            lines.append(f"| {domain} | {s['n']} | {s['true_f1']:.2f} | {name.split(':')[0]} | {fmt(s['mae'])} | "
+                         f"{fmt(s['r2'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} | "
+                         f"{s['n_fail']} | {fmt(s['caught'])} | {fmt(s['false_alarm'])} | {fmt(s['width'])} |")
+    lines += ["", "### All forests, pooled", "",
+              "| forest | random 5-fold F1 MAE | held-out MAE | held-out in-domain MAE | held-out in-domain coverage "
+              "| held-out caught | held-out false alarm | EMPS MAE | EMPS in-domain rate | EMPS in-domain MAE "
+              "| EMPS in-domain coverage | EMPS caught | EMPS false alarm |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        r = results[name]
+        random_mae = regression_metrics(r["random"]["true_f1"], r["random"]["f1"])["mae"]
+        h = summarise(r["held_out"])
+        e = summarise(r["emps"]) if r["emps"] is not None else {k: np.nan for k in h}
+        lines.append(f"| {name} | {random_mae:.3f} | {fmt(h['mae'])} | {fmt(h['mae_in'])} | {fmt(h['coverage_in'])} | "
+                     f"{fmt(h['caught'])} | {fmt(h['false_alarm'])} | {fmt(e['mae'])} | {fmt(e['in_domain'])} | "
+                     f"{fmt(e['mae_in'])} | {fmt(e['coverage_in'])} | {fmt(e['caught'])} | {fmt(e['false_alarm'])} |")
+    lines += ["", "### AUROC of each signal for \"this frame fails\" (true F1 < 0.5)", "",
+              "Novelty and the histogram distance are against the training frames of each fold; predicted F1 is "
+              "each forest's out-of-fold prediction.", "",
+              "| signal | synthetic held-out (pooled) | EMPS |", "|---|---|---|"]
+    pooled = results[after]["held_out"].copy()
+    pooled["predicted_f1_after"] = pooled["f1"]
+    pooled["predicted_f1_before"] = results[before]["held_out"]["f1"].to_numpy()
+    unseen = results[after]["emps"]
+    if unseen is not None:
+        unseen = unseen.copy()
+        unseen["predicted_f1_after"] = unseen["f1"]
+        unseen["predicted_f1_before"] = results[before]["emps"]["f1"].to_numpy()
+    for signal in SIGNAL_AUROC:
+        lines.append(f"| {signal} | {fmt(auroc(pooled, signal))} | {fmt(auroc(unseen, signal) if unseen is not None else None)} |")
+    lines += ["<!-- signals_study:end -->"]
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+"""Seeded synthetic TEM cavity micrographs with exact instance masks.
+
+``frames``: one frame from a ``Domain`` of imaging knobs, with named presets (domain shifts).
+``realistic``: randomized frames whose knobs are all drawn per frame (issue 11's specification),
+stored as 8-bit or 16-bit pixels.
+"""
+
+from .frames import DEFAULT, PRESETS, Domain, frame_seed, get_domain, make_frame, make_stack, render_frame
+from .realistic import REALISTIC_FAMILIES, make_realistic_frame, realistic_domain, realistic_shape
+
+__all__ = [
+    "DEFAULT",
+    "PRESETS",
+    "REALISTIC_FAMILIES",
+    "Domain",
+    "frame_seed",
+    "get_domain",
+    "make_frame",
+    "make_realistic_frame",
+    "make_stack",
+    "realistic_domain",
+    "realistic_shape",
+    "render_frame",
+]

@@ -1,0 +1,50 @@
+"""The refit decision and the user's-frames CV report, without a viewer."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_detection_qc.features import CANDIDATE_FEATURES
+from napari_detection_qc.forest import QualityForest
+from napari_detection_qc.metrics import regression_metrics
+from napari_detection_qc.refit import RefitMode, cv_report, refit_forest, training_for_refit
+from napari_detection_qc.training_set import TrainingSet
+
+
+def rows(n, seed, prefix):
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame(rng.uniform(0, 1, (n, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
+    f1 = 0.2 + 0.7 * x["frac_score_0.9"]
+    y = pd.DataFrame({"f1": f1, "precision": f1, "recall": f1})
+    return TrainingSet().add(x, y, [f"{prefix}#{i}" for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def base():
+    earlier = rows(40, 0, "earlier")
+    return QualityForest(n_estimators=10).fit(earlier.features, earlier.targets)
+
+
+def test_add_extends_the_base_forest_frames_and_replace_needs_enough(base):
+    mine = rows(3, 1, "mine")
+    training = training_for_refit(RefitMode.ADD, mine, None, base)
+    assert len(training) == 43 and training.sources[-3:] == mine.sources
+    again = training_for_refit(RefitMode.ADD, mine, training, base)  # same frames again: replaced, not doubled
+    assert len(again) == 43
+    with pytest.raises(ValueError, match="at least 5"):
+        training_for_refit(RefitMode.REPLACE, mine, training, base)
+    assert len(training_for_refit(RefitMode.REPLACE, rows(6, 2, "mine"), training, base)) == 6
+
+
+def test_cv_report_scores_your_frames_from_the_same_out_of_fold_predictions(base):
+    mine = rows(8, 3, "mine")
+    training = training_for_refit(RefitMode.ADD, mine, None, base)
+    forest, cv = refit_forest(training, base, None)
+    assert forest.n_training == 48
+    report = cv_report(cv, training, set(mine.sources))
+    assert report.loc["pooled", "n"] == 48 and report.loc["yours", "n"] == 8
+    yours = cv.predictions[[training.sources[r].startswith("mine") for r in cv.predictions["row"]]]
+    expected = regression_metrics(yours["true_f1"], yours["f1"])
+    assert report.loc["yours", "mae"] == pytest.approx(expected["mae"])
+    _, no_cv = refit_forest(rows(6, 4, "few"), base, None)
+    assert no_cv is None

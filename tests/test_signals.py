@@ -1,0 +1,202 @@
+"""Detector signals (issue 16): TTA agreement maps views back exactly, every value is defined on
+empty and single frames, novelty flags a novel frame, intervals widen with novelty, and forests
+from before the signals still load and say so."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_scaling import ThresholdDetector, squares_frame
+
+from napari_detection_qc.detections import FrameDetections, StackDetections
+from napari_detection_qc.engines import load_detector
+from napari_detection_qc.engines.scaling import ScaleRule
+from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
+from napari_detection_qc.forest import NO_SIGNALS_NOTE, TARGETS, ForestLoadError, QualityForest
+from napari_detection_qc.scoring import predicted_quality
+from napari_detection_qc.signals import (
+    EMBEDDING,
+    TTA_SIGNALS,
+    VIEWS,
+    SignalOptions,
+    Typicality,
+    boxes_from_view,
+    signals_from_records,
+    signals_to_records,
+    tta_agreement,
+    view_image,
+)
+
+SIGNAL_FEATURES = ("mean_score", "count", "frac_score_0.9") + TTA_SIGNALS + ("score_hist_distance", "novelty")
+
+
+@pytest.mark.parametrize("view", VIEWS)
+def test_boxes_found_in_a_view_map_back_exactly(view):
+    frame, truth = squares_frame((300, 200), side=20, spacing=60)
+    detector = ThresholdDetector(None)
+    found = detector._detect_boxes([view_image(frame, view)])[0]
+    back = boxes_from_view(found.boxes, view, frame.shape)
+    order = np.lexsort((back[:, 1], back[:, 0]))
+    np.testing.assert_allclose(back[order], truth[np.lexsort((truth[:, 1], truth[:, 0]))])
+
+
+def test_a_consistent_detector_agrees_with_itself_fully_through_the_scaled_path():
+    frame, _ = squares_frame((600, 500), side=44, spacing=120)
+    result = ThresholdDetector(ScaleRule(22, 1 / 16, 1.5)).predict(frame, object_size=44, signals="all")
+    assert result.count > 0
+    assert result.signals["tta_iou"] == pytest.approx(1.0)
+    assert result.signals["tta_share"] == 1.0 and result.signals["tta_count_change"] == 0.0
+    assert EMBEDDING not in result.signals  # this engine exposes no features
+
+
+def test_agreement_on_empty_frames_is_defined():
+    none, box = np.zeros((0, 4)), np.array([[0.0, 0, 10, 10]])
+    assert tta_agreement(none, np.zeros(0), [none, none]) == {"tta_iou": 1.0, "tta_share": 1.0, "tta_count_change": 0.0}
+    assert tta_agreement(none, np.zeros(0), [box])["tta_iou"] == 0.0
+    lost = tta_agreement(box, np.array([0.9]), [none])
+    assert lost["tta_iou"] == 0.0 and lost["tta_share"] == 0.0 and lost["tta_count_change"] == 1.0
+    with pytest.raises(ValueError, match="signals must be"):
+        SignalOptions.parse("some")
+
+
+def test_tiny_model_signals_are_finite_on_single_empty_and_constant_frames(tiny_checkpoint, one_torch_thread):
+    detector = load_detector(tiny_checkpoint, device="cpu")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (96, 80)).astype(np.uint8), np.full((64, 64), 7, np.uint8)]
+    noisy, constant = list(detector.predict_many(frames, signals="all"))
+    for name in TTA_SIGNALS:
+        assert np.isfinite(noisy.signals[name]) and np.isfinite(constant.signals[name])
+    assert noisy.signals[EMBEDDING].shape == (2 * 4 * 8,)  # mean and std of 8 channels on P2-P5
+    assert np.isfinite(noisy.signals[EMBEDDING]).all()
+    assert constant.count == 0 and EMBEDDING not in constant.signals and constant.signals["tta_iou"] == 1.0
+    cheap = detector.predict(frames[0], signals="cheap")
+    assert set(cheap.signals) == {EMBEDDING, "signal_seconds"}
+    assert detector.predict(frames[0]).signals == {}
+    restored = signals_from_records(signals_to_records([noisy, constant]))
+    np.testing.assert_allclose(restored[0][EMBEDDING], noisy.signals[EMBEDDING])
+
+
+# -- forests with signals --------------------------------------------------------------------------
+def study(n=120, seed=0, shift=0.0):
+    """Feature rows whose F1 follows the TTA agreement, and embeddings of an in-domain cloud."""
+    rng = np.random.default_rng(seed)
+    features = pd.DataFrame(rng.uniform(0, 1, (n, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
+    features[list(TTA_SIGNALS)] = rng.uniform(0, 1, (n, 3))
+    f1 = np.clip(features["tta_iou"] + rng.normal(0, 0.05, n), 0, 1)
+    targets = pd.DataFrame({"f1": f1, "precision": f1, "recall": f1})
+    embeddings = rng.normal(shift, 1, (n, 12))
+    return features, targets, embeddings
+
+
+@pytest.fixture(scope="module")
+def signal_forest():
+    features, targets, embeddings = study()
+    return QualityForest(features=SIGNAL_FEATURES, n_estimators=30).fit(features, targets, embeddings=embeddings)
+
+
+def test_novel_frames_are_flagged_even_when_their_features_look_ordinary(signal_forest):
+    features, _, embeddings = study(20, seed=1)
+    far = embeddings.copy()
+    far[:10] += 25.0
+    predicted = signal_forest.predict(features, far)
+    assert not predicted["in_domain"][:10].any()
+    assert predicted["in_domain"][10:].mean() >= 0.8
+    assert predicted["novelty_known"].all()
+    assert (predicted["novelty"][:10].min() > predicted["novelty"][10:].max())
+
+
+def test_intervals_widen_with_novelty(signal_forest):
+    features, _, embeddings = study(1, seed=2)
+    features = pd.concat([features] * 4, ignore_index=True)
+    shifted = np.repeat(embeddings, 4, axis=0) + np.array([0.0, 2.0, 5.0, 50.0])[:, None]
+    predicted = signal_forest.predict(features, shifted)
+    width = (predicted["f1_high"] - predicted["f1_low"]).to_numpy()
+    assert np.all(np.diff(width) >= -1e-12) and width[-1] > width[0]
+    assert predicted["f1_low"].iloc[-1] == 0.0 and predicted["f1_high"].iloc[-1] == 1.0
+
+
+def test_empty_single_and_all_failing_inputs_give_defined_values(signal_forest):
+    features, _, embeddings = study(3, seed=3)
+    empty = signal_forest.predict(features.iloc[:0], embeddings[:0])
+    assert len(empty) == 0 and "novelty" in empty
+    one = signal_forest.predict(features.iloc[:1], embeddings[:1])
+    failing = features.copy()
+    failing[list(CANDIDATE_FEATURES)] = 0.0  # frames without detections
+    failing[list(TTA_SIGNALS)] = [0.0, 0.0, 1.0]
+    unknown = embeddings.copy()
+    unknown[1] = np.nan  # a frame whose embedding is missing
+    for predicted in (one, signal_forest.predict(failing, unknown)):
+        assert np.isfinite(predicted.drop(columns=["in_domain", "novelty_known"]).to_numpy(float)).all()
+    assert not signal_forest.predict(failing, unknown)["novelty_known"].iloc[1]
+
+
+def test_missing_signals_are_a_clear_error(signal_forest):
+    features, _, embeddings = study(3, seed=4)
+    with pytest.raises(ValueError, match="needs the detector signals"):
+        signal_forest.predict(features.drop(columns=["tta_iou"]), embeddings)
+    with pytest.raises(ValueError, match="backbone embeddings"):
+        signal_forest.predict(features)
+    with pytest.raises(ValueError, match="another detector"):
+        signal_forest.predict(features, embeddings[:, :5])
+
+
+def test_signal_forest_round_trips_through_its_file(signal_forest, tmp_path):
+    features, _, embeddings = study(10, seed=5)
+    loaded = QualityForest.load(signal_forest.save(tmp_path / "signals.skops"))
+    assert loaded.signals_note is None and loaded.uses_novelty
+    pd.testing.assert_frame_equal(loaded.predict(features, embeddings), signal_forest.predict(features, embeddings))
+
+
+@pytest.mark.parametrize(
+    "attribute, damage",
+    [
+        ("training_embeddings", lambda e: e[:-1]),  # one row short
+        ("training_embeddings", lambda e: np.where(np.arange(e.shape[1]) == 0, np.inf, e)),
+        ("_training_bins", lambda b: b * 3.0),  # fractions above 1
+        ("_residuals", lambda r: {t: -np.abs(v) - 1 for t, v in r.items()}),
+    ],
+)
+def test_damaged_signal_arrays_in_a_forest_file_are_refused(signal_forest, tmp_path, attribute, damage):
+    damaged = copy.copy(signal_forest)
+    setattr(damaged, attribute, damage(getattr(signal_forest, attribute)))
+    with pytest.raises(ForestLoadError, match="damaged forest file"):
+        QualityForest.load(damaged.save(tmp_path / "damaged.skops"))
+
+
+def test_forest_files_from_before_the_signals_load_and_say_so():
+    forest = QualityForest.load("default")  # written before issue 16
+    assert forest.signals_note == NO_SIGNALS_NOTE and not forest.uses_novelty
+    features, _, embeddings = study(4, seed=6)
+    predicted = forest.predict(features, embeddings)
+    assert not predicted["novelty_known"].any() and (predicted["novelty"] == 0).all()
+
+
+def test_li2025_is_the_papers_forest_unchanged():
+    forest = QualityForest.load("li2025")
+    assert forest.features == PAPER_FEATURES and forest.signals_note == NO_SIGNALS_NOTE
+    rows = pd.DataFrame(np.zeros((2, len(PAPER_FEATURES))), columns=list(PAPER_FEATURES))
+    assert set(TARGETS) <= set(forest.predict(rows).columns)  # the paper's 8 columns suffice
+
+
+def test_typicality_scores_a_novel_point_above_its_threshold():
+    rng = np.random.default_rng(7)
+    model = Typicality().fit(rng.normal(0, 1, (80, 6)))
+    assert model.novelty(rng.normal(0, 1, (1, 6)) + 20)[0] > model.threshold
+    assert np.isfinite(Typicality().fit(rng.normal(0, 1, (3, 6))).threshold)
+
+
+def test_predicted_quality_reads_the_signals_stored_with_the_detections(signal_forest):
+    features, _, embeddings = study(2, seed=8)
+    frames = []
+    for row, embedding in zip(features.itertuples(), embeddings):
+        signals = {name: getattr(row, name) for name in TTA_SIGNALS}
+        frames.append(FrameDetections.empty((32, 32)).__class__(
+            np.zeros((0, 4)), np.zeros(0), np.zeros((32, 32), np.uint8), {**signals, EMBEDDING: embedding}))
+    stack = StackDetections.from_frames(frames)
+    table, used = predicted_quality(stack, signal_forest)
+    assert list(used["tta_iou"]) == list(features["tta_iou"])
+    records = signals_from_records(signals_to_records(stack))
+    bare = StackDetections.from_frames([FrameDetections.empty((32, 32))] * 2)
+    again, _ = predicted_quality(bare, signal_forest, records)
+    np.testing.assert_allclose(again["f1"], table["f1"])
