@@ -91,7 +91,7 @@ class FinetuneSection:
         truth = ground_truth_frames(np.asarray(ground_truth.data), len(frames))
         if truth.shape[1:] != frames.shape[1:3]:
             raise ValueError(f"ground truth is {truth.shape[1:]} per frame but the image is {frames.shape[1:3]}")
-        chosen = self.step.labeled()
+        chosen = [labeled.frame for labeled in self.step.labeled()]
         if not chosen:
             raise ValueError("no reviewed frames yet: correct a frame and mark it reviewed")
         return [np.array(frames[t]) for t in chosen], [np.array(truth[t]) for t in chosen], chosen
