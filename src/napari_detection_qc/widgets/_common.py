@@ -170,9 +170,10 @@ class Step(QWidget):
         layout.addWidget(self.scroll)
         layout.addWidget(self.status)
 
-    def add_section(self, title: str, *items) -> QGroupBox:
+    def add_section(self, title: str, *items, collapsed: bool = False) -> QGroupBox:
         """A titled section of magicgui widgets (laid out as a labelled form) and Qt widgets, in
-        order, below the sections already there."""
+        order, below the sections already there. ``collapsed``: the title is a check box that
+        shows the section's contents (for occasional work, so the step still fits the screen)."""
         box = QGroupBox(title)
         layout = QVBoxLayout(box)
         layout.setContentsMargins(6, 4, 6, 4)
@@ -189,6 +190,13 @@ class Step(QWidget):
                 form = []
             if item is not None:
                 layout.addWidget(item)
+        if collapsed:
+            contents = [layout.itemAt(i).widget() for i in range(layout.count())]
+            box.setCheckable(True)
+            box.toggled.connect(lambda shown: [widget.setVisible(shown) for widget in contents])
+            box.setChecked(False)
+            for widget in contents:  # toggled fires only on a change: hide them now
+                widget.setVisible(False)
         self._sections.insertWidget(self._sections.count() - 1, box)
         return box
 

@@ -67,7 +67,8 @@ class FinetuneSection:
         self.comparison.setWordWrap(True)
         self.curves = TrainingCurves()
         step.add_section("Fine-tune detector on the reviewed frames", self.image, self.base, self.minutes,
-                         self.device, row(self.run_button, self.cancel_button), self.save_button, self.comparison)
+                         self.device, row(self.run_button, self.cancel_button), self.save_button, self.comparison,
+                         collapsed=True)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self._ask_save)
