@@ -71,7 +71,10 @@ def test_default_model_is_bundled_and_finds_cavities(detector, frame):
     assert_consistent(detections, FRAME_SHAPE)
     assert detections.count > 0
     assert len(np.unique(detections.labels)) > 1
-    assert match_frame(detections.boxes, boxes_from_labels(truth)[0]).f1 > 0.7
+    truth_boxes = boxes_from_labels(truth)[0]
+    assert match_frame(detections.boxes, truth_boxes).recall >= 0.9  # at the paper's 0.1 threshold
+    confident = detections.above(0.5)  # low-scoring false positives are what the threshold keeps
+    assert match_frame(confident.boxes, truth_boxes).f1 > 0.8
 
 
 def test_metadata_names_engine_weights_and_threshold(detector):

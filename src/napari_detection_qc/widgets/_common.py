@@ -14,7 +14,7 @@ from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QGroupBox, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QGroupBox, QLabel, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
 from ..detections import StackDetections
 from ..forest import QualityForest
@@ -172,8 +172,8 @@ class Step(QWidget):
 
     def add_section(self, title: str, *items, collapsed: bool = False) -> QGroupBox:
         """A titled section of magicgui widgets (laid out as a labelled form) and Qt widgets, in
-        order, below the sections already there. ``collapsed``: the title is a check box that
-        shows the section's contents (for occasional work, so the step still fits the screen)."""
+        order, below the sections already there. ``collapsed``: the section is one line, its title a
+        toggle that shows the contents (occasional work, so the step still fits the screen)."""
         box = QGroupBox(title)
         layout = QVBoxLayout(box)
         layout.setContentsMargins(6, 4, 6, 4)
@@ -190,13 +190,27 @@ class Step(QWidget):
                 form = []
             if item is not None:
                 layout.addWidget(item)
-        if collapsed:
+        if collapsed:  # one line, the title as a toggle; the contents show below it when open
+            box.setTitle("")
+            box.setFlat(True)
+            box.setStyleSheet("QGroupBox { border: none; margin: 0px; padding: 0px; }")
+            layout.setContentsMargins(0, 0, 0, 0)
+            toggle = QToolButton()
+            toggle.setText(title)
+            toggle.setCheckable(True)
+            toggle.setArrowType(Qt.ArrowType.RightArrow)
+            toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            toggle.setStyleSheet("QToolButton { border: none; }")
             contents = [layout.itemAt(i).widget() for i in range(layout.count())]
-            box.setCheckable(True)
-            box.toggled.connect(lambda shown: [widget.setVisible(shown) for widget in contents])
-            box.setChecked(False)
-            for widget in contents:  # toggled fires only on a change: hide them now
-                widget.setVisible(False)
+
+            def show(shown: bool) -> None:
+                toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+                for widget in contents:
+                    widget.setVisible(shown)
+
+            toggle.toggled.connect(show)
+            layout.insertWidget(0, toggle)
+            show(False)
         self._sections.insertWidget(self._sections.count() - 1, box)
         return box
 

@@ -130,7 +130,7 @@ class QualityWidget(Step):
         self._pending = False
         self._watched: list = []
         self._sync: PairSync | None = None
-        self._timer = QTimer()
+        self._timer = QTimer(self.panel)  # dies with the panel it draws into (no update after close)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.compute)

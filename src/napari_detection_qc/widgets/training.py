@@ -50,7 +50,7 @@ SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
 SCORE_HEADERS = {"tp": "TP", "fp": "FP", "fn": "FN", "precision": "P", "recall": "R", "f1": "F1",
                  "predicted_f1": "pred. F1"}
 LIST_ROWS = 4
-TABLE_ROWS = 3
+TABLE_ROWS = 2
 PARITY_MAX_WIDTH = 420
 
 
