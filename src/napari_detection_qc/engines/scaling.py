@@ -29,7 +29,9 @@ COMFORTABLE_PX = (8.0, 72.0)
 """Detections this size (after resampling) are where the model is reliable."""
 CONFIRMING_SCORE = 0.3
 MIN_VIEW_PX = 112
-"""Factors whose view of the frame is smaller than this are skipped: a few blotches fill it."""
+"""Factors whose view of the frame is smaller than this give no estimate (a few blotches fill it);
+down to ``MIN_CONFIRMING_VIEW_PX`` they still confirm the next factor's detections."""
+MIN_CONFIRMING_VIEW_PX = 48
 
 DetectBoxes = Callable[[Sequence[np.ndarray]], list[BoxMasks]]
 
@@ -91,7 +93,7 @@ def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: Scale
     factor = 2 * rule.max_factor
     while factor >= rule.min_factor * 0.999:
         view, (top, left) = central_view(image, int(np.ceil(ESTIMATE_VIEW_PX / factor)))
-        if min(view.shape) * factor < MIN_VIEW_PX and factor < 1:
+        if min(view.shape) * factor < MIN_CONFIRMING_VIEW_PX and factor < 1:
             break  # the whole frame is already smaller than a useful view
         found = detect_boxes([resample(view, factor)])[0]
         scaled = resample(view, factor).shape
@@ -130,8 +132,8 @@ def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: Sca
     ladder = _ladder_detections(image, detect_boxes, rule)
     best_density, best_diameter = 0.0, None
     for index, (factor, boxes, scores, area) in enumerate(ladder):
-        if factor > rule.max_factor:
-            continue  # only there to confirm the largest factor's detections
+        if factor > rule.max_factor or np.sqrt(area) * factor < MIN_VIEW_PX:
+            continue  # only there to confirm a neighbouring factor's detections
         diameters = box_diameters(boxes) * factor
         largest = min(COMFORTABLE_PX[1], np.sqrt(area) * factor / 3)  # a "cavity" filling the view is texture
         keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= largest)
