@@ -43,7 +43,7 @@ from ._common import (
 )
 from .pair_sync import PairSync
 from .plots import QualityPlot
-from .results_dock import results_dock
+from .results_dock import alive, results_dock
 
 FOREST_AUTO = "auto (matches the detector)"
 FOREST_DEFAULT = "bundled default"
@@ -262,6 +262,8 @@ class QualityWidget(Step):
             self.compute()
 
     def _show(self, result, forest: QualityForest, name: str, warning: str | None) -> None:
+        if not alive(self.panel):
+            return  # the viewer closed while the worker ran
         self.table, self.features, ignored = result
         self.forest = self.session.in_use = forest
         self.forest_name.setText(f"using: {name} ({forest.n_training} training frames)")

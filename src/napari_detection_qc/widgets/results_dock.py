@@ -28,7 +28,8 @@ class ResultsDock(QTabWidget):
             self.setCurrentWidget(page)
 
 
-def _alive(widget) -> bool:
+def alive(widget) -> bool:
+    """False once Qt deleted the widget (its viewer or dock was closed while work was running)."""
     try:
         widget.objectName()
     except RuntimeError:  # its C++ object was deleted with a closed dock
@@ -41,10 +42,11 @@ def results_dock(viewer) -> ResultsDock:
     if the user closed it)."""
     session = viewer_session(viewer)
     dock = session.results
-    if dock is None or not _alive(dock):
+    if dock is None or not alive(dock):
         dock = session.results = ResultsDock()
     window = getattr(viewer, "window", None)
-    if dock.parent() is None and window is not None:
+    open_window = window is not None and getattr(window, "_qt_window", None) is not None  # napari drops it on close
+    if dock.parent() is None and open_window:  # a result that arrives after the viewer closed shows nowhere
         window.add_dock_widget(dock, name=DOCK_NAME, area="bottom")
     holder = dock.parent()
     while holder is not None and not isinstance(holder, QDockWidget):

@@ -44,7 +44,7 @@ from ._common import (
 )
 from .finetune import FinetuneSection
 from .plots import ParityPlot
-from .results_dock import results_dock
+from .results_dock import alive, results_dock
 
 SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
 SCORE_HEADERS = {"tp": "TP", "fp": "FP", "fn": "FN", "precision": "P", "recall": "R", "f1": "F1",
@@ -336,6 +336,8 @@ class TrainingWidget(Step):
         self.worker.start()
 
     def _on_refit(self, result, training: TrainingSet, new_sources: set[str]) -> None:
+        if not alive(self.parity_page):
+            return  # the viewer closed while the forest was refit
         forest, cv = result
         self.training_set = training
         mine = sum(source in new_sources for source in training.sources)
