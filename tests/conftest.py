@@ -45,3 +45,21 @@ def tiny_checkpoint(tmp_path_factory):
     )
     save_model(path, build_maskrcnn(TINY_ARCHITECTURE).eval(), header)
     return path
+
+
+def detect_command(inputs, out, model, *extra, max_detections: int) -> list[str]:
+    """``napari-detection-qc detect`` arguments for the CLI tests: a given model on the CPU, quiet."""
+    return [
+        "detect",
+        *map(str, inputs),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--max-detections",
+        str(max_detections),
+        "--no-progress",
+        *extra,
+    ]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import detect_command
 
 from napari_detection_qc.atomic import atomic_path
 from napari_detection_qc.cli import main
@@ -74,20 +75,7 @@ def stack(tmp_path_factory):
 
 
 def detect_args(inputs, out, model, *extra):
-    return [
-        "detect",
-        *map(str, inputs),
-        "--out",
-        str(out),
-        "--model",
-        str(model),
-        "--device",
-        "cpu",
-        "--max-detections",
-        str(MAX_DETECTIONS),
-        "--no-progress",
-        *extra,
-    ]
+    return detect_command(inputs, out, model, *extra, max_detections=MAX_DETECTIONS)
 
 
 @pytest.fixture(scope="module")

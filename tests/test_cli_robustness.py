@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import detect_command
 
 import napari_detection_qc
 from napari_detection_qc.cli import main
@@ -46,22 +47,7 @@ def truth():
 
 
 def detect(inputs, out, model, *extra):
-    return main(
-        [
-            "detect",
-            *map(str, inputs),
-            "--out",
-            str(out),
-            "--model",
-            str(model),
-            "--device",
-            "cpu",
-            "--max-detections",
-            str(MAX_DETECTIONS),
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return main(detect_command(inputs, out, model, *extra, max_detections=MAX_DETECTIONS))
 
 
 def files_under(root: Path) -> set[Path]:

@@ -95,9 +95,9 @@ def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: Scale
         view, (top, left) = central_view(image, int(np.ceil(ESTIMATE_VIEW_PX / factor)))
         if min(view.shape) * factor < MIN_CONFIRMING_VIEW_PX and factor < 1:
             break  # the whole frame is already smaller than a useful view
-        found = detect_boxes([resample(view, factor)])[0]
-        scaled = resample(view, factor).shape
-        native = found.boxes * np.array([view.shape[0] / scaled[0], view.shape[1] / scaled[1]] * 2)
+        scaled = resample(view, factor)
+        found = detect_boxes([scaled])[0]
+        native = found.boxes * np.array([view.shape[0] / scaled.shape[0], view.shape[1] / scaled.shape[1]] * 2)
         results.append((factor, native + np.array([top, left, top, left]), found.scores, view.size))
         factor /= 2
     return results
