@@ -23,7 +23,7 @@ import torch
 
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector
 from napari_detection_qc.matching import boxes_from_labels, match_frame
-from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES, make_frame, make_realistic_frame
+from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES, family_frame, make_realistic_frame
 
 HELD_OUT_SEED = 1_000_000
 COMMAND = "PYTHONPATH=src python benchmarks/bench_detector.py --write-card"
@@ -36,12 +36,7 @@ SLOW_FAMILIES = {"large_frames": 4}
 def held_out_frames(source: str, count: int):
     """(image, labels) of held-out frames of a realistic family or an older named preset."""
     for index in range(count):
-        seed = HELD_OUT_SEED + index
-        if source in REALISTIC_FAMILIES:
-            image, labels, _ = make_realistic_frame(seed, source)
-        else:
-            image, labels = make_frame(seed, (512, 512), PRESETS[source])
-        yield image, labels
+        yield family_frame(source, HELD_OUT_SEED + index)
 
 
 def family_scores(detector, source: str, count: int) -> dict:

@@ -20,7 +20,7 @@ from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 from ..signals import SignalOptions, blank_frame_signals, frame_signals
 from .boxmasks import BoxMasks
 from .intensity import scale_to_255
-from .scaling import ScaleRule, estimate_object_size, resample
+from .scaling import ESTIMATE_MIN_SCORE, ScaleRule, estimate_object_size, resample
 from .tiling import detect_in_tiles
 
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
@@ -140,11 +140,17 @@ class Detector(ABC):
         if self.scale_rule is None:
             return None
         image = scale_to_255(as_grayscale(frame), self.normalisation)
-        return None if image is None else estimate_object_size(image, self._detect_boxes, self.scale_rule)
+        return None if image is None else self._estimate_object_size(image)
+
+    def _estimate_object_size(self, image: np.ndarray) -> float | None:
+        """The estimate sees every detection down to its own floor, whatever this detector's
+        threshold, so a model shipped with a high threshold sizes frames as at 0.1."""
+        floor = min(self.score_threshold, ESTIMATE_MIN_SCORE)
+        return estimate_object_size(image, lambda views: self._detect_boxes(views, floor), self.scale_rule)
 
     def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
         if size is None:
-            size = estimate_object_size(image, self._detect_boxes, self.scale_rule)
+            size = self._estimate_object_size(image)
         self.last_object_sizes.append(size)
         factor = self.scale_rule.factor_for(size)
         resampled = resample(image, factor)
@@ -207,8 +213,9 @@ class Detector(ABC):
     def _detect(self, images: Sequence[np.ndarray]) -> list[FrameDetections]:
         """Detections of valid 0..255 float32 grayscale frames, at the model's own resize rule."""
 
-    def _detect_boxes(self, images: Sequence[np.ndarray]) -> list[BoxMasks]:
-        """Raw detections of 0..255 frames at their given scale (models with a ``scale_rule``)."""
+    def _detect_boxes(self, images: Sequence[np.ndarray], min_score: float | None = None) -> list[BoxMasks]:
+        """Raw detections of 0..255 frames at their given scale (models with a ``scale_rule``),
+        scoring at least ``min_score`` (default: the detector's threshold)."""
         raise NotImplementedError(f"{type(self).__name__} does not support object-size rescaling")
 
     def __repr__(self) -> str:

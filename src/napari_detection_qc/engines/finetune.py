@@ -220,13 +220,18 @@ def mean_quality(detections: Sequence[FrameDetections], frames: Sequence[Labelle
     }
 
 
-def best_threshold(detections: Sequence[FrameDetections], frames: Sequence[LabelledFrame]) -> tuple[float, dict]:
-    """The candidate score threshold whose neighbourhood (itself and the candidates either side)
-    has the highest mean held-out F1, the lowest on ties: a spike on one or two frames is noise."""
-    qualities = [mean_quality(detections, frames, t) for t in THRESHOLD_CANDIDATES]
-    f1 = np.array([q["f1"] for q in qualities])
+def best_candidate(f1_by_candidate: Sequence[float]) -> int:
+    """Index of the candidate score threshold whose neighbourhood (itself and the candidates either
+    side) has the highest F1, the lowest on ties: a spike on one or two frames is noise."""
+    f1 = np.asarray(f1_by_candidate, dtype=float)
     smoothed = np.convolve(np.pad(f1, 1, mode="edge"), np.ones(3) / 3, mode="valid")
-    best = int(np.argmax(smoothed))
+    return int(np.argmax(smoothed))
+
+
+def best_threshold(detections: Sequence[FrameDetections], frames: Sequence[LabelledFrame]) -> tuple[float, dict]:
+    """The best candidate score threshold on held-out frames, and the mean quality there."""
+    qualities = [mean_quality(detections, frames, t) for t in THRESHOLD_CANDIDATES]
+    best = best_candidate([q["f1"] for q in qualities])
     return float(THRESHOLD_CANDIDATES[best]), qualities[best]
 
 

@@ -28,6 +28,8 @@ CONFIDENT_SCORE = 0.5
 COMFORTABLE_PX = (8.0, 72.0)
 """Detections this size (after resampling) are where the model is reliable."""
 CONFIRMING_SCORE = 0.3
+ESTIMATE_MIN_SCORE = 0.1
+"""The estimate's detections go down to this score, whatever the detector's own threshold."""
 MIN_VIEW_PX = 112
 """Factors whose view of the frame is smaller than this give no estimate (a few blotches fill it);
 down to ``MIN_CONFIRMING_VIEW_PX`` they still confirm the next factor's detections."""

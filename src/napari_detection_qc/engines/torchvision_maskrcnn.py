@@ -431,7 +431,8 @@ class TorchvisionDetector(Detector):
             parts += [valid.mean(dim=1), valid.std(dim=1, unbiased=False)]
         return torch.cat(parts).cpu().numpy()
 
-    def _detect_boxes(self, images: Sequence[np.ndarray]) -> list[BoxMasks]:
+    def _detect_boxes(self, images: Sequence[np.ndarray], min_score: float | None = None) -> list[BoxMasks]:
+        self.model.roi_heads.score_thresh = self.score_threshold if min_score is None else min_score
         with torch.inference_mode():
             batch, scales = to_model_batch(images, self.architecture, self.normalisation, self.device)
             features = self.model.backbone(batch.tensors)

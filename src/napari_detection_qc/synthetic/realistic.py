@@ -353,3 +353,16 @@ def make_realistic_frame(
         **file_format,
     }
     return pixels, labels, _jsonable(info)
+
+
+def family_frame(source: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels) of frame ``seed`` of a realistic family or of an older named preset (512 px):
+    the sources the default detector is trained, tuned and benchmarked on."""
+    from .frames import PRESETS, make_frame
+
+    if source in REALISTIC_FAMILIES:
+        image, labels, _ = make_realistic_frame(seed, source)
+        return image, labels
+    if source not in PRESETS:
+        raise ValueError(f"unknown frame source {source!r}; known: {', '.join((*REALISTIC_FAMILIES, *PRESETS))}")
+    return make_frame(seed, (512, 512), PRESETS[source])
