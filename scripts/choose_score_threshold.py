@@ -1,9 +1,11 @@
 """Choose the bundled detector's own score threshold on validation frames and write it into its header.
 
 The layers, features and forests use the detections a detector keeps; the default model's
-low-scoring detections are mostly false positives, so it ships the threshold that maximises the
-mean per-frame F1 averaged over every training source (realistic families and older presets,
-each counted once). Validation frames use seeds >= 2_000_000: neither training (0, 1, 2, ...) nor
+low-scoring detections are mostly false positives, so it ships a threshold chosen on the mean
+per-frame F1 averaged over every training source (realistic families and older presets, each
+counted once): the lowest candidate within ``--tolerance`` of the best (smoothed) mean. The lowest,
+because on unfamiliar real frames scores run lower than on synthetic ones, and a frame with
+cavities left without any detection is the failure users notice first. Validation frames use seeds >= 2_000_000: neither training (0, 1, 2, ...) nor
 the benchmark's held-out frames (>= 1_000_000). The object-size estimate is not affected (it
 looks at detections down to 0.1 whatever the threshold), so detections at the chosen threshold
 are exactly the 0.1 detections above it.
@@ -52,6 +54,7 @@ def main(argv=None) -> None:
     parser.add_argument("--spec", default="default", help="detector weights (default: the bundled model)")
     parser.add_argument("--frames", type=int, default=8, help="validation frames per source")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tolerance", type=float, default=0.02, help="F1 given up for a lower threshold")
     parser.add_argument("--write", action="store_true", help="store the chosen threshold in the weights' header")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -64,20 +67,23 @@ def main(argv=None) -> None:
         missed += empty
         print(f"{source:16s} " + " ".join(f"{v:.2f}" for v in table[source]), flush=True)
     macro = np.mean([table[s] for s in sources], axis=0)
-    best = best_candidate(macro)
+    smoothed_best = macro[best_candidate(macro)]
+    best = int(np.flatnonzero(macro >= smoothed_best - args.tolerance)[0])
     threshold = float(THRESHOLD_CANDIDATES[best])
     print(f"{'thresholds':16s} " + " ".join(f"{t:.2f}" for t in THRESHOLD_CANDIDATES))
     print(f"{'mean over sources':16s} " + " ".join(f"{v:.2f}" for v in macro))
     print(f"{'frames missed':16s} " + " ".join(f"{v:4d}" for v in missed))
     print(f"chosen threshold {threshold:.2f}: mean F1 {macro[best]:.3f} (at 0.10: {macro[0]:.3f}); "
           f"{time.perf_counter() - start:.0f} s")
-    print(f"reproduce: PYTHONPATH=src python scripts/choose_score_threshold.py --frames {args.frames} --write")
+    print(f"reproduce: PYTHONPATH=src python scripts/choose_score_threshold.py --frames {args.frames} "
+          f"--tolerance {args.tolerance} --write")
     if args.write:
         path = default_weights_path() if args.spec == "default" else args.spec
         header, state = load_checkpoint(path)
         header["score_threshold"] = threshold
         header["score_threshold_choice"] = {
-            "rule": "largest mean per-frame F1 over sources (3-candidate smoothing), paper matching",
+            "rule": f"lowest threshold within {args.tolerance} of the best mean per-frame F1 over sources "
+            "(3-candidate smoothing), paper matching",
             "validation_seeds": f"{VALIDATION_SEED}..{VALIDATION_SEED + args.frames - 1} per source",
             "mean_f1": round(float(macro[best]), 4),
             "mean_f1_at_0.1": round(float(macro[0]), 4),

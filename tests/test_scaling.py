@@ -37,7 +37,7 @@ class ThresholdDetector(Detector):
     def _detect(self, images):
         raise AssertionError("scale-aware detectors use _detect_boxes")
 
-    def _detect_boxes(self, images):
+    def _detect_boxes(self, images, min_score=None, masks=True):
         self.seen_shapes += [image.shape for image in images]
         return threshold_boxes(images)
 

@@ -146,7 +146,7 @@ class Detector(ABC):
         """The estimate sees every detection down to its own floor, whatever this detector's
         threshold, so a model shipped with a high threshold sizes frames as at 0.1."""
         floor = min(self.score_threshold, ESTIMATE_MIN_SCORE)
-        return estimate_object_size(image, lambda views: self._detect_boxes(views, floor), self.scale_rule)
+        return estimate_object_size(image, lambda views: self._detect_boxes(views, floor, masks=False), self.scale_rule)
 
     def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
         if size is None:
@@ -161,7 +161,8 @@ class Detector(ABC):
             return detections
 
         def detect_view(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            in_view = detect_in_tiles(view, self._detect_boxes, self.batch_size).top(self.max_detections)
+            boxes_only = lambda views: self._detect_boxes(views, masks=False)  # noqa: E731
+            in_view = detect_in_tiles(view, boxes_only, self.batch_size).top(self.max_detections)
             return in_view.boxes, in_view.scores
 
         signals = frame_signals(resampled, found.boxes, found.scores, options, detect_view, self.embed)
@@ -213,9 +214,12 @@ class Detector(ABC):
     def _detect(self, images: Sequence[np.ndarray]) -> list[FrameDetections]:
         """Detections of valid 0..255 float32 grayscale frames, at the model's own resize rule."""
 
-    def _detect_boxes(self, images: Sequence[np.ndarray], min_score: float | None = None) -> list[BoxMasks]:
+    def _detect_boxes(
+        self, images: Sequence[np.ndarray], min_score: float | None = None, masks: bool = True
+    ) -> list[BoxMasks]:
         """Raw detections of 0..255 frames at their given scale (models with a ``scale_rule``),
-        scoring at least ``min_score`` (default: the detector's threshold)."""
+        scoring at least ``min_score`` (default: the detector's threshold); ``masks=False`` skips
+        the mask branch (empty masks) where only boxes and scores are needed."""
         raise NotImplementedError(f"{type(self).__name__} does not support object-size rescaling")
 
     def __repr__(self) -> str:

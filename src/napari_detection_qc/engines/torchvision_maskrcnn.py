@@ -431,13 +431,19 @@ class TorchvisionDetector(Detector):
             parts += [valid.mean(dim=1), valid.std(dim=1, unbiased=False)]
         return torch.cat(parts).cpu().numpy()
 
-    def _detect_boxes(self, images: Sequence[np.ndarray], min_score: float | None = None) -> list[BoxMasks]:
-        self.model.roi_heads.score_thresh = self.score_threshold if min_score is None else min_score
+    def _detect_boxes(
+        self, images: Sequence[np.ndarray], min_score: float | None = None, masks: bool = True
+    ) -> list[BoxMasks]:
+        heads = self.model.roi_heads
+        heads.score_thresh = self.score_threshold if min_score is None else min_score
         with torch.inference_mode():
             batch, scales = to_model_batch(images, self.architecture, self.normalisation, self.device)
             features = self.model.backbone(batch.tensors)
             proposals, _ = self.model.rpn(batch, features)
-            outputs, _ = self.model.roi_heads(features, proposals, batch.image_sizes)
+            if masks:
+                outputs, _ = heads(features, proposals, batch.image_sizes)
+            else:
+                outputs = boxes_only(heads, features, proposals, batch.image_sizes)
         results = []
         for output, (scale_y, scale_x) in zip(outputs, scales, strict=True):
             xyxy = output["boxes"].float().cpu().numpy().astype(np.float64).reshape(-1, 4)
@@ -445,6 +451,16 @@ class TorchvisionDetector(Detector):
             scores = output["scores"].float().cpu().numpy().astype(np.float64)
             results.append(BoxMasks(boxes, scores, output["masks"][:, 0].float().cpu()))
         return results
+
+
+def boxes_only(heads, features, proposals, image_sizes) -> list[dict[str, torch.Tensor]]:
+    """The ROI heads' boxes and scores without the mask branch (as ``heads`` computes them in eval
+    mode); masks come back empty. The mask head costs about as much as the rest of the heads on
+    dense frames, and the size estimate and agreement signals need boxes only."""
+    box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_sizes))
+    class_logits, box_regression = heads.box_predictor(box_features)
+    boxes, scores, _ = heads.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
+    return [{"boxes": b, "scores": s, "masks": s.new_zeros((len(s), 1, 0, 0))} for b, s in zip(boxes, scores, strict=True)]
 
 
 def new_checkpoint_header(
