@@ -8,7 +8,7 @@ for three feature sets, a SHAP feature-count sweep, the reliable-frame classifie
 interval coverage, the in-domain flag on held-out domains, and natural images as the
 out-of-domain check (the paper's COCO test). Finally the default forest is fit on all frames.
 
-Reproduce (resumable: detections are cached per detector and frame under benchmarks/cache/study/):
+Reproduce (resumable: detections are cached per detector, score threshold and frame under benchmarks/cache/study/):
 
     python benchmarks/forest_study.py                 # ~800 frames, writes RESULTS.md section
     python benchmarks/forest_study.py --frames-per-domain 4 --repeats 1 --no-save   # smoke run
@@ -48,7 +48,7 @@ PAPER_ALL = {"f1": {"rmse": 0.127, "mae": 0.093, "r2": 0.774, "nrmse": 0.475, "n
 # -- frames ---------------------------------------------------------------------------------------
 def cached_detections(detector, domain: str, severity: float, seed: int):
     """The frame's detections and ground-truth boxes, from cache or by running the detector."""
-    path = CACHE / detector.weights_sha256[:16] / domain / f"{seed}.npz"
+    path = CACHE / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}" / domain / f"{seed}.npz"
     if path.exists():
         with np.load(path) as saved:
             frame = FrameDetections(saved["boxes"], saved["scores"], saved["labels"])

@@ -87,7 +87,7 @@ def frame_key(spec: dict) -> str:
 
 def collect(detector, specs: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per frame (features, signals, truth, timings) and the frames' embeddings."""
-    root = CACHE / detector.weights_sha256[:16]
+    root = CACHE / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}"
     rows, embeddings = [], []
     start = time.perf_counter()
     for i, spec in enumerate(specs):

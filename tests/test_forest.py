@@ -120,6 +120,10 @@ def test_detector_mismatch_warning(fitted):
     assert forest.detector_mismatch({"detector": "detectron2:model_final.pth", "engine": "torchvision",
                                      "weights_sha256": "c" * 64}) is None
     assert forest.detector_mismatch({"detector": "default-compact", "engine": "torchvision"}) is not None
+    # same weights, other score threshold: the features describe other detections
+    forest.detector = {"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.5}
+    assert forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.5}) is None
+    assert ">= 0.5" in forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.1})
 
 
 class RunsCode:

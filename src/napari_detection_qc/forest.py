@@ -575,12 +575,18 @@ class QualityForest:
             same = ours == theirs
         else:
             same = detector_family(self.detector) == detector_family(layer_detector)
-        if same:
-            return None
-        return (
-            f"this forest was trained for detector {detector_name(self.detector)} but the layers came from "
-            f"{detector_name(layer_detector)}; predicted quality may be off"
-        )
+        if not same:
+            return (
+                f"this forest was trained for detector {detector_name(self.detector)} but the layers came from "
+                f"{detector_name(layer_detector)}; predicted quality may be off"
+            )
+        fitted_at, used = self.detector.get("score_threshold"), layer_detector.get("score_threshold")
+        if fitted_at is not None and used is not None and abs(float(fitted_at) - float(used)) > 1e-6:
+            return (
+                f"this forest was fitted on detections scoring >= {float(fitted_at):g} but the layers keep scores "
+                f">= {float(used):g}; detect at the model's own threshold for calibrated predictions"
+            )
+        return None
 
 
 def detector_name(description: dict) -> str:

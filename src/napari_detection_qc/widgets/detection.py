@@ -49,7 +49,11 @@ class DetectionWidget(Step):
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth", visible=False)
         self.config = FileEdit(label="d2 config (optional)", mode="r", filter="*.yaml *.yml", visible=False)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
-        self.threshold = FloatSpinBox(label="score threshold", value=0.1, min=0.0, max=1.0, step=0.05)
+        # 0 shows "model's own": the threshold stored with the weights (else 0.1), which its forest was fit at
+        self.threshold = FloatSpinBox(label="score threshold", value=0.0, min=0.0, max=1.0, step=0.05,
+                                      tooltip="keep detections scoring at least this; \"model's own\" is the "
+                                              "threshold chosen for the weights, the one their forest expects")
+        self.threshold.native.setSpecialValueText("model's own")
         self.max_detections = SpinBox(label="max detections", value=1000, min=1, max=100000)
         # object size: typical cavity diameter in native px; 0 shows "auto" (passed as None: estimated per frame)
         self.object_size = FloatSpinBox(label="object size (px)", value=0.0, min=0.0, max=10000.0, step=1.0,
@@ -135,7 +139,7 @@ class DetectionWidget(Step):
             indices = [int(self.viewer.dims.current_step[0])]
         self._start_progress(len(indices))
         self._prepare_layers(layer, frames, is_2d)
-        options = dict(device=self.device.value, score_threshold=self.threshold.value,
+        options = dict(device=self.device.value, score_threshold=self.threshold.value or None,
                        max_detections=self.max_detections.value)
         object_size = self.object_size.value or None
         self.worker = create_worker(
