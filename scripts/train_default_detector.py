@@ -257,7 +257,7 @@ def main(argv=None) -> None:
     TorchvisionDetector.from_checkpoint(args.out, device="cpu")  # it loads
     print(json.dumps(saved["training"], indent=1), flush=True)
     print(
-        f"wrote {args.out}; run benchmarks/bench_detector.py --families to fill in its model card", flush=True
+        f"wrote {args.out}; run scripts/choose_score_threshold.py --write, then benchmarks/bench_detector.py --write-card", flush=True
     )
 
 

@@ -6,7 +6,13 @@ stored as 8-bit or 16-bit pixels.
 """
 
 from .frames import DEFAULT, PRESETS, Domain, frame_seed, get_domain, make_frame, make_stack, render_frame
-from .realistic import REALISTIC_FAMILIES, family_frame, make_realistic_frame, realistic_domain, realistic_shape
+from .realistic import (
+    REALISTIC_FAMILIES,
+    family_frame,
+    make_realistic_frame,
+    realistic_domain,
+    realistic_shape,
+)
 
 __all__ = [
     "DEFAULT",
