@@ -1,5 +1,5 @@
 """The masks + boxes pair without a viewer: frame-by-frame merging, hand-made masks and boxes,
-and layers that do not belong together."""
+layers that do not belong together, and the detector's signals stored per frame."""
 
 import numpy as np
 import pandas as pd
@@ -7,13 +7,17 @@ import pandas as pd
 from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.layer_pair import (
     MANUAL_SCORE,
+    SIGNALS_KEY,
     frame_box_ids,
     manual_rows,
     merge_frames,
+    merge_signals,
     orphan_masks,
     pair_problem,
+    stored_signals,
     unboxed_masks,
 )
+from napari_detection_qc.signals import EMBEDDING
 
 
 def frame(n, shape=(20, 20)):
@@ -67,3 +71,21 @@ def test_pair_problems_are_named():
     far = [square[0] + [0, 100, 100]]
     assert "another image" in pair_problem("m", (3, 32, 32), None, "b", far, None)
     assert pair_problem("m", (3, 32, 32), None, "b", [], None) is None
+
+
+def test_a_rerun_replaces_only_its_frames_signals_and_the_record_stays_json():
+    import json
+
+    first = merge_signals(None, {0: {"tta_iou": 0.5, EMBEDDING: [1.0, 2.0]}, 1: {"tta_iou": 0.7}, 2: {}})
+    assert list(first) == ["0", "1"]  # a frame detected without signals has no entry
+    again = merge_signals(json.loads(json.dumps(first)), {1: {}, 2: {"tta_iou": 0.9}})
+    assert again == {"0": first["0"], "2": {"tta_iou": 0.9}}  # frame 1's old signals went with its detections
+    assert list(merge_signals(again, {10: {"tta_iou": 0.1}})) == ["0", "2", "10"]  # frame order, not text order
+
+
+def test_stored_signals_give_every_frame_a_dict():
+    record = {SIGNALS_KEY: merge_signals(None, {0: {"tta_iou": 0.5, EMBEDDING: [1.0, 2.0]}, 2: {"tta_iou": 0.9}})}
+    signals = stored_signals(record, 3)
+    assert [set(s) for s in signals] == [{"tta_iou", EMBEDDING}, set(), {"tta_iou"}]
+    assert signals[0][EMBEDDING].dtype == np.float32 and list(signals[0][EMBEDDING]) == [1.0, 2.0]
+    assert stored_signals({}, 2) == [{}, {}]

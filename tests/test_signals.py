@@ -22,6 +22,7 @@ from napari_detection_qc.signals import (
     SignalOptions,
     Typicality,
     boxes_from_view,
+    frames_lacking,
     signals_from_records,
     signals_to_records,
     tta_agreement,
@@ -200,3 +201,28 @@ def test_predicted_quality_reads_the_signals_stored_with_the_detections(signal_f
     bare = StackDetections.from_frames([FrameDetections.empty((32, 32))] * 2)
     again, _ = predicted_quality(bare, signal_forest, records)
     np.testing.assert_allclose(again["f1"], table["f1"])
+
+
+def test_frames_lacking_the_signals_a_forest_needs():
+    tta = dict.fromkeys(TTA_SIGNALS, 1.0)
+    signals = [{**tta, EMBEDDING: np.zeros(4), "signal_seconds": 0.1}, {"signal_seconds": 0.0}, {}, {**tta}]
+    assert frames_lacking("all", signals) == [1, 2]
+    assert frames_lacking("cheap", signals) == [2]  # frame 1 was asked for signals (a blank frame has no embedding)
+    assert frames_lacking("none", signals) == []
+    with pytest.raises(ValueError, match="required signals"):
+        frames_lacking("some", signals)
+
+
+def test_explanations_see_the_values_the_forest_derives(signal_forest):
+    from napari_detection_qc.explain import frame_contributions
+
+    features, _, embeddings = study(3, seed=9)
+    frames = [FrameDetections.empty((32, 32))] * 3
+    records = [{**{name: getattr(row, name) for name in TTA_SIGNALS}, EMBEDDING: e}
+               for row, e in zip(features.itertuples(), embeddings)]
+    table, used = predicted_quality(StackDetections.from_frames(frames), signal_forest, records)
+    expected = signal_forest.predict(used.drop(columns=["novelty", "score_hist_distance"]), embeddings)
+    np.testing.assert_allclose(used["novelty"], expected["novelty"])
+    contributions = frame_contributions(signal_forest, used)
+    base = contributions.attrs["base_value"]
+    np.testing.assert_allclose(contributions.sum(axis=1) + base, table["f1"], atol=1e-6)

@@ -284,15 +284,7 @@ class QualityForest:
         if "novelty" in self.features and embeddings is None:
             raise ValueError("this forest needs the detector's backbone embeddings of the frames")
         novelty, known = self._novelty(embeddings, len(features_df))
-        # a frame without an embedding (empty or constant image) gets the typical training novelty
-        # as a feature value, and is never called in domain by a forest that relies on novelty
-        typical = np.median(self.typicality.reference_novelty) if self.typicality is not None else 0.0
-        derived = {"novelty": np.where(known, novelty, typical)}
-        if "score_hist_distance" in self.features:
-            bins = _table(features_df, SCORE_BIN_NAMES, "features")
-            derived["score_hist_distance"] = score_histogram_distance(bins, self._training_bins)
-        x = _table(features_df.assign(**{k: v for k, v in derived.items() if k in self.features}),
-                   self.features, "features")
+        x = self._inputs(features_df, novelty, known)
         out = pd.DataFrame(index=features_df.index)
         for target in TARGETS:
             point = np.clip(self.pipelines[target].predict(x), 0.0, 1.0) if len(x) else np.zeros(0)
@@ -308,6 +300,24 @@ class QualityForest:
         novel = known & (novelty > (self.typicality.threshold if self.typicality else np.inf))
         out["in_domain"] = (distance <= self._domain_radius) & ~novel & (known | ("novelty" not in self.features))
         return out
+
+    def model_inputs(self, features_df: pd.DataFrame, embeddings=None) -> pd.DataFrame:
+        """The frames' values of this forest's features, the ones it derives itself included
+        (what its trees see, and what SHAP explains)."""
+        novelty, known = self._novelty(embeddings, len(features_df))
+        x = self._inputs(features_df, novelty, known)
+        return pd.DataFrame(x, index=features_df.index, columns=list(self.features))
+
+    def _inputs(self, features_df: pd.DataFrame, novelty: np.ndarray, known: np.ndarray) -> np.ndarray:
+        # a frame without an embedding (empty or constant image) gets the typical training novelty
+        # as a feature value, and is never called in domain by a forest that relies on novelty
+        typical = np.median(self.typicality.reference_novelty) if self.typicality is not None else 0.0
+        derived = {"novelty": np.where(known, novelty, typical)}
+        if "score_hist_distance" in self.features:
+            bins = _table(features_df, SCORE_BIN_NAMES, "features")
+            derived["score_hist_distance"] = score_histogram_distance(bins, self._training_bins)
+        return _table(features_df.assign(**{k: v for k, v in derived.items() if k in self.features}),
+                      self.features, "features")
 
     def _novelty(self, embeddings, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Novelty of each frame's embedding and whether it is known (finite, forest has signals)."""

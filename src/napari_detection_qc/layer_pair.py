@@ -1,7 +1,8 @@
 """The masks (Labels) + boxes (Shapes) layer pair as plain data.
 
 A re-run merges its frames into what the layers hold, one frame at a time, so nothing is lost
-before its replacement exists; a mask painted by hand gets its box (score 1, origin "manual"), a
+before its replacement exists (the detector's signals about each frame, stored in the pair's record,
+follow the same rule); a mask painted by hand gets its box (score 1, origin "manual"), a
 deleted box takes its mask with it; and two layers that do not belong together are named as such
 instead of giving meaningless numbers. No napari imports: widgets pass layer data and metadata in
 and apply what comes back.
@@ -18,7 +19,11 @@ from scipy import ndimage
 
 from .detections import FrameDetections, boxes_to_rectangles, frame_shapes_data
 from .pixel_sizes import METADATA_KEY
+from .signals import signals_from_records
 
+SIGNALS_KEY = "signals"
+"""Record entry: the detector's signals per frame, ``{"<frame>": signals_to_records form}`` (JSON
+keys are text); frames detected without signals have no entry."""
 ORIGIN_DETECTOR = "detector"
 ORIGIN_MANUAL = "manual"
 MANUAL_SCORE = 1.0
@@ -34,6 +39,25 @@ def new_pair_id() -> str:
 def pair_record(layer_metadata: Mapping | None) -> dict:
     """The detection record a layer carries (empty for layers we did not make)."""
     return dict((layer_metadata or {}).get(METADATA_KEY, {}))
+
+
+def merge_signals(stored: Mapping | None, redone: Mapping[int, dict]) -> dict[str, dict]:
+    """The record's signals after a run redid the frames in ``redone`` (frame -> JSON-ready
+    signals, empty when the run computed none): those frames' signals are replaced (or dropped, as
+    they described detections that are gone), every other frame keeps its own."""
+    merged = {str(t): dict(signals) for t, signals in (stored or {}).items()}
+    for t, signals in redone.items():
+        merged.pop(str(t), None)
+        if signals:
+            merged[str(t)] = dict(signals)
+    return dict(sorted(merged.items(), key=lambda item: int(item[0])))
+
+
+def stored_signals(record: Mapping, n_frames: int) -> list[dict]:
+    """Each of ``n_frames`` frames' signals from a pair record (``signals_from_records`` form), an
+    empty dict for frames detected without them."""
+    stored = record.get(SIGNALS_KEY) or {}
+    return signals_from_records([stored.get(str(t), {}) for t in range(n_frames)])
 
 
 def with_origin(features: pd.DataFrame) -> pd.DataFrame:

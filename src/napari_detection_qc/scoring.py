@@ -13,7 +13,7 @@ import pandas as pd
 
 from .detections import StackDetections
 from .features import stack_features
-from .forest import QualityForest
+from .forest import DERIVED_FEATURES, QualityForest
 from .matching import PAPER_IOU_THRESHOLD, boxes_from_labels, match_frame
 from .signals import stack_signals
 
@@ -38,14 +38,19 @@ def quality_table(features: pd.DataFrame, forest: QualityForest, embeddings=None
 def predicted_quality(
     stack: StackDetections, forest: QualityForest, signals: list[dict] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(quality table with one row per frame, the frames' 18 features and stored signals).
+    """(quality table with one row per frame, the frames' 18 features, stored signals and the
+    values the forest derives from them, e.g. novelty: what explanations need).
     ``signals``: per-frame signal dicts when the frames do not carry them (e.g. read back from
     layer metadata with ``signals_from_records``)."""
     if signals is not None and len(signals) != len(stack):
         raise ValueError(f"got signals of {len(signals)} frames for a stack of {len(stack)}")
     signal_table, embeddings = stack_signals(signals if signals is not None else stack)
     features = stack_features(stack).join(signal_table)
-    return quality_table(features, forest, embeddings), features
+    table = quality_table(features, forest, embeddings)
+    derived = [name for name in forest.features if name in DERIVED_FEATURES]
+    if derived:
+        features = features.join(forest.model_inputs(features, embeddings).loc[:, derived])
+    return table, features
 
 
 def ground_truth_frames(ground_truth: np.ndarray, n_frames: int) -> np.ndarray:

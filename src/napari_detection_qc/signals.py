@@ -248,6 +248,19 @@ def stack_signals(frames) -> tuple[pd.DataFrame, np.ndarray | None]:
     return table, embeddings
 
 
+def frames_lacking(required: str, signals) -> list[int]:
+    """Frames whose signals fall short of what a forest needs (``QualityForest.required_signals``):
+    "all" needs the TTA agreement, "cheap" a signals pass of any kind (a blank frame detected with
+    signals has no embedding, and a forest treats it as of unknown novelty)."""
+    if required not in SIGNAL_LEVELS:
+        raise ValueError(f"required signals must be one of {SIGNAL_LEVELS}, got {required!r}")
+    if required == "all":
+        return [t for t, s in enumerate(signals) if not all(name in s for name in TTA_SIGNALS)]
+    if required == "cheap":
+        return [t for t, s in enumerate(signals) if not s]
+    return []
+
+
 def signals_to_records(frames) -> list[dict]:
     """JSON-ready signals of each frame (for napari layer metadata or a store's JSON)."""
     records = []

@@ -1,7 +1,9 @@
 """Quality step: predicted F1 / precision / recall per frame from a masks + boxes layer pair. The
 controls live in the step; the plot, the table and the features that pulled the current frame
 down (SHAP) live in the results dock under the canvas. Recomputes in the background, debounced,
-whenever the layers change; layers that do not belong together are refused with the reason."""
+whenever the layers change; layers that do not belong together are refused with the reason. The
+detector's signals stored with the detections (Detection step, "quality signals") feed forests that
+use them; a forest that needs more than the layers hold says which setting to detect with."""
 
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ from ..coco import detections_to_coco, write_coco
 from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
 from ..features import feature_label
 from ..forest import QualityForest, forest_for_detector
-from ..layer_pair import count_unboxed, pair_record
+from ..layer_pair import count_unboxed, pair_record, stored_signals
 from ..pixel_sizes import pixel_size_from_layer
 from ..scoring import physical_readouts, predicted_quality
+from ..signals import frames_lacking
 from ._common import (
     LayerPicker,
+    StatusLine,
     Step,
     detections_from_layers,
     has_detection_record,
@@ -110,13 +114,15 @@ class QualityWidget(Step):
         self.forest_file = FileEdit(label="forest file", mode="r", filter="*.skops", visible=False)
         self.forest_name = QLabel("")
         self.forest_name.setWordWrap(True)
+        self.forest_note = StatusLine()  # the forest's signals_note: one elided line, in full as tooltip
         self.threshold = FloatSpinBox(label="flag F1 below", value=0.5, min=0.0, max=1.0, step=0.05)
         self.auto_update = CheckBox(text="update when the layers change", value=True)
         self.compute_button = PushButton(text="Predict quality")
         self.export_button = PushButton(text="Export CSV…")
         self.export_coco_button = PushButton(text="Export COCO…")
         self.add_section("Detections", self.masks, self.boxes)
-        self.add_section("Forest", self.forest_choice, self.forest_file, self.forest_name, self.threshold)
+        self.add_section("Forest", self.forest_choice, self.forest_file, self.forest_name, self.forest_note,
+                         self.threshold)
         self.add_section("Predict", self.auto_update,
                          row(self.compute_button, self.export_button, self.export_coco_button))
         self.panel = QualityPanel()
@@ -228,18 +234,20 @@ class QualityWidget(Step):
         if self.session.is_busy(self.masks.value, self.boxes.value):
             self.status.value = "waiting for the detection to finish…"  # it asks again when done
             return
+        masks, boxes = self.masks.value, self.boxes.value
         try:
-            stack = detections_from_layers(self.masks.value, self.boxes.value)
+            stack = detections_from_layers(masks, boxes)
             forest, name = self.resolve_forest()
+            signals = stored_signals(pair_record(boxes.metadata), len(stack))
+            check_signals(forest, signals)
         except ValueError as exc:
             self._clear()
             self.status.error(str(exc))
             return
-        masks, boxes = self.masks.value, self.boxes.value
         warning = forest.detector_mismatch(layer_detector(boxes))
         pixel_size = pixel_size_from_layer(boxes)
         self.worker = create_worker(quality_with_readouts, stack, forest, pixel_size,
-                                    labels_data(masks), boxes.features.copy())
+                                    labels_data(masks), boxes.features.copy(), signals)
         self.worker.returned.connect(lambda result: self._show(result, forest, name, warning))
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
@@ -267,6 +275,7 @@ class QualityWidget(Step):
         self.table, self.features, ignored = result
         self.forest = self.session.in_use = forest
         self.forest_name.setText(f"using: {name} ({forest.n_training} training frames)")
+        self.forest_note.value = forest.signals_note or ""
         results_dock(self.viewer).show_page(self.panel, "Quality per frame")
         self.panel.fill(self.table)
         self._redraw()
@@ -380,10 +389,23 @@ def source_file_name(viewer, boxes) -> str:
     return Path(source).name if source else image_name
 
 
-def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | None, labels, box_features):
+def check_signals(forest: QualityForest, signals: list[dict]) -> None:
+    """A one-line error naming the "quality signals" setting to detect with, when the forest's
+    features need signals some frames were detected without."""
+    required = forest.required_signals
+    lacking = frames_lacking(required, signals)
+    if lacking:
+        shown = ", ".join(map(str, lacking[:5])) + ("…" if len(lacking) > 5 else "")
+        raise ValueError(f"this forest needs the detector's signals, which frame(s) {shown} lack: detect again "
+                         f"with quality signals '{required}' (Detection step), or choose another forest")
+
+
+def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | None, labels, box_features,
+                          signals: list[dict] | None = None):
     """Worker body: the predicted-quality table (plus density and diameter when the pixel size is
-    known), the frames' features, and how many masks have no box (they are ignored)."""
-    table, features = predicted_quality(stack, forest)
+    known), the frames' features, and how many masks have no box (they are ignored). ``signals``:
+    each frame's stored detector signals (``stored_signals``)."""
+    table, features = predicted_quality(stack, forest, signals)
     if len(features):
         try:  # builds the cached explainer off the UI thread
             frame_contributions(forest, features.iloc[:1])
