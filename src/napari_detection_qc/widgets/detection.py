@@ -74,7 +74,7 @@ class DetectionWidget(Step):
                                         tooltip="typical cavity diameter in pixels; auto lets the detector decide")
         self.object_size.native.setSpecialValueText("auto")
         self.pixel_size = FloatSpinBox(label="pixel size (nm, 0 = unknown)", value=0.0, min=0.0, max=1e6, step=0.1)
-        self.signals = ComboBox(label="quality signals", choices=SIGNAL_LEVELS, value="cheap", tooltip=SIGNALS_TOOLTIP)
+        self.signals = ComboBox(label="quality signals", choices=SIGNAL_LEVELS, value="none", tooltip=SIGNALS_TOOLTIP)
         self.scope = RadioButtons(label="run on", choices=[CURRENT_FRAME, WHOLE_STACK], value=WHOLE_STACK,
                                   orientation="horizontal")
         self.run_button = PushButton(text="Detect")
