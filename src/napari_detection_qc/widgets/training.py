@@ -25,12 +25,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..coco import CocoGroundTruth
-from ..features import stack_features
 from ..forest import QualityForest, forest_for_detector
 from ..ground_truth import GroundTruthRecord, labeled_frames, painted_frames, seeded_name
-from ..layer_pair import METADATA_KEY
+from ..layer_pair import METADATA_KEY, pair_record, stored_signals
 from ..refit import RefitMode, cv_report, labeled_rows, refit_forest, training_for_refit
-from ..scoring import ground_truth_frames, true_quality
+from ..scoring import ground_truth_frames, predicted_quality, true_quality
 from ..training_set import TrainingSet
 from ._common import (
     LayerPicker,
@@ -290,7 +289,12 @@ class TrainingWidget(Step):
         scores = true_quality(stack, truth, frames, self.iou.value)
         forest = self.session.forest or self.session.in_use
         if forest is not None:
-            scores["predicted_f1"] = forest.predict(stack_features(stack).iloc[frames])["f1"].to_numpy()
+            signals = stored_signals(pair_record(self.boxes.value.metadata), len(stack))
+            try:
+                predicted, _ = predicted_quality(stack, forest, signals)
+                scores["predicted_f1"] = predicted["f1"].to_numpy()[frames]
+            except ValueError as exc:  # a forest needing signals these detections lack
+                self.status.warn(f"no predicted F1 beside the true one: {exc}")
         self.scores = scores
         columns = [c for c in SCORE_COLUMNS if c in scores.columns]
         self.score_table.setColumnCount(len(columns))
