@@ -44,12 +44,11 @@ REALISTIC_SHAPE = (512, 512)
 
 # -- frames ---------------------------------------------------------------------------------------
 def frame_specs(frames_per_domain: int, realistic_per_family: int, emps_count: int) -> list[dict]:
-    from forest_study import frame_plan
-
-    from napari_detection_qc.synthetic import REALISTIC_FAMILIES
+    from napari_detection_qc.study_frames import frame_plan
+    from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES
 
     specs = [{"kind": "preset", "domain": r.domain, "severity": r.severity, "seed": int(r.seed), "group": r.domain}
-             for r in frame_plan(frames_per_domain).itertuples()]
+             for r in frame_plan(frames_per_domain).itertuples() if r.domain in PRESETS]
     for f, family in enumerate(REALISTIC_FAMILIES):
         for i in range(realistic_per_family):
             specs.append({"kind": "realistic", "domain": f"realistic:{family}", "family": family,
@@ -64,11 +63,9 @@ def frame_specs(frames_per_domain: int, realistic_per_family: int, emps_count: i
 def load_frame(spec: dict) -> tuple[np.ndarray, np.ndarray]:
     """(image, ground-truth instance labels) of one study frame."""
     if spec["kind"] == "preset":
-        from forest_study import blend
+        from napari_detection_qc.study_frames import study_frame
 
-        from napari_detection_qc.synthetic import DEFAULT, PRESETS, make_frame
-
-        return make_frame(spec["seed"], (512, 512), blend(DEFAULT, PRESETS[spec["domain"]], spec["severity"]))
+        return study_frame(spec["domain"], spec["severity"], spec["seed"])
     if spec["kind"] == "realistic":
         from napari_detection_qc.synthetic import make_realistic_frame
 
