@@ -47,8 +47,8 @@ DERIVED_FEATURES = ("score_hist_distance", "novelty")
 """Computed by the forest from a frame's score bins / embedding against its training frames."""
 FOREST_FEATURES = CANDIDATE_FEATURES + TTA_SIGNALS + DERIVED_FEATURES
 NO_SIGNALS_NOTE = (
-    "this forest was fitted without the detector's signals (a file from before they existed): its "
-    "domain flag uses the feature rows only and its intervals do not widen with novelty"
+    "this forest uses none of the detector's signals (fitted without them, or a file from before they "
+    "existed): its domain flag looks at the feature rows only and its intervals do not widen with novelty"
 )
 BUNDLED_FORESTS = {"default": "default_forest.skops", "li2025": "li2025_forest.skops"}
 MODELS_DIR = Path(__file__).parent / "models"
