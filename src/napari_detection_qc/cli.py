@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="the detector's label-free signals stored with each frame, for forests that use them: "
         "cheap = backbone embedding (novelty; about one extra backbone pass), all = also TTA agreement "
-        "under flips and rotation (about 3.4x the detection time)",
+        "under flips and rotation (adding about 0.8x the detection time (box-only passes))",
     )
     detect.add_argument("--keep-going", action="store_true", help="skip unreadable files instead of stopping")
     detect.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -44,7 +44,7 @@ class DetectorSpec:
     """Typical object diameter in native pixels; None estimates it per frame (``auto``)."""
     signals: str = "none"
     """The detector's label-free signals stored with each frame: none, cheap (backbone embedding)
-    or all (and TTA agreement, about 3.4x the detection time); see ``signals.py``."""
+    or all (and TTA agreement, adding about 0.8x the detection time (box-only passes)); see ``signals.py``."""
 
     def load(self):
         from ..engines import load_detector

@@ -38,7 +38,7 @@ SHAPES_REFRESH_SECONDS = 1.0
 SIGNALS_TOOLTIP = ("the detector's label-free signals about each frame, stored with the detections for "
                    "quality forests that use them. none: no extra cost; cheap: backbone embedding "
                    "(novelty), one extra backbone pass per frame; all: also agreement under flips and "
-                   "rotation (TTA), about 3.4x the detection time")
+                   "rotation (TTA), adding about 0.8x the detection time (box-only passes)")
 
 
 def image_frames(layer: Image) -> tuple[np.ndarray, bool]:
