@@ -47,6 +47,26 @@ def test_finetune_section_trains_shows_graphs_and_saves(section, qtbot, tmp_path
     assert (tmp_path / "tuned.curves.png").is_file()
 
 
+def test_saved_finetuned_model_detects_the_stack_again(section, qtbot, tmp_path):
+    from napari_detection_qc.layer_pair import pair_record
+    from napari_detection_qc.widgets import DetectionWidget
+
+    widget, section, layer, truth = section
+    detection = DetectionWidget(widget.viewer)
+    detection.device.value = "cpu"
+    for t in range(3):
+        layer.data[t] = truth[t]
+        widget.mark_reviewed(t)
+    section.run()
+    qtbot.waitUntil(lambda: section.worker is None, timeout=WORKER_TIMEOUT_MS)
+    section.save(tmp_path / "tuned.pt")
+    assert detection.weights.value == tmp_path / "tuned.pt" and detection.image.value.name == "tem"
+    qtbot.waitUntil(lambda: detection.worker is None, timeout=WORKER_TIMEOUT_MS)
+    record = pair_record(widget.viewer.layers["tem boxes"].metadata)
+    assert record["detector"]["weights_path"] == str((tmp_path / "tuned.pt").resolve())
+    assert record["frames_done"] == [0, 1, 2]
+
+
 def test_finetune_section_cancel_keeps_nothing(section, qtbot):
     widget, section, layer, truth = section
     for t in range(2):

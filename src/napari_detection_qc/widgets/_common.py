@@ -76,6 +76,7 @@ class ViewerSession:
 
     forest_changed = Signal(object)
     detections_changed = Signal(object, object, bool)  # masks, boxes, finished
+    detector_saved = Signal(str, str)  # a fine-tuned model's weights file, the image layer it was tuned on
 
     def __init__(self):
         self.forest: QualityForest | None = None

@@ -88,6 +88,7 @@ class DetectionWidget(Step):
                          self.progress_text)
 
         self.engine.changed.connect(self._on_engine)
+        self.session.detector_saved.connect(self._use_saved_detector)
         self.image.changed.connect(self._take_pixel_size)
         self._take_pixel_size(self.image.value)
         self.pixel_size.changed.connect(self._on_pixel_size)
@@ -105,6 +106,21 @@ class DetectionWidget(Step):
     def _on_engine(self, value: str) -> None:
         self.weights.visible = value != ENGINES[0]
         self.config.visible = value == ENGINES[2]
+
+    def _use_saved_detector(self, path: str, image_name: str) -> None:
+        """A model fine-tuned in the Training step becomes this step's detector (at its own
+        threshold) and detects the stack it was tuned on again, so the Quality step's "auto"
+        forest switches to the forest saved beside it."""
+        self.engine.value = ENGINES[1]
+        self.weights.value = path
+        self.threshold.value = 0.0
+        if image_name in self.viewer.layers and isinstance(self.viewer.layers[image_name], Image):
+            self.image.value = self.viewer.layers[image_name]
+        if self.worker is None:
+            self.scope.value = WHOLE_STACK
+            self.run()
+        else:
+            self.status.warn("the fine-tuned model is selected; detect again when the running detection ends")
 
     def _take_pixel_size(self, layer) -> None:
         """The pixel size belongs to the image: take the one its layer knows (our reader, a scale

@@ -167,8 +167,8 @@ class FinetuneSection:
                             f"{a['recall']:.2f}; score threshold {self.result.score_threshold:g})")
         self.comparison.setText("\n".join(lines))
         self.save_button.enabled = True
-        self.status.info("fine-tuned and its forest fitted: save them, then detect with the saved model "
-                         "(the quality step's 'auto' forest finds the forest beside it)")
+        self.status.info("fine-tuned and its forest fitted: save them to detect the stack again with the new "
+                         "model (the Quality step's 'auto' forest finds the forest beside it)")
 
     def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, (FinetuneCancelled, ForestFitCancelled)):
@@ -194,7 +194,10 @@ class FinetuneSection:
         except (ValueError, OSError) as exc:
             self.status.error(str(exc))
             return
-        self.status.info(f"saved {path} and {companion_forest_path(path).name}")
+        self.status.info(f"saved {path} and {companion_forest_path(path).name}; the Detection step detects "
+                         "the stack again with the new model")
+        image = self.image.value
+        self.step.session.detector_saved.emit(str(path), image.name if image is not None else "")
 
     def _ask_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self.step, "Save fine-tuned model", "", "Checkpoint (*.pt)")
