@@ -161,8 +161,8 @@ class Detector(ABC):
             return detections
 
         def detect_view(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            boxes_only = lambda views: self._detect_boxes(views, masks=False)  # noqa: E731
-            in_view = detect_in_tiles(view, boxes_only, self.batch_size).top(self.max_detections)
+            detect_boxes_only = lambda views: self._detect_boxes(views, masks=False)  # noqa: E731
+            in_view = detect_in_tiles(view, detect_boxes_only, self.batch_size).top(self.max_detections)
             return in_view.boxes, in_view.scores
 
         signals = frame_signals(resampled, found.boxes, found.scores, options, detect_view, self.embed)

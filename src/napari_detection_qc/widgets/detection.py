@@ -2,8 +2,8 @@
 worker into a Labels layer ``<image> masks`` and a Shapes layer ``<image> boxes`` (features
 ``score``, ``label``, ``frame``, ``origin``), with the detector's quality signals about each frame
 in the pair's record (for forests that use them). A re-run replaces frame by frame as results
-arrive, so a cancel or an error keeps every frame not yet redone, with its signals. Progress (frames, elapsed, time left)
-shows in the dock from the moment Detect is pressed."""
+arrive, so a cancel or an error keeps every frame not yet redone, with its signals. Progress
+(frames, elapsed, time left) shows in the dock from the moment Detect is pressed."""
 
 from __future__ import annotations
 
