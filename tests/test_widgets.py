@@ -70,9 +70,11 @@ def test_detection_widget_makes_consistent_layers(make_napari_viewer, qtbot, sma
     record = masks.metadata["detection_qc"]
     assert record["detector"]["weights_sha256"] and record["frames_done"] == [0, 1, 2, 3]
     n_layers = len(viewer.layers)
+    widget.max_detections.value = 1
     widget.run()  # re-running replaces the content, it does not add layers
     wait_for(qtbot, widget)
     assert len(viewer.layers) == n_layers
+    assert boxes.features["frame"].value_counts().max() == 1 and "reached max detections (1)" in widget.status.value
 
 
 def test_detection_on_current_frame_keeps_the_others(make_napari_viewer, qtbot, small_stack):

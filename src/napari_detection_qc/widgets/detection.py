@@ -290,6 +290,10 @@ class DetectionWidget(Step):
         for layer in (self.masks_layer, self.boxes_layer):
             layer.metadata = {**layer.metadata, METADATA_KEY: record}
 
+    def _frames_at_max_detections(self) -> list[int]:
+        counts = self._features["frame"].value_counts()
+        return sorted(t for t in set(self._redone) if counts.get(t, 0) >= self.max_detections.value)
+
     def _kept_from_other_detector(self) -> list[int]:
         earlier = (self._previous.get("detector") or {}).get("weights_sha256")
         now = (self._detector or {}).get("weights_sha256")
@@ -315,6 +319,9 @@ class DetectionWidget(Step):
             self.status.warn(f"cancelled: {done} of {total} frame(s) redone{kept}")
         else:
             self.status.info(f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}")
+        if capped := self._frames_at_max_detections():
+            self.status.warn(f"frame(s) {capped[:5]}{'…' if len(capped) > 5 else ''} reached max detections "
+                             f"({self.max_detections.value}): objects past it were dropped; raise it and detect again")
         if mixed := self._kept_from_other_detector():
             self.status.warn(f"frames {mixed[:5]}{'…' if len(mixed) > 5 else ''} keep detections from an earlier "
                              "detector; run on the whole stack to make them consistent")
