@@ -1,7 +1,7 @@
 """Default detector benchmark: held-out F1 per synthetic family at native resolution with the
 automatic object size, and CPU time per 1024, 2048 and 4096 px frame; writes the model card.
 
-    PYTHONPATH=src python benchmarks/bench_detector.py [--frames 15] [--threads 2] [--write-card]
+    PYTHONPATH=src python benchmarks/bench_detector.py [--frames 10] [--threads 2] [--write-card]
 
 Held-out frames use seeds >= 1_000_000 (training used 0, 1, 2, ...). F1 is the paper's matching
 (box IoU >= 0.1), mean over frames of the per-frame F1. Targets (issue 11): >= 0.85 on every
@@ -141,7 +141,7 @@ are the older named presets (512 x 512). Reproduce: `{COMMAND}`.
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="default", help="detector spec for load_detector")
-    parser.add_argument("--frames", type=int, default=15, help="held-out frames per family (0: skip F1)")
+    parser.add_argument("--frames", type=int, default=10, help="held-out frames per family (0: skip F1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--write-card", action="store_true", help="write models/default_detector.md")
