@@ -62,7 +62,6 @@ def detected(make_napari_viewer, qtbot, tiny_checkpoint, one_torch_thread):
     widget.engine.value = "torchvision checkpoint"
     widget.weights.value = tiny_checkpoint
     widget.device.value = "cpu"
-    widget.max_detections.value = 20
     run_detection(widget, qtbot, "all")
     return viewer, widget
 
