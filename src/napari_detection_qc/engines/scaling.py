@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..matching import box_iou_matrix
 from .boxmasks import BoxMasks
 
 ESTIMATE_VIEW_PX = 384
@@ -107,16 +108,7 @@ def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: Scale
 
 def _found_again(boxes: np.ndarray, other: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
     """Which ``boxes`` overlap some box of ``other`` with IoU >= ``min_iou`` (native coordinates)."""
-    if len(boxes) == 0 or len(other) == 0:
-        return np.zeros(len(boxes), dtype=bool)
-    y0 = np.maximum(boxes[:, None, 0], other[None, :, 0])
-    x0 = np.maximum(boxes[:, None, 1], other[None, :, 1])
-    y1 = np.minimum(boxes[:, None, 2], other[None, :, 2])
-    x1 = np.minimum(boxes[:, None, 3], other[None, :, 3])
-    inter = np.clip(y1 - y0, 0, None) * np.clip(x1 - x0, 0, None)
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-    union = area(boxes)[:, None] + area(other)[None, :] - inter
-    return (inter / np.maximum(union, 1e-9) >= min_iou).any(axis=1)
+    return (box_iou_matrix(boxes, other) >= min_iou).any(axis=1)
 
 
 def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule) -> float | None:
