@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_ARCHITECTURE
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.ops import roi_align
 
 from napari_detection_qc.engines import (
     DetectorLoadError,
@@ -22,8 +24,10 @@ from napari_detection_qc.engines.detectron2_checkpoint import import_detectron2_
 from napari_detection_qc.engines.torchvision_maskrcnn import (
     COMPACT_FPN,
     PAPER_R50_FPN,
+    FastMaskPredictor,
     TorchvisionDetector,
     build_maskrcnn,
+    threaded_roi_align,
 )
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.synthetic import make_frame
@@ -175,6 +179,44 @@ def test_proposals_are_ranked_by_logit_even_where_sigmoid_saturates():
     boxes, scores = rpn.filter_proposals(proposals, logits, [(100, 100)], [3])
     torch.testing.assert_close(boxes[0], proposals[0, [1, 2]])
     assert scores[0][0] == 1.0
+
+
+@pytest.mark.parametrize("width", [64, 256])
+def test_fast_mask_predictor_computes_torchvisions_numbers(width):
+    torch.manual_seed(0)
+    reference = MaskRCNNPredictor(width, width, 2)
+    fast = FastMaskPredictor(width, width, 2)
+    fast.load_state_dict(reference.state_dict())
+    pooled = torch.randn(5, width, 14, 14)
+    torch.testing.assert_close(fast(pooled), reference(pooled), atol=1e-5, rtol=1e-4)
+
+
+def test_threaded_roi_align_computes_the_same_numbers():
+    torch.manual_seed(0)
+    feature = torch.randn(1, 8, 64, 64)
+    corners = torch.rand(200, 2) * 230
+    rois = torch.cat([torch.zeros(200, 1), corners, corners + torch.rand(200, 2) * 30 + 1], dim=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        split = threaded_roi_align(feature, rois, (14, 14), 0.25, 2)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(split, roi_align(feature, rois, (14, 14), 0.25, 2, aligned=True))
+
+
+def test_cores_keep_only_centred_detections_with_the_same_masks(detector):
+    """Masks are computed only for detections a tile keeps, and equal those computed for all."""
+    image = make_frame(1_000_322, (512, 512), "dense")[0].astype(np.float32)
+    image = image / image.max() * 255
+    everything = detector._detect_boxes([image])[0]
+    core = (100, 400, 50, 300)
+    kept = detector._detect_boxes([image], cores=[core])[0]
+    centres = (everything.boxes[:, :2] + everything.boxes[:, 2:]) / 2
+    inside = (centres[:, 0] >= 100) & (centres[:, 0] < 400) & (centres[:, 1] >= 50) & (centres[:, 1] < 300)
+    assert 0 < inside.sum() < len(everything)
+    np.testing.assert_allclose(kept.boxes, everything.boxes[inside], atol=1e-4)
+    torch.testing.assert_close(kept.mask_probs, everything.mask_probs[torch.from_numpy(inside)], atol=1e-5, rtol=1e-4)
 
 
 class RunsCode:

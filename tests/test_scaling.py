@@ -15,7 +15,7 @@ from napari_detection_qc.engines.tiling import TILE_PX, detect_in_tiles, tile_sp
 ROBUST = {"intensity": "robust"}
 
 
-def threshold_boxes(images):
+def threshold_boxes(images, cores=None):
     """A stand-in model: every bright connected blob is a detection with score 0.9 and a full mask."""
     results = []
     for image in images:
@@ -37,7 +37,7 @@ class ThresholdDetector(Detector):
     def _detect(self, images):
         raise AssertionError("scale-aware detectors use _detect_boxes")
 
-    def _detect_boxes(self, images, min_score=None, masks=True):
+    def _detect_boxes(self, images, min_score=None, masks=True, cores=None):
         self.seen_shapes += [image.shape for image in images]
         return threshold_boxes(images)
 

@@ -8,6 +8,7 @@ with here once, so all engines behave alike on odd input.
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 from ..signals import SignalOptions, blank_frame_signals, frame_signals
 from .boxmasks import BoxMasks
 from .intensity import scale_to_255
-from .scaling import ESTIMATE_MIN_SCORE, ScaleRule, estimate_object_size, resample
+from .scaling import ESTIMATE_MIN_SCORE, ScaleRule, Window, estimate_object_size, resample
 from .tiling import detect_in_tiles
 
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
@@ -161,8 +162,7 @@ class Detector(ABC):
             return detections
 
         def detect_view(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            detect_boxes_only = lambda views: self._detect_boxes(views, masks=False)  # noqa: E731
-            in_view = detect_in_tiles(view, detect_boxes_only, self.batch_size).top(self.max_detections)
+            in_view = detect_in_tiles(view, partial(self._detect_boxes, masks=False), self.batch_size).top(self.max_detections)
             return in_view.boxes, in_view.scores
 
         signals = frame_signals(resampled, found.boxes, found.scores, options, detect_view, self.embed)
@@ -215,11 +215,16 @@ class Detector(ABC):
         """Detections of valid 0..255 float32 grayscale frames, at the model's own resize rule."""
 
     def _detect_boxes(
-        self, images: Sequence[np.ndarray], min_score: float | None = None, masks: bool = True
+        self,
+        images: Sequence[np.ndarray],
+        min_score: float | None = None,
+        masks: bool = True,
+        cores: Sequence[Window] | None = None,
     ) -> list[BoxMasks]:
         """Raw detections of 0..255 frames at their given scale (models with a ``scale_rule``),
         scoring at least ``min_score`` (default: the detector's threshold); ``masks=False`` skips
-        the mask branch (empty masks) where only boxes and scores are needed."""
+        the mask branch (empty masks) where only boxes and scores are needed; ``cores`` (one
+        window per frame) keeps only detections centred inside it."""
         raise NotImplementedError(f"{type(self).__name__} does not support object-size rescaling")
 
     def __repr__(self) -> str:

@@ -36,7 +36,11 @@ MIN_VIEW_PX = 112
 down to ``MIN_CONFIRMING_VIEW_PX`` they still confirm the next factor's detections."""
 MIN_CONFIRMING_VIEW_PX = 48
 
-DetectBoxes = Callable[[Sequence[np.ndarray]], list[BoxMasks]]
+Window = tuple[int, int, int, int]
+"""(y0, y1, x0, x1) pixel bounds."""
+DetectBoxes = Callable[..., list[BoxMasks]]
+"""``detect_boxes(images, cores=None)``: raw detections of each image; ``cores`` (one window per
+image) lets it skip work on detections whose box centre lies outside the window."""
 
 
 @dataclass(frozen=True)
