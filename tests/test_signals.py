@@ -20,7 +20,7 @@ from napari_detection_qc.signals import (
     TTA_SIGNALS,
     VIEWS,
     SignalOptions,
-    Typicality,
+    SubspaceNovelty,
     boxes_from_view,
     frames_lacking,
     signals_from_records,
@@ -180,11 +180,15 @@ def test_li2025_is_the_papers_forest_unchanged():
     assert set(TARGETS) <= set(forest.predict(rows).columns)  # the paper's 8 columns suffice
 
 
-def test_typicality_scores_a_novel_point_above_its_threshold():
+def test_novelty_flags_points_off_the_reference_subspace():
     rng = np.random.default_rng(7)
-    model = Typicality().fit(rng.normal(0, 1, (80, 6)))
-    assert model.novelty(rng.normal(0, 1, (1, 6)) + 20)[0] > model.threshold
-    assert np.isfinite(Typicality().fit(rng.normal(0, 1, (3, 6))).threshold)
+    basis = rng.normal(0, 1, (3, 30))
+    on_subspace = lambda n: rng.normal(0, 1, (n, 3)) @ basis + rng.normal(0, 0.05, (n, 30))  # noqa: E731
+    model = SubspaceNovelty(n_components=3).fit(on_subspace(200))
+    assert (model.reference_novelty > model.threshold).mean() <= 0.02
+    assert (model.novelty(on_subspace(100)) > model.threshold).mean() <= 0.1
+    assert (model.novelty(rng.normal(0, 1, (20, 30))) > model.threshold).all()
+    assert np.isfinite(SubspaceNovelty().fit(rng.normal(0, 1, (3, 6))).novelty(rng.normal(0, 1, (2, 6)))).all()
 
 
 def test_predicted_quality_reads_the_signals_stored_with_the_detections(signal_forest):

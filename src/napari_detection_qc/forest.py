@@ -10,7 +10,7 @@ and recall, with calibrated intervals, an out-of-domain flag, the paper's CV met
   training frames is no higher than 99% of the training frames' own.
 - Signals (issue 16): the detector's TTA agreement can be features; so can two values the forest
   derives itself: ``score_hist_distance`` (to the nearest training frame's score histogram) and
-  ``novelty`` (typicality of the embedding). With embeddings, intervals are weighted-conformal by
+  ``novelty`` (of the embedding against the training frames'). With embeddings, intervals are weighted-conformal by
   novelty: residuals of training frames of similar novelty count most, and a frame more novel
   than the training frames gets a wider interval, up to [0, 1].
 - Files: skops (no pickle execution) holding the pipelines, the training set and the metadata.
@@ -38,11 +38,13 @@ from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES, PAPER_FEATURES, SCORE_BIN_NAMES
 from .forest_structure import pipeline_problem, signal_arrays_problem
 from .metrics import regression_metrics
-from .signals import TTA_SIGNALS, Typicality, score_histogram_distance
+from .signals import TTA_SIGNALS, SubspaceNovelty, score_histogram_distance
 
 TARGETS = ("f1", "precision", "recall")
 FILE_FORMAT = "napari-detection-qc/quality-forest"
-FILE_VERSION = 2  # 2: training embeddings, signal features and conformal residuals (issue 16)
+FILE_VERSION = 3  # 2: training embeddings, signal features and conformal residuals (issue 16); 3: subspace novelty
+NOVELTY_VERSION = 3
+"""Files before it computed ``novelty`` another way; a forest using it as a feature needs a refit."""
 DERIVED_FEATURES = ("score_hist_distance", "novelty")
 """Computed by the forest from a frame's score bins / embedding against its training frames."""
 FOREST_FEATURES = CANDIDATE_FEATURES + TTA_SIGNALS + DERIVED_FEATURES
@@ -149,7 +151,7 @@ class QualityForest:
         self._neighbours: NearestNeighbors | None = None
         self._domain_radius = 0.0
         self.training_embeddings: np.ndarray | None = None
-        self.typicality: Typicality | None = None
+        self.typicality: SubspaceNovelty | None = None
         self._residuals: dict[str, np.ndarray] = {}
         self.signals_note: str | None = None
         self._training_bins: np.ndarray | None = None
@@ -197,7 +199,7 @@ class QualityForest:
         self.training_embeddings = None if embeddings is None else _embeddings(embeddings, len(features_df))
         if self.training_embeddings is not None and not np.isfinite(self.training_embeddings).all():
             raise ValueError("training embeddings must be finite (frames without one cannot be used)")
-        self.typicality = None if embeddings is None else Typicality().fit(self.training_embeddings)
+        self.typicality = None if embeddings is None else SubspaceNovelty().fit(self.training_embeddings)
         if "novelty" in self.features and self.typicality is None:
             raise ValueError("the feature 'novelty' needs the training frames' embeddings")
         self.signals_note = None if self.typicality is not None else NO_SIGNALS_NOTE
@@ -511,6 +513,11 @@ class QualityForest:
         version = meta.get("version", 0)
         if not isinstance(version, int) or version > FILE_VERSION:
             raise ForestLoadError(f"{path} was written by a newer version (format {version!r})")
+        if version < NOVELTY_VERSION and "novelty" in meta.get("features", ()):
+            raise ForestLoadError(
+                f"{path} uses the 'novelty' feature as computed before format {NOVELTY_VERSION}, which this "
+                "version computes differently; refit the forest (Training step) from its labeled frames"
+            )
         try:
             return cls._from_state(state, meta)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -554,7 +561,7 @@ class QualityForest:
         forest._training_bins = None if bins is None else np.asarray(bins, dtype=np.float64)
         if "training_embeddings" in state:
             forest.training_embeddings = np.asarray(state["training_embeddings"], dtype=np.float64)
-            forest.typicality = Typicality().fit(forest.training_embeddings)
+            forest.typicality = SubspaceNovelty().fit(forest.training_embeddings)
         else:
             forest.signals_note = NO_SIGNALS_NOTE
         needs = [f for f in forest.features if f in DERIVED_FEATURES]

@@ -65,7 +65,7 @@ def pipeline_problem(pipeline, n_features: int) -> str | None:
 
 def signal_arrays_problem(state: dict, n_training: int, n_targets: int) -> str | None:
     """What is wrong with a format-2 file's signal arrays (each optional), or None: training
-    embeddings (one finite row per training frame, at least 3 for the typicality model), score
+    embeddings (one finite row per training frame, at least 3 for the novelty model), score
     bins (one row of fractions per training frame) and conformal residuals (one row per target;
     NaN where a frame was in every tree's bag, else non-negative)."""
     if "training_embeddings" in state:
