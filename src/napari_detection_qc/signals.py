@@ -175,10 +175,10 @@ class SubspaceNovelty:
     the reference frames' own values computed out of fold (each frame scored by a model fitted
     without it, as a new frame is); the novelty is the larger of the two, so ``threshold`` is 1.
 
-    Chosen by measurement (benchmarks/RESULTS.md, issue 16) over seed 002's typicality (a Gaussian
-    mixture on k-NN distance statistics): for telling the real EMPS particle images from
-    leave-one-out synthetic cavity domains, AUROC 0.95 (residual) and 0.93 (k-NN) against 0.81,
-    flagging half of EMPS against 17%, at the same 1% of synthetic frames flagged. The k-NN term
+    Chosen by measurement (``benchmarks/signals_study.py``, RESULTS.md) over seed 002's typicality
+    (a Gaussian mixture on k-NN distance statistics): telling the real EMPS particle images from
+    leave-one-out synthetic cavity domains, AUROC 0.94 against 0.81, flagging 54% of EMPS against
+    17%, while flagging 1.7% of the held-out synthetic frames against 1.1%. The k-NN term
     covers what the residual cannot see: frames unlike the reference inside its subspace.
     """
 
