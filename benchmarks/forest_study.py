@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from results_file import RESULTS, write_section
+from results_file import RESULTS, detector_cache, write_section
 
 from napari_detection_qc.detections import FrameDetections
 from napari_detection_qc.engines import load_detector
@@ -48,7 +48,7 @@ PAPER_ALL = {"f1": {"rmse": 0.127, "mae": 0.093, "r2": 0.774, "nrmse": 0.475, "n
 # -- frames ---------------------------------------------------------------------------------------
 def cached_detections(detector, domain: str, severity: float, seed: int):
     """The frame's detections and ground-truth boxes, from cache or by running the detector."""
-    path = CACHE / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}" / domain / f"{seed}.npz"
+    path = detector_cache(CACHE, detector) / domain / f"{seed}.npz"
     if path.exists():
         with np.load(path) as saved:
             frame = FrameDetections(saved["boxes"], saved["scores"], saved["labels"])

@@ -1,5 +1,5 @@
-"""Write one benchmark's section of benchmarks/RESULTS.md between its own markers, leaving the
-other scripts' sections as they are."""
+"""Shared by the benchmark scripts: each writes its own section of benchmarks/RESULTS.md between
+its markers, leaving the other scripts' sections as they are, and caches per detector."""
 
 from pathlib import Path
 
@@ -15,3 +15,8 @@ def write_section(marker: str, text: str) -> None:
     else:
         current = current.rstrip() + "\n\n" + text + "\n"
     RESULTS.write_text(current)
+
+
+def detector_cache(root: Path, detector) -> Path:
+    """Cache folder for one detector's outputs: its weights and its score threshold decide them."""
+    return root / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}"

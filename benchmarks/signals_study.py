@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from results_file import detector_cache
 
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.features import detections_features
@@ -84,7 +85,7 @@ def frame_key(spec: dict) -> str:
 
 def collect(detector, specs: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per frame (features, signals, truth, timings) and the frames' embeddings."""
-    root = CACHE / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}"
+    root = detector_cache(CACHE, detector)
     rows, embeddings = [], []
     start = time.perf_counter()
     for i, spec in enumerate(specs):

@@ -435,7 +435,7 @@ class TorchvisionDetector(Detector):
                 f"the weights do not fit the architecture {self.architecture['name']!r} in their header: "
                 f"{str(error)[:500]}"
             ) from error
-        self.model.eval().to(self.device, memory_format=torch.channels_last)
+        self.model.eval().to(self.device)
         self.scale_rule = ScaleRule.from_input_header(self.normalisation)
 
     @classmethod
@@ -484,7 +484,8 @@ class TorchvisionDetector(Detector):
         heads.score_thresh = self.score_threshold if min_score is None else min_score
         with torch.inference_mode():
             batch, scales = to_model_batch(images, self.architecture, self.normalisation, self.device)
-            # convolutions run faster channels-last on CPU; torchvision's RoIAlign wants NCHW
+            # convolutions run faster on channels-last input on CPU (weights stay NCHW: training
+            # a channels-last model crashed in backward); torchvision's RoIAlign wants NCHW
             features = self.model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
             proposals, _ = self.model.rpn(batch, features)
             features = OrderedDict((level, maps.contiguous()) for level, maps in features.items())
