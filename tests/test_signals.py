@@ -117,6 +117,22 @@ def test_intervals_widen_with_novelty(signal_forest):
     assert predicted["f1_low"].iloc[-1] == 0.0 and predicted["f1_high"].iloc[-1] == 1.0
 
 
+def test_frames_whose_error_no_training_frame_bounds_are_not_in_domain(signal_forest):
+    """A frame whose weighted-conformal interval is unbounded (no training frame of like novelty),
+    so its F1 interval is all of 0-1, is out of domain by that alone: here the novelty threshold
+    is lifted out of the way."""
+    forest = copy.deepcopy(signal_forest)
+    forest.typicality.threshold = np.inf
+    features, _, embeddings = study(1, seed=3)
+    shifts = np.linspace(0.0, 3.0, 13)
+    features = pd.concat([features] * len(shifts), ignore_index=True)
+    predicted = forest.predict(features, np.repeat(embeddings, len(shifts), axis=0) + shifts[:, None])
+    unbounded = ~np.isfinite(forest._interval_scales("f1", predicted["novelty"].to_numpy(), np.ones(len(shifts), bool)))
+    near = (predicted["domain_distance"] <= forest._domain_radius).to_numpy()
+    assert predicted["in_domain"].iloc[0] and (unbounded & near).any()
+    assert not predicted["in_domain"][unbounded].any()
+
+
 def test_empty_single_and_all_failing_inputs_give_defined_values(signal_forest):
     features, _, embeddings = study(3, seed=3)
     empty = signal_forest.predict(features.iloc[:0], embeddings[:0])

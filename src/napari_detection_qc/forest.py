@@ -300,7 +300,13 @@ class QualityForest:
         out["novelty"] = novelty
         out["novelty_known"] = known
         novel = known & (novelty > (self.typicality.threshold if self.typicality else np.inf))
-        out["in_domain"] = (distance <= self._domain_radius) & ~novel & (known | ("novelty" not in self.features))
+        # a frame whose F1 interval spans all of 0-1 (typically: too novel for any training frame of
+        # like novelty to bound its error) is outside what the forest knows, below the novelty
+        # threshold too
+        uninformative = (out["f1_low"] <= 0.0) & (out["f1_high"] >= 1.0)
+        out["in_domain"] = (
+            (distance <= self._domain_radius) & ~novel & ~uninformative & (known | ("novelty" not in self.features))
+        )
         return out
 
     def model_inputs(self, features_df: pd.DataFrame, embeddings=None) -> pd.DataFrame:
