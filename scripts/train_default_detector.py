@@ -71,10 +71,23 @@ SIZE_ESTIMATE_ERROR = 0.2
 """Log-normal sigma of the simulated error of the automatic object-size estimate."""
 
 
-def training_frame(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def parse_mix(text: str) -> dict[str, float]:
+    """``"realistic=0.3,big=0.2,..."`` -> shares of TRAINING_MIX's sources, normalised to sum 1."""
+    mix = {}
+    for part in text.split(","):
+        name, _, share = part.partition("=")
+        if name.strip() not in TRAINING_MIX:
+            raise SystemExit(f"--mix: unknown source {name.strip()!r}; choose from {', '.join(TRAINING_MIX)}")
+        mix[name.strip()] = float(share)
+    if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise SystemExit("--mix: shares must be >= 0 and not all 0")
+    return {k: v / sum(mix.values()) for k, v in mix.items()}
+
+
+def training_frame(seed: int, mix: dict[str, float] = TRAINING_MIX) -> tuple[np.ndarray, np.ndarray]:
     """Frame ``seed`` of the training stream at the model's trained scale: (0..255 image, labels)."""
     rng = np.random.default_rng([seed, 17])
-    source = rng.choice(list(TRAINING_MIX), p=list(TRAINING_MIX.values()))
+    source = rng.choice(list(mix), p=list(mix.values()))
     if source == "preset":
         preset = rng.choice(sorted(PRESETS))
         raw, labels = make_frame(seed, (512, 512), PRESETS[preset])
@@ -96,13 +109,14 @@ def training_frame(seed: int) -> tuple[np.ndarray, np.ndarray]:
 class FramePool:
     """A ring of training frames (at trained scale), one replaced every ``refresh_every`` steps."""
 
-    def __init__(self, rng: np.random.Generator, size: int, first_seed: int):
+    def __init__(self, rng: np.random.Generator, size: int, first_seed: int, mix: dict[str, float]):
         self.rng = rng
+        self.mix = mix
         self.next_seed = first_seed
         self.frames = [self._make() for _ in range(size)]
 
     def _make(self):
-        frame = training_frame(self.next_seed)
+        frame = training_frame(self.next_seed, self.mix)
         self.next_seed += 1
         return frame
 
@@ -120,7 +134,7 @@ def train(args, model, start_step: int, first_seed: int) -> tuple[torch.nn.Modul
     torch.manual_seed(args.seed + start_step)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    pool = FramePool(rng, args.pool_size, first_seed)
+    pool = FramePool(rng, args.pool_size, first_seed, args.mix)
     start = time.monotonic()
     last_save, step, smoothed = start, start_step, None
     resumed_warmup = 0 if start_step == 0 else 50  # a fresh optimizer after a resume warms up again
@@ -161,9 +175,10 @@ def train(args, model, start_step: int, first_seed: int) -> tuple[torch.nn.Modul
 def header(args, steps: int, next_seed: int, minutes: float | None = None) -> dict:
     training = {
         "data": "napari_detection_qc.synthetic: realistic families "
-        + ", ".join(f"{k} {v:.0%}" for k, v in TRAINING_MIX.items())
+        + ", ".join(f"{k} {v:.0%}" for k, v in args.mix.items())
         + " (preset: one of the older named presets)",
-        "train_seeds": f"0..{next_seed - 1}",
+        "mix": args.mix,
+        "train_seeds": f"{args.first_seed}..{next_seed - 1}",
         "next_seed": next_seed,
         "held_out_seeds": f">= {HELD_OUT_SEED}",
         "scale": f"resampled to a {SCALE_RULE.target_px:g} px typical cavity (factor {SCALE_RULE.min_factor:g}-"
@@ -204,14 +219,17 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
         else:
             args.schedule_note = training.get("schedule")
         args.init_note = training.get("initialised_from", "resumed")
+        args.mix = training.get("mix", TRAINING_MIX)
+        args.first_seed = int(str(training["train_seeds"]).split("..")[0])
         return model, int(training["steps"]), int(training["next_seed"])
     if args.init is not None:
-        _, state = load_checkpoint(args.init)
+        init_header, state = load_checkpoint(args.init)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        args.init_note = f"weights of {args.init.name} (the earlier 'clean'-preset model)"
+        steps = init_header.get("training", {}).get("steps") if isinstance(init_header.get("training"), dict) else None
+        args.init_note = f"weights of {args.init.name} (sha256 {init_header['sha256'][:12]}, {steps or '?'} steps)"
     else:
         args.init_note = "none (from scratch)"
-    return model, 0, 0
+    return model, 0, args.first_seed
 
 
 def main(argv=None) -> None:
@@ -226,6 +244,8 @@ def main(argv=None) -> None:
         "--init", type=Path, default=None, help="start from these weights (same architecture)"
     )
     parser.add_argument("--resume", type=Path, default=None, help="continue a run from its resume checkpoint")
+    parser.add_argument("--mix", type=parse_mix, default=TRAINING_MIX, help='source shares, e.g. "realistic=0.4,big=0.1,..."')
+    parser.add_argument("--first-seed", type=int, default=0, help="first frame seed of a new run (a later stage: past the last)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-size", type=int, default=320)
     parser.add_argument("--pool-size", type=int, default=48)
