@@ -8,9 +8,9 @@ with here once, so all engines behave alike on odd input.
 from __future__ import annotations
 
 import hashlib
-from functools import partial
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np

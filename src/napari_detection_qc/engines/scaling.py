@@ -13,7 +13,7 @@ the median size of those detections, divided by the factor, is the frame's typic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
