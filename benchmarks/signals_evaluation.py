@@ -190,8 +190,9 @@ def report(table, results, compared, detector, seconds, command, novelty_rows) -
         f"({table['signals_seconds'].sum() / table['detect_seconds'].sum():.1f}x). `signals=\"cheap\"` (embedding only) "
         "adds about one backbone pass.", "",
         "Forests compared (fit per fold; before = the bundled default forest's features with the feature-row "
-        "domain flag and global intervals; after = the same plus the detector's signals, the combined flag and "
-        "novelty-weighted intervals):", "",
+        "domain flag and global intervals; after = the same plus the detector's signals, novelty-weighted "
+        "intervals and the combined flag: out of domain when the feature row is far from the training rows, the "
+        "frame's novelty is above its threshold, or its F1 interval spans all of 0-1):", "",
     ]
     for name, features, _ in compared:
         lines.append(f"- **{name}**: {', '.join(features)}")
@@ -209,15 +210,15 @@ def report(table, results, compared, detector, seconds, command, novelty_rows) -
                          f"{fmt(s['r2'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} | "
                          f"{s['n_fail']} | {fmt(s['caught'])} | {fmt(s['false_alarm'])} | {fmt(s['width'])} |")
     lines += ["", "### All forests, pooled", "",
-              "| forest | random 5-fold F1 MAE | held-out MAE | held-out in-domain MAE | held-out in-domain coverage "
+              "| forest | random 5-fold F1 MAE | random 5-fold in-domain rate | held-out MAE | held-out in-domain MAE | held-out in-domain coverage "
               "| held-out caught | held-out false alarm | EMPS MAE | EMPS in-domain rate | EMPS in-domain MAE "
-              "| EMPS in-domain coverage | EMPS caught | EMPS false alarm |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| EMPS in-domain coverage | EMPS caught | EMPS false alarm |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         r = results[name]
         random_mae = regression_metrics(r["random"]["true_f1"], r["random"]["f1"])["mae"]
         h = summarise(r["held_out"])
         e = summarise(r["emps"]) if r["emps"] is not None else {k: np.nan for k in h}
-        lines.append(f"| {name} | {random_mae:.3f} | {fmt(h['mae'])} | {fmt(h['mae_in'])} | {fmt(h['coverage_in'])} | "
+        lines.append(f"| {name} | {random_mae:.3f} | {r['random']['in_domain'].mean():.2f} | {fmt(h['mae'])} | {fmt(h['mae_in'])} | {fmt(h['coverage_in'])} | "
                      f"{fmt(h['caught'])} | {fmt(h['false_alarm'])} | {fmt(e['mae'])} | {fmt(e['in_domain'])} | "
                      f"{fmt(e['mae_in'])} | {fmt(e['coverage_in'])} | {fmt(e['caught'])} | {fmt(e['false_alarm'])} |")
     lines += ["", "### AUROC of each signal for \"this frame fails\" (true F1 < 0.5)", "",
