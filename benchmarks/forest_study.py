@@ -10,7 +10,7 @@ out-of-domain check (the paper's COCO test). Finally the default forest is fit o
 
 Reproduce (resumable: detections are cached per detector, score threshold and frame under benchmarks/cache/study/):
 
-    python benchmarks/forest_study.py                 # ~800 frames, writes RESULTS.md section
+    python benchmarks/forest_study.py                 # 650 frames, writes RESULTS.md section
     python benchmarks/forest_study.py --frames-per-domain 4 --repeats 1 --no-save   # smoke run
 """
 
@@ -32,6 +32,7 @@ from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES, det
 from napari_detection_qc.forest import MODELS_DIR, TARGETS, QualityForest
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.metrics import regression_metrics, reliability_classification
+from napari_detection_qc.signals import EMBEDDING, stack_signals
 from napari_detection_qc.study_frames import frame_plan, study_frame
 
 HERE = Path(__file__).parent
@@ -47,33 +48,40 @@ PAPER_ALL = {"f1": {"rmse": 0.127, "mae": 0.093, "r2": 0.774, "nrmse": 0.475, "n
 
 # -- frames ---------------------------------------------------------------------------------------
 def cached_detections(detector, domain: str, severity: float, seed: int):
-    """The frame's detections and ground-truth boxes, from cache or by running the detector."""
+    """The frame's detections, ground-truth boxes and backbone embedding (the "cheap" signal the
+    default forest's novelty uses; NaN for a blank frame), from cache or by running the detector."""
     path = detector_cache(CACHE, detector) / domain / f"{seed}.npz"
     if path.exists():
         with np.load(path) as saved:
-            frame = FrameDetections(saved["boxes"], saved["scores"], saved["labels"])
-            return frame, saved["true_boxes"]
+            if "embedding" in saved:  # entries from before embeddings were kept are redone
+                frame = FrameDetections(saved["boxes"], saved["scores"], saved["labels"])
+                return frame, saved["true_boxes"], saved["embedding"]
     image, truth = study_frame(domain, severity, seed)
-    frame = detector.predict(image)
+    frame = detector.predict(image, signals="cheap")
+    embedding = np.asarray(frame.signals.get(EMBEDDING, np.zeros(0)), dtype=np.float32)  # empty: blank frame
     true_boxes, _ = boxes_from_labels(truth)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, boxes=frame.boxes, scores=frame.scores, labels=frame.labels, true_boxes=true_boxes)
+    np.savez_compressed(tmp, boxes=frame.boxes, scores=frame.scores, labels=frame.labels, true_boxes=true_boxes,
+                        embedding=embedding)
     tmp.replace(path)
-    return frame, true_boxes
+    return frame, true_boxes, embedding
 
 
-def build_table(detector, plan: pd.DataFrame) -> pd.DataFrame:
-    rows = []
+def build_table(detector, plan: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per frame (features, true quality) and the frames' embeddings."""
+    rows, embeddings = [], []
     start = time.perf_counter()
     for i, spec in enumerate(plan.itertuples(index=False)):
-        frame, true_boxes = cached_detections(detector, spec.domain, spec.severity, spec.seed)
+        frame, true_boxes, embedding = cached_detections(detector, spec.domain, spec.severity, spec.seed)
+        embeddings.append(embedding)
         truth = match_frame(frame.boxes, true_boxes)
         rows.append({**spec._asdict(), "n_true": len(true_boxes), **detections_features(frame),
                      "f1": truth.f1, "precision": truth.precision, "recall": truth.recall})
         if (i + 1) % 50 == 0:
             print(f"  {i + 1}/{len(plan)} frames ({time.perf_counter() - start:.0f} s)", flush=True)
-    return pd.DataFrame(rows)
+    size = max(len(e) for e in embeddings)
+    return pd.DataFrame(rows), np.stack([e if len(e) else np.full(size, np.nan, np.float32) for e in embeddings])
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -120,8 +128,9 @@ def natural_images_check(detector, forest: QualityForest) -> pd.DataFrame:
             continue
         if image.dtype == bool:
             image = image.astype(np.uint8) * 255
-        frame = detector.predict(image)
-        predicted = forest.predict(pd.DataFrame([detections_features(frame)]))
+        frame = detector.predict(image, signals="cheap")
+        _, embeddings = stack_signals([frame])
+        predicted = forest.predict(pd.DataFrame([detections_features(frame)]), embeddings)
         rows.append({"image": name, "detections": frame.count, "predicted_f1": float(predicted["f1"].iloc[0]),
                      "in_domain": bool(predicted["in_domain"].iloc[0])})
     return pd.DataFrame(rows)
@@ -229,7 +238,7 @@ def report(table, sets, sweep, natural, seconds, command) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames-per-domain", type=int, default=100)
+    parser.add_argument("--frames-per-domain", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=10, help="repeats of random 5-fold CV")
     parser.add_argument("--model", default="default", help="detector spec (default: the bundled model)")
     parser.add_argument("--no-save", action="store_true", help="do not write the forest, table or RESULTS.md")
@@ -241,7 +250,7 @@ def main(argv=None) -> None:
     detector = load_detector(args.model)
     plan = frame_plan(args.frames_per_domain)
     print(f"{len(plan)} frames over {plan['domain'].nunique()} domains with {detector}", flush=True)
-    table = build_table(detector, plan)
+    table, embeddings = build_table(detector, plan)
 
     print("evaluating feature sets", flush=True)
     extended = tuple(CANDIDATE_FEATURES)
@@ -258,7 +267,7 @@ def main(argv=None) -> None:
               f"grouped F1 MAE {s['grouped'].summary.loc['f1', 'mae']:.3f}")
 
     forest = QualityForest(features=best["features"], detector=detector.metadata())
-    forest.fit(table[list(CANDIDATE_FEATURES)], table[list(TARGETS)], groups=table["domain"])
+    forest.fit(table[list(CANDIDATE_FEATURES)], table[list(TARGETS)], groups=table["domain"], embeddings=embeddings)
     forest.metadata.update({
         "name": "default",
         "description": "Bundled default forest for the bundled synthetic-trained detector; "

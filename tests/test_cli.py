@@ -405,7 +405,11 @@ def test_detect_with_signals_stores_them_and_score_uses_them(tmp_path, tiny_mode
     stored = store.read_signals(3)
     for frame, signals in zip(frames, stored):
         np.testing.assert_array_equal(signals[EMBEDDING], frame.signals[EMBEDDING])
-    assert Store(detected).read_signals(3) is None  # a store detected without signals
+    bare = tmp_path / "bare"
+    assert main(detect_args([stack[0]], bare, tiny_model, "--signals", "none")) == 0
+    bare = bare / "series"
+    assert Store(bare).read_signals(3) is None  # a store detected without signals
+    assert Store(detected).read_meta()["signals"] == "cheap"  # the default
 
     # a forest fitted with embeddings near these frames', novelty among its features
     rng = np.random.default_rng(1)
@@ -425,12 +429,12 @@ def test_detect_with_signals_stores_them_and_score_uses_them(tmp_path, tiny_mode
 
     # detections without embeddings: a clear error for a forest whose features need them ...
     capsys.readouterr()
-    assert main(["score", str(detected), "--forest", str(forest_path), "--out", str(quality)]) == 2
+    assert main(["score", str(bare), "--forest", str(forest_path), "--out", str(quality)]) == 2
     assert "detect again with --signals cheap" in capsys.readouterr().err
     # ... and a warned fallback for one that uses them only for its domain flag
     domain_forest = QualityForest(PAPER_FEATURES, n_estimators=20).fit(features, targets, embeddings=training)
     domain_path = domain_forest.save(tmp_path / "domain.skops")
-    assert main(["score", str(detected), "--forest", str(domain_path), "--out", str(quality)]) == 0
+    assert main(["score", str(bare), "--forest", str(domain_path), "--out", str(quality)]) == 0
     assert "feature rows only" in capsys.readouterr().err
     # a store keeps the signals it was made with
     assert main(detect_args([stack[0]], out, tiny_model, "--signals", "all")) == 2

@@ -41,12 +41,14 @@ def test_table_from_detections_and_evaluation(tmp_path, monkeypatch):
     monkeypatch.setattr(forest_study, "CACHE", tmp_path)
     detector = load_detector("default", device="cpu")
     plan = forest_study.frame_plan(1).iloc[[0, 7]]  # clean and hard_shift
-    table = forest_study.build_table(detector, plan)
+    table, embeddings = forest_study.build_table(detector, plan)
     assert list(table["domain"]) == ["clean", "hard_shift"]
+    assert embeddings.shape[0] == 2 and np.isfinite(embeddings).all()
     assert table[list(CANDIDATE_FEATURES) + list(TARGETS)].notna().all().all()
     assert table.loc[0, "f1"] > table.loc[1, "f1"]
-    cached = forest_study.build_table(detector, plan)  # second pass reads the cache
+    cached, cached_embeddings = forest_study.build_table(detector, plan)  # second pass reads the cache
     pd.testing.assert_frame_equal(cached, table)
+    np.testing.assert_array_equal(cached_embeddings, embeddings)
 
     study = pd.read_csv(BENCHMARKS / "data" / "synthetic_study_table.csv")
     small = study.groupby("domain").head(12).reset_index(drop=True)

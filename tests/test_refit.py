@@ -48,3 +48,29 @@ def test_cv_report_scores_your_frames_from_the_same_out_of_fold_predictions(base
     assert report.loc["yours", "mae"] == pytest.approx(expected["mae"])
     _, no_cv = refit_forest(rows(6, 4, "few"), base, None)
     assert no_cv is None
+
+
+def test_a_refit_keeps_the_novelty_check_only_when_every_frame_has_an_embedding(base, tmp_path):
+    rng = np.random.default_rng(5)
+    earlier = rows(40, 0, "earlier")
+    with_novelty = QualityForest(n_estimators=10).fit(earlier.features, earlier.targets,
+                                                      embeddings=rng.normal(0, 1, (40, 6)))
+    mine = rows(4, 6, "mine")
+    embedded = TrainingSet().add(mine.features, mine.targets, mine.sources, rng.normal(0, 1, (4, 6)))
+    training = training_for_refit(RefitMode.ADD, embedded, None, with_novelty)
+    assert training.complete_embeddings.shape == (44, 6)
+    forest, _ = refit_forest(training, with_novelty, None)
+    assert forest.uses_novelty and forest.training_embeddings.shape == (44, 6)
+
+    # frames detected without signals: the refit forest says it has no novelty check
+    plain = training_for_refit(RefitMode.ADD, rows(3, 7, "plain"), training, with_novelty)
+    assert np.isnan(plain.embeddings[-3:]).all() and plain.complete_embeddings is None
+    forest, _ = refit_forest(plain, with_novelty, None)
+    assert not forest.uses_novelty and forest.signals_note
+
+    # the embeddings travel with a saved training set
+    path = training.save(tmp_path / "set.csv")
+    loaded = TrainingSet.load(path)
+    np.testing.assert_array_equal(loaded.embeddings, training.embeddings)
+    rows(2, 8, "bare").save(path)  # a set without embeddings drops the stale ones
+    assert TrainingSet.load(path).embeddings is None

@@ -58,7 +58,7 @@ def detected(make_napari_viewer, qtbot, tiny_checkpoint, one_torch_thread):
     images[2] = 90  # a blank frame: signals without an embedding
     viewer.add_image(images, name="tem")
     widget = DetectionWidget(viewer)
-    assert widget.signals.value == "none" and "0.8x" in widget.signals.tooltip
+    assert widget.signals.value == "cheap" and "0.8x" in widget.signals.tooltip
     widget.engine.value = "torchvision checkpoint"
     widget.weights.value = tiny_checkpoint
     widget.device.value = "cpu"

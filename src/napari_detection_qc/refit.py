@@ -16,6 +16,7 @@ from .features import stack_features
 from .forest import TARGETS, CVResult, QualityForest
 from .metrics import regression_metrics
 from .scoring import true_quality
+from .signals import stack_signals
 from .training_set import TrainingSet
 
 MIN_FRAMES_TO_REPLACE = 5
@@ -28,13 +29,18 @@ class RefitMode(Enum):
 
 
 def labeled_rows(stack: StackDetections, truth: np.ndarray, frames: Iterable[int], iou_threshold: float,
-                 source: str) -> TrainingSet:
-    """One training row per labeled frame: its features and true quality, keyed ``source#frame``
-    so labeling a frame again replaces its row."""
+                 source: str, signals: list[dict] | None = None) -> TrainingSet:
+    """One training row per labeled frame: its features, true quality and (from the frames'
+    stored ``signals``) backbone embedding, keyed ``source#frame`` so labeling a frame again
+    replaces its row."""
     frames = sorted(int(t) for t in frames)
     features = stack_features(stack).iloc[frames].reset_index(drop=True)
     targets = true_quality(stack, truth, frames, iou_threshold)[list(TARGETS)]
-    return TrainingSet().add(features, targets, [f"{source}#{t}" for t in frames])
+    embeddings = None
+    if signals is not None:
+        _, all_embeddings = stack_signals(signals)
+        embeddings = None if all_embeddings is None else all_embeddings[frames]
+    return TrainingSet().add(features, targets, [f"{source}#{t}" for t in frames], embeddings)
 
 
 def training_for_refit(mode: RefitMode, new_rows: TrainingSet, accumulated: TrainingSet | None,
@@ -47,15 +53,16 @@ def training_for_refit(mode: RefitMode, new_rows: TrainingSet, accumulated: Trai
                              f"frames; you have {len(new_rows)}")
         return new_rows.copy()
     training = (accumulated or TrainingSet.from_forest(base)).copy()
-    return training.add(new_rows.features, new_rows.targets, new_rows.sources)
+    return training.add(new_rows.features, new_rows.targets, new_rows.sources, new_rows.embeddings)
 
 
 def refit_forest(training: TrainingSet, base: QualityForest, detector: dict | None):
     """Fit a forest like ``base`` on the training set, cross-validated when there are enough
-    frames; returns (forest, CVResult or None). Runs in a worker."""
+    frames; returns (forest, CVResult or None). Runs in a worker. The novelty check (domain flag,
+    widening intervals) is kept when every frame has an embedding (detected with signals)."""
     forest = QualityForest(base.features, base.n_estimators, base.random_state, base.coverage,
                            detector or base.detector, base.forest_params)
-    forest.fit(training.features, training.targets)
+    forest.fit(training.features, training.targets, embeddings=training.complete_embeddings)
     cv = None
     if len(training) >= MIN_FRAMES_FOR_CV:
         cv = forest.cross_validate(training.features, training.targets, scheme="random", n_splits=5, n_repeats=1)

@@ -1,7 +1,9 @@
 """The accumulated (features, true quality) pairs a forest is refit on, kept as a plain CSV.
 
 Each row is one labeled frame, keyed by ``source`` (e.g. ``"stack.tif#12"``), so labeling the same
-frame again replaces its row instead of counting it twice.
+frame again replaces its row instead of counting it twice. Rows may carry the frame's backbone
+embedding (detected with signals), so a refit forest keeps its novelty check; they are kept beside
+the CSV in ``<name>.embeddings.npy``.
 """
 
 from __future__ import annotations
@@ -22,14 +24,27 @@ class TrainingSet:
     features: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CANDIDATE_FEATURES)))
     targets: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TARGETS)))
     sources: list[str] = field(default_factory=list)
+    embeddings: np.ndarray | None = None
+    """(rows, D) backbone embeddings, NaN rows for frames without one; None when no row has one."""
 
     def __len__(self) -> int:
         return len(self.sources)
 
-    def add(self, features: pd.DataFrame, targets: pd.DataFrame, sources: list[str]) -> TrainingSet:
+    @property
+    def complete_embeddings(self) -> np.ndarray | None:
+        """The embeddings when every row has one (what a forest's novelty check is fit on), else None."""
+        if self.embeddings is None or not len(self) or not np.isfinite(self.embeddings).all():
+            return None
+        return self.embeddings
+
+    def add(
+        self, features: pd.DataFrame, targets: pd.DataFrame, sources: list[str], embeddings: np.ndarray | None = None
+    ) -> TrainingSet:
         """Add rows; a source already present is replaced by its new row."""
         if not (len(features) == len(targets) == len(sources)):
             raise ValueError("features, targets and sources must have one row each per frame")
+        if embeddings is not None and len(embeddings) != len(sources):
+            raise ValueError("embeddings must have one row per frame")
         keep = [i for i, s in enumerate(self.sources) if s not in set(sources)]
         columns = [c for c in self.features.columns] if len(self) else list(features.columns)
         missing = [c for c in columns if c not in features.columns]
@@ -43,11 +58,13 @@ class TrainingSet:
             [self.targets.iloc[keep].reset_index(drop=True), targets.loc[:, list(TARGETS)].reset_index(drop=True)],
             ignore_index=True,
         ).astype(np.float64)
+        self.embeddings = _stacked_embeddings(self.embeddings, keep, embeddings, len(keep), len(sources))
         self.sources = [self.sources[i] for i in keep] + [str(s) for s in sources]
         return self
 
     def copy(self) -> TrainingSet:
-        return TrainingSet(self.features.copy(), self.targets.copy(), list(self.sources))
+        embeddings = None if self.embeddings is None else self.embeddings.copy()
+        return TrainingSet(self.features.copy(), self.targets.copy(), list(self.sources), embeddings)
 
     @classmethod
     def from_forest(cls, forest: QualityForest) -> TrainingSet:
@@ -56,7 +73,8 @@ class TrainingSet:
             return cls()
         groups = forest.training_groups or ["bundled"] * forest.n_training
         sources = [f"{forest.metadata.get('name', 'bundled')}:{g}:{i}" for i, g in enumerate(groups)]
-        return cls(forest.training_features.copy(), forest.training_targets.copy(), sources)
+        embeddings = None if forest.training_embeddings is None else forest.training_embeddings.copy()
+        return cls(forest.training_features.copy(), forest.training_targets.copy(), sources, embeddings)
 
     def save(self, path) -> Path:
         """CSV with a ``source`` column, the feature columns and ``f1, precision, recall``."""
@@ -64,6 +82,12 @@ class TrainingSet:
         table = pd.concat([pd.Series(self.sources, name="source"), self.features, self.targets], axis=1)
         with atomic_path(path) as temporary:
             table.to_csv(temporary, index=False)
+        sidecar = embeddings_path(path)
+        if self.embeddings is not None:
+            with atomic_path(sidecar) as temporary, open(temporary, "wb") as handle:
+                np.save(handle, self.embeddings)
+        elif sidecar.exists():
+            sidecar.unlink()  # an older set's embeddings no longer match these rows
         return path
 
     @classmethod
@@ -79,8 +103,39 @@ class TrainingSet:
         values = table[feature_columns + list(TARGETS)].to_numpy(dtype=np.float64)
         if not np.all(np.isfinite(values)):
             raise ValueError(f"{path} holds NaN or non-numeric feature/target values")
+        embeddings = None
+        sidecar = embeddings_path(path)
+        if sidecar.exists():
+            try:
+                embeddings = np.load(sidecar, allow_pickle=False).astype(np.float64)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"could not read the embeddings of {path} from {sidecar}: {exc}") from exc
+            if embeddings.ndim != 2 or len(embeddings) != len(table):
+                raise ValueError(f"{sidecar} holds {embeddings.shape} embeddings for {len(table)} rows")
         return cls(
             table[feature_columns].astype(np.float64),
             table[list(TARGETS)].astype(np.float64),
             table["source"].astype(str).tolist(),
+            embeddings,
         )
+
+
+def embeddings_path(path) -> Path:
+    """Where a training set CSV keeps its rows' embeddings."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.embeddings.npy")
+
+
+def _stacked_embeddings(
+    current: np.ndarray | None, keep: list[int], new: np.ndarray | None, n_kept: int, n_new: int
+) -> np.ndarray | None:
+    """The kept rows' embeddings followed by the new rows', NaN where a side has none; None when
+    neither has any, or when their lengths differ (embeddings of two detectors do not mix)."""
+    if current is None and new is None:
+        return None
+    width = (current if current is not None else new).shape[1]
+    if current is not None and new is not None and new.shape[1] != width:
+        return None
+    kept = current[keep] if current is not None else np.full((n_kept, width), np.nan)
+    added = np.asarray(new, dtype=np.float64) if new is not None else np.full((n_new, width), np.nan)
+    return np.concatenate([kept.reshape(n_kept, width), added.reshape(n_new, width)])

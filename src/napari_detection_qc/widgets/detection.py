@@ -36,8 +36,9 @@ ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
 WHOLE_STACK, CURRENT_FRAME = "whole stack", "current frame"
 SHAPES_REFRESH_SECONDS = 1.0
 SIGNALS_TOOLTIP = ("the detector's label-free signals about each frame, stored with the detections for "
-                   "quality forests that use them. none: no extra cost; cheap: backbone embedding "
-                   "(novelty), one extra backbone pass per frame; all: also agreement under flips and "
+                   "quality forests that use them. cheap (default): backbone embedding, one extra "
+                   "backbone pass per frame, for the default forest's novelty check (its domain flag, and "
+                   "intervals that widen on unfamiliar frames); none: no extra cost; all: also agreement under flips and "
                    "rotation (TTA), adding about 0.8x the detection time (box-only passes)")
 
 
@@ -74,7 +75,7 @@ class DetectionWidget(Step):
                                         tooltip="typical cavity diameter in pixels; auto lets the detector decide")
         self.object_size.native.setSpecialValueText("auto")
         self.pixel_size = FloatSpinBox(label="pixel size (nm, 0 = unknown)", value=0.0, min=0.0, max=1e6, step=0.1)
-        self.signals = ComboBox(label="quality signals", choices=SIGNAL_LEVELS, value="none", tooltip=SIGNALS_TOOLTIP)
+        self.signals = ComboBox(label="quality signals", choices=SIGNAL_LEVELS, value="cheap", tooltip=SIGNALS_TOOLTIP)
         self.scope = RadioButtons(label="run on", choices=[CURRENT_FRAME, WHOLE_STACK], value=WHOLE_STACK,
                                   orientation="horizontal")
         self.run_button = PushButton(text="Detect")

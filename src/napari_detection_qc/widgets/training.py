@@ -325,7 +325,8 @@ class TrainingWidget(Step):
         try:
             stack, truth, frames = self._labeled_inputs()
             base = self.base_forest()
-            new_rows = labeled_rows(stack, truth, frames, self.iou.value, self.ground_truth.value.name)
+            signals = stored_signals(pair_record(self.boxes.value.metadata), len(stack))
+            new_rows = labeled_rows(stack, truth, frames, self.iou.value, self.ground_truth.value.name, signals)
             training = training_for_refit(RefitMode(self.mode.value), new_rows, self.training_set, base)
         except ValueError as exc:
             self.status.error(str(exc))
