@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from napari_detection_qc.features import CANDIDATE_FEATURES
-from napari_detection_qc.forest import NO_SIGNALS_NOTE, QualityForest
+from napari_detection_qc.forest import NO_EMBEDDINGS_NOTE, NO_SIGNALS_NOTE, QualityForest
 from napari_detection_qc.layer_pair import SIGNALS_KEY, stored_signals
 from napari_detection_qc.scoring import predicted_quality
 from napari_detection_qc.signals import EMBEDDING, TTA_SIGNALS
@@ -124,3 +124,22 @@ def test_quality_uses_the_stored_signals_or_says_which_setting_to_detect_with(de
     wait_for(qtbot, widget)
     assert widget.table is not None and len(widget.table) == 3
     assert widget.forest_note.value == NO_SIGNALS_NOTE and widget.forest_note.toolTip() == NO_SIGNALS_NOTE
+
+
+def test_a_novelty_forest_on_layers_without_embeddings_says_so(detected, qtbot, tmp_path):
+    from napari_detection_qc.widgets import QualityWidget
+
+    viewer, detection = detected
+    masks, boxes = viewer.layers["tem masks"], viewer.layers["tem boxes"]
+    embeddings = np.random.default_rng(3).normal(0, 1, (40, 2 * 4 * 8))
+    domain_only = QualityForest(n_estimators=20).fit(*training_rows(), embeddings=embeddings)
+    assert domain_only.uses_novelty and domain_only.required_signals == "none"
+    widget = QualityWidget(viewer)
+    widget.auto_update.value = False
+    widget.masks.value, widget.boxes.value = masks, boxes
+    widget.forest_choice.value = "from file"
+    widget.forest_file.value = domain_only.save(tmp_path / "domain.skops")
+    run_detection(detection, qtbot, "none")  # every frame again, without signals
+    widget.compute()
+    wait_for(qtbot, widget)
+    assert widget.table is not None and widget.forest_note.value == NO_EMBEDDINGS_NOTE

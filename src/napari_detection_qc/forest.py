@@ -52,6 +52,11 @@ NO_SIGNALS_NOTE = (
     "this forest uses none of the detector's signals (fitted without them, or a file from before they "
     "existed): its domain flag looks at the feature rows only and its intervals do not widen with novelty"
 )
+NO_EMBEDDINGS_NOTE = (
+    "these detections lack the detector's embeddings (detected without signals): this forest's in-domain "
+    "flag uses the feature rows only, and its intervals do not widen with novelty; detect with signals "
+    "'cheap' for its novelty check"
+)
 BUNDLED_FORESTS = {"default": "default_forest.skops", "li2025": "li2025_forest.skops"}
 MODELS_DIR = Path(__file__).parent / "models"
 MIN_TRAINING_FRAMES = 5

@@ -29,11 +29,11 @@ from qtpy.QtWidgets import (
 from ..coco import detections_to_coco, write_coco
 from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
 from ..features import feature_label
-from ..forest import QualityForest, forest_for_detector
+from ..forest import NO_EMBEDDINGS_NOTE, QualityForest, forest_for_detector
 from ..layer_pair import count_unboxed, pair_record, stored_signals
 from ..pixel_sizes import pixel_size_from_layer
 from ..scoring import physical_readouts, predicted_quality
-from ..signals import frames_lacking
+from ..signals import EMBEDDING, frames_lacking
 from ._common import (
     LayerPicker,
     StatusLine,
@@ -248,7 +248,7 @@ class QualityWidget(Step):
         pixel_size = pixel_size_from_layer(boxes)
         self.worker = create_worker(quality_with_readouts, stack, forest, pixel_size,
                                     labels_data(masks), boxes.features.copy(), signals)
-        self.worker.returned.connect(lambda result: self._show(result, forest, name, warning))
+        self.worker.returned.connect(lambda result: self._show(result, forest, name, warning, signals))
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
         self.status.value = "predicting quality…"
@@ -269,13 +269,14 @@ class QualityWidget(Step):
             self._pending = False
             self.compute()
 
-    def _show(self, result, forest: QualityForest, name: str, warning: str | None) -> None:
+    def _show(self, result, forest: QualityForest, name: str, warning: str | None, signals: list[dict]) -> None:
         if not alive(self.panel):
             return  # the viewer closed while the worker ran
         self.table, self.features, ignored = result
         self.forest = self.session.in_use = forest
         self.forest_name.setText(f"using: {name} ({forest.n_training} training frames)")
-        self.forest_note.value = forest.signals_note or ""
+        lacking = forest.uses_novelty and not any(EMBEDDING in frame for frame in signals)
+        self.forest_note.value = forest.signals_note or (NO_EMBEDDINGS_NOTE if lacking else "")
         results_dock(self.viewer).show_page(self.panel, "Quality per frame")
         self.panel.fill(self.table)
         self._redraw()
