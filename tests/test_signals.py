@@ -182,7 +182,7 @@ def test_damaged_signal_arrays_in_a_forest_file_are_refused(signal_forest, tmp_p
 
 
 def test_forest_files_from_before_the_signals_load_and_say_so():
-    forest = QualityForest.load("default")  # written before issue 16
+    forest = QualityForest.load("li2025")  # written before issue 16
     assert forest.signals_note == NO_SIGNALS_NOTE and not forest.uses_novelty
     features, _, embeddings = study(4, seed=6)
     predicted = forest.predict(features, embeddings)
