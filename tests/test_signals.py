@@ -122,7 +122,7 @@ def test_frames_whose_error_no_training_frame_bounds_are_not_in_domain(signal_fo
     so its F1 interval is all of 0-1, is out of domain by that alone: here the novelty threshold
     is lifted out of the way."""
     forest = copy.deepcopy(signal_forest)
-    forest.typicality.threshold = np.inf
+    forest.novelty_model.threshold = np.inf
     features, _, embeddings = study(1, seed=3)
     shifts = np.linspace(0.0, 3.0, 13)
     features = pd.concat([features] * len(shifts), ignore_index=True)

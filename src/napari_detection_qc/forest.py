@@ -156,7 +156,7 @@ class QualityForest:
         self._neighbours: NearestNeighbors | None = None
         self._domain_radius = 0.0
         self.training_embeddings: np.ndarray | None = None
-        self.typicality: SubspaceNovelty | None = None
+        self.novelty_model: SubspaceNovelty | None = None
         self._residuals: dict[str, np.ndarray] = {}
         self.signals_note: str | None = None
         self._training_bins: np.ndarray | None = None
@@ -181,7 +181,7 @@ class QualityForest:
 
     @property
     def uses_novelty(self) -> bool:
-        return self.typicality is not None
+        return self.novelty_model is not None
 
     @property
     def required_signals(self) -> str:
@@ -204,10 +204,10 @@ class QualityForest:
         self.training_embeddings = None if embeddings is None else _embeddings(embeddings, len(features_df))
         if self.training_embeddings is not None and not np.isfinite(self.training_embeddings).all():
             raise ValueError("training embeddings must be finite (frames without one cannot be used)")
-        self.typicality = None if embeddings is None else SubspaceNovelty().fit(self.training_embeddings)
-        if "novelty" in self.features and self.typicality is None:
+        self.novelty_model = None if embeddings is None else SubspaceNovelty().fit(self.training_embeddings)
+        if "novelty" in self.features and self.novelty_model is None:
             raise ValueError("the feature 'novelty' needs the training frames' embeddings")
-        self.signals_note = None if self.typicality is not None else NO_SIGNALS_NOTE
+        self.signals_note = None if self.novelty_model is not None else NO_SIGNALS_NOTE
         derived = {}
         self._training_bins = None
         if "score_hist_distance" in self.features:
@@ -215,8 +215,8 @@ class QualityForest:
             derived["score_hist_distance"] = score_histogram_distance(
                 self._training_bins, self._training_bins, exclude_self=True
             )
-        if self.typicality is not None:
-            derived["novelty"] = self.typicality.reference_novelty
+        if self.novelty_model is not None:
+            derived["novelty"] = self.novelty_model.reference_novelty
         features_df = features_df.assign(**{k: v for k, v in derived.items() if k in self.features})
         x = _table(features_df, self.features, "features")
         y = _table(targets_df, TARGETS, "targets")
@@ -304,7 +304,7 @@ class QualityForest:
         out["domain_distance"] = distance
         out["novelty"] = novelty
         out["novelty_known"] = known
-        novel = known & (novelty > (self.typicality.threshold if self.typicality else np.inf))
+        novel = known & (novelty > (self.novelty_model.threshold if self.novelty_model else np.inf))
         # a frame whose F1 interval spans all of 0-1 (typically: too novel for any training frame of
         # like novelty to bound its error) is outside what the forest knows, below the novelty
         # threshold too
@@ -324,7 +324,7 @@ class QualityForest:
     def _inputs(self, features_df: pd.DataFrame, novelty: np.ndarray, known: np.ndarray) -> np.ndarray:
         # a frame without an embedding (empty or constant image) gets the typical training novelty
         # as a feature value, and is never called in domain by a forest that relies on novelty
-        typical = np.median(self.typicality.reference_novelty) if self.typicality is not None else 0.0
+        typical = np.median(self.novelty_model.reference_novelty) if self.novelty_model is not None else 0.0
         derived = {"novelty": np.where(known, novelty, typical)}
         if "score_hist_distance" in self.features:
             bins = _table(features_df, SCORE_BIN_NAMES, "features")
@@ -335,7 +335,7 @@ class QualityForest:
     def _novelty(self, embeddings, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Novelty of each frame's embedding and whether it is known (finite, forest has signals)."""
         novelty, known = np.zeros(n), np.zeros(n, dtype=bool)
-        if self.typicality is None or embeddings is None or n == 0:
+        if self.novelty_model is None or embeddings is None or n == 0:
             return novelty, known
         vectors = _embeddings(embeddings, n)
         if vectors.shape[1] != self.training_embeddings.shape[1]:
@@ -345,18 +345,18 @@ class QualityForest:
             )
         known = np.isfinite(vectors).all(axis=1)
         if known.any():
-            novelty[known] = self.typicality.novelty(vectors[known])
+            novelty[known] = self.novelty_model.novelty(vectors[known])
         return novelty, known
 
     def _interval_scales(self, target: str, novelty: np.ndarray, known: np.ndarray) -> np.ndarray:
         """Per frame conformal scale: weighted by novelty where known (training frames of similar
         novelty weigh most; a frame unlike all of them gets an unbounded scale), else global."""
         scales = np.full(len(novelty), self._interval_scale[target])
-        if self.typicality is None or not known.any():
+        if self.novelty_model is None or not known.any():
             return scales
         residual = self._residuals[target]
         seen = np.isfinite(residual)
-        reference = self.typicality.reference_novelty[seen]
+        reference = self.novelty_model.reference_novelty[seen]
         residual = residual[seen]
         order = np.argsort(residual)
         residual, reference = residual[order], reference[order]
@@ -572,16 +572,16 @@ class QualityForest:
         forest._training_bins = None if bins is None else np.asarray(bins, dtype=np.float64)
         if "training_embeddings" in state:
             forest.training_embeddings = np.asarray(state["training_embeddings"], dtype=np.float64)
-            forest.typicality = SubspaceNovelty().fit(forest.training_embeddings)
+            forest.novelty_model = SubspaceNovelty().fit(forest.training_embeddings)
         else:
             forest.signals_note = NO_SIGNALS_NOTE
         needs = [f for f in forest.features if f in DERIVED_FEATURES]
-        if ("novelty" in needs and forest.typicality is None) or (
+        if ("novelty" in needs and forest.novelty_model is None) or (
             "score_hist_distance" in needs and forest._training_bins is None
         ):
             raise ValueError(f"it uses derived features {needs} but lacks the data to compute them")
         calibration = meta.get("calibration")
-        if calibration and (forest.typicality is None or "conformal_residuals" in state):
+        if calibration and (forest.novelty_model is None or "conformal_residuals" in state):
             # stored at save time: loading need not re-run every tree
             forest._interval_scale = {k: float(calibration["interval_scale"][k]) for k in TARGETS}
             forest._domain_radius = float(calibration["domain_radius"])
