@@ -155,6 +155,7 @@ def test_forest_for_the_new_detector_is_saved_beside_it_and_found_by_auto(tuned,
                                  progress=lambda done, total, what: seen.append((done, total)))
     total = len(frame_plan(1)) + 3  # one study frame per domain, then the 3 labelled frames
     assert seen[-1] == (total, total) and forest.n_training == total
+    assert forest.uses_novelty and forest.training_embeddings.shape[0] == total  # the bundled forest's check
     assert forest.detector["weights_sha256"] == result.detector.weights_sha256
     model = tmp_path / "model.pt"
     written = save_finetuned(result, forest, model)
