@@ -29,6 +29,18 @@ def run_detection(widget, qtbot, level, scope="whole stack"):
     assert "detections in" in widget.status.value, widget.status.value
 
 
+def quality_step(viewer, masks, boxes, forest_path):
+    """A Quality step on these layers with a forest file, updated only when asked."""
+    from napari_detection_qc.widgets import QualityWidget
+
+    widget = QualityWidget(viewer)
+    widget.auto_update.value = False
+    widget.masks.value, widget.boxes.value = masks, boxes
+    widget.forest_choice.value = "from file"
+    widget.forest_file.value = forest_path
+    return widget
+
+
 def training_rows(n=40):
     rng = np.random.default_rng(0)
     features = pd.DataFrame(rng.uniform(0, 1, (n, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
@@ -92,17 +104,11 @@ def test_signals_are_stored_per_frame_and_a_rerun_replaces_only_its_frames(detec
 
 
 def test_quality_uses_the_stored_signals_or_says_which_setting_to_detect_with(detected, qtbot, tmp_path):
-    from napari_detection_qc.widgets import QualityWidget
-
     viewer, detection = detected
     masks, boxes = viewer.layers["tem masks"], viewer.layers["tem boxes"]
     signals = stored_signals(boxes.metadata["detection_qc"], 3)
     forest, path = signal_forest(np.stack([s[EMBEDDING] for s in signals[:2]]).astype(float), tmp_path / "s.skops")
-    widget = QualityWidget(viewer)
-    widget.auto_update.value = False
-    widget.masks.value, widget.boxes.value = masks, boxes
-    widget.forest_choice.value = "from file"
-    widget.forest_file.value = path
+    widget = quality_step(viewer, masks, boxes, path)
     widget.compute()
     wait_for(qtbot, widget)
     expected, _ = predicted_quality(detections_from_layers(masks, boxes), forest, signals)
@@ -127,18 +133,12 @@ def test_quality_uses_the_stored_signals_or_says_which_setting_to_detect_with(de
 
 
 def test_a_novelty_forest_on_layers_without_embeddings_says_so(detected, qtbot, tmp_path):
-    from napari_detection_qc.widgets import QualityWidget
-
     viewer, detection = detected
     masks, boxes = viewer.layers["tem masks"], viewer.layers["tem boxes"]
     embeddings = np.random.default_rng(3).normal(0, 1, (40, 2 * 4 * 8))
     domain_only = QualityForest(n_estimators=20).fit(*training_rows(), embeddings=embeddings)
     assert domain_only.uses_novelty and domain_only.required_signals == "none"
-    widget = QualityWidget(viewer)
-    widget.auto_update.value = False
-    widget.masks.value, widget.boxes.value = masks, boxes
-    widget.forest_choice.value = "from file"
-    widget.forest_file.value = domain_only.save(tmp_path / "domain.skops")
+    widget = quality_step(viewer, masks, boxes, domain_only.save(tmp_path / "domain.skops"))
     run_detection(detection, qtbot, "none")  # every frame again, without signals
     widget.compute()
     wait_for(qtbot, widget)

@@ -58,7 +58,7 @@ class TrainingSet:
             [self.targets.iloc[keep].reset_index(drop=True), targets.loc[:, list(TARGETS)].reset_index(drop=True)],
             ignore_index=True,
         ).astype(np.float64)
-        self.embeddings = _stacked_embeddings(self.embeddings, keep, embeddings, len(keep), len(sources))
+        self.embeddings = _stacked_embeddings(self.embeddings, keep, embeddings, len(sources))
         self.sources = [self.sources[i] for i in keep] + [str(s) for s in sources]
         return self
 
@@ -127,7 +127,7 @@ def embeddings_path(path) -> Path:
 
 
 def _stacked_embeddings(
-    current: np.ndarray | None, keep: list[int], new: np.ndarray | None, n_kept: int, n_new: int
+    current: np.ndarray | None, keep: list[int], new: np.ndarray | None, n_new: int
 ) -> np.ndarray | None:
     """The kept rows' embeddings followed by the new rows', NaN where a side has none; None when
     neither has any, or when their lengths differ (embeddings of two detectors do not mix)."""
@@ -136,6 +136,6 @@ def _stacked_embeddings(
     width = (current if current is not None else new).shape[1]
     if current is not None and new is not None and new.shape[1] != width:
         return None
-    kept = current[keep] if current is not None else np.full((n_kept, width), np.nan)
+    kept = current[keep] if current is not None else np.full((len(keep), width), np.nan)
     added = np.asarray(new, dtype=np.float64) if new is not None else np.full((n_new, width), np.nan)
-    return np.concatenate([kept.reshape(n_kept, width), added.reshape(n_new, width)])
+    return np.concatenate([kept.reshape(len(keep), width), added.reshape(n_new, width)])

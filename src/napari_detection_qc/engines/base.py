@@ -147,7 +147,7 @@ class Detector(ABC):
         """The estimate sees every detection down to its own floor, whatever this detector's
         threshold, so a model shipped with a high threshold sizes frames as at 0.1."""
         floor = min(self.score_threshold, ESTIMATE_MIN_SCORE)
-        return estimate_object_size(image, lambda views: self._detect_boxes(views, floor, masks=False), self.scale_rule)
+        return estimate_object_size(image, partial(self._detect_boxes, min_score=floor, masks=False), self.scale_rule)
 
     def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
         if size is None:

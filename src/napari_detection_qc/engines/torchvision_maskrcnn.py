@@ -207,7 +207,9 @@ def threaded_roi_align(feature, rois, output_size, scale: float, sampling_ratio:
     threads = min(torch.get_num_threads(), len(rois) // MIN_BOXES_PER_THREAD)
     if feature.device.type != "cpu" or threads < 2 or (torch.is_grad_enabled() and feature.requires_grad):
         return roi_align(feature, rois, output_size, scale, sampling_ratio, aligned=True)
-    pool = _roi_threads.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="roi_align"))
+    pool = _roi_threads.get(threads)
+    if pool is None:  # one pool per thread count, made once
+        pool = _roi_threads[threads] = ThreadPoolExecutor(threads, thread_name_prefix="roi_align")
     parts = pool.map(
         lambda part: roi_align(feature, part, output_size, scale, sampling_ratio, aligned=True),
         rois.tensor_split(threads),

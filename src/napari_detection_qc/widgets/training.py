@@ -277,6 +277,10 @@ class TrainingWidget(Step):
             raise ValueError("no labeled frames yet: correct a frame and mark it reviewed")
         return stack, truth, frames
 
+    def _stored_signals(self, n_frames: int) -> list[dict]:
+        """The detector's signals stored with the boxes layer's frames (embeddings for the forest)."""
+        return stored_signals(pair_record(self.boxes.value.metadata), n_frames)
+
     def score_labeled_frames(self) -> pd.DataFrame | None:
         """True TP/FP/FN, P, R, F1 on labeled frames, beside the forest's predicted F1."""
         try:
@@ -289,7 +293,7 @@ class TrainingWidget(Step):
         scores = true_quality(stack, truth, frames, self.iou.value)
         forest = self.session.forest or self.session.in_use
         if forest is not None:
-            signals = stored_signals(pair_record(self.boxes.value.metadata), len(stack))
+            signals = self._stored_signals(len(stack))
             try:
                 predicted, _ = predicted_quality(stack, forest, signals)
                 scores["predicted_f1"] = predicted["f1"].to_numpy()[frames]
@@ -325,7 +329,7 @@ class TrainingWidget(Step):
         try:
             stack, truth, frames = self._labeled_inputs()
             base = self.base_forest()
-            signals = stored_signals(pair_record(self.boxes.value.metadata), len(stack))
+            signals = self._stored_signals(len(stack))
             new_rows = labeled_rows(stack, truth, frames, self.iou.value, self.ground_truth.value.name, signals)
             training = training_for_refit(RefitMode(self.mode.value), new_rows, self.training_set, base)
         except ValueError as exc:
