@@ -3,6 +3,8 @@ its markers, leaving the other scripts' sections as they are, and caches per det
 
 from pathlib import Path
 
+from napari_detection_qc.engines.scaling import ESTIMATE_REVISION
+
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
@@ -18,5 +20,6 @@ def write_section(marker: str, text: str) -> None:
 
 
 def detector_cache(root: Path, detector) -> Path:
-    """Cache folder for one detector's outputs: its weights and its score threshold decide them."""
-    return root / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}"
+    """Cache folder for one detector's outputs: its weights, its score threshold and the revision of
+    the object-size estimate decide them."""
+    return root / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"

@@ -95,6 +95,29 @@ def test_auto_object_size_finds_the_squares_size():
     assert detector.last_object_sizes[0] == pytest.approx(30, rel=0.1)
 
 
+def few_squares_frame(big_side, small_corners, small_side=10):
+    """A 512 px noisy matrix with two bright ``big_side`` squares and small squares at ``small_corners``."""
+    frame = np.random.default_rng(0).normal(100, 5, (512, 512)).astype(np.float32)
+    for y, x in [(10, 10), (512 - 10 - big_side, 512 - 10 - big_side)]:
+        frame[y : y + big_side, x : x + big_side] = 250
+    for y, x in small_corners:
+        frame[y : y + small_side, x : x + small_side] = 250
+    return scale_to_255(frame, ROBUST)
+
+
+def test_auto_object_size_finds_objects_spanning_a_third_of_the_frame():
+    image = few_squares_frame(200, [])
+    assert estimate_object_size(image, threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) == pytest.approx(200, rel=0.1)
+
+
+def test_a_few_objects_filling_a_small_view_weigh_less_than_small_objects():
+    """Two 200 px squares, comfortably sized only in views under 112 px, lose against four 10 px squares that a
+    384 px view sees, though their score x diameter per area is larger (as blotches of background
+    would in a frame of small cavities)."""
+    image = few_squares_frame(200, [(230, 230), (230, 270), (270, 230), (270, 270)])
+    assert estimate_object_size(image, threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) == pytest.approx(10, rel=0.1)
+
+
 def test_auto_object_size_is_none_when_nothing_is_found():
     flat = np.random.default_rng(0).normal(100, 5, (600, 600)).astype(np.float32)
     assert estimate_object_size(scale_to_255(flat, ROBUST), threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) is None
