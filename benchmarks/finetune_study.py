@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-from results_file import RESULTS, write_section
+from results_file import EMPS, RESULTS, emps_frame, write_section
 
 from napari_detection_qc.detector_forest import fit_detector_forest
 from napari_detection_qc.engines import load_detector
@@ -43,17 +42,10 @@ from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.metrics import regression_metrics
 
 HERE = Path(__file__).parent
-EMPS = HERE.parents[1] / "shared" / "real-data" / "emps"
 CACHE = HERE / "cache" / "finetune"
 SPLIT_SEED = 15
 HELD_OUT_PAPER_SHARE = 0.2
 TARGETS = {"20 images, <= 10 min": 0.60, "all images, <= 60 min": 0.75}
-
-
-def load_pair(stem: str) -> tuple[np.ndarray, np.ndarray]:
-    image = np.asarray(Image.open(EMPS / "images" / f"{stem}.png"))
-    labels = np.asarray(Image.open(EMPS / "labels" / f"{stem}.png")).astype(np.int64)
-    return image, labels
 
 
 def split(test_images: int) -> tuple[list[str], list[str]]:
@@ -72,7 +64,7 @@ def score_on_test(detector, test: list[str], forest=None) -> pd.DataFrame:
     """Per test image: true F1/P/R of the detector's output; with a forest, its prediction."""
     rows = []
     for stem in test:
-        image, labels = load_pair(stem)
+        image, labels = emps_frame(stem)
         found = detector.predict(image)
         truth = match_frame(found.boxes, boxes_from_labels(labels)[0])
         row = {"stem": stem, "f1": truth.f1, "precision": truth.precision, "recall": truth.recall,
@@ -119,7 +111,7 @@ def run_point(args, k: int, minutes: float, scratch: bool, train: list[str], tes
     if scratch:
         parent = from_scratch(parent, args.seed)
     stems = train[:k]
-    pairs = [load_pair(s) for s in stems]
+    pairs = [emps_frame(s) for s in stems]
     print(f"k={k}: fine-tuning for <= {minutes} min on {len(stems)} images", flush=True)
     start = time.monotonic()
     result = finetune(parent, [p[0] for p in pairs], [p[1] for p in pairs], minutes=minutes, device="cpu",

@@ -6,6 +6,8 @@ from pathlib import Path
 from napari_detection_qc.engines.scaling import ESTIMATE_REVISION
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
+EMPS = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "emps"
+"""The EMPS real particle images (``../shared`` beside the project); benchmarks skip them when absent."""
 
 
 def write_section(marker: str, text: str) -> None:
@@ -23,3 +25,12 @@ def detector_cache(root: Path, detector) -> Path:
     """Cache folder for one detector's outputs: its weights, its score threshold and the revision of
     the object-size estimate decide them."""
     return root / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
+
+
+def emps_frame(stem: str):
+    """(image, instance labels) of one EMPS image."""
+    import numpy as np
+    from PIL import Image
+
+    image = np.asarray(Image.open(EMPS / "images" / f"{stem}.png"))
+    return image, np.asarray(Image.open(EMPS / "labels" / f"{stem}.png")).astype(np.int64)

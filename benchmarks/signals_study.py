@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from results_file import detector_cache
+from results_file import EMPS, detector_cache, emps_frame
 
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.features import detections_features
@@ -38,7 +38,6 @@ from napari_detection_qc.signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "signals"
-EMPS = Path("/work/shared/real-data/emps")
 REALISTIC_SEED = 7_000_000
 REALISTIC_SHAPE = (512, 512)
 
@@ -72,11 +71,7 @@ def load_frame(spec: dict) -> tuple[np.ndarray, np.ndarray]:
 
         image, labels, _ = make_realistic_frame(spec["seed"], spec["family"], REALISTIC_SHAPE)
         return image, labels
-    from PIL import Image
-
-    image = np.asarray(Image.open(EMPS / "images" / f"{spec['stem']}.png"))
-    labels = np.asarray(Image.open(EMPS / "labels" / f"{spec['stem']}.png")).astype(np.int64)
-    return image, labels
+    return emps_frame(spec["stem"])
 
 
 def frame_key(spec: dict) -> str:
