@@ -111,9 +111,9 @@ def test_auto_object_size_finds_objects_spanning_a_third_of_the_frame():
 
 
 def test_a_few_objects_filling_a_small_view_weigh_less_than_small_objects():
-    """Two 200 px squares, comfortably sized only in views under 112 px, lose against four 10 px squares that a
-    384 px view sees, though their score x diameter per area is larger (as blotches of background
-    would in a frame of small cavities)."""
+    """Two 200 px squares, comfortably sized only in views under 112 px, lose against four 10 px
+    squares that a 384 px view sees, though their score x diameter per area is larger (as blotches
+    of background would in a frame of small cavities)."""
     image = few_squares_frame(200, [(230, 230), (230, 270), (270, 230), (270, 270)])
     assert estimate_object_size(image, threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) == pytest.approx(10, rel=0.1)
 
