@@ -86,6 +86,7 @@ def time_frames(detector, sides=(1024, 2048, 4096), repeats: int = 2) -> dict:
 
 
 def score_rows(scores: dict) -> str:
+    """Model-card table rows of ``family_scores`` results."""
     return "\n".join(
         f"| {name} | {s['frames']} | {s['mean_f1']:.3f} | {s['mean_precision']:.3f} | {s['mean_recall']:.3f} | "
         f"{s['pooled_f1']:.3f} | {s['frames_with_cavities_but_no_detection']} |"

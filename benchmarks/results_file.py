@@ -3,6 +3,9 @@ its markers, leaving the other scripts' sections as they are, and caches per det
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from napari_detection_qc.engines.scaling import ESTIMATE_REVISION
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
@@ -29,8 +32,5 @@ def detector_cache(root: Path, detector) -> Path:
 
 def emps_frame(stem: str):
     """(image, instance labels) of one EMPS image."""
-    import numpy as np
-    from PIL import Image
-
     image = np.asarray(Image.open(EMPS / "images" / f"{stem}.png"))
     return image, np.asarray(Image.open(EMPS / "labels" / f"{stem}.png")).astype(np.int64)
