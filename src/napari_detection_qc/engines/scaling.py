@@ -38,7 +38,7 @@ MIN_VIEW_PX = 112
 big objects: there, fewer than ``MIN_SMALL_VIEW_OBJECTS`` objects weigh only ``FEW_OBJECTS_WEIGHT``
 of their density. Frames whose few objects span a third of the frame or more are still sized there
 when the larger views see little. Measured (estimate within 1.6x of the true median diameter):
-EMPS 63% -> 71% of images; 1,000 synthetic study frames unchanged at 96%, with one more frame off by
+EMPS 63% -> 70% of images; 1,000 synthetic study frames unchanged at 96%, with one more frame off by
 more than 3x (its only detection, a blotch). A fifth of the weight for fewer than three objects
 reached 77% on EMPS but sized 15 of 643 study frames to a blotch instead of 7."""
 MIN_SMALL_VIEW_OBJECTS = 8
