@@ -57,7 +57,8 @@ def summarise(part: pd.DataFrame) -> dict:
         "coverage": covered.mean(), "in_domain": inside.mean(),
         "mae_in": np.abs(truth - predicted)[inside].mean() if inside.any() else np.nan,
         "coverage_in": covered[inside].mean() if inside.any() else np.nan,
-        "n_fail": int(fails.sum()), "caught": caught[fails].mean() if fails.any() else np.nan,
+        "n_fail": int(fails.sum()), "n_missed": int((fails & ~caught).sum()),
+        "caught": caught[fails].mean() if fails.any() else np.nan,
         "false_alarm": caught[~fails].mean() if (~fails).any() else np.nan,
         "width": (part["f1_high"] - part["f1_low"]).mean(),
     }
@@ -171,8 +172,7 @@ def shipped_forest_rows(forest: QualityForest, table: pd.DataFrame, embeddings: 
         part = forest.predict(table.iloc[chosen], embeddings[chosen]).reset_index(drop=True)
         part["true_f1"] = table["f1"].to_numpy()[chosen]
         s = summarise(part)
-        missed = int(round(s["n_fail"] * (1 - s["caught"]))) if s["n_fail"] else 0
-        rows.append(f"| {label} | {s['n']} | {s['true_f1']:.2f} | {s['n_fail']} | {fmt(s['caught'])} | {missed} | "
+        rows.append(f"| {label} | {s['n']} | {s['true_f1']:.2f} | {s['n_fail']} | {fmt(s['caught'])} | {s['n_missed']} | "
                     f"{fmt(s['false_alarm'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} |")
     return rows
 

@@ -44,8 +44,8 @@ from ..detections import FrameDetections
 from .base import DEFAULT_SCORE_THRESHOLD, Detector
 from .boxmasks import BoxMasks
 from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
-from .scaling import ScaleRule, central_view
-from .tiling import TILE_PX, Window
+from .scaling import ScaleRule, Window, central_view
+from .tiling import TILE_PX
 
 PAPER_ANCHOR_SIZES = [4, 8, 16, 32, 64, 128, 256, 512]
 PAPER_ASPECT_RATIOS = [0.5, 1.0, 2.0]
