@@ -13,7 +13,7 @@ from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.scaling import ScaleRule
 from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
-from napari_detection_qc.forest import NO_SIGNALS_NOTE, TARGETS, ForestLoadError, QualityForest
+from napari_detection_qc.forest import NO_EMBEDDINGS_NOTE, NO_SIGNALS_NOTE, TARGETS, ForestLoadError, QualityForest
 from napari_detection_qc.scoring import predicted_quality
 from napari_detection_qc.signals import (
     EMBEDDING,
@@ -187,6 +187,13 @@ def test_forest_files_from_before_the_signals_load_and_say_so():
     features, _, embeddings = study(4, seed=6)
     predicted = forest.predict(features, embeddings)
     assert not predicted["novelty_known"].any() and (predicted["novelty"] == 0).all()
+
+
+def test_scoring_note_names_what_the_scores_lack(signal_forest):
+    assert signal_forest.scoring_note(detected_with_signals=True) == ""
+    assert signal_forest.scoring_note(detected_with_signals=False) == NO_EMBEDDINGS_NOTE
+    old = QualityForest.load("li2025")
+    assert old.scoring_note(detected_with_signals=True) == old.scoring_note(detected_with_signals=False) == NO_SIGNALS_NOTE
 
 
 def test_li2025_is_the_papers_forest_unchanged():

@@ -183,6 +183,15 @@ class QualityForest:
     def uses_novelty(self) -> bool:
         return self.novelty_model is not None
 
+    def scoring_note(self, detected_with_signals: bool) -> str:
+        """What a user should know about scores from this forest: that its file predates the
+        signals, or that the frames were detected without the embeddings its novelty check uses
+        (blank frames detected with signals have none either, but are of unknown novelty, not
+        "detected without signals"); empty when neither holds."""
+        if self.signals_note:
+            return self.signals_note
+        return NO_EMBEDDINGS_NOTE if self.uses_novelty and not detected_with_signals else ""
+
     @property
     def required_signals(self) -> str:
         """The least detection-time signals (``SignalOptions.parse`` names) its features need:

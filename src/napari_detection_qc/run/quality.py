@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..coco import CocoGroundTruth
 from ..features import CANDIDATE_FEATURES, PAPER_FEATURES, table_features
-from ..forest import NO_EMBEDDINGS_NOTE, TARGETS, QualityForest, forest_for_detector
+from ..forest import TARGETS, QualityForest, forest_for_detector
 from ..io import InputError, list_inputs, read_frames
 from ..matching import PAPER_IOU_THRESHOLD
 from ..scoring import QUALITY_COLUMNS, TRUE_COLUMNS, boxes_true_quality, quality_table
@@ -58,8 +58,9 @@ def score_store(store: Store, forest: QualityForest, warn: ErrorHandler | None =
     novelty check scores stores without embeddings on its feature rows alone, and says so."""
     meta, _, features = store_features(store)
     table, embeddings = store_signals(store, meta, forest)
-    if embeddings is None and forest.uses_novelty and warn is not None:
-        warn(NO_EMBEDDINGS_NOTE)
+    note = forest.scoring_note(detected_with_signals=meta.get("signals", "none") != "none")
+    if note and warn is not None:
+        warn(note)
     try:
         quality = quality_table(features if table is None else features.join(table), forest, embeddings)
     except ValueError as exc:  # signals of another detector (embeddings of another length)

@@ -29,11 +29,11 @@ from qtpy.QtWidgets import (
 from ..coco import detections_to_coco, write_coco
 from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
 from ..features import feature_label
-from ..forest import NO_EMBEDDINGS_NOTE, QualityForest, forest_for_detector
+from ..forest import QualityForest, forest_for_detector
 from ..layer_pair import count_unboxed, pair_record, stored_signals
 from ..pixel_sizes import pixel_size_from_layer
 from ..scoring import physical_readouts, predicted_quality
-from ..signals import EMBEDDING, frames_lacking
+from ..signals import frames_lacking
 from ._common import (
     LayerPicker,
     StatusLine,
@@ -275,8 +275,7 @@ class QualityWidget(Step):
         self.table, self.features, ignored = result
         self.forest = self.session.in_use = forest
         self.forest_name.setText(f"using: {name} ({forest.n_training} training frames)")
-        lacking = forest.uses_novelty and not any(EMBEDDING in frame for frame in signals)
-        self.forest_note.value = forest.signals_note or (NO_EMBEDDINGS_NOTE if lacking else "")
+        self.forest_note.value = forest.scoring_note(detected_with_signals=any(signals))
         results_dock(self.viewer).show_page(self.panel, "Quality per frame")
         self.panel.fill(self.table)
         self._redraw()
