@@ -6,7 +6,11 @@ candidate features of the detector's output and the true precision, recall and F
 IoU >= 0.1). Then the paper's evaluation: repeated random 5-fold CV and leave-one-domain-out CV
 for three feature sets, a SHAP feature-count sweep, the reliable-frame classifier at F1 0.5,
 interval coverage, the in-domain flag on held-out domains, and natural images as the
-out-of-domain check (the paper's COCO test). Finally the default forest is fit on all frames.
+out-of-domain check (the paper's COCO test). Finally the default forest is fit on all frames
+plus the real EMPS images (``../shared/real-data/emps``): real detections, successes and failures,
+that no synthetic frame shows it (without them it is fit on the synthetic frames alone and says so).
+Its novelty check stays fit on the synthetic frames: a real image is still novel unless it looks
+like them, and then the forest's predictions have learnt from real ones.
 
 Reproduce (resumable: detections are cached per detector, score threshold and frame under benchmarks/cache/study/):
 
@@ -19,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from results_file import RESULTS, detector_cache, write_section
+from results_file import EMPS, RESULTS, detector_cache, emps_frame, write_section
 
 from napari_detection_qc.detections import FrameDetections
 from napari_detection_qc.engines import load_detector
@@ -47,16 +52,17 @@ PAPER_ALL = {"f1": {"rmse": 0.127, "mae": 0.093, "r2": 0.774, "nrmse": 0.475, "n
 
 
 # -- frames ---------------------------------------------------------------------------------------
-def cached_detections(detector, domain: str, severity: float, seed: int):
+def cached_detections(detector, folder: str, key: str, load):
     """The frame's detections, ground-truth boxes and backbone embedding (the "cheap" signal the
-    default forest's novelty uses; NaN for a blank frame), from cache or by running the detector."""
-    path = detector_cache(CACHE, detector) / domain / f"{seed}.npz"
+    default forest's novelty uses; empty for a blank frame), from cache or by running the detector
+    on ``load()`` -> (image, instance labels)."""
+    path = detector_cache(CACHE, detector) / folder / f"{key}.npz"
     if path.exists():
         with np.load(path) as saved:
             if "embedding" in saved:  # entries from before embeddings were kept are redone
                 frame = FrameDetections(saved["boxes"], saved["scores"], saved["labels"])
                 return frame, saved["true_boxes"], saved["embedding"]
-    image, truth = study_frame(domain, severity, seed)
+    image, truth = load()
     frame = detector.predict(image, signals="cheap")
     embedding = np.asarray(frame.signals.get(EMBEDDING, np.zeros(0)), dtype=np.float32)  # empty: blank frame
     true_boxes, _ = boxes_from_labels(truth)
@@ -68,20 +74,39 @@ def cached_detections(detector, domain: str, severity: float, seed: int):
     return frame, true_boxes, embedding
 
 
-def build_table(detector, plan: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """One row per frame (features, true quality) and the frames' embeddings."""
+def frame_rows(detector, frames) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per frame (its spec, features, true quality) and the frames' embeddings (NaN rows
+    for blank frames). ``frames``: (spec dict, cache folder, cache key, loader)."""
     rows, embeddings = [], []
     start = time.perf_counter()
-    for i, spec in enumerate(plan.itertuples(index=False)):
-        frame, true_boxes, embedding = cached_detections(detector, spec.domain, spec.severity, spec.seed)
+    for i, (spec, folder, key, load) in enumerate(frames):
+        frame, true_boxes, embedding = cached_detections(detector, folder, key, load)
         embeddings.append(embedding)
         truth = match_frame(frame.boxes, true_boxes)
-        rows.append({**spec._asdict(), "n_true": len(true_boxes), **detections_features(frame),
+        rows.append({**spec, "n_true": len(true_boxes), **detections_features(frame),
                      "f1": truth.f1, "precision": truth.precision, "recall": truth.recall})
         if (i + 1) % 50 == 0:
-            print(f"  {i + 1}/{len(plan)} frames ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(f"  {i + 1} frames ({time.perf_counter() - start:.0f} s)", flush=True)
     size = max(len(e) for e in embeddings)
     return pd.DataFrame(rows), np.stack([e if len(e) else np.full(size, np.nan, np.float32) for e in embeddings])
+
+
+def build_table(detector, plan: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The synthetic study frames: one row per frame (features, true quality) and embeddings."""
+    return frame_rows(detector, (
+        (spec._asdict(), spec.domain, str(spec.seed), partial(study_frame, spec.domain, spec.severity, spec.seed))
+        for spec in plan.itertuples(index=False)))
+
+
+def emps_table(detector) -> tuple[pd.DataFrame, np.ndarray]:
+    """The real EMPS images (``../shared``; empty when absent), grouped by source paper: real
+    detections the default forest learns from besides the synthetic frames."""
+    if not (EMPS / "sources.csv").exists():
+        return pd.DataFrame(), np.zeros((0, 0), np.float32)
+    sources = pd.read_csv(EMPS / "sources.csv").sort_values("stem")
+    return frame_rows(detector, (
+        ({"domain": f"emps:{row.doi}", "stem": row.stem}, "emps", row.stem, partial(emps_frame, row.stem))
+        for row in sources.itertuples()))
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -268,16 +293,25 @@ def main(argv=None) -> None:
         print(f"  {s['name']}: random F1 MAE {s['random'].summary.loc['f1', 'mae']:.3f}, "
               f"grouped F1 MAE {s['grouped'].summary.loc['f1', 'mae']:.3f}")
 
+    print("detecting the real EMPS images for the default forest", flush=True)
+    real, real_embeddings = emps_table(detector)
+    known = np.isfinite(real_embeddings).all(axis=1) if len(real) else np.zeros(0, bool)  # blank images have none
+    if not known.any():
+        print(f"  warning: no EMPS images at {EMPS}: the default forest is fit on synthetic frames only", flush=True)
+    fit_table = pd.concat([table, real[known]], ignore_index=True)
+    fit_embeddings = np.concatenate([embeddings, real_embeddings[known]]) if known.any() else embeddings
     forest = QualityForest(features=best["features"], detector=detector.metadata())
-    forest.fit(table[list(CANDIDATE_FEATURES)], table[list(TARGETS)], groups=table["domain"], embeddings=embeddings)
+    forest.fit(fit_table[list(CANDIDATE_FEATURES)], fit_table[list(TARGETS)], groups=fit_table["domain"],
+               embeddings=fit_embeddings, novelty_reference=np.arange(len(fit_table)) < len(table))
     forest.metadata.update({
         "name": "default",
-        "description": "Bundled default forest for the bundled synthetic-trained detector; "
-                       "fit on the synthetic-domain study (benchmarks/forest_study.py).",
+        "description": "Bundled default forest for the bundled synthetic-trained detector; fit on the "
+                       "synthetic-domain study and the real EMPS images (benchmarks/forest_study.py).",
         "feature_set": best["name"],
         "cv_random_f1": best["random"].summary.loc["f1"].to_dict(),
         "cv_grouped_f1": best["grouped"].summary.loc["f1"].to_dict(),
         "study_frames": len(table),
+        "real_frames": int(known.sum()),
     })
     natural = natural_images_check(detector, forest)
     seconds = time.perf_counter() - start

@@ -4,12 +4,13 @@ format, written to the ``signals_study`` section of RESULTS.md."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from results_file import RESULTS, write_section
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold, KFold
 
 from napari_detection_qc.features import SCORE_BIN_NAMES
 from napari_detection_qc.forest import TARGETS, QualityForest
@@ -23,20 +24,27 @@ SIGNAL_AUROC = {  # signal -> +1 when a high value means "fails", -1 when a low 
 }
 
 
-def configs(default_features: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], bool]]:
-    """(name, features, with embeddings) of the forests compared; the first is "before"."""
+SHIPPED = "after: shipped (+ novelty, cheap signals, real EMPS frames)"
+
+
+def configs(default_features: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], bool, bool]]:
+    """(name, features, with embeddings, with the real EMPS frames in training) of the forests
+    compared; the first is "before", the second the recipe of the bundled forest file."""
+    tta = default_features + TTA_SIGNALS
     return [
-        ("before", default_features, False),
-        ("after: default (+ novelty, cheap signals)", default_features, True),
-        ("after: + TTA", default_features + TTA_SIGNALS, True),
-        ("after: + TTA + histogram + novelty", default_features + TTA_SIGNALS + ("score_hist_distance", "novelty"), True),
+        ("before", default_features, False, False),
+        (SHIPPED, default_features, True, True),
+        ("after: synthetic frames only (+ novelty, cheap signals)", default_features, True, False),
+        ("after: shipped + TTA", tta, True, True),
+        ("after: shipped + TTA + histogram + novelty", tta + ("score_hist_distance", "novelty"), True, True),
     ]
 
 
 def fit_predict(features, with_embeddings, table, embeddings, train, test) -> pd.DataFrame:
     forest = QualityForest(features=features)
     forest.fit(table.iloc[train], table.iloc[train][list(TARGETS)],
-               embeddings=embeddings[train] if with_embeddings else None)
+               embeddings=embeddings[train] if with_embeddings else None,
+               novelty_reference=table["kind"].to_numpy()[train] != "emps")  # as the shipped forest
     predicted = forest.predict(table.iloc[test], embeddings[test] if with_embeddings else None)
     predicted = predicted.reset_index(drop=True)
     predicted["row"] = test
@@ -139,8 +147,6 @@ def labelled_domain_rows(table: pd.DataFrame, embeddings: np.ndarray, features: 
     """What a user gains by labelling frames of the new domain and refitting (the Training step):
     EMPS scored by forests fit on the synthetic frames plus some EMPS frames of *other* papers
     (5 folds grouped by paper), against the same forest without them."""
-    from sklearn.model_selection import GroupKFold
-
     synthetic = np.flatnonzero(table["kind"] != "emps")
     emps = np.flatnonzero(table["kind"] == "emps")
     rng = np.random.default_rng(0)
@@ -162,19 +168,17 @@ def labelled_domain_rows(table: pd.DataFrame, embeddings: np.ndarray, features: 
 
 
 def shipped_forest_rows(forest: QualityForest, table: pd.DataFrame, embeddings: np.ndarray) -> list[str]:
-    """The bundled forest file itself (what users get) on this study's frames that are not among its
-    training frames: the realistic families at 512 px (other seeds) and EMPS."""
-    rows = []
-    for label, kind in (("synthetic realistic families, 512 px", "realistic"), ("EMPS (real, unseen)", "emps")):
-        chosen = np.flatnonzero(table["kind"] == kind)
-        if not len(chosen):
-            continue
-        part = forest.predict(table.iloc[chosen], embeddings[chosen]).reset_index(drop=True)
-        part["true_f1"] = table["f1"].to_numpy()[chosen]
-        s = summarise(part)
-        rows.append(f"| {label} | {s['n']} | {s['true_f1']:.2f} | {s['n_fail']} | {fmt(s['caught'])} | {s['n_missed']} | "
-                    f"{fmt(s['false_alarm'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} |")
-    return rows
+    """The bundled forest file itself (what users get) on this study's realistic-family frames at
+    512 px: other seeds than its training frames. (EMPS is among its training frames; the study's
+    per-paper folds score it.)"""
+    chosen = np.flatnonzero(table["kind"] == "realistic")
+    if not len(chosen):
+        return []
+    part = forest.predict(table.iloc[chosen], embeddings[chosen]).reset_index(drop=True)
+    part["true_f1"] = table["f1"].to_numpy()[chosen]
+    s = summarise(part)
+    return [f"| synthetic realistic families, 512 px | {s['n']} | {s['true_f1']:.2f} | {s['n_fail']} | {fmt(s['caught'])} | "
+            f"{s['n_missed']} | {fmt(s['false_alarm'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} |"]
 
 
 def evaluate_and_report(table: pd.DataFrame, embeddings: np.ndarray, detector, args) -> None:
@@ -186,19 +190,25 @@ def evaluate_and_report(table: pd.DataFrame, embeddings: np.ndarray, detector, a
     emps = np.flatnonzero(table["kind"] == "emps")
     domains = list(dict.fromkeys(table.loc[synthetic, "domain"]))
     results = {}
-    for name, features, with_embeddings in compared:
+    for name, features, with_embeddings, with_real in compared:
         print(f"  {name}", flush=True)
+        real = emps if with_real else emps[:0]  # added to every synthetic fold's training frames
+        predict = partial(fit_predict, features, with_embeddings, table, embeddings)
         held_out = []
         for domain in domains:
             test = synthetic[table.loc[synthetic, "domain"].to_numpy() == domain]
-            train = np.setdiff1d(synthetic, test)
-            held_out.append(fit_predict(features, with_embeddings, table, embeddings, train, test))
+            held_out.append(predict(np.r_[np.setdiff1d(synthetic, test), real], test))
         held_out = pd.concat(held_out, ignore_index=True)
-        random_rows = []
-        for train, test in KFold(5, shuffle=True, random_state=0).split(synthetic):
-            random_rows.append(fit_predict(features, with_embeddings, table, embeddings, synthetic[train], synthetic[test]))
-        random_cv = pd.concat(random_rows, ignore_index=True)
-        unseen = fit_predict(features, with_embeddings, table, embeddings, synthetic, emps) if len(emps) else None
+        random_cv = pd.concat([predict(np.r_[synthetic[train], real], synthetic[test])
+                               for train, test in KFold(5, shuffle=True, random_state=0).split(synthetic)],
+                              ignore_index=True)
+        unseen = None
+        if len(emps) and with_real:  # EMPS papers held out in turn: the rest are in training
+            unseen = pd.concat([predict(np.r_[synthetic, emps[train]], emps[test])
+                                for train, test in GroupKFold(5).split(emps, groups=table["group"].to_numpy()[emps])],
+                               ignore_index=True)
+        elif len(emps):
+            unseen = predict(synthetic, emps)
         results[name] = {"held_out": held_out, "random": random_cv, "emps": unseen}
     for result in results.values():
         for key in ("held_out", "random", "emps"):
@@ -220,12 +230,17 @@ def evaluate_and_report(table: pd.DataFrame, embeddings: np.ndarray, detector, a
         print(f"wrote {RESULTS}")
 
 
+def same_rows(predicted: pd.DataFrame, like: pd.DataFrame) -> np.ndarray:
+    """``predicted``'s F1 for the frames of ``like``, in its order (matched by table row)."""
+    return predicted.set_index("row")["f1"].reindex(like["row"]).to_numpy()
+
+
 def fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.2f}"
 
 
 def report(table, results, compared, detector, seconds, command, extra) -> str:
-    names = [name for name, _, _ in compared]
+    names = [name for name, *_ in compared]
     before, after = names[0], names[1]  # the forest as shipped before, and as shipped now
     synthetic = table[table["kind"] != "emps"]
     lines = [
@@ -241,13 +256,16 @@ def report(table, results, compared, detector, seconds, command, extra) -> str:
         f"({table['signals_seconds'].sum() / table['detect_seconds'].sum():.1f}x). `signals=\"cheap\"` (embedding only) "
         "adds about one backbone pass.", "",
         "Forests compared (fit per fold; before = the bundled default forest's features with the feature-row "
-        "domain flag and global intervals; after = the same fit with the frames' backbone embeddings (the "
-        "bundled default forest now, with `signals=\"cheap\"` the detection default): novelty-weighted "
-        "intervals and the combined flag, out of domain when the feature row is far from the training rows, the "
-        "frame's novelty is above its threshold, or its F1 interval spans all of 0-1; then the same with the "
-        "TTA signals as features). Per-domain rows and AUROCs compare before with the default after:", "",
+        "domain flag and global intervals; after = the same fit with the frames' backbone embeddings "
+        "(`signals=\"cheap\"`, the detection default): novelty-weighted intervals and the combined flag, out of "
+        "domain when the feature row is far from the training rows, the frame's novelty is above its threshold, or "
+        "its F1 interval spans all of 0-1. The shipped recipe also trains on the real EMPS images: each synthetic "
+        "fold adds all of them, and EMPS is scored in five folds grouped by source paper (the images of held-out "
+        "papers, with the other papers' images in training). Before and \"synthetic frames only\" score EMPS "
+        "with a forest fit on the synthetic frames alone. Per-domain rows and AUROCs compare before with the "
+        "shipped after:", "",
     ]
-    for name, features, _ in compared:
+    for name, features, *_ in compared:
         lines.append(f"- **{name}**: {', '.join(features)}")
     lines += ["", "### Per held-out domain (leave-one-domain-out), F1", "",
               "Caught: share of frames with true F1 < 0.5 predicted < 0.5 or flagged out of domain. False alarm: "
@@ -275,8 +293,8 @@ def report(table, results, compared, detector, seconds, command, extra) -> str:
                      f"{fmt(h['caught'])} | {fmt(h['false_alarm'])} | {fmt(e['mae'])} | {fmt(e['in_domain'])} | "
                      f"{fmt(e['mae_in'])} | {fmt(e['coverage_in'])} | {fmt(e['caught'])} | {fmt(e['false_alarm'])} |")
     lines += ["", "### The bundled forest file (`QualityForest.load(\"default\")`) on frames outside its training", "",
-              "What users get: the shipped forest (fit by `forest_study.py` on 650 other synthetic frames), not "
-              "refit per fold. Missed: failing frames predicted >= 0.5 and called in domain.", "",
+              "What users get: the shipped forest (fit by `forest_study.py` on 650 other synthetic frames and the "
+              "EMPS images), not refit per fold. Missed: failing frames predicted >= 0.5 and called in domain.", "",
               "| frames | n | true F1 | failing | caught | missed | false alarm | in-domain rate | in-domain MAE "
               "| in-domain coverage |", "|---|---|---|---|---|---|---|---|---|---|", *extra["shipped"]]
     lines += ["", "### AUROC of each signal for \"this frame fails\" (true F1 < 0.5)", "",
@@ -285,12 +303,12 @@ def report(table, results, compared, detector, seconds, command, extra) -> str:
               "| signal | synthetic held-out (pooled) | EMPS |", "|---|---|---|"]
     pooled = results[after]["held_out"].copy()
     pooled["predicted_f1_after"] = pooled["f1"]
-    pooled["predicted_f1_before"] = results[before]["held_out"]["f1"].to_numpy()
+    pooled["predicted_f1_before"] = same_rows(results[before]["held_out"], pooled)
     unseen = results[after]["emps"]
     if unseen is not None:
         unseen = unseen.copy()
         unseen["predicted_f1_after"] = unseen["f1"]
-        unseen["predicted_f1_before"] = results[before]["emps"]["f1"].to_numpy()
+        unseen["predicted_f1_before"] = same_rows(results[before]["emps"], unseen)  # folds differ in order
     for signal in SIGNAL_AUROC:
         lines.append(f"| {signal} | {fmt(auroc(pooled, signal))} | {fmt(auroc(unseen, signal) if unseen is not None else None)} |")
     if (table["kind"] == "emps").any():
@@ -299,7 +317,7 @@ def report(table, results, compared, detector, seconds, command, extra) -> str:
                   "Flagged: novelty above the model's threshold (both aim at 1% of in-domain frames).", "",
                   "| novelty model | AUROC, EMPS vs held-out synthetic | synthetic held-out flagged | EMPS flagged |",
                   "|---|---|---|---|", *extra["novelty"]]
-        lines += ["", f"### EMPS after labelling frames of other papers and refitting ({names[1]})", "",
+        lines += ["", "### EMPS after labelling frames of other papers and refitting (default features, novelty, cheap signals)", "",
                   "Five folds grouped by source paper: each fold's papers are scored by a forest fit on the synthetic "
                   "frames plus N labelled EMPS frames drawn from the other papers (the Training step's refit).", "",
                   "| labelled EMPS frames | MAE | in-domain rate | in-domain MAE | in-domain coverage | caught "

@@ -13,7 +13,13 @@ from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.scaling import ScaleRule
 from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
-from napari_detection_qc.forest import NO_EMBEDDINGS_NOTE, NO_SIGNALS_NOTE, TARGETS, ForestLoadError, QualityForest
+from napari_detection_qc.forest import (
+    NO_EMBEDDINGS_NOTE,
+    NO_SIGNALS_NOTE,
+    TARGETS,
+    ForestLoadError,
+    QualityForest,
+)
 from napari_detection_qc.scoring import predicted_quality
 from napari_detection_qc.signals import (
     EMBEDDING,
@@ -212,6 +218,43 @@ def test_novelty_flags_points_off_the_reference_subspace():
     assert (model.novelty(on_subspace(100)) > model.threshold).mean() <= 0.1
     assert (model.novelty(rng.normal(0, 1, (20, 30))) > model.threshold).all()
     assert np.isfinite(SubspaceNovelty().fit(rng.normal(0, 1, (3, 6))).novelty(rng.normal(0, 1, (2, 6)))).all()
+
+
+def test_frames_outside_the_novelty_reference_stay_novel():
+    """The bundled forest learns from real frames without letting them define "in domain"."""
+    rng = np.random.default_rng(9)
+    basis = rng.normal(0, 1, (3, 30))
+    known = rng.normal(0, 1, (150, 3)) @ basis + rng.normal(0, 0.05, (150, 30))
+    other = rng.normal(0, 1, (50, 30))
+    everything = np.vstack([known, other])
+    reference = np.arange(len(everything)) < len(known)
+    union = SubspaceNovelty(n_components=3).fit(everything)
+    masked = SubspaceNovelty(n_components=3).fit(everything, reference)
+    unseen = rng.normal(0, 1, (20, 30))
+    assert (masked.novelty(unseen) > masked.threshold).all()
+    assert (union.novelty(unseen) > union.threshold).mean() < 0.5  # the union calls such frames known
+    assert (masked.reference_novelty[~reference] > masked.threshold).all()
+    with pytest.raises(ValueError, match="3 reference"):
+        SubspaceNovelty().fit(everything, np.arange(len(everything)) < 2)
+
+
+def test_a_forests_novelty_reference_survives_its_file(tmp_path):
+    features, targets, embeddings = study(60, seed=10)
+    embeddings[40:] += 25.0  # frames learnt from, not called known
+    reference = np.arange(60) < 40
+    forest = QualityForest(features=SIGNAL_FEATURES, n_estimators=20).fit(
+        features, targets, embeddings=embeddings, novelty_reference=reference)
+    loaded = QualityForest.load(forest.save(tmp_path / "masked.skops"))
+    np.testing.assert_array_equal(loaded.novelty_reference, reference)
+    new_features, _, new_embeddings = study(6, seed=11)
+    new_embeddings[:3] += 25.0
+    predicted = loaded.predict(new_features, new_embeddings)
+    pd.testing.assert_frame_equal(predicted, forest.predict(new_features, new_embeddings))
+    assert not predicted["in_domain"][:3].any()
+    damaged = copy.copy(forest)
+    damaged.novelty_reference = reference[:-1]
+    with pytest.raises(ForestLoadError, match="novelty reference"):
+        QualityForest.load(damaged.save(tmp_path / "damaged.skops"))
 
 
 def test_predicted_quality_reads_the_signals_stored_with_the_detections(signal_forest):

@@ -157,6 +157,8 @@ class QualityForest:
         self._domain_radius = 0.0
         self.training_embeddings: np.ndarray | None = None
         self.novelty_model: SubspaceNovelty | None = None
+        self.novelty_reference: np.ndarray | None = None
+        """Which training frames the novelty check was fit on (None: all)."""
         self._residuals: dict[str, np.ndarray] = {}
         self.signals_note: str | None = None
         self._training_bins: np.ndarray | None = None
@@ -203,17 +205,24 @@ class QualityForest:
         return "cheap" if "novelty" in self.features else "none"
 
     def fit(
-        self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None, embeddings=None
+        self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None, embeddings=None,
+        novelty_reference=None,
     ) -> QualityForest:
         """Fit one pipeline per target; calibrate intervals and the domain flag on the same data.
         ``embeddings`` (one row per frame, the detector's backbone embedding) enable the novelty
-        signal; a forest fitted without them works as the paper's and says so."""
+        signal; a forest fitted without them works as the paper's and says so.
+        ``novelty_reference`` (a boolean mask, default all rows): the frames whose kind the novelty
+        check calls known. The bundled forest learns from real EMPS images without letting them
+        make every real image look familiar (measured in RESULTS.md, signals study)."""
         if len(features_df) < MIN_TRAINING_FRAMES:
             raise ValueError(f"a forest needs at least {MIN_TRAINING_FRAMES} labeled frames, got {len(features_df)}")
         self.training_embeddings = None if embeddings is None else _embeddings(embeddings, len(features_df))
         if self.training_embeddings is not None and not np.isfinite(self.training_embeddings).all():
             raise ValueError("training embeddings must be finite (frames without one cannot be used)")
-        self.novelty_model = None if embeddings is None else SubspaceNovelty().fit(self.training_embeddings)
+        self.novelty_reference = None if novelty_reference is None or embeddings is None else (
+            np.asarray(novelty_reference, dtype=bool))
+        self.novelty_model = None if embeddings is None else SubspaceNovelty().fit(
+            self.training_embeddings, self.novelty_reference)
         if "novelty" in self.features and self.novelty_model is None:
             raise ValueError("the feature 'novelty' needs the training frames' embeddings")
         self.signals_note = None if self.novelty_model is not None else NO_SIGNALS_NOTE
@@ -493,6 +502,8 @@ class QualityForest:
         }
         if self.training_embeddings is not None:
             state["training_embeddings"] = self.training_embeddings
+        if self.novelty_reference is not None:
+            state["novelty_reference"] = self.novelty_reference
         if self._training_bins is not None:
             state["training_score_bins"] = self._training_bins
         if self._residuals:
@@ -581,7 +592,9 @@ class QualityForest:
         forest._training_bins = None if bins is None else np.asarray(bins, dtype=np.float64)
         if "training_embeddings" in state:
             forest.training_embeddings = np.asarray(state["training_embeddings"], dtype=np.float64)
-            forest.novelty_model = SubspaceNovelty().fit(forest.training_embeddings)
+            reference = state.get("novelty_reference")
+            forest.novelty_reference = None if reference is None else np.asarray(reference, dtype=bool)
+            forest.novelty_model = SubspaceNovelty().fit(forest.training_embeddings, forest.novelty_reference)
         else:
             forest.signals_note = NO_SIGNALS_NOTE
         needs = [f for f in forest.features if f in DERIVED_FEATURES]

@@ -65,7 +65,8 @@ def pipeline_problem(pipeline, n_features: int) -> str | None:
 
 def signal_arrays_problem(state: dict, n_training: int, n_targets: int) -> str | None:
     """What is wrong with a format-2 file's signal arrays (each optional), or None: training
-    embeddings (one finite row per training frame, at least 3 for the novelty model), score
+    embeddings (one finite row per training frame, at least 3 for the novelty model, and the
+    optional boolean mask of the frames it was fit on), score
     bins (one row of fractions per training frame) and conformal residuals (one row per target;
     NaN where a frame was in every tree's bag, else non-negative)."""
     if "training_embeddings" in state:
@@ -74,6 +75,10 @@ def signal_arrays_problem(state: dict, n_training: int, n_targets: int) -> str |
             return f"training embeddings of shape {embeddings.shape} for {n_training} training frames"
         if n_training < 3 or not np.isfinite(embeddings).all():
             return "non-finite training embeddings, or fewer than 3"
+        if "novelty_reference" in state:
+            reference = np.asarray(state["novelty_reference"])
+            if reference.dtype != bool or reference.shape != (n_training,) or reference.sum() < 3:
+                return f"a novelty reference mask of shape {reference.shape} ({reference.dtype}) for {n_training} frames"
     if "training_score_bins" in state:
         bins = np.asarray(state["training_score_bins"], dtype=np.float64)
         if bins.shape != (n_training, len(SCORE_BIN_NAMES)):

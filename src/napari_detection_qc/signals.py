@@ -189,19 +189,27 @@ class SubspaceNovelty:
         self.random_state = random_state
         self.threshold = 1.0
 
-    def fit(self, embeddings: np.ndarray) -> SubspaceNovelty:
+    def fit(self, embeddings: np.ndarray, reference: np.ndarray | None = None) -> SubspaceNovelty:
+        """Fit on the ``reference`` rows (a boolean mask; all rows when None). ``reference_novelty``
+        has one value per row: out of fold for reference rows, as a new frame's for the others
+        (frames a forest learns from without calling their kind "in domain")."""
         from sklearn.model_selection import KFold
 
         x = np.asarray(embeddings, dtype=np.float64)
-        if x.ndim != 2 or len(x) < 3:
-            raise ValueError(f"novelty needs at least 3 reference embeddings, got shape {x.shape}")
-        self._model = _SubspaceModel(x, self.n_components, self.k)
-        out_of_fold = np.zeros((len(x), 2))
-        folds = KFold(min(self.folds, len(x)), shuffle=True, random_state=self.random_state)
-        for train, test in folds.split(x):
-            out_of_fold[test] = _SubspaceModel(x[train], self.n_components, self.k).distances(x[test])
+        chosen = np.ones(len(x), bool) if reference is None else np.asarray(reference, dtype=bool)
+        if x.ndim != 2 or chosen.shape != (len(x),) or chosen.sum() < 3:
+            raise ValueError(f"novelty needs at least 3 reference embeddings, got shape {x.shape} "
+                             f"with {int(chosen.sum())} reference rows")
+        inside = x[chosen]
+        self._model = _SubspaceModel(inside, self.n_components, self.k)
+        out_of_fold = np.zeros((len(inside), 2))
+        folds = KFold(min(self.folds, len(inside)), shuffle=True, random_state=self.random_state)
+        for train, test in folds.split(inside):
+            out_of_fold[test] = _SubspaceModel(inside[train], self.n_components, self.k).distances(inside[test])
         self._scale = np.maximum(np.quantile(out_of_fold, 0.99, axis=0), 1e-12)
-        self.reference_novelty = (out_of_fold / self._scale).max(axis=1)
+        self.reference_novelty = np.zeros(len(x))
+        self.reference_novelty[chosen] = (out_of_fold / self._scale).max(axis=1)
+        self.reference_novelty[~chosen] = self.novelty(x[~chosen])
         return self
 
     def novelty(self, embeddings: np.ndarray) -> np.ndarray:
