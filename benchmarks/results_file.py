@@ -25,9 +25,10 @@ def write_section(marker: str, text: str) -> None:
 
 
 def detector_cache(root: Path, detector) -> Path:
-    """Cache folder for one detector's outputs: its weights, its score threshold and the revision of
-    the object-size estimate decide them."""
-    return root / f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
+    """Cache folder for one detector's outputs: its weights, score threshold and detection cap, and
+    the revision of the object-size estimate decide them."""
+    return root / (f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
+                   f"_max{detector.max_detections}")
 
 
 def emps_frame(stem: str):

@@ -450,7 +450,7 @@ def test_version_and_help_show_every_default(capsys):
     assert napari_detection_qc.__version__ in capsys.readouterr().out
     assert main(["detect", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: auto)", "else 0.1 as the forests were trained)", "(default: 1000)", "(default: 1)"):
+    for default in ("(default: auto)", "else 0.1 as the forests were trained)", "(default: 5000)", "(default: 1)"):
         assert default in text
 
 

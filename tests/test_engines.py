@@ -15,6 +15,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import roi_align
 
 from napari_detection_qc.engines import (
+    DEFAULT_MAX_DETECTIONS,
     DetectorLoadError,
     default_weights_path,
     load_checkpoint,
@@ -85,7 +86,7 @@ def test_metadata_names_engine_weights_and_threshold(detector):
     meta = detector.metadata()
     assert meta["engine"] == "torchvision"
     # the bundled model carries its own threshold (scripts/choose_score_threshold.py); metadata reports it
-    assert meta["score_threshold"] == detector.header["score_threshold"] > 0.1 and meta["max_detections"] == 1000
+    assert meta["score_threshold"] == detector.header["score_threshold"] > 0.1 and meta["max_detections"] == DEFAULT_MAX_DETECTIONS
     assert re.fullmatch("[0-9a-f]{64}", meta["weights_sha256"])
     assert detector.device.type in ("cpu", "cuda")
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..detections import FrameDetections, smallest_label_dtype
-from .base import Detector, file_sha256
+from .base import DEFAULT_MAX_DETECTIONS, Detector, file_sha256
 from .checkpoint import DetectorLoadError
 from .detectron2_checkpoint import PAPER_DETECTRON2_CONFIG, input_from_config, read_config
 
@@ -42,7 +42,7 @@ class Detectron2Detector(Detector):
         *,
         device="auto",
         score_threshold: float = 0.1,
-        max_detections: int = 1000,
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
         batch_size: int | None = None,
     ):
         if not detectron2_available():

@@ -17,7 +17,7 @@ from qtpy.QtCore import QEventLoop, QTimer
 from qtpy.QtWidgets import QApplication, QProgressBar
 
 from ..detections import FrameDetections, smallest_label_dtype
-from ..engines import load_detector
+from ..engines import DEFAULT_MAX_DETECTIONS, load_detector
 from ..layer_pair import (
     METADATA_KEY,
     SIGNALS_KEY,
@@ -69,7 +69,7 @@ class DetectionWidget(Step):
                                       tooltip="keep detections scoring at least this; \"model's own\" is the "
                                               "threshold chosen for the weights, the one their forest expects")
         self.threshold.native.setSpecialValueText("model's own")
-        self.max_detections = SpinBox(label="max detections", value=1000, min=1, max=100000)
+        self.max_detections = SpinBox(label="max detections", value=DEFAULT_MAX_DETECTIONS, min=1, max=100000)
         # object size: typical cavity diameter in native px; 0 shows "auto" (passed as None: estimated per frame)
         self.object_size = FloatSpinBox(label="object size (px)", value=0.0, min=0.0, max=10000.0, step=1.0,
                                         tooltip="typical cavity diameter in pixels; auto lets the detector decide")
