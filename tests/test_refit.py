@@ -74,3 +74,26 @@ def test_a_refit_keeps_the_novelty_check_only_when_every_frame_has_an_embedding(
     np.testing.assert_array_equal(loaded.embeddings, training.embeddings)
     rows(2, 8, "bare").save(path)  # a set without embeddings drops the stale ones
     assert TrainingSet.load(path).embeddings is None
+
+
+def test_a_refit_keeps_the_base_forests_novelty_reference(tmp_path):
+    """Rows the bundled forest learns from without calling their kind known (its EMPS images) stay
+    outside the novelty check through a refit and a saved training set; rows you add are inside."""
+    rng = np.random.default_rng(6)
+    earlier = rows(40, 0, "earlier")
+    reference = np.arange(40) < 30
+    base = QualityForest(n_estimators=10).fit(earlier.features, earlier.targets,
+                                              embeddings=rng.normal(0, 1, (40, 6)), novelty_reference=reference)
+    mine = rows(4, 6, "mine")
+    embedded = TrainingSet().add(mine.features, mine.targets, mine.sources, rng.normal(0, 1, (4, 6)))
+    training = training_for_refit(RefitMode.ADD, embedded, None, base)
+    np.testing.assert_array_equal(training.novelty_reference, np.r_[reference, [True] * 4])
+    forest, _ = refit_forest(training, base, None)
+    np.testing.assert_array_equal(forest.novelty_reference, training.novelty_reference)
+    loaded = TrainingSet.load(training.save(tmp_path / "set.csv"))
+    np.testing.assert_array_equal(loaded.novelty_reference, training.novelty_reference)
+    relabelled = rows(2, 9, "x")
+    relabelled.sources = loaded.sources[35:37]  # two rows outside the reference, labelled again by you
+    again = training_for_refit(RefitMode.ADD, relabelled, loaded, base)
+    assert len(again) == 44 and again.novelty_reference[-2:].all() and again.novelty_reference.sum() == 36
+    assert TrainingSet.load(rows(3, 1, "plain").save(tmp_path / "plain.csv")).novelty_reference is None

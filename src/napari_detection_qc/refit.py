@@ -59,10 +59,13 @@ def training_for_refit(mode: RefitMode, new_rows: TrainingSet, accumulated: Trai
 def refit_forest(training: TrainingSet, base: QualityForest, detector: dict | None):
     """Fit a forest like ``base`` on the training set, cross-validated when there are enough
     frames; returns (forest, CVResult or None). Runs in a worker. The novelty check (domain flag,
-    widening intervals) is kept when every frame has an embedding (detected with signals)."""
+    widening intervals) is kept when every frame has an embedding (detected with signals), fit on
+    the set's novelty reference rows."""
     forest = QualityForest(base.features, base.n_estimators, base.random_state, base.coverage,
                            detector or base.detector, base.forest_params)
-    forest.fit(training.features, training.targets, embeddings=training.complete_embeddings)
+    embeddings = training.complete_embeddings
+    forest.fit(training.features, training.targets, embeddings=embeddings,
+               novelty_reference=None if embeddings is None else training.novelty_reference)
     cv = None
     if len(training) >= MIN_FRAMES_FOR_CV:
         cv = forest.cross_validate(training.features, training.targets, scheme="random", n_splits=5, n_repeats=1)

@@ -18,6 +18,8 @@ from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES
 from .forest import TARGETS, QualityForest
 
+REFERENCE_COLUMN = "novelty_reference"
+
 
 @dataclass
 class TrainingSet:
@@ -26,6 +28,9 @@ class TrainingSet:
     sources: list[str] = field(default_factory=list)
     embeddings: np.ndarray | None = None
     """(rows, D) backbone embeddings, NaN rows for frames without one; None when no row has one."""
+    novelty_reference: np.ndarray | None = None
+    """Rows a refit forest's novelty check is fit on (``QualityForest.fit``); None: all. The bundled
+    forest's real EMPS rows stay outside it through a refit; rows you add are inside."""
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -59,12 +64,15 @@ class TrainingSet:
             ignore_index=True,
         ).astype(np.float64)
         self.embeddings = _stacked_embeddings(self.embeddings, keep, embeddings, len(sources))
+        if self.novelty_reference is not None:
+            self.novelty_reference = np.r_[self.novelty_reference[keep], np.ones(len(sources), bool)]
         self.sources = [self.sources[i] for i in keep] + [str(s) for s in sources]
         return self
 
     def copy(self) -> TrainingSet:
         embeddings = None if self.embeddings is None else self.embeddings.copy()
-        return TrainingSet(self.features.copy(), self.targets.copy(), list(self.sources), embeddings)
+        reference = None if self.novelty_reference is None else self.novelty_reference.copy()
+        return TrainingSet(self.features.copy(), self.targets.copy(), list(self.sources), embeddings, reference)
 
     @classmethod
     def from_forest(cls, forest: QualityForest) -> TrainingSet:
@@ -74,12 +82,16 @@ class TrainingSet:
         groups = forest.training_groups or ["bundled"] * forest.n_training
         sources = [f"{forest.metadata.get('name', 'bundled')}:{g}:{i}" for i, g in enumerate(groups)]
         embeddings = None if forest.training_embeddings is None else forest.training_embeddings.copy()
-        return cls(forest.training_features.copy(), forest.training_targets.copy(), sources, embeddings)
+        reference = None if forest.novelty_reference is None else forest.novelty_reference.copy()
+        return cls(forest.training_features.copy(), forest.training_targets.copy(), sources, embeddings, reference)
 
     def save(self, path) -> Path:
-        """CSV with a ``source`` column, the feature columns and ``f1, precision, recall``."""
+        """CSV with a ``source`` column, the feature columns and ``f1, precision, recall`` (and
+        ``novelty_reference``, 1/0, where some rows are outside it)."""
         path = Path(path)
         table = pd.concat([pd.Series(self.sources, name="source"), self.features, self.targets], axis=1)
+        if self.novelty_reference is not None:
+            table[REFERENCE_COLUMN] = self.novelty_reference.astype(int)
         with atomic_path(path) as temporary:
             table.to_csv(temporary, index=False)
         sidecar = embeddings_path(path)
@@ -112,11 +124,17 @@ class TrainingSet:
                 raise ValueError(f"could not read the embeddings of {path} from {sidecar}: {exc}") from exc
             if embeddings.ndim != 2 or len(embeddings) != len(table):
                 raise ValueError(f"{sidecar} holds {embeddings.shape} embeddings for {len(table)} rows")
+        reference = None
+        if REFERENCE_COLUMN in table.columns:
+            if not table[REFERENCE_COLUMN].isin([0, 1]).all():
+                raise ValueError(f"{path}: column {REFERENCE_COLUMN} must hold 1 or 0 per row")
+            reference = table[REFERENCE_COLUMN].to_numpy() == 1
         return cls(
             table[feature_columns].astype(np.float64),
             table[list(TARGETS)].astype(np.float64),
             table["source"].astype(str).tolist(),
             embeddings,
+            reference,
         )
 
 
