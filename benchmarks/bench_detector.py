@@ -96,7 +96,7 @@ def score_rows(scores: dict) -> str:
     )
 
 
-def model_card(path: Path, scores: dict, real: dict, timings: dict, threads: int) -> str:
+def model_card(path: Path, scores: dict, real: dict, timings: dict, threads: int, bfloat16: bool) -> str:
     header, _ = load_checkpoint(path)
     arch, training, scale = header["architecture"], header["training"], header["input"]["object_size"]
     threshold = header.get("score_threshold", 0.1)
@@ -130,6 +130,9 @@ trained on synthetic cavities only; fine-tune it on such images to do better). R
   channels; each frame resampled so its typical cavity is {scale["target_px"]:g} px across (factor
   {scale["min_factor"]:g}-{scale["max_factor"]:g}; object size `auto` estimates it per frame with the model
   itself), detected in 1024 px tiles with 128 px overlap, results mapped back to the native pixel grid.
+- Arithmetic: on CPUs with native bfloat16 (AVX512-BF16 or AMX) the convolutions of backbone, FPN,
+  RPN head and mask head run in bfloat16 (boxes, scores and embeddings stay float32); elsewhere
+  everything is float32. This card: {"bfloat16" if bfloat16 else "float32"}.
 - Purpose: a detector that installs with the plugin and runs offline. Trained on synthetic frames only
   (randomized to cover what real TEM cavity micrographs look like); fine-tune it on your corrected
   frames, or use your own weights (e.g. the seed paper's detectron2 `model_final.pth` through
@@ -186,7 +189,8 @@ def main(argv=None) -> None:
     print(f"reproduce: {COMMAND}")
     if args.write_card and args.spec == "default":
         path = default_weights_path()
-        path.with_suffix(".md").write_text(model_card(path, scores, real, timings, args.threads))
+        card = model_card(path, scores, real, timings, args.threads, getattr(detector, "bfloat16", False))
+        path.with_suffix(".md").write_text(card)
         print(f"wrote {path.with_suffix('.md')}")
 
 

@@ -25,10 +25,10 @@ def write_section(marker: str, text: str) -> None:
 
 
 def detector_cache(root: Path, detector) -> Path:
-    """Cache folder for one detector's outputs: its weights, score threshold and detection cap, and
-    the revision of the object-size estimate decide them."""
+    """Cache folder for one detector's outputs: its weights, score threshold, detection cap and
+    arithmetic (bfloat16 convolutions), and the revision of the object-size estimate decide them."""
     return root / (f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
-                   f"_max{detector.max_detections}")
+                   f"_max{detector.max_detections}{'_bf16' if getattr(detector, 'bfloat16', False) else ''}")
 
 
 def emps_frame(stem: str):

@@ -41,7 +41,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 from ..detections import FrameDetections
-from .base import DEFAULT_SCORE_THRESHOLD, Detector
+from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
 from .boxmasks import BoxMasks
 from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
 from .scaling import ScaleRule, Window, central_view
@@ -407,7 +407,7 @@ class TorchvisionDetector(Detector):
         *,
         device="auto",
         score_threshold: float | None = None,
-        max_detections: int = 1000,
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
         batch_size: int | None = None,
     ):
         """``score_threshold=None``: the checkpoint's own (a fine-tuned model carries the one chosen
@@ -439,6 +439,14 @@ class TorchvisionDetector(Detector):
             ) from error
         self.model.eval().to(self.device)
         self.scale_rule = ScaleRule.from_input_header(self.normalisation)
+        self.bfloat16 = self.device.type == "cpu" and native_bfloat16()
+        """Detect with the convolutions (backbone, FPN, RPN head, mask head) in bfloat16: where the
+        CPU computes it natively they run up to 2.5x faster (2048 px frame 1.75 -> 1.45 s on 2
+        cores), boxes, scores and embeddings stay float32, and training never uses it."""
+        self.model.rpn.head.register_forward_hook(as_float32)  # boxes decode from float32 deltas
+
+    def _reduced_precision(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16)
 
     @classmethod
     def from_checkpoint(cls, path, **options) -> TorchvisionDetector:
@@ -488,9 +496,10 @@ class TorchvisionDetector(Detector):
             batch, scales = to_model_batch(images, self.architecture, self.normalisation, self.device)
             # convolutions run faster on channels-last input on CPU (weights stay NCHW: training
             # a channels-last model crashed in backward); torchvision's RoIAlign wants NCHW
-            features = self.model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
-            proposals, _ = self.model.rpn(batch, features)
-            features = OrderedDict((level, maps.contiguous()) for level, maps in features.items())
+            with self._reduced_precision():
+                features = self.model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
+                features = OrderedDict((level, maps.float().contiguous()) for level, maps in features.items())
+                proposals, _ = self.model.rpn(batch, features)
             boxes, scores = boxes_only(heads, features, proposals, batch.image_sizes)
             if cores is not None:
                 kept = [
@@ -499,7 +508,8 @@ class TorchvisionDetector(Detector):
                 boxes = [b[keep] for b, keep in zip(boxes, kept, strict=True)]
                 scores = [s[keep] for s, keep in zip(scores, kept, strict=True)]
             if masks:
-                probabilities = mask_probabilities(heads, features, boxes, batch.image_sizes)
+                with self._reduced_precision():
+                    probabilities = mask_probabilities(heads, features, boxes, batch.image_sizes)
             else:
                 probabilities = [s.new_zeros((len(s), 0, 0)) for s in scores]
         results = []
@@ -508,6 +518,22 @@ class TorchvisionDetector(Detector):
             yxyx = xyxy[:, [1, 0, 3, 2]] * np.array([scale_y, scale_x, scale_y, scale_x])
             results.append(BoxMasks(yxyx, score.float().cpu().numpy().astype(np.float64), probs.float().cpu()))
         return results
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX); elsewhere bfloat16 is slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name)() for name in checks if hasattr(torch.cpu, name))
+    except RuntimeError:
+        return False
+
+
+def as_float32(module, inputs, outputs):
+    """Forward hook: a head's outputs (tensors or lists of them) in float32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    return type(outputs)(as_float32(module, inputs, part) for part in outputs)
 
 
 def centres_inside(xyxy: torch.Tensor, core: Window, scale: tuple[float, float]) -> torch.Tensor:
