@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from results_file import EMPS, emps_frame
+from results_file import emps_frame, emps_sources
 
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector
 from napari_detection_qc.matching import boxes_from_labels, match_frame
@@ -178,8 +177,8 @@ def main(argv=None) -> None:
             scores[source] = family_scores(detector, held_out_frames(source, count))
             print_scores(source, scores[source])
     real = {}
-    if args.emps and (EMPS / "sources.csv").exists():
-        stems = sorted(pd.read_csv(EMPS / "sources.csv")["stem"])[: args.emps]
+    stems = emps_sources()["stem"][: args.emps]
+    if len(stems):
         real["EMPS"] = family_scores(detector, (emps_frame(stem) for stem in stems))
         print_scores("EMPS (real)", real["EMPS"])
     timings = time_frames(detector, repeats=args.repeats)

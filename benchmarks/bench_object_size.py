@@ -16,13 +16,12 @@ import argparse
 import time
 
 import numpy as np
-import pandas as pd
 import torch
-from results_file import EMPS, emps_frame
+from results_file import emps_frame, emps_sources
 
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.training import typical_diameter
-from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES, make_frame, make_realistic_frame
+from napari_detection_qc.synthetic import REALISTIC_FAMILIES, family_frame
 
 HELD_OUT_SEED = 1_000_000
 TOLERANCE = 1.6
@@ -40,22 +39,12 @@ def main(argv=None) -> None:
     print(f"{'family':16s} {'within 1.6x':>11s} {'median |log2 error|':>19s} {'s/frame':>8s}  true -> estimate (px)")
     every = []
     for family in (*(f for f in REALISTIC_FAMILIES if f != "large_frames"), "clean", "overfocus"):
-        every += report(family, detector, synthetic_frames(family, args.frames), show=True)
+        every += report(family, detector, (family_frame(family, HELD_OUT_SEED + i) for i in range(args.frames)), show=True)
     print(f"all families: {np.mean(every):.2f} of {len(every)} estimates within {TOLERANCE}x")
-    if args.emps and (EMPS / "sources.csv").exists():
-        stems = sorted(pd.read_csv(EMPS / "sources.csv")["stem"])[: args.emps]
+    stems = emps_sources()["stem"][: args.emps]
+    if len(stems):
         report("EMPS (real)", detector, (emps_frame(stem) for stem in stems), show=False)
     print(f"reproduce: {COMMAND} --frames {args.frames} --threads {args.threads} --emps {args.emps}")
-
-
-def synthetic_frames(family: str, count: int):
-    """(image, labels) of the held-out frames of a realistic family or an older preset."""
-    for index in range(count):
-        seed = HELD_OUT_SEED + index
-        if family in PRESETS:
-            yield make_frame(seed, (512, 512), PRESETS[family])
-        else:
-            yield make_realistic_frame(seed, family)[:2]
 
 
 def report(name: str, detector, frames, show: bool) -> list[bool]:

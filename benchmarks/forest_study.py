@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from results_file import EMPS, RESULTS, detector_cache, emps_frame, write_section
+from results_file import EMPS, RESULTS, detector_cache, emps_frame, emps_sources, write_section
 
 from napari_detection_qc.detections import FrameDetections
 from napari_detection_qc.engines import load_detector
@@ -101,9 +101,9 @@ def build_table(detector, plan: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]
 def emps_table(detector) -> tuple[pd.DataFrame, np.ndarray]:
     """The real EMPS images (``../shared``; empty when absent), grouped by source paper: real
     detections the default forest learns from besides the synthetic frames."""
-    if not (EMPS / "sources.csv").exists():
+    sources = emps_sources()
+    if sources.empty:
         return pd.DataFrame(), np.zeros((0, 0), np.float32)
-    sources = pd.read_csv(EMPS / "sources.csv").sort_values("stem")
     return frame_rows(detector, (
         ({"domain": f"emps:{row.doi}", "stem": row.stem}, "emps", row.stem, partial(emps_frame, row.stem))
         for row in sources.itertuples()))

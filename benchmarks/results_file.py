@@ -4,6 +4,7 @@ its markers, leaving the other scripts' sections as they are, and caches per det
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from napari_detection_qc.engines.scaling import ESTIMATE_REVISION
@@ -29,6 +30,14 @@ def detector_cache(root: Path, detector) -> Path:
     arithmetic (bfloat16 convolutions), and the revision of the object-size estimate decide them."""
     return root / (f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
                    f"_max{detector.max_detections}{'_bf16' if getattr(detector, 'bfloat16', False) else ''}")
+
+
+def emps_sources() -> pd.DataFrame:
+    """EMPS's ``sources.csv`` (stem, doi, ...) in stem order; no rows when ``../shared`` is absent."""
+    path = EMPS / "sources.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["stem", "doi"])
+    return pd.read_csv(path).sort_values("stem", ignore_index=True)
 
 
 def emps_frame(stem: str):

@@ -24,16 +24,13 @@ SIGNAL_AUROC = {  # signal -> +1 when a high value means "fails", -1 when a low 
 }
 
 
-SHIPPED = "after: shipped (+ novelty, cheap signals, real EMPS frames)"
-
-
 def configs(default_features: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], bool, bool]]:
     """(name, features, with embeddings, with the real EMPS frames in training) of the forests
     compared; the first is "before", the second the recipe of the bundled forest file."""
     tta = default_features + TTA_SIGNALS
     return [
         ("before", default_features, False, False),
-        (SHIPPED, default_features, True, True),
+        ("after: shipped (+ novelty, cheap signals, real EMPS frames)", default_features, True, True),
         ("after: synthetic frames only (+ novelty, cheap signals)", default_features, True, False),
         ("after: shipped + TTA", tta, True, True),
         ("after: shipped + TTA + histogram + novelty", tta + ("score_hist_distance", "novelty"), True, True),

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from results_file import EMPS, detector_cache, emps_frame
+from results_file import detector_cache, emps_frame, emps_sources
 
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.features import detections_features
@@ -53,9 +53,8 @@ def frame_specs(frames_per_domain: int, realistic_per_family: int, emps_count: i
         for i in range(realistic_per_family):
             specs.append({"kind": "realistic", "domain": f"realistic:{family}", "family": family,
                           "seed": REALISTIC_SEED + 10_000 * f + i, "group": f"realistic:{family}"})
-    if emps_count and (EMPS / "sources.csv").exists():
-        sources = pd.read_csv(EMPS / "sources.csv")
-        for row in sources.sort_values("stem").head(emps_count).itertuples():
+    if emps_count:
+        for row in emps_sources().head(emps_count).itertuples():
             specs.append({"kind": "emps", "domain": "emps", "stem": row.stem, "group": str(row.doi)})
     return specs
 
