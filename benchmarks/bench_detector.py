@@ -95,6 +95,16 @@ def score_rows(scores: dict) -> str:
     )
 
 
+def low_rank_note(arch: dict) -> str:
+    """The card's line on the inference shortcuts an architecture takes (low-rank 3x3 convolutions,
+    RPN proposals dropped below an objectness)."""
+    parts = [f"{site} 3x3 conv through rank {rank} (`scripts/compress_default_detector.py`)"
+             for site, rank in arch.get("low_rank", {}).items()]
+    if arch["rpn"].get("score_thresh_test"):
+        parts.append(f"RPN proposals under objectness {arch['rpn']['score_thresh_test']:g} dropped at inference")
+    return ("Inference: " + "; ".join(parts) + ".") if parts else ""
+
+
 def model_card(path: Path, scores: dict, real: dict, timings: dict, threads: int, bfloat16: bool) -> str:
     header, _ = load_checkpoint(path)
     arch, training, scale = header["architecture"], header["training"], header["input"]["object_size"]
@@ -125,10 +135,12 @@ trained on synthetic cavities only; fine-tune it on such images to do better). R
   stages {arch["backbone"]["stage_widths"]}, BatchNorm), FPN {arch["fpn_channels"]} channels (P2-P5 + pool),
   anchors {arch["anchor_sizes"]} x ratios {arch["aspect_ratios"]}, RPN IoU 0.3/0.7, ROI IoU 0.4,
   128 ROIs/image, box head {arch["roi"]["box_head_dim"]}, mask head {arch["roi"]["mask_head_widths"]}, aligned RoIAlign.
+  {low_rank_note(arch)}
 - Input: robust intensity (median -> 128, one robust sigma (1.4826 MAD) -> 30 grey levels), 3 identical
   channels; each frame resampled so its typical cavity is {scale["target_px"]:g} px across (factor
   {scale["min_factor"]:g}-{scale["max_factor"]:g}; object size `auto` estimates it per frame with the model
-  itself), detected in 1024 px tiles with 128 px overlap, results mapped back to the native pixel grid.
+  itself), detected in tiles of at most 1024 px overlapping by at least 128 px, results mapped back to
+  the native pixel grid.
 - Arithmetic: on CPUs with native bfloat16 (AVX512-BF16 or AMX) the convolutions of backbone, FPN,
   RPN head and mask head run in bfloat16 (boxes, scores and embeddings stay float32); elsewhere
   everything is float32. This card: {"bfloat16" if bfloat16 else "float32"}.

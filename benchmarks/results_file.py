@@ -8,6 +8,7 @@ import pandas as pd
 from PIL import Image
 
 from napari_detection_qc.engines.scaling import ESTIMATE_REVISION
+from napari_detection_qc.engines.tiling import TILING_REVISION
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 EMPS = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "emps"
@@ -27,8 +28,10 @@ def write_section(marker: str, text: str) -> None:
 
 def detector_cache(root: Path, detector) -> Path:
     """Cache folder for one detector's outputs: its weights, score threshold, detection cap and
-    arithmetic (bfloat16 convolutions), and the revision of the object-size estimate decide them."""
+    arithmetic (bfloat16 convolutions), and the revisions of the object-size estimate and of the
+    tile layout decide them."""
     return root / (f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
+                   f"_tiles{TILING_REVISION}"
                    f"_max{detector.max_detections}{'_bf16' if getattr(detector, 'bfloat16', False) else ''}")
 
 

@@ -146,7 +146,7 @@ def train(args, model, start_step: int, first_seed: int) -> tuple[torch.nn.Modul
             group["lr"] = lr
         crops = [pool.crop(args.crop_size) for _ in range(args.batch_size)]
         losses = batch_losses(
-            model, [c[0] for c in crops], [c[1] for c in crops], COMPACT_FPN, NORMALISATION, "cpu"
+            model, [c[0] for c in crops], [c[1] for c in crops], args.architecture, NORMALISATION, "cpu"
         )
         loss = sum(losses.values())
         optimizer.zero_grad()
@@ -195,18 +195,23 @@ def header(args, steps: int, next_seed: int, minutes: float | None = None) -> di
     }
     if getattr(args, "schedule_note", None):
         training["schedule"] = args.schedule_note
+    if getattr(args, "compressed_note", None):  # low-rank weights made by compress_default_detector.py
+        training["compressed"] = args.compressed_note
     if minutes is not None:
         training["minutes_this_run"] = round(minutes, 1)
     return new_checkpoint_header(
-        COMPACT_FPN, name="default-compact-cavity-maskrcnn", normalisation=NORMALISATION, training=training
+        args.architecture, name="default-compact-cavity-maskrcnn", normalisation=NORMALISATION, training=training
     )
 
 
 def initial_model(args) -> tuple[torch.nn.Module, int, int]:
-    """(model, first step, first frame seed): fresh, initialised from weights, or resumed."""
-    model = build_maskrcnn(COMPACT_FPN)
+    """(model, first step, first frame seed): fresh, initialised from weights, or resumed; a
+    checkpoint's own architecture (e.g. a low-rank one) is kept."""
+    args.architecture = COMPACT_FPN
     if args.resume is not None:
         saved_header, state = load_checkpoint(args.resume)
+        args.architecture = saved_header["architecture"]
+        model = build_maskrcnn(args.architecture)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         training = saved_header["training"]
         if training.get("seed") != args.seed:
@@ -219,16 +224,21 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
         else:
             args.schedule_note = training.get("schedule")
         args.init_note = training.get("initialised_from", "resumed")
+        args.compressed_note = training.get("compressed")
         args.mix = training.get("mix", TRAINING_MIX)
         args.first_seed = int(str(training["train_seeds"]).split("..")[0])
         return model, int(training["steps"]), int(training["next_seed"])
     if args.init is not None:
         init_header, state = load_checkpoint(args.init)
+        args.architecture = init_header["architecture"]
+        model = build_maskrcnn(args.architecture)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         steps = init_header.get("training", {}).get("steps") if isinstance(init_header.get("training"), dict) else None
         args.init_note = f"weights of {args.init.name} (sha256 {init_header['sha256'][:12]}, {steps or '?'} steps)"
+        args.compressed_note = init_header.get("training", {}).get("compressed") if isinstance(init_header.get("training"), dict) else None
     else:
         args.init_note = "none (from scratch)"
+        model = build_maskrcnn(args.architecture)
     return model, 0, args.first_seed
 
 

@@ -24,6 +24,7 @@ TINY_ARCHITECTURE = copy.deepcopy(COMPACT_FPN)
 TINY_ARCHITECTURE["backbone"].update(stem_widths=[8, 8], stage_widths=[8, 8, 8, 8])
 TINY_ARCHITECTURE["fpn_channels"] = 8
 TINY_ARCHITECTURE["roi"].update(box_head_dim=16, mask_head_widths=[8])
+TINY_ARCHITECTURE["low_rank"] = {"rpn_conv": 4, "fpn_p2_output": 4}
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from napari_detection_qc.engines.torchvision_maskrcnn import (
     TorchvisionDetector,
     build_maskrcnn,
     threaded_roi_align,
+    to_model_batch,
 )
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.synthetic import make_frame
@@ -176,10 +177,37 @@ def test_proposals_are_ranked_by_logit_even_where_sigmoid_saturates():
     the higher logit, as detectron2 does."""
     rpn = build_maskrcnn(TINY).eval().rpn
     proposals = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 11.0], [50.0, 50.0, 60.0, 60.0]]])
-    logits = torch.tensor([[20.0], [30.0], [-5.0]])
+    logits = torch.tensor([[20.0], [30.0], [-2.0]])
     boxes, scores = rpn.filter_proposals(proposals, logits, [(100, 100)], [3])
     torch.testing.assert_close(boxes[0], proposals[0, [1, 2]])
     assert scores[0][0] == 1.0
+
+
+def test_inference_decodes_only_top_anchors_with_the_same_proposals(detector, frame):
+    """The RPN's inference path (rank, then decode the chosen anchors) equals torchvision's
+    (decode all anchors, then rank) on the bundled model."""
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    rpn = detector.model.rpn
+    with torch.inference_mode():
+        batch, _ = to_model_batch([frame[0].astype(np.float32)], detector.architecture, detector.normalisation, "cpu")
+        features = detector.model.backbone(batch.tensors)
+        fast, _ = rpn(batch, features)
+        reference, _ = RegionProposalNetwork.forward(rpn, batch, features)
+    assert len(fast[0]) > 50
+    torch.testing.assert_close(fast[0], reference[0])
+
+
+def test_hopeless_proposals_are_dropped_at_inference_only():
+    """The architecture's ``score_thresh_test`` (0.01) removes a proposal of objectness 0.007
+    before detection; training still samples from it."""
+    rpn = build_maskrcnn(TINY).rpn
+    proposals = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]])
+    logits = torch.tensor([[2.0], [-5.0]])
+    assert len(rpn.eval().filter_proposals(proposals, logits, [(100, 100)], [2])[0][0]) == 1
+    assert len(rpn.train().filter_proposals(proposals, logits, [(100, 100)], [2])[0][0]) == 2
+    paper = build_maskrcnn(PAPER_R50_FPN).rpn.eval()  # detectron2 keeps every proposal
+    assert len(paper.filter_proposals(proposals, logits, [(100, 100)], [2])[0][0]) == 2
 
 
 @pytest.mark.parametrize("width", [64, 256])

@@ -10,7 +10,7 @@ from napari_detection_qc.engines.base import Detector, parse_object_size
 from napari_detection_qc.engines.boxmasks import BoxMasks
 from napari_detection_qc.engines.intensity import ROBUST_CENTRE, scale_to_255
 from napari_detection_qc.engines.scaling import ScaleRule, estimate_object_size, resample
-from napari_detection_qc.engines.tiling import TILE_PX, detect_in_tiles, tile_spans
+from napari_detection_qc.engines.tiling import OVERLAP_PX, TILE_PX, detect_in_tiles, tile_spans
 
 ROBUST = {"intensity": "robust"}
 
@@ -54,14 +54,20 @@ def squares_frame(shape, side, spacing, seed=0):
     return frame, np.array(boxes, float)
 
 
-@pytest.mark.parametrize("length", [100, 1024, 1025, 3000, 4096])
+@pytest.mark.parametrize("length", [100, 1024, 1025, 3000, 4096, 6144])
 def test_tile_cores_partition_the_axis(length):
     spans = tile_spans(length)
     cores = [(s[2], s[3]) for s in spans]
     assert cores[0][0] == 0 and cores[-1][1] == length
     assert all(a[1] == b[0] for a, b in zip(cores, cores[1:]))
-    assert all(s[1] - s[0] == min(length, TILE_PX) for s in spans)
+    assert len({s[1] - s[0] for s in spans}) == 1 and spans[0][1] - spans[0][0] <= min(length, TILE_PX)
+    assert all(a[1] - b[0] >= OVERLAP_PX for a, b in zip(spans, spans[1:]))
     assert all(s[0] <= s[2] < s[3] <= s[1] for s in spans)
+
+
+def test_tiles_shrink_to_the_overlap_they_need():
+    spans = tile_spans(6144)  # 7 tiles either way; 1024 px ones would overlap by 171 px
+    assert len(spans) == 7 and spans[0][1] - spans[0][0] == 992
 
 
 def test_tiled_detection_keeps_every_object_once_with_exact_boxes():

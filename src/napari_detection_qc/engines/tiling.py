@@ -13,18 +13,27 @@ from .scaling import DetectBoxes, Window
 TILE_PX = 1024
 OVERLAP_PX = 128
 """Larger than the biggest object after resampling, so every object lies whole inside some tile."""
+TILING_REVISION = 2
+"""Bumped when the tile layout changes which detections a frame gets (benchmark caches key on it)."""
+TILE_MULTIPLE_PX = 32
+"""Tiles are a multiple of the model's coarsest stride (it pads its input to one anyway)."""
 
 
 def tile_spans(length: int, tile: int = TILE_PX, overlap: int = OVERLAP_PX) -> list[tuple[int, int, int, int]]:
-    """(start, stop, core_start, core_stop) along one axis; cores partition [0, length)."""
+    """(start, stop, core_start, core_stop) along one axis; cores partition [0, length).
+
+    As many tiles as ``tile`` px tiles need, each only as large as covering the axis with
+    ``overlap`` between neighbours takes (6144 px: 7 tiles of 992, not 7 of 1024 overlapping by 171)."""
     if length <= tile:
         return [(0, length, 0, length)]
     count = int(np.ceil((length - overlap) / (tile - overlap)))
-    starts = np.round(np.linspace(0, length - tile, count)).astype(int)
+    needed = overlap + int(np.ceil((length - overlap) / count))
+    size = min(tile, int(np.ceil(needed / TILE_MULTIPLE_PX)) * TILE_MULTIPLE_PX)
+    starts = np.round(np.linspace(0, length - size, count)).astype(int)
     spans = []
     for index, start in enumerate(starts):
-        stop = start + tile
-        core_start = 0 if index == 0 else (start + int(starts[index - 1]) + tile) // 2
+        stop = start + size
+        core_start = 0 if index == 0 else (start + int(starts[index - 1]) + size) // 2
         core_stop = length if index == count - 1 else (int(starts[index + 1]) + stop) // 2
         spans.append((int(start), int(stop), core_start, core_stop))
     return spans
