@@ -95,7 +95,7 @@ def score_rows(scores: dict) -> str:
     )
 
 
-def low_rank_note(arch: dict) -> str:
+def inference_note(arch: dict) -> str:
     """The card's line on the inference shortcuts an architecture takes (low-rank 3x3 convolutions,
     RPN proposals dropped below an objectness)."""
     parts = [f"{site} 3x3 conv through rank {rank} (`scripts/compress_default_detector.py`)"
@@ -135,7 +135,7 @@ trained on synthetic cavities only; fine-tune it on such images to do better). R
   stages {arch["backbone"]["stage_widths"]}, BatchNorm), FPN {arch["fpn_channels"]} channels (P2-P5 + pool),
   anchors {arch["anchor_sizes"]} x ratios {arch["aspect_ratios"]}, RPN IoU 0.3/0.7, ROI IoU 0.4,
   128 ROIs/image, box head {arch["roi"]["box_head_dim"]}, mask head {arch["roi"]["mask_head_widths"]}, aligned RoIAlign.
-  {low_rank_note(arch)}
+  {inference_note(arch)}
 - Input: robust intensity (median -> 128, one robust sigma (1.4826 MAD) -> 30 grey levels), 3 identical
   channels; each frame resampled so its typical cavity is {scale["target_px"]:g} px across (factor
   {scale["min_factor"]:g}-{scale["max_factor"]:g}; object size `auto` estimates it per frame with the model

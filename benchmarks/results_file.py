@@ -27,11 +27,12 @@ def write_section(marker: str, text: str) -> None:
 
 
 def detector_cache(root: Path, detector) -> Path:
-    """Cache folder for one detector's outputs: its weights, score threshold, detection cap and
-    arithmetic (bfloat16 convolutions), and the revisions of the object-size estimate and of the
-    tile layout decide them."""
+    """Cache folder for one detector's outputs: its weights, score threshold, RPN objectness cut,
+    detection cap and arithmetic (bfloat16 convolutions), and the revisions of the object-size
+    estimate and of the tile layout decide them."""
+    rpn_cut = getattr(detector, "architecture", {}).get("rpn", {}).get("score_thresh_test", 0.0)
     return root / (f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
-                   f"_tiles{TILING_REVISION}"
+                   f"_tiles{TILING_REVISION}{f'_rpn{rpn_cut:g}' if rpn_cut else ''}"
                    f"_max{detector.max_detections}{'_bf16' if getattr(detector, 'bfloat16', False) else ''}")
 
 

@@ -195,7 +195,7 @@ def header(args, steps: int, next_seed: int, minutes: float | None = None) -> di
     }
     if getattr(args, "schedule_note", None):
         training["schedule"] = args.schedule_note
-    if getattr(args, "compressed_note", None):  # low-rank weights made by compress_default_detector.py
+    if getattr(args, "compressed_note", None):  # weights derived by compress_default_detector.py
         training["compressed"] = args.compressed_note
     if minutes is not None:
         training["minutes_this_run"] = round(minutes, 1)
@@ -251,7 +251,7 @@ def main(argv=None) -> None:
         "--max-minutes", type=float, default=600.0, help="stop this run after this long (resumable)"
     )
     parser.add_argument(
-        "--init", type=Path, default=None, help="start from these weights (same architecture)"
+        "--init", type=Path, default=None, help="start from these weights (and their architecture)"
     )
     parser.add_argument("--resume", type=Path, default=None, help="continue a run from its resume checkpoint")
     parser.add_argument("--mix", type=parse_mix, default=TRAINING_MIX, help='source shares, e.g. "realistic=0.4,big=0.1,..."')

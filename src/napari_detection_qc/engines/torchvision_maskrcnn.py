@@ -116,7 +116,6 @@ COMPACT_FPN: dict[str, Any] = {
         "mask_head_widths": [64, 64],
         "roi_align_sampling_ratio": 2,
     },
-    "low_rank": {"rpn_conv": 32},
     "mask_paste": "detectron2",
 }
 
