@@ -101,7 +101,7 @@ def inference_note(arch: dict) -> str:
     parts = [f"{site} 3x3 conv through rank {rank} (`scripts/compress_default_detector.py`)"
              for site, rank in arch.get("low_rank", {}).items()]
     if arch["rpn"].get("score_thresh_test"):
-        parts.append(f"RPN proposals under objectness {arch['rpn']['score_thresh_test']:g} dropped at inference")
+        parts.append(f"RPN proposals under objectness {arch['rpn']['score_thresh_test']:g} dropped before their NMS")
     return ("Inference: " + "; ".join(parts) + ".") if parts else ""
 
 
