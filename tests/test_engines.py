@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import TINY_ARCHITECTURE
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import roi_align
 
 from napari_detection_qc.engines import (
@@ -186,8 +187,6 @@ def test_proposals_are_ranked_by_logit_even_where_sigmoid_saturates():
 def test_inference_decodes_only_top_anchors_with_the_same_proposals(detector, frame):
     """The RPN's inference path (rank, then decode the chosen anchors) equals torchvision's
     (decode all anchors, then rank) on the bundled model."""
-    from torchvision.models.detection.rpn import RegionProposalNetwork
-
     rpn = detector.model.rpn
     with torch.inference_mode():
         batch, _ = to_model_batch([frame[0].astype(np.float32)], detector.architecture, detector.normalisation, "cpu")
