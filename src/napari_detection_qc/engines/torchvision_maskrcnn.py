@@ -170,24 +170,28 @@ class LogitRankedRPN(RegionProposalNetwork):
         num_anchors_per_level = [level[0].numel() for level in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
         num_images = len(anchors)
-        logits = objectness.detach().reshape(num_images, -1)
-        top = self._get_top_n_idx(logits, num_anchors_per_level)
-        rows = torch.arange(num_images, device=logits.device)[:, None]
+        logits, top, rows, levels = self.top_anchors(objectness, num_images, num_anchors_per_level)
         chosen = self.box_coder.decode(
             deltas.detach().reshape(num_images, -1, 4)[rows, top].reshape(-1, 4),
             [image_anchors[index] for image_anchors, index in zip(anchors, top, strict=True)],
         ).reshape(num_images, -1, 4)
-        levels = anchor_levels(num_anchors_per_level, logits.device)[top]
-        boxes, _ = self.suppress(chosen, logits[rows, top], levels, images.image_sizes)
+        boxes, _ = self.suppress(chosen, logits, levels, images.image_sizes)
         return boxes, {}
 
     def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
-        num_images = proposals.shape[0]
+        logits, top, rows, levels = self.top_anchors(objectness, proposals.shape[0], num_anchors_per_level)
+        return self.suppress(proposals[rows, top], logits, levels, image_shapes)
+
+    def top_anchors(self, objectness, num_images: int, num_anchors_per_level: list[int]):
+        """The ``pre_nms_top_n`` best anchors of each level per image: (their logits, their
+        indices, the row index to gather with, their pyramid levels)."""
         logits = objectness.detach().reshape(num_images, -1)
         top = self._get_top_n_idx(logits, num_anchors_per_level)
-        rows = torch.arange(num_images, device=proposals.device)[:, None]
-        levels = anchor_levels(num_anchors_per_level, proposals.device)[top]
-        return self.suppress(proposals[rows, top], logits[rows, top], levels, image_shapes)
+        rows = torch.arange(num_images, device=logits.device)[:, None]
+        levels = torch.cat(
+            [torch.full((n,), level, dtype=torch.int64) for level, n in enumerate(num_anchors_per_level)]
+        ).to(logits.device)
+        return logits[rows, top], top, rows, levels[top]
 
     def suppress(self, proposals, logits, levels, image_shapes) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per image: clip, drop tiny (and, at inference, hopeless) proposals, NMS per level by
@@ -203,13 +207,6 @@ class LogitRankedRPN(RegionProposalNetwork):
             boxes_per_image.append(boxes[keep])
             scores_per_image.append(torch.sigmoid(scores[keep]))
         return boxes_per_image, scores_per_image
-
-
-def anchor_levels(num_anchors_per_level: list[int], device) -> torch.Tensor:
-    """The pyramid level of every anchor, in the RPN's concatenated order."""
-    return torch.cat(
-        [torch.full((n,), level, dtype=torch.int64) for level, n in enumerate(num_anchors_per_level)]
-    ).to(device)
 
 
 class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
