@@ -25,7 +25,13 @@ from results_file import emps_frame, emps_sources
 
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector
 from napari_detection_qc.matching import boxes_from_labels, match_frame
-from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES, family_frame, make_realistic_frame
+from napari_detection_qc.synthetic import (
+    EMPTY_FRAME_FAMILIES,
+    PRESETS,
+    REALISTIC_FAMILIES,
+    family_frame,
+    make_realistic_frame,
+)
 
 HELD_OUT_SEED = 1_000_000
 COMMAND = "PYTHONPATH=src python benchmarks/bench_detector.py --write-card"
@@ -62,6 +68,18 @@ def family_scores(detector, frames) -> dict:
         "frames_with_cavities_but_no_detection": missed,
         "seconds_per_megapixel": seconds / (pixels / 1e6),
     }
+
+
+def empty_frame_scores(detector, count: int) -> dict:
+    """Held-out frames without any cavity (``EMPTY_FRAME_FAMILIES`` in turn): the share that keeps
+    a detection (each such frame has F1 0 by the paper's definition) and false detections per frame."""
+    counts = np.array([
+        detector.predict(
+            make_realistic_frame(HELD_OUT_SEED + index, EMPTY_FRAME_FAMILIES[index % len(EMPTY_FRAME_FAMILIES)], without_cavities=True)[0]
+        ).count
+        for index in range(count)
+    ])
+    return {"frames": count, "share_with_detections": float((counts > 0).mean()), "mean_false_detections": float(counts.mean())}
 
 
 def time_frames(detector, sides=(1024, 2048, 4096), repeats: int = 2) -> dict:
@@ -105,7 +123,7 @@ def inference_note(arch: dict) -> str:
     return ("Inference: " + "; ".join(parts) + ".") if parts else ""
 
 
-def model_card(path: Path, scores: dict, real: dict, timings: dict, threads: int, bfloat16: bool) -> str:
+def model_card(path: Path, scores: dict, empty: dict, real: dict, timings: dict, threads: int, bfloat16: bool) -> str:
     header, _ = load_checkpoint(path)
     arch, training, scale = header["architecture"], header["training"], header["input"]["object_size"]
     threshold = header.get("score_threshold", 0.1)
@@ -122,6 +140,16 @@ trained on synthetic cavities only; fine-tune it on such images to do better). R
 |---|---|---|---|---|---|---|
 {score_rows(real)}
 """ if real else ""
+    empty_section = f"""
+## Held-out frames without cavities
+Frames of the same seeds and families ({", ".join(EMPTY_FRAME_FAMILIES)}, in turn) rendered without any
+cavity (`make_realistic_frame(..., without_cavities=True)`): any detection is a false positive, and
+makes the frame's F1 0. Reproduce: `{COMMAND}`.
+
+| frames | share with any detection | false detections per frame |
+|---|---|---|
+| {empty["frames"]} | {empty["share_with_detections"]:.2f} | {empty["mean_false_detections"]:.1f} |
+""" if empty else ""
     speed = "\n".join(
         f"| {k} | {t['median_s']:.2f} | {t['detections']} | {t['true_cavities']} | "
         f"{t['object_size_px'] or 0:.1f} | {t['true_diameter_px'] or 0:.1f} |"
@@ -161,7 +189,7 @@ are the older named presets (512 x 512). Reproduce: `{COMMAND}`.
 | family | frames | mean F1 ± s.e. | mean precision | mean recall | pooled F1 | frames with cavities, no detection |
 |---|---|---|---|---|---|---|
 {score_rows(scores)}
-{real_section}
+{empty_section}{real_section}
 ## Speed ({platform.machine()} CPU, {threads} threads, torch {torch.__version__}, object size `auto`)
 
 | frame | median s | detections | true cavities | auto size px | true median diameter px |
@@ -176,6 +204,7 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=30, help="held-out frames per family (0: skip F1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--empty", type=int, default=40, help="held-out frames without cavities (0: none)")
     parser.add_argument("--emps", type=int, default=366, help="EMPS images to score (0: none)")
     parser.add_argument("--write-card", action="store_true", help="write models/default_detector.md")
     args = parser.parse_args(argv)
@@ -188,6 +217,10 @@ def main(argv=None) -> None:
             count = min(args.frames, SLOW_FAMILIES.get(source, args.frames))
             scores[source] = family_scores(detector, held_out_frames(source, count))
             print_scores(source, scores[source])
+    empty = empty_frame_scores(detector, args.empty) if args.empty else {}
+    if empty:
+        print(f"frames without cavities: {empty['share_with_detections']:.2f} keep a detection, "
+              f"{empty['mean_false_detections']:.1f} false detections per frame", flush=True)
     real = {}
     stems = emps_sources()["stem"][: args.emps]
     if len(stems):
@@ -196,11 +229,11 @@ def main(argv=None) -> None:
     timings = time_frames(detector, repeats=args.repeats)
     for name, t in timings.items():
         print(f"{name}: {t['median_s']:.2f} s median, {t['detections']} detections / {t['true_cavities']} true", flush=True)
-    print(json.dumps({"held_out": scores, "real": real, "timing": timings}))
+    print(json.dumps({"held_out": scores, "empty": empty, "real": real, "timing": timings}))
     print(f"reproduce: {COMMAND}")
     if args.write_card and args.spec == "default":
         path = default_weights_path()
-        card = model_card(path, scores, real, timings, args.threads, getattr(detector, "bfloat16", False))
+        card = model_card(path, scores, empty, real, timings, args.threads, getattr(detector, "bfloat16", False))
         path.with_suffix(".md").write_text(card)
         print(f"wrote {path.with_suffix('.md')}")
 

@@ -45,7 +45,7 @@ from napari_detection_qc.engines.training import (
     random_crop,
     typical_diameter,
 )
-from napari_detection_qc.synthetic import PRESETS, make_frame, make_realistic_frame
+from napari_detection_qc.synthetic import EMPTY_FRAME_FAMILIES, PRESETS, make_frame, make_realistic_frame
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "src" / "napari_detection_qc" / "models"
@@ -59,14 +59,24 @@ NORMALISATION = {
     "object_size": SCALE_RULE.to_header(),
 }
 TRAINING_MIX = {
-    "realistic": 0.40,
+    "realistic": 0.35,
     "big": 0.10,
     "tiny_dense": 0.10,
     "overfocus_rings": 0.10,
     "speckle_jpeg": 0.10,
-    "preset": 0.20,
+    "preset": 0.15,
+    "empty": 0.10,
 }
-"""Share of training frames per source; "preset" draws one of the older named presets."""
+"""Share of training frames per source; "preset" draws one of the older named presets, "empty" a
+realistic frame without cavities (hard negatives, of ``EMPTY_FRAME_FAMILIES``).
+
+Why "empty": on a frame without cavities the automatic estimate sizes whatever the model
+half-believes in (blotches, speckle), at any factor, and at factors it was never trained at the
+model calls blotches cavities (held-out realistic and speckle_jpeg frames without cavities kept 1-15
+false positives: F1 0). So these frames are resampled at any factor the estimate may pick, not at
+the trained object size."""
+MIN_EMPTY_VIEW_PX = 160
+"""Empty frames are not shrunk below this side (smaller views hold nothing to learn from)."""
 SIZE_ESTIMATE_ERROR = 0.2
 """Log-normal sigma of the simulated error of the automatic object-size estimate."""
 
@@ -88,6 +98,14 @@ def training_frame(seed: int, mix: dict[str, float] = TRAINING_MIX) -> tuple[np.
     """Frame ``seed`` of the training stream at the model's trained scale: (0..255 image, labels)."""
     rng = np.random.default_rng([seed, 17])
     source = rng.choice(list(mix), p=list(mix.values()))
+    if source == "empty":
+        raw, labels, _ = make_realistic_frame(seed, str(rng.choice(EMPTY_FRAME_FAMILIES)), without_cavities=True)
+        image = scale_to_255(raw, NORMALISATION)
+        if image is None:
+            image = np.full(raw.shape, 128.0, dtype=np.float32)
+        low = max(SCALE_RULE.min_factor, min(1.0, MIN_EMPTY_VIEW_PX / min(raw.shape)))
+        factor = float(np.exp(rng.uniform(np.log(low), np.log(SCALE_RULE.max_factor))))
+        return at_trained_scale(image, labels, factor)
     if source == "preset":
         preset = rng.choice(sorted(PRESETS))
         raw, labels = make_frame(seed, (512, 512), PRESETS[preset])
@@ -176,7 +194,7 @@ def header(args, steps: int, next_seed: int, minutes: float | None = None) -> di
     training = {
         "data": "napari_detection_qc.synthetic: realistic families "
         + ", ".join(f"{k} {v:.0%}" for k, v in args.mix.items())
-        + " (preset: one of the older named presets)",
+        + " (preset: one of the older named presets; empty: a realistic frame without cavities at any factor)",
         "mix": args.mix,
         "train_seeds": f"{args.first_seed}..{next_seed - 1}",
         "next_seed": next_seed,

@@ -221,3 +221,15 @@ def test_new_knob_validation():
         Domain(rim_sigma_px=0.0)
     with pytest.raises(ValueError, match="tangles"):
         Domain(tangles=(3, 1))
+
+
+def test_a_frame_without_cavities_has_the_same_knobs_and_no_cavity():
+    """Hard negatives for training: the same drawn look, size and file format, no cavity."""
+    seed = next(s for s in range(20) if make_realistic_frame(s, "realistic", SMALL)[2]["n_cavities"] > 0)
+    image, labels, info = make_realistic_frame(seed, "realistic", SMALL)
+    empty_image, empty_labels, empty_info = make_realistic_frame(seed, "realistic", SMALL, without_cavities=True)
+    assert empty_labels.max() == 0 and empty_info["n_cavities"] == 0 and empty_info["diameter_px"] is None
+    assert empty_image.shape == image.shape and empty_image.dtype == image.dtype
+    knobs, empty_knobs = dict(info["domain"]), dict(empty_info["domain"])
+    assert knobs.pop("cavity_count") > 0 and empty_knobs.pop("cavity_count") == 0
+    assert knobs == empty_knobs and empty_info["bit_depth"] == info["bit_depth"]

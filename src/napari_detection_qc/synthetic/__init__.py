@@ -7,6 +7,7 @@ stored as 8-bit or 16-bit pixels.
 
 from .frames import DEFAULT, PRESETS, Domain, frame_seed, get_domain, make_frame, make_stack, render_frame
 from .realistic import (
+    EMPTY_FRAME_FAMILIES,
     REALISTIC_FAMILIES,
     family_frame,
     make_realistic_frame,
@@ -16,6 +17,7 @@ from .realistic import (
 
 __all__ = [
     "DEFAULT",
+    "EMPTY_FRAME_FAMILIES",
     "PRESETS",
     "REALISTIC_FAMILIES",
     "Domain",

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from .frames import REFERENCE_AREA_PX, Domain, render_frame
 
-__all__ = ["REALISTIC_FAMILIES", "make_realistic_frame", "realistic_domain"]
+__all__ = ["EMPTY_FRAME_FAMILIES", "REALISTIC_FAMILIES", "make_realistic_frame", "realistic_domain"]
 
 REALISTIC_FAMILIES: tuple[str, ...] = (
     "realistic",
@@ -30,6 +30,10 @@ REALISTIC_FAMILIES: tuple[str, ...] = (
     "large_frames",
 )
 """"realistic" draws everything; the others narrow it to one regime (see ``realistic_domain``)."""
+
+EMPTY_FRAME_FAMILIES: tuple[str, ...] = ("realistic", "overfocus_rings", "speckle_jpeg", "tiny_dense")
+"""Families whose frames, rendered ``without_cavities``, are the default detector's hard negatives
+in training and its frames-without-cavities benchmark (8-bit to 16-bit, 512-2048 px)."""
 
 EMPTY_FRAME_PROBABILITY = 0.04
 _CONTRAST_TO_CLUTTER = (1.0, 3.0)
@@ -320,7 +324,7 @@ def _jsonable(value):
 
 
 def make_realistic_frame(
-    seed: int, family: str = "realistic", shape: tuple[int, int] | None = None
+    seed: int, family: str = "realistic", shape: tuple[int, int] | None = None, without_cavities: bool = False
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One randomized realistic frame: ``(image, labels, info)``.
 
@@ -328,6 +332,9 @@ def make_realistic_frame(
     (uint32 beyond 65535 cavities) instance image as ``make_frame``'s; info: the knobs drawn (JSON-
     serialisable), with ``"family"``, ``"shape"``, ``"n_cavities"`` and ``"diameter_px"``, the median
     true diameter of the labelled cavities (None without any). ``shape=None`` draws it from the family.
+    ``without_cavities`` renders a frame of the same drawn knobs (background, clutter, artefacts,
+    file format) with no cavity: hard negatives for training, everything that may look like a
+    cavity and nothing that is one.
     """
     _check_family(family)
     if shape is not None:
@@ -339,6 +346,8 @@ def make_realistic_frame(
     if shape is None:
         shape = realistic_shape(knob_rng, family)
     domain = realistic_domain(knob_rng, family, shape)
+    if without_cavities:
+        domain = replace(domain, cavity_count=0)
     file_format = _file_format(knob_rng, family)
     frame_seed_value = int(frame_seed_.generate_state(1)[0])
     image, labels, diameters = render_frame(frame_seed_value, shape, domain)
