@@ -219,6 +219,17 @@ def test_fast_mask_predictor_computes_torchvisions_numbers(width):
     torch.testing.assert_close(fast(pooled), reference(pooled), atol=1e-5, rtol=1e-4)
 
 
+def test_fast_mask_predictor_trains_on_a_batch_without_regions():
+    """A training batch of crops without any cavity (hard negatives) reaches the mask head with no
+    region; its backward must not fail (the pixel shuffle's does on an empty batch)."""
+    fast = FastMaskPredictor(64, 64, 2)
+    pooled = torch.randn(0, 64, 14, 14, requires_grad=True)
+    out = fast(pooled)
+    assert out.shape == (0, 2, 28, 28)
+    (out.sum() * 0).backward()
+    assert pooled.grad.shape == pooled.shape
+
+
 def test_threaded_roi_align_computes_the_same_numbers():
     torch.manual_seed(0)
     feature = torch.randn(1, 8, 64, 64)

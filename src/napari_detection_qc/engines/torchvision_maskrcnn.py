@@ -257,9 +257,13 @@ class FastMaskPredictor(MaskRCNNPredictor):
     sees one input pixel, so it is a 1x1 convolution to four times the channels (one group per
     output sub-pixel), ReLU, a grouped 1x1 convolution to the logits, and a pixel shuffle of the
     few logit channels. Same weights and numbers; on CPU ``conv_transpose2d`` and the shuffle of
-    its wide output took a sixth of a dense frame's time."""
+    its wide output took a sixth of a dense frame's time. Without any region (a training batch
+    with no object) it runs torchvision's own path: the pixel shuffle's backward fails on an
+    empty batch."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 0:
+            return super().forward(x)
         deconv, logits = self.conv5_mask, self.mask_fcn_logits
         in_channels, width = deconv.weight.shape[:2]
         classes = logits.weight.shape[0]
