@@ -104,6 +104,16 @@ def time_frames(detector, sides=(1024, 2048, 4096), repeats: int = 2) -> dict:
     return timings
 
 
+def cpu_name() -> str:
+    """The CPU's model name (speed differs twofold between the 2-core machines this card has run on)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or 'unknown'} ({platform.machine()}) CPU"
+
+
 def score_rows(scores: dict) -> str:
     """Model-card table rows of ``family_scores`` results."""
     return "\n".join(
@@ -190,7 +200,7 @@ are the older named presets (512 x 512). Reproduce: `{COMMAND}`.
 |---|---|---|---|---|---|---|
 {score_rows(scores)}
 {empty_section}{real_section}
-## Speed ({platform.machine()} CPU, {threads} threads, torch {torch.__version__}, object size `auto`)
+## Speed ({cpu_name()}, {threads} threads, {"bfloat16" if bfloat16 else "float32"}, torch {torch.__version__}, object size `auto`)
 
 | frame | median s | detections | true cavities | auto size px | true median diameter px |
 |---|---|---|---|---|---|
