@@ -92,15 +92,19 @@ def parse_mix(text: str) -> dict[str, float]:
     return {k: v / sum(mix.values()) for k, v in mix.items()}
 
 
+def normalised(raw: np.ndarray) -> np.ndarray:
+    """A raw frame as inference normalises it (a blank frame: uniform grey)."""
+    image = scale_to_255(raw, NORMALISATION)
+    return np.full(raw.shape, 128.0, dtype=np.float32) if image is None else image
+
+
 def training_frame(seed: int, mix: dict[str, float] = TRAINING_MIX) -> tuple[np.ndarray, np.ndarray]:
     """Frame ``seed`` of the training stream at the model's trained scale: (0..255 image, labels)."""
     rng = np.random.default_rng([seed, 17])
     source = rng.choice(list(mix), p=list(mix.values()))
     if source == "empty":
         raw, labels, _ = make_realistic_frame(seed, str(rng.choice(EMPTY_FRAME_FAMILIES)), without_cavities=True)
-        image = scale_to_255(raw, NORMALISATION)
-        if image is None:
-            image = np.full(raw.shape, 128.0, dtype=np.float32)
+        image = normalised(raw)
         low = max(SCALE_RULE.min_factor, min(1.0, MIN_EMPTY_VIEW_PX / min(raw.shape)))
         factor = float(np.exp(rng.uniform(np.log(low), np.log(SCALE_RULE.max_factor))))
         return at_trained_scale(image, labels, factor)
@@ -109,9 +113,7 @@ def training_frame(seed: int, mix: dict[str, float] = TRAINING_MIX) -> tuple[np.
         raw, labels = make_frame(seed, (512, 512), PRESETS[preset])
     else:
         raw, labels, _ = make_realistic_frame(seed, source)
-    image = scale_to_255(raw, NORMALISATION)
-    if image is None:
-        image = np.full(raw.shape, 128.0, dtype=np.float32)
+    image = normalised(raw)
     diameter = typical_diameter(labels)
     factor = SCALE_RULE.factor_for(diameter)
     factor = float(
