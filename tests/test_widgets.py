@@ -69,6 +69,10 @@ def test_detection_widget_makes_consistent_layers(make_napari_viewer, qtbot, sma
                 assert xs.min() >= np.floor(x0) - 1 and xs.max() <= np.ceil(x1) + 1
     record = masks.metadata["detection_qc"]
     assert record["detector"]["weights_sha256"] and record["frames_done"] == [0, 1, 2, 3]
+    # the tiny-cavity frame is sized about 6 px against about 23 px for the other three: reported
+    sizes = record["object_size_px"]
+    assert list(sizes) == ["0", "1", "2", "3"] and sizes["3"] < sizes["0"] / 3
+    assert "frame(s) 3 (6 px) were sized over 3x off" in widget.status.value
     n_layers = len(viewer.layers)
     widget.max_detections.value = 1
     widget.run()  # re-running replaces the content, it does not add layers

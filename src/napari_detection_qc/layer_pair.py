@@ -24,6 +24,8 @@ from .signals import signals_from_records
 SIGNALS_KEY = "signals"
 """Record entry: the detector's signals per frame, ``{"<frame>": signals_to_records form}`` (JSON
 keys are text); frames detected without signals have no entry."""
+OBJECT_SIZES_KEY = "object_size_px"
+"""Record entry: the object size (native px) each frame was detected at, ``{"<frame>": px or None}``."""
 ORIGIN_DETECTOR = "detector"
 ORIGIN_MANUAL = "manual"
 MANUAL_SCORE = 1.0

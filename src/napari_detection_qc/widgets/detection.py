@@ -1,7 +1,8 @@
 """Detection step: run a Mask R-CNN over the current frame or the whole stack in a background
 worker into a Labels layer ``<image> masks`` and a Shapes layer ``<image> boxes`` (features
 ``score``, ``label``, ``frame``, ``origin``), with the detector's quality signals about each frame
-in the pair's record (for forests that use them). A re-run replaces frame by frame as results
+in the pair's record (for forests that use them), and the object size each frame was detected
+at (a frame sized far from the rest of the stack is reported: the likeliest wrong frame). A re-run replaces frame by frame as results
 arrive, so a cancel or an error keeps every frame not yet redone, with its signals. Progress
 (frames, elapsed, time left) shows in the dock from the moment Detect is pressed."""
 
@@ -20,6 +21,7 @@ from ..detections import FrameDetections, smallest_label_dtype
 from ..engines import DEFAULT_MAX_DETECTIONS, load_detector
 from ..layer_pair import (
     METADATA_KEY,
+    OBJECT_SIZES_KEY,
     SIGNALS_KEY,
     merge_frames,
     merge_signals,
@@ -30,6 +32,7 @@ from ..layer_pair import (
 from ..pixel_sizes import pixel_size_from_layer
 from ..progress import RunProgress, clock
 from ..signals import SIGNAL_LEVELS, signals_to_records
+from ..size_report import describe_sizes, outlier_warning
 from ._common import LayerPicker, StatusLine, Step, row
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
@@ -230,6 +233,7 @@ class DetectionWidget(Step):
             boxes.features.reindex(columns=["score", "label", "frame"]))
         self._pending: dict[int, FrameDetections] = {}
         self._signals: dict[int, dict] = {}
+        self._object_sizes: dict[int, float | None] = {}
         self._redone: list[int] = []
         self._detector: dict | None = None
         self._pair_id = new_pair_id()
@@ -241,7 +245,7 @@ class DetectionWidget(Step):
         return layer if isinstance(layer, layer_type) else None
 
     def _on_frame(self, item) -> None:
-        t, frame, detector = item
+        t, frame, detector, object_size = item
         self._detector = detector
         masks = self.masks_layer
         if frame.count > np.iinfo(masks.data.dtype).max:
@@ -253,6 +257,7 @@ class DetectionWidget(Step):
         masks.refresh()
         self._pending[t] = frame
         self._signals[t] = signals_to_records([frame])[0]
+        self._object_sizes[t] = object_size
         self._redone.append(t)
         self.progress.advance()
         self._show_progress()
@@ -287,9 +292,15 @@ class DetectionWidget(Step):
             "pixel_size_nm": self.pixel_size.value or None,
             "frames_done": sorted(set(self._previous.get("frames_done", [])) | set(self._redone)),
             SIGNALS_KEY: merge_signals(self._previous.get(SIGNALS_KEY), self._signals),
+            OBJECT_SIZES_KEY: self._stack_object_sizes(),
         }
         for layer in (self.masks_layer, self.boxes_layer):
             layer.metadata = {**layer.metadata, METADATA_KEY: record}
+
+    def _stack_object_sizes(self) -> dict[str, float | None]:
+        """Each detected frame's object size (native px): this run's, then the earlier runs'."""
+        merged = {**(self._previous.get(OBJECT_SIZES_KEY) or {}), **{str(t): s for t, s in self._object_sizes.items()}}
+        return dict(sorted(merged.items(), key=lambda item: int(item[0])))
 
     def _frames_at_max_detections(self) -> list[int]:
         counts = self._features["frame"].value_counts()
@@ -319,7 +330,12 @@ class DetectionWidget(Step):
         elif self.worker.abort_requested:
             self.status.warn(f"cancelled: {done} of {total} frame(s) redone{kept}")
         else:
-            self.status.info(f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}")
+            sizes = describe_sizes({t: self._object_sizes.get(t) for t in self._redone}, self.object_size.value or None)
+            self.status.info(f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}; "
+                             f"{sizes}")
+        if not self.object_size.value and (mis_sized := outlier_warning(
+                {int(t): s for t, s in self._stack_object_sizes().items()})):
+            self.status.warn(mis_sized)
         if capped := self._frames_at_max_detections():
             self.status.warn(f"frame(s) {capped[:5]}{'…' if len(capped) > 5 else ''} reached max detections "
                              f"({self.max_detections.value}): objects past it were dropped; raise it and detect again")
@@ -338,10 +354,12 @@ def detect_frames(spec, options: dict, frames, indices: list[int], object_size: 
                   signals: str = "none"):
     """Worker body: load the detector, then yield ``(t, FrameDetections, detector metadata)`` per
     frame, so progress and cancel take effect between frames. ``object_size`` None: the detector
-    estimates it per frame (auto); the metadata records it as the batch store does. ``signals``:
-    a ``SIGNAL_LEVELS`` name, the detector's signals each frame carries."""
+    estimates it per frame (auto); the metadata records it as the batch store does; each frame
+    also comes with the size it was detected at (None: not sized). ``signals``: a
+    ``SIGNAL_LEVELS`` name, the detector's signals each frame carries."""
     detector = load_detector(spec, **options)
     metadata = {**detector.metadata(), "object_size": object_size or "auto"}
     selected = (np.asarray(frames[t]) for t in indices)
-    for t, frame in zip(indices, detector.predict_many(selected, object_size, signals)):
-        yield t, frame, metadata
+    for k, (t, frame) in enumerate(zip(indices, detector.predict_many(selected, object_size, signals))):
+        sizes = detector.last_object_sizes
+        yield t, frame, metadata, sizes[k] if k < len(sizes) else None
