@@ -29,6 +29,7 @@ from napari_detection_qc.features import (
 )
 from napari_detection_qc.forest import TARGETS, QualityForest
 from napari_detection_qc.io import InputError
+from napari_detection_qc.run import detect as run_detect_module
 from napari_detection_qc.run import detector as run_detector
 from napari_detection_qc.run.quality import read_training_table
 from napari_detection_qc.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted_quality, true_quality
@@ -105,8 +106,10 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
     images = np.load(stack[0])
     stored = stored_stack(detected)
     assert len(stored) == 3 and stored.total_count > 0
-    for image, frame in zip(images, stored):
+    sizes = Store(detected).object_sizes()
+    for t, (image, frame) in enumerate(zip(images, stored)):
         expected = detector.predict(image)
+        assert sizes[t] == detector.last_object_sizes[0]
         np.testing.assert_array_equal(frame.boxes, expected.boxes)
         np.testing.assert_array_equal(frame.scores, expected.scores)
         np.testing.assert_array_equal(frame.labels, expected.labels)
@@ -125,6 +128,29 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
     assert meta["n_frames"] == 3 and meta["image_shape"] == [128, 128] and meta["pixel_size_nm"] is None
     assert meta["detector"]["detector"] == "tiny-random" and meta["score_threshold"] == 0.1
     assert not [p for p in all_files(detected) if p.name.endswith(".tmp")]
+
+
+def test_frames_table_keeps_each_frames_object_size_and_names_the_odd_one(tmp_path, monkeypatch, capsys):
+    store = Store(tmp_path / "series")
+    store.frames_dir.mkdir(parents=True)
+    sizes = [20.0, 22.0, None, 24.0, 120.0]
+    for t, size in enumerate(sizes):
+        store_format.write_frame(store.frame_path(t), FrameDetections.empty((16, 16)), size)
+    with np.load(store.frame_path(0)) as frame:  # a frame file from before sizes were stored
+        np.savez(store.frame_path(5), **{k: frame[k] for k in frame.files if k != "object_size_px"})
+    store_format.assemble(store, 6, (16, 16))
+    assert store.object_sizes() == dict(enumerate([*sizes, None]))
+    assert list(pd.read_csv(store.frames_table_path)["detections"]) == [0] * 6
+
+
+
+def test_detect_reports_inputs_whose_frames_are_sized_apart(tmp_path, tiny_model, stack, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(run_detect_module, "outlier_warning", lambda sizes: seen.append(sizes) or "sized apart")
+    assert main(detect_args([stack[0]], tmp_path / "out", tiny_model)) == 0
+    assert f"warning: {stack[0]}: sized apart" in capsys.readouterr().err and list(seen[0]) == [0, 1, 2]
+    assert main(detect_args([stack[0]], tmp_path / "again", tiny_model, "--object-size", "20")) == 0
+    assert "sized apart" not in capsys.readouterr().err  # a size set by hand is not questioned
 
 
 def test_rerun_skips_done_frames_and_redoes_missing_ones(tmp_path, tiny_model, stack, capsys):

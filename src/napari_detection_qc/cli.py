@@ -92,6 +92,8 @@ def run_detect(args) -> int:
         f"{report.detected_frames} frame(s) detected, {report.skipped_frames} already done; "
         f"{len(report.stores)} input(s) complete in {args.out}"
     )
+    for warning in report.mis_sized:
+        report_warning(warning)
     return exit_code(report.failures)
 
 

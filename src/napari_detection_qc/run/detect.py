@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import InputError, list_inputs, read_frame
 from ..pixel_sizes import match_pixel_sizes, read_pixel_size_table
+from ..size_report import outlier_warning
 from ..store.format import assemble, write_frame
 from ..store.planning import FrameTask, InputPlan, plan_input, store_names
 from .detector import DetectorSpec, cached_detector
@@ -36,7 +37,7 @@ def run_frame_task(spec: DetectorSpec, task: FrameTask) -> FrameOutcome:
     try:
         frame = read_frame(task.source, task.index)
         detections = detector.predict(frame, object_size=spec.object_size, signals=spec.signals)
-        write_frame(task.target, detections)
+        write_frame(task.target, detections, detector.last_object_sizes[-1] if detector.last_object_sizes else None)
     except InputError as exc:
         return FrameOutcome(task, 0, str(exc))
     except ValueError as exc:  # frames no detector takes: NaN pixels, boolean images, ...
@@ -54,6 +55,8 @@ class DetectReport:
     failures: list[str]
     detected_frames: int
     skipped_frames: int
+    mis_sized: list[str] = field(default_factory=list)
+    """Per complete input whose frames' automatic object sizes disagree: what to tell the user."""
 
 
 def fail(message: str, on_error: ErrorHandler | None, failures: list[str], resource: bool = False) -> None:
@@ -105,7 +108,9 @@ def detect(
             fail(str(exc), on_error, failures)
     complete, detected = run_plans(plans, spec, executor, on_error, failures, progress)
     skipped = sum(plan.n_frames - len(plan.pending) for plan in plans)
-    return DetectReport([plan.store.root for plan in complete], failures, detected, skipped)
+    mis_sized = [] if spec.object_size else [
+        f"{plan.source}: {warning}" for plan in complete if (warning := outlier_warning(plan.store.object_sizes()))]
+    return DetectReport([plan.store.root for plan in complete], failures, detected, skipped, mis_sized)
 
 
 def assemble_plan(plan: InputPlan) -> None:

@@ -5,6 +5,8 @@
     <out>/<name>/frames/000123.npz  one frame: labels, boxes, scores, circularity (and signal_*
                                     arrays when detected with --signals)
     <out>/<name>/detections.csv     every detection, once all frames are done
+    <out>/<name>/frames.csv         per frame: detections, object_size_px (the typical object
+                                    diameter it was detected at; empty where not sized)
     <out>/<name>/signals.npz        the detector's signals of every frame (``signals.py``), only
                                     when detected with --signals: one value per frame for each
                                     TTA signal and signal_seconds, (T, D) embeddings; NaN where a
@@ -36,6 +38,7 @@ from ..signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
 DETECTION_COLUMNS = ("frame", "label", *BOX_COLUMNS, "score", "circularity")
 FRAME_ARRAYS = ("labels", "boxes", "scores", "circularity")
 SIGNAL_PREFIX = "signal_"
+OBJECT_SIZE = "object_size_px"
 SCALAR_SIGNALS = (*TTA_SIGNALS, SIGNAL_SECONDS)
 # pandas 3 parses floats exactly by default and deprecates the option older versions need for it
 EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
@@ -97,6 +100,21 @@ class Store:
     @property
     def signals_path(self) -> Path:
         return self.root / "signals.npz"
+
+    @property
+    def frames_table_path(self) -> Path:
+        return self.root / "frames.csv"
+
+    def object_sizes(self) -> dict[int, float | None]:
+        """Each frame's object size (native px; None where not sized), from frames.csv; empty
+        for a store written before it existed."""
+        if not self.frames_table_path.is_file():
+            return {}
+        try:
+            table = pd.read_csv(self.frames_table_path)
+            return {int(t): None if pd.isna(s) else float(s) for t, s in zip(table["frame"], table[OBJECT_SIZE])}
+        except (ValueError, KeyError, pd.errors.ParserError) as exc:
+            raise InputError(f"{self.frames_table_path}: damaged per-frame table ({exc})") from exc
 
     def frame_path(self, index: int) -> Path:
         return self.frames_dir / f"{index:06d}.npz"
@@ -220,8 +238,9 @@ def find_stores(path) -> list[Store]:
     return stores
 
 
-def write_frame(path: Path, detections: FrameDetections) -> None:
-    """One frame's detections with the masks' Heywood circularity, computed once here."""
+def write_frame(path: Path, detections: FrameDetections, object_size_px: float | None = None) -> None:
+    """One frame's detections with the masks' Heywood circularity, computed once here, and the
+    object size they were detected at."""
     circularity = mask_circularities(detections.labels, np.arange(1, detections.count + 1))
     labels = detections.labels.astype(smallest_label_dtype(detections.count), copy=False)
     signals = {f"{SIGNAL_PREFIX}{name}": np.asarray(value) for name, value in detections.signals.items()}
@@ -232,6 +251,7 @@ def write_frame(path: Path, detections: FrameDetections) -> None:
             boxes=detections.boxes,
             scores=detections.scores,
             circularity=circularity,
+            **{OBJECT_SIZE: np.float64(np.nan if object_size_px is None else object_size_px)},
             **signals,
         )
 
@@ -251,24 +271,27 @@ def assemble(store: Store, n_frames: int, image_shape: Sequence[int]) -> None:
     memory and a full disk is an ``OSError`` (ENOSPC), not a Bus error."""
     columns: dict[str, list[np.ndarray]] = {name: [] for name in DETECTION_COLUMNS}
     signals: list[dict[str, np.ndarray]] = []
-    max_count = 0
+    counts: list[int] = []
+    sizes: list[float] = []
     for t in range(n_frames):
         with np.load(store.frame_path(t), allow_pickle=False) as frame:
             signals.append({
                 name[len(SIGNAL_PREFIX) :]: frame[name] for name in frame.files if name.startswith(SIGNAL_PREFIX)
             })
             boxes, scores = frame["boxes"].reshape(-1, 4), frame["scores"]
+            sizes.append(float(frame[OBJECT_SIZE]) if OBJECT_SIZE in frame.files else np.nan)
             count = len(scores)
+            counts.append(count)
             columns["frame"].append(np.full(count, t, dtype=np.int64))
             columns["label"].append(np.arange(1, count + 1, dtype=np.int64))
             for j, name in enumerate(BOX_COLUMNS):
                 columns[name].append(boxes[:, j])
             columns["score"].append(scores)
             columns["circularity"].append(frame["circularity"])
-        max_count = max(max_count, count)
     write_csv(store.table_path, pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()}))
     write_signals(store, signals)
-    dtype = smallest_label_dtype(max_count)
+    write_csv(store.frames_table_path, pd.DataFrame({"frame": np.arange(n_frames), "detections": counts, OBJECT_SIZE: sizes}))
+    dtype = smallest_label_dtype(max(counts, default=0))
     header = {
         "descr": np.lib.format.dtype_to_descr(dtype),
         "fortran_order": False,
