@@ -1,6 +1,6 @@
 """The per-frame object size report: which frames of a stack look mis-sized."""
 
-from napari_detection_qc.size_report import describe_sizes, outlier_warning, size_outliers
+from napari_detection_qc.size_report import describe_sizes, outlier_warning, size_outliers, stack_size
 
 
 def test_a_frame_sized_far_from_the_stack_median_is_an_outlier():
@@ -25,3 +25,9 @@ def test_the_summary_says_how_frames_were_sized():
     assert describe_sizes({0: 20.0, 1: 30.0, 2: None}, None) == "object size auto: median 25 px (20-30)"
     assert "nothing to size" in describe_sizes({0: None}, None)
     assert describe_sizes({0: 24.0}, 24.0) == "object size 24 px (set by hand)"
+    assert describe_sizes({0: 23.0}, 23.04, "the stack's") == "object size 23 px (the stack's)"
+
+
+def test_the_stack_size_leaves_the_outliers_out():
+    assert stack_size({0: 20.0, 1: 24.0, 2: 22.0, 3: 90.0, 4: None}) == 22.0
+    assert stack_size({0: None}) is None

@@ -73,6 +73,13 @@ def test_detection_widget_makes_consistent_layers(make_napari_viewer, qtbot, sma
     sizes = record["object_size_px"]
     assert list(sizes) == ["0", "1", "2", "3"] and sizes["3"] < sizes["0"] / 3
     assert "frame(s) 3 (6 px) were sized over 3x off" in widget.status.value
+    assert widget.resize_button.enabled
+    widget.redo_mis_sized()  # frame 3 again, at the other frames' median size
+    wait_for(qtbot, widget)
+    sizes = masks.metadata["detection_qc"]["object_size_px"]
+    assert sizes["3"] == pytest.approx(np.median([sizes["0"], sizes["1"], sizes["2"]]))
+    assert "(the rest of the stack's)" in widget.status.value and not widget.resize_button.enabled
+    assert masks.metadata["detection_qc"]["frames_done"] == [0, 1, 2, 3]
     n_layers = len(viewer.layers)
     widget.max_detections.value = 1
     widget.run()  # re-running replaces the content, it does not add layers

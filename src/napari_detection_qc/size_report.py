@@ -35,10 +35,17 @@ def size_outliers(sizes: FrameSizes, ratio: float = OUTLIER_RATIO) -> list[int]:
     return sorted(t for t, s in known.items() if max(s / median, median / s) > ratio)
 
 
-def describe_sizes(sizes: FrameSizes, set_by_hand: float | None) -> str:
-    """One line for the user: the size frames were detected at."""
-    if set_by_hand:
-        return f"object size {set_by_hand:g} px (set by hand)"
+def stack_size(sizes: FrameSizes) -> float | None:
+    """The stack's typical object size: the median of its sized frames other than the outliers."""
+    outliers = set(size_outliers(sizes))
+    usual = [s for t, s in known_sizes(sizes).items() if t not in outliers]
+    return float(np.median(usual)) if usual else None
+
+
+def describe_sizes(sizes: FrameSizes, given: float | None, given_as: str = "set by hand") -> str:
+    """One line for the user: the size frames were detected at (``given``: one size for all)."""
+    if given:
+        return f"object size {given:.3g} px ({given_as})"
     known = known_sizes(sizes)
     if not known:
         return "object size auto: nothing to size, detected at the model's native scale"

@@ -32,7 +32,7 @@ from ..layer_pair import (
 from ..pixel_sizes import pixel_size_from_layer
 from ..progress import RunProgress, clock
 from ..signals import SIGNAL_LEVELS, signals_to_records
-from ..size_report import describe_sizes, outlier_warning
+from ..size_report import describe_sizes, outlier_warning, size_outliers, stack_size
 from ._common import LayerPicker, StatusLine, Step, row
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
@@ -83,21 +83,26 @@ class DetectionWidget(Step):
                                   orientation="horizontal")
         self.run_button = PushButton(text="Detect")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.resize_button = PushButton(text="Redo mis-sized frames", enabled=False,
+                                        tooltip="detect again the frames whose automatic object size is over 3x "
+                                                "off the rest of the stack, at the size of the rest")
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
         self.progress_text = StatusLine()
         self.add_section("Image and detector", self.image, self.engine, self.weights, self.config, self.device,
                          self.threshold, self.max_detections, self.object_size, self.pixel_size, self.signals)
-        self.add_section("Run", self.scope, row(self.run_button, self.cancel_button), self.progress_bar,
-                         self.progress_text)
+        self.add_section("Run", self.scope, row(self.run_button, self.cancel_button), self.resize_button,
+                         self.progress_bar, self.progress_text)
 
         self.engine.changed.connect(self._on_engine)
         self.session.detector_saved.connect(self._use_saved_detector)
         self.image.changed.connect(self._take_pixel_size)
+        self.image.changed.connect(self._enable_resize)
         self._take_pixel_size(self.image.value)
         self.pixel_size.changed.connect(self._on_pixel_size)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.resize_button.changed.connect(self.redo_mis_sized)
         self.worker = None
         self.masks_layer: Labels | None = None
         self.boxes_layer: Shapes | None = None
@@ -156,6 +161,27 @@ class DetectionWidget(Step):
 
     def run(self) -> None:
         """Check the input, then detect in a background worker."""
+        self._detect(None, self.object_size.value or None, "set by hand")
+
+    def redo_mis_sized(self) -> None:
+        """Detect the frames sized far from the rest of their stack again, at the rest's size."""
+        sizes = self._stored_object_sizes(self.image.value)
+        outliers, size = size_outliers(sizes), stack_size(sizes)
+        if not outliers or size is None:
+            self.status.info("no frame of this image is sized far from the rest of its stack")
+            return
+        self._detect(outliers, size, "the rest of the stack's")
+
+    def _stored_object_sizes(self, layer) -> dict[int, float | None]:
+        masks = self._existing(f"{layer.name} masks", Labels) if layer is not None else None
+        stored = pair_record(masks.metadata).get(OBJECT_SIZES_KEY) if masks is not None else None
+        return {int(t): s for t, s in (stored or {}).items()}
+
+    def _enable_resize(self, *_) -> None:
+        self.resize_button.enabled = self.worker is None and bool(size_outliers(self._stored_object_sizes(self.image.value)))
+
+    def _detect(self, chosen: list[int] | None, object_size: float | None, size_origin: str) -> None:
+        """Detect ``chosen`` frames (None: those the scope says) at ``object_size`` (None: auto)."""
         if self.worker is not None:
             self.status.warn("detection is already running; cancel it first")
             return
@@ -168,7 +194,9 @@ class DetectionWidget(Step):
         except ValueError as exc:
             self.status.error(str(exc))
             return
-        if is_2d or self.scope.value == WHOLE_STACK:
+        if chosen is not None:
+            indices = [t for t in chosen if t < len(frames)]
+        elif is_2d or self.scope.value == WHOLE_STACK:
             indices = list(range(len(frames)))
         else:
             indices = [int(self.viewer.dims.current_step[0])]
@@ -176,7 +204,8 @@ class DetectionWidget(Step):
         self._prepare_layers(layer, frames, is_2d)
         options = dict(device=self.device.value, score_threshold=self.threshold.value or None,
                        max_detections=self.max_detections.value)
-        object_size = self.object_size.value or None
+        self._run_object_size, self._run_size_origin = object_size, size_origin
+        self.resize_button.enabled = False
         self.worker = create_worker(
             detect_frames, spec, options, frames, indices, object_size, self.signals.value,
             _progress={"total": len(indices), "desc": f"Detecting on {layer.name}"},
@@ -330,10 +359,11 @@ class DetectionWidget(Step):
         elif self.worker.abort_requested:
             self.status.warn(f"cancelled: {done} of {total} frame(s) redone{kept}")
         else:
-            sizes = describe_sizes({t: self._object_sizes.get(t) for t in self._redone}, self.object_size.value or None)
+            sizes = describe_sizes({t: self._object_sizes.get(t) for t in self._redone}, self._run_object_size,
+                                   self._run_size_origin)
             self.status.info(f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}; "
                              f"{sizes}")
-        if not self.object_size.value and (mis_sized := outlier_warning(
+        if not self._run_object_size and (mis_sized := outlier_warning(
                 {int(t): s for t, s in self._stack_object_sizes().items()})):
             self.status.warn(mis_sized)
         if capped := self._frames_at_max_detections():
@@ -344,6 +374,7 @@ class DetectionWidget(Step):
                              "detector; run on the whole stack to make them consistent")
         self._failed = None
         self.worker = None
+        self._enable_resize()
         self.progress_bar.setVisible(False)
         self.progress_text.value = ""
         self.run_button.enabled, self.cancel_button.enabled = True, False
