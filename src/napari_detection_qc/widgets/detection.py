@@ -363,9 +363,9 @@ class DetectionWidget(Step):
                                    self._run_size_origin)
             self.status.info(f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}; "
                              f"{sizes}")
-        if not self._run_object_size and (mis_sized := outlier_warning(
-                {int(t): s for t, s in self._stack_object_sizes().items()})):
-            self.status.warn(mis_sized)
+            if not self._run_object_size and (mis_sized := outlier_warning(
+                    {int(t): s for t, s in self._stack_object_sizes().items()})):
+                self.status.warn(mis_sized)
         if capped := self._frames_at_max_detections():
             self.status.warn(f"frame(s) {capped[:5]}{'…' if len(capped) > 5 else ''} reached max detections "
                              f"({self.max_detections.value}): objects past it were dropped; raise it and detect again")
