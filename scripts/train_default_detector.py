@@ -67,12 +67,17 @@ TRAINING_MIX = {
     "speckle_jpeg": 0.10,
     "preset": 0.20,
     "empty": 0.0,
+    "tiny_upsampled": 0.0,
 }
 """Share of training frames per source (the bundled model's recipe); "preset" draws one of the
 older named presets, "empty" a realistic frame without cavities, resampled at any factor the
 automatic size estimate may pick (hard negatives, ``EMPTY_FRAME_FAMILIES``; off by default: a
 1600-step fine-tune of the bundled model with 10% of them halved the false detections on held-out
-frames without cavities but did not raise held-out F1, see benchmarks/RESULTS.md)."""
+frames without cavities but did not raise held-out F1, see benchmarks/RESULTS.md); "tiny_upsampled"
+a tiny_dense frame enlarged past the largest factor, up to the 2x the size estimate detects to
+confirm small objects (off by default: see benchmarks/RESULTS.md)."""
+MAX_UPSAMPLED_VIEW_PX = 768
+"""Tiny-cavity frames are cut to this side before they are enlarged (up to 3x)."""
 MIN_EMPTY_VIEW_PX = 160
 """Empty frames are not shrunk below this side (smaller views hold nothing to learn from)."""
 SIZE_ESTIMATE_ERROR = 0.2
@@ -107,6 +112,15 @@ def training_frame(seed: int, mix: dict[str, float] = TRAINING_MIX) -> tuple[np.
         image = normalised(raw)
         low = max(SCALE_RULE.min_factor, min(1.0, MIN_EMPTY_VIEW_PX / min(raw.shape)))
         factor = float(np.exp(rng.uniform(np.log(low), np.log(SCALE_RULE.max_factor))))
+        return at_trained_scale(image, labels, factor)
+    if source == "tiny_upsampled":
+        raw, labels, _ = make_realistic_frame(seed, "tiny_dense")
+        top, left = (int(rng.integers(0, max(1, n - MAX_UPSAMPLED_VIEW_PX + 1))) for n in raw.shape)
+        window = (slice(top, top + MAX_UPSAMPLED_VIEW_PX), slice(left, left + MAX_UPSAMPLED_VIEW_PX))
+        image, labels = normalised(raw)[window], labels[window]
+        ideal = SCALE_RULE.target_px / typical_diameter(labels) if labels.max() else SCALE_RULE.max_factor
+        high = float(np.clip(ideal, SCALE_RULE.max_factor, 2 * SCALE_RULE.max_factor))
+        factor = float(np.exp(rng.uniform(np.log(SCALE_RULE.max_factor), np.log(high))))
         return at_trained_scale(image, labels, factor)
     if source == "preset":
         preset = rng.choice(sorted(PRESETS))
