@@ -1,10 +1,11 @@
 """Detection step: run a Mask R-CNN over the current frame or the whole stack in a background
 worker into a Labels layer ``<image> masks`` and a Shapes layer ``<image> boxes`` (features
 ``score``, ``label``, ``frame``, ``origin``), with the detector's quality signals about each frame
-in the pair's record (for forests that use them), and the object size each frame was detected
-at (a frame sized far from the rest of the stack is reported: the likeliest wrong frame). A re-run replaces frame by frame as results
-arrive, so a cancel or an error keeps every frame not yet redone, with its signals. Progress
-(frames, elapsed, time left) shows in the dock from the moment Detect is pressed."""
+in the pair's record (for forests that use them) and the object size each frame was detected at
+(frames sized far from the rest of the stack are named, and can be redone at the rest's size). A
+re-run replaces frame by frame as results arrive, so a cancel or an error keeps every frame not
+yet redone, with its signals. Progress (frames, elapsed, time left) shows in the dock from the
+moment Detect is pressed."""
 
 from __future__ import annotations
 
