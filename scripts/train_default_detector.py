@@ -75,7 +75,8 @@ automatic size estimate may pick (hard negatives, ``EMPTY_FRAME_FAMILIES``; off 
 1600-step fine-tune of the bundled model with 10% of them halved the false detections on held-out
 frames without cavities but did not raise held-out F1, see benchmarks/RESULTS.md); "tiny_upsampled"
 a tiny_dense frame enlarged past the largest factor, up to the 2x the size estimate detects to
-confirm small objects (off by default: see benchmarks/RESULTS.md)."""
+confirm small objects (off by default: a 1600-step fine-tune with 10% of them made held-out
+tiny_dense frames worse, 0.845 -> 0.809, see benchmarks/RESULTS.md)."""
 MAX_UPSAMPLED_VIEW_PX = 768
 """Tiny-cavity frames are cut to this side before they are enlarged (up to 3x)."""
 MIN_EMPTY_VIEW_PX = 160
