@@ -1,9 +1,9 @@
 """Which object size each frame was detected at, and which frames of a stack look mis-sized.
 
-The automatic object size is where detection on a real frame most often goes wrong: when it sizes
-a frame to background blotches instead of its cavities, nearly every detection of that frame is
-wrong (the 4 of 146 held-out synthetic frames sized more than 3x off all have F1 0), and
-nothing else tells the user. Frames of one stack are usually one sample at one magnification, so a
+The automatic object size decides most of the frames where detection fails outright: when it
+sizes a frame to background blotches instead of its cavities, nearly every detection of that frame
+is wrong (the 4 of 146 held-out synthetic frames sized more than 3x off all have F1 0), and nothing
+else tells the user. Frames of one stack are usually one sample at one magnification, so a
 frame sized far from the others deserves a look, and a size set by hand.
 """
 
