@@ -198,6 +198,21 @@ def test_quality_widget_equals_core_api(make_napari_viewer, qtbot, small_stack, 
     qtbot.waitUntil(lambda: int(widget.table.loc[0, "count"]) == count_before - 1, timeout=WORKER_TIMEOUT_MS)
 
 
+def test_a_direct_prediction_serves_the_waiting_request(make_napari_viewer, qtbot, small_stack, test_forest):
+    """A debounced request (a forest chosen, a layer edited) is not predicted again after a
+    prediction that started meanwhile: it would overwrite that run's messages."""
+    viewer = make_napari_viewer()
+    detect(viewer, qtbot, small_stack[0])
+    quality = quality_widget(viewer, qtbot, test_forest[1])
+    quality._timer.setInterval(1500)  # longer than the prediction below, whatever the machine
+    quality.request()
+    quality.compute()
+    wait_for(qtbot, quality)
+    quality.status.value = "untouched"
+    qtbot.wait(2000)
+    assert quality.worker is None and quality.status.value == "untouched"
+
+
 def test_quality_widget_bad_layers(make_napari_viewer, qtbot, test_forest):
     from napari_detection_qc.widgets import QualityWidget
 

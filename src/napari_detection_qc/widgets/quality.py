@@ -227,7 +227,9 @@ class QualityWidget(Step):
 
     # -- computing ---------------------------------------------------------------------------------
     def compute(self) -> None:
-        """Featurize the layers and predict, in a worker; a change meanwhile queues one rerun."""
+        """Featurize the layers and predict, in a worker; a change meanwhile queues one rerun. A
+        debounced request still waiting is served by this run (no second prediction after it)."""
+        self._timer.stop()
         if self.worker is not None:
             self._pending = True
             return
