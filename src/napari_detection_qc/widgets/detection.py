@@ -166,20 +166,25 @@ class DetectionWidget(Step):
 
     def redo_mis_sized(self) -> None:
         """Detect the frames sized far from the rest of their stack again, at the rest's size."""
-        sizes = self._stored_object_sizes(self.image.value)
+        sizes = self._stored_object_sizes(self._masks_of(self.image.value))
         outliers, size = size_outliers(sizes), stack_size(sizes)
         if not outliers or size is None:
             self.status.info("no frame of this image is sized far from the rest of its stack")
             return
         self._detect(outliers, size, "the rest of the stack's")
 
-    def _stored_object_sizes(self, layer) -> dict[int, float | None]:
-        masks = self._existing(f"{layer.name} masks", Labels) if layer is not None else None
+    def _masks_of(self, image) -> Labels | None:
+        return self._existing(f"{image.name} masks", Labels) if image is not None else None
+
+    @staticmethod
+    def _stored_object_sizes(masks: Labels | None) -> dict[int, float | None]:
+        """Each frame's object size from a masks layer's record (empty without one)."""
         stored = pair_record(masks.metadata).get(OBJECT_SIZES_KEY) if masks is not None else None
         return {int(t): s for t, s in (stored or {}).items()}
 
     def _enable_resize(self, *_) -> None:
-        self.resize_button.enabled = self.worker is None and bool(size_outliers(self._stored_object_sizes(self.image.value)))
+        sizes = self._stored_object_sizes(self._masks_of(self.image.value))
+        self.resize_button.enabled = self.worker is None and bool(size_outliers(sizes))
 
     def _detect(self, chosen: list[int] | None, object_size: float | None, size_origin: str) -> None:
         """Detect ``chosen`` frames (None: those the scope says) at ``object_size`` (None: auto)."""
@@ -360,12 +365,11 @@ class DetectionWidget(Step):
         elif self.worker.abort_requested:
             self.status.warn(f"cancelled: {done} of {total} frame(s) redone{kept}")
         else:
-            sizes = describe_sizes({t: self._object_sizes.get(t) for t in self._redone}, self._run_object_size,
-                                   self._run_size_origin)
+            sizes = describe_sizes(self._object_sizes, self._run_object_size, self._run_size_origin)
             self.status.info(f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}; "
                              f"{sizes}")
-            if not self._run_object_size and (mis_sized := outlier_warning(
-                    {int(t): s for t, s in self._stack_object_sizes().items()})):
+            if not self._run_object_size and (
+                    mis_sized := outlier_warning(self._stored_object_sizes(self.masks_layer))):
                 self.status.warn(mis_sized)
         if capped := self._frames_at_max_detections():
             self.status.warn(f"frame(s) {capped[:5]}{'…' if len(capped) > 5 else ''} reached max detections "
