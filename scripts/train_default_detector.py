@@ -52,6 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "src" / "napari_detection_qc" / "models"
 HELD_OUT_SEED = 1_000_000
 SCALE_RULE = ScaleRule(target_px=22.0, min_factor=1 / 16, max_factor=1.5)
+"""The bundled model's; ``--target-px`` trains at another typical object size (fewer pixels to
+detect per frame at a smaller one)."""
 NORMALISATION = {
     "intensity": "robust",
     "channel_order": "gray3",
@@ -59,6 +61,14 @@ NORMALISATION = {
     "pixel_std": [64.0, 64.0, 64.0],
     "object_size": SCALE_RULE.to_header(),
 }
+
+
+def use_target_px(target_px: float) -> None:
+    """Train at another typical object size: the rule every frame is resampled by, and the one the
+    checkpoint header records for inference."""
+    global SCALE_RULE
+    SCALE_RULE = ScaleRule(float(target_px), SCALE_RULE.min_factor, SCALE_RULE.max_factor)
+    NORMALISATION["object_size"] = SCALE_RULE.to_header()
 TRAINING_MIX = {
     "realistic": 0.40,
     "big": 0.10,
@@ -260,6 +270,7 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
         args.compressed_note = training.get("compressed")
         args.mix = training.get("mix", TRAINING_MIX)
         args.first_seed = int(str(training["train_seeds"]).split("..")[0])
+        use_target_px(saved_header["input"]["object_size"]["target_px"])
         return model, int(training["steps"]), int(training["next_seed"])
     if args.init is not None:
         init_header, state = load_checkpoint(args.init)
@@ -298,6 +309,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=float, default=0.03, help="fraction of the steps")
     parser.add_argument("--clip", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target-px", type=float, default=SCALE_RULE.target_px,
+                        help="typical object diameter frames are resampled to (a resumed run keeps its own)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-every-minutes", type=float, default=5.0)
     parser.add_argument("--resume-out", type=Path, default=REPO / "scratch" / "detector" / "last.pt")
@@ -305,6 +318,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.resume_out.parent.mkdir(parents=True, exist_ok=True)
+    use_target_px(args.target_px)
 
     model, start_step, first_seed = initial_model(args)
     model, summary = train(args, model, start_step, first_seed)

@@ -257,6 +257,54 @@ def test_a_forests_novelty_reference_survives_its_file(tmp_path):
         QualityForest.load(damaged.save(tmp_path / "damaged.skops"))
 
 
+def two_kinds(n_reference, n_other, seed):
+    """Reference frames whose F1 follows the TTA agreement, and frames of another kind (shifted
+    embeddings) whose F1 goes the other way: the same feature rows mean opposite things."""
+    features, targets, embeddings = study(n_reference + n_other, seed=seed)
+    other = np.arange(len(features)) >= n_reference
+    embeddings[other] += 25.0
+    targets.loc[other, list(TARGETS)] = 1.0 - targets.loc[other, list(TARGETS)].to_numpy()
+    return features, targets, embeddings, ~other
+
+
+def test_a_forest_of_two_kinds_answers_each_kind_and_flags_frames_where_kind_decides(tmp_path):
+    features, targets, embeddings, reference = two_kinds(80, 80, seed=12)
+    kind_blind = ("mean_score", "count") + TTA_SIGNALS  # as the bundled forest: no feature tells the kinds apart
+    forest = QualityForest(features=kind_blind, n_estimators=30).fit(
+        features, targets, embeddings=embeddings, novelty_reference=reference)
+    assert forest.reference_forest is not None and forest.reference_forest.n_training == 80
+    new_features, _, new_embeddings = study(40, seed=13)
+    new_features["tta_iou"] = np.linspace(0, 1, 40)
+    other_embeddings = new_embeddings + 25.0
+    as_reference = forest.predict(new_features, new_embeddings)
+    as_other = forest.predict(new_features, other_embeddings)
+    reference_only = forest.reference_forest.predict(new_features, new_embeddings)
+    np.testing.assert_allclose(as_reference["f1"], reference_only["f1"], atol=0.02)
+    assert np.corrcoef(as_reference["f1"], new_features["tta_iou"])[0, 1] > 0.9
+    every_frame = QualityForest(features=kind_blind, n_estimators=30).fit(features, targets, embeddings=embeddings)
+    np.testing.assert_allclose(as_other["f1"], every_frame.predict(new_features, other_embeddings)["f1"], atol=0.02)
+    for predicted in (as_reference, as_other):  # the interval spans both forests' answers
+        assert (predicted["f1_low"] <= reference_only["f1_low"]).all()
+        assert (predicted["f1_high"] >= reference_only["f1_high"]).all()
+        assert ((predicted["f1"] >= predicted["f1_low"]) & (predicted["f1"] <= predicted["f1_high"])).all()
+    extreme = (new_features["tta_iou"] < 0.1) | (new_features["tta_iou"] > 0.9)
+    middle = (new_features["tta_iou"] > 0.4) & (new_features["tta_iou"] < 0.6)
+    assert as_reference["forests_disagree"][extreme].all() and as_reference["forests_disagree"][middle].mean() < 0.5
+    for predicted in (as_reference, as_other):
+        unbounded = (predicted["f1_low"] <= 0) & (predicted["f1_high"] >= 1)
+        assert not predicted["in_domain"][predicted["forests_disagree"] | unbounded].any()
+    loaded = QualityForest.load(forest.save(tmp_path / "two_kinds.skops"))
+    pd.testing.assert_frame_equal(loaded.predict(new_features, new_embeddings), as_reference)
+    without = forest.predict(new_features)  # no embeddings: the forest of every frame, still checked
+    assert "forests_disagree" in without and not without["in_domain"][without["forests_disagree"]].any()
+
+
+def test_a_forest_of_one_kind_has_no_second_forest():
+    features, targets, embeddings = study(40, seed=14)
+    forest = QualityForest(features=SIGNAL_FEATURES, n_estimators=10).fit(features, targets, embeddings=embeddings)
+    assert forest.reference_forest is None and "forests_disagree" not in forest.predict(features, embeddings)
+
+
 def test_predicted_quality_reads_the_signals_stored_with_the_detections(signal_forest):
     features, _, embeddings = study(2, seed=8)
     frames = []

@@ -36,13 +36,15 @@ from sklearn.preprocessing import StandardScaler
 
 from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES, PAPER_FEATURES, SCORE_BIN_NAMES
+from .forest_committee import FrameKind, combine, spans_all_of_f1
 from .forest_structure import pipeline_problem, signal_arrays_problem
 from .metrics import regression_metrics
 from .signals import TTA_SIGNALS, SubspaceNovelty, score_histogram_distance
 
 TARGETS = ("f1", "precision", "recall")
 FILE_FORMAT = "napari-detection-qc/quality-forest"
-FILE_VERSION = 3  # 2: training embeddings, signal features and conformal residuals (issue 16); 3: subspace novelty
+FILE_VERSION = 4  # 2: training embeddings, signal features and conformal residuals (issue 16); 3: subspace novelty;
+# 4: the reference-only forest of a forest fit on two kinds of frames (forest_committee.py)
 NOVELTY_VERSION = 3
 """Files before it computed ``novelty`` another way; a forest using it as a feature needs a refit."""
 DERIVED_FEATURES = ("score_hist_distance", "novelty")
@@ -162,6 +164,9 @@ class QualityForest:
         self._residuals: dict[str, np.ndarray] = {}
         self.signals_note: str | None = None
         self._training_bins: np.ndarray | None = None
+        self.reference_forest: QualityForest | None = None
+        """Fit on the novelty reference frames alone, when the forest also learns from other kinds."""
+        self.frame_kind: FrameKind | None = None
 
     # -- fitting -----------------------------------------------------------------------------------
     @property
@@ -213,7 +218,10 @@ class QualityForest:
         signal; a forest fitted without them works as the paper's and says so.
         ``novelty_reference`` (a boolean mask, default all rows): the frames whose kind the novelty
         check calls known. The bundled forest learns from real EMPS images without letting them
-        make every real image look familiar (measured in RESULTS.md, signals study)."""
+        make every real image look familiar (measured in RESULTS.md, signals study); it then also
+        fits a forest on the reference frames alone, whose predictions are blended in by the
+        frame's kind (``forest_committee.py``)."""
+        given = features_df
         if len(features_df) < MIN_TRAINING_FRAMES:
             raise ValueError(f"a forest needs at least {MIN_TRAINING_FRAMES} labeled frames, got {len(features_df)}")
         self.training_embeddings = None if embeddings is None else _embeddings(embeddings, len(features_df))
@@ -253,7 +261,19 @@ class QualityForest:
         self.training_targets = pd.DataFrame(y, columns=list(TARGETS))
         self.training_groups = None if groups is None else [str(g) for g in groups]
         self._calibrate()
+        self._fit_reference_forest(given, targets_df)
         return self
+
+    def _fit_reference_forest(self, features_df: pd.DataFrame, targets_df: pd.DataFrame) -> None:
+        self.reference_forest, self.frame_kind = None, None
+        reference = self.novelty_reference
+        if reference is None or min(reference.sum(), (~reference).sum()) < MIN_TRAINING_FRAMES:
+            return
+        rows = np.flatnonzero(reference)
+        self.reference_forest = self._clone().fit(
+            features_df.iloc[rows], targets_df.iloc[rows], embeddings=self.training_embeddings[rows]
+        )
+        self.frame_kind = FrameKind().fit(self.training_embeddings, ~reference)
 
     def _tree_spread(self, target: str, x: np.ndarray) -> np.ndarray:
         pipeline = self.pipelines[target]
@@ -326,11 +346,16 @@ class QualityForest:
         # a frame whose F1 interval spans all of 0-1 (typically: too novel for any training frame of
         # like novelty to bound its error) is outside what the forest knows, below the novelty
         # threshold too
-        uninformative = (out["f1_low"] <= 0.0) & (out["f1_high"] >= 1.0)
+        uninformative = spans_all_of_f1(out)
         out["in_domain"] = (
             (distance <= self._domain_radius) & ~novel & ~uninformative & (known | ("novelty" not in self.features))
         )
-        return out
+        if self.reference_forest is None:
+            return out
+        other_kind = np.ones(len(out))  # without an embedding, the forest that learnt from every frame
+        if known.any():
+            other_kind[known] = self.frame_kind.other_probability(_embeddings(embeddings, len(out))[known])
+        return combine(out, self.reference_forest.predict(features_df, embeddings), other_kind, TARGETS)
 
     def model_inputs(self, features_df: pd.DataFrame, embeddings=None) -> pd.DataFrame:
         """The frames' values of this forest's features, the ones it derives itself included
@@ -490,10 +515,12 @@ class QualityForest:
             "forest_params": self.forest_params,
             "n_training": self.n_training,
             "training_groups": self.training_groups,
-            "calibration": {"interval_scale": self._interval_scale, "domain_radius": self._domain_radius},
+            "calibration": self._calibration(),
             "package_versions": package_versions(),
             **{k: v for k, v in self.metadata.items() if k not in ("format", "version")},
         }
+        if self.reference_forest is not None:
+            meta["reference_calibration"] = self.reference_forest._calibration()
         state = {
             "metadata_json": json.dumps(meta),
             "pipelines": self.pipelines,
@@ -508,6 +535,10 @@ class QualityForest:
             state["training_score_bins"] = self._training_bins
         if self._residuals:
             state["conformal_residuals"] = np.stack([self._residuals[t] for t in TARGETS])
+        if self.reference_forest is not None:  # its training rows are the reference rows of ours
+            reference = self.reference_forest
+            state["reference_pipelines"] = reference.pipelines
+            state["reference_conformal_residuals"] = np.stack([reference._residuals[t] for t in TARGETS])
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temporary:
@@ -567,7 +598,7 @@ class QualityForest:
             meta.get("forest_params"),
         )
         known = {"format", "version", "features", "n_estimators", "random_state", "coverage", "detector",
-                 "forest_params", "n_training", "training_groups", "calibration"}
+                 "forest_params", "n_training", "training_groups", "calibration", "reference_calibration"}
         forest.metadata = {k: v for k, v in meta.items() if k not in known}
         forest.pipelines = dict(state["pipelines"])
         if set(forest.pipelines) != set(TARGETS):
@@ -605,14 +636,49 @@ class QualityForest:
         calibration = meta.get("calibration")
         if calibration and (forest.novelty_model is None or "conformal_residuals" in state):
             # stored at save time: loading need not re-run every tree
-            forest._interval_scale = {k: float(calibration["interval_scale"][k]) for k in TARGETS}
-            forest._domain_radius = float(calibration["domain_radius"])
-            if "conformal_residuals" in state:
-                forest._residuals = dict(zip(TARGETS, np.asarray(state["conformal_residuals"], dtype=np.float64)))
-            forest._fit_neighbours()
+            forest._restore_calibration(calibration, state.get("conformal_residuals"))
         else:
             forest._calibrate()
+        if "reference_pipelines" in state:
+            forest._restore_reference_forest(state, meta)
         return forest
+
+    def _calibration(self) -> dict:
+        return {"interval_scale": self._interval_scale, "domain_radius": self._domain_radius}
+
+    def _restore_calibration(self, calibration: dict, residuals) -> None:
+        self._interval_scale = {k: float(calibration["interval_scale"][k]) for k in TARGETS}
+        self._domain_radius = float(calibration["domain_radius"])
+        if residuals is not None:
+            self._residuals = dict(zip(TARGETS, np.asarray(residuals, dtype=np.float64)))
+        self._fit_neighbours()
+
+    def _restore_reference_forest(self, state: dict, meta: dict) -> None:
+        """The reference-only forest of a loaded file: its pipelines and calibration as stored, its
+        training rows and novelty model the reference part of ours (fit on the same rows)."""
+        reference = self.novelty_reference
+        if reference is None or min(reference.sum(), (~reference).sum()) < MIN_TRAINING_FRAMES:
+            raise ValueError("a reference forest without a reference of two kinds of training frames")
+        rows = np.flatnonzero(reference)
+        forest = self._clone()
+        forest.pipelines = dict(state["reference_pipelines"])
+        if set(forest.pipelines) != set(TARGETS):
+            raise ValueError(f"its reference forest lacks a model for one of {TARGETS}")
+        for target, pipeline in forest.pipelines.items():
+            problem = pipeline_problem(pipeline, len(self.features))
+            if problem:
+                raise ValueError(f"its reference {target} model holds {problem}")
+        residuals = np.asarray(state["reference_conformal_residuals"], dtype=np.float64)
+        if residuals.shape != (len(TARGETS), len(rows)):
+            raise ValueError(f"reference conformal residuals of shape {residuals.shape} for {len(rows)} frames")
+        forest.training_features = self.training_features.iloc[rows].reset_index(drop=True)
+        forest.training_targets = self.training_targets.iloc[rows].reset_index(drop=True)
+        forest.training_embeddings = self.training_embeddings[rows]
+        forest.novelty_model = self.novelty_model.of_reference_rows()
+        forest._training_bins = None if self._training_bins is None else self._training_bins[rows]
+        forest._restore_calibration(meta["reference_calibration"], residuals)
+        self.reference_forest = forest
+        self.frame_kind = FrameKind().fit(self.training_embeddings, ~reference)
 
     def detector_mismatch(self, layer_detector: dict | None) -> str | None:
         """A warning when the layers' detector is not the one this forest was trained for:

@@ -201,6 +201,7 @@ class SubspaceNovelty:
             raise ValueError(f"novelty needs at least 3 reference embeddings, got shape {x.shape} "
                              f"with {int(chosen.sum())} reference rows")
         inside = x[chosen]
+        self._reference = chosen
         self._model = _SubspaceModel(inside, self.n_components, self.k)
         out_of_fold = np.zeros((len(inside), 2))
         folds = KFold(min(self.folds, len(inside)), shuffle=True, random_state=self.random_state)
@@ -211,6 +212,14 @@ class SubspaceNovelty:
         self.reference_novelty[chosen] = (out_of_fold / self._scale).max(axis=1)
         self.reference_novelty[~chosen] = self.novelty(x[~chosen])
         return self
+
+    def of_reference_rows(self) -> SubspaceNovelty:
+        """This model as fit on its reference rows alone (the same fit: only those rows are
+        modelled, and their out-of-fold novelty is computed among them)."""
+        copy = SubspaceNovelty(self.n_components, self.k, self.folds, self.random_state)
+        copy.threshold, copy._model, copy._scale = self.threshold, self._model, self._scale
+        copy.reference_novelty = self.reference_novelty[self._reference]
+        return copy
 
     def novelty(self, embeddings: np.ndarray) -> np.ndarray:
         """In units of the threshold (higher = more novel)."""
