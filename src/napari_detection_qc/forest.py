@@ -13,6 +13,9 @@ and recall, with calibrated intervals, an out-of-domain flag, the paper's CV met
   ``novelty`` (of the embedding against the training frames'). With embeddings, intervals are weighted-conformal by
   novelty: residuals of training frames of similar novelty count most, and a frame more novel
   than the training frames gets a wider interval, up to [0, 1].
+- Two kinds of training frames (a novelty reference and others, e.g. synthetic and real): a second
+  forest fit on the reference frames alone is blended in by each frame's kind, and frames on which
+  the two disagree are not in domain (``forest_committee.py``).
 - Files: skops (no pickle execution) holding the pipelines, the training set and the metadata.
   Files from before the signals load and say so (``signals_note``).
 """
@@ -538,6 +541,7 @@ class QualityForest:
         if self.reference_forest is not None:  # its training rows are the reference rows of ours
             reference = self.reference_forest
             state["reference_pipelines"] = reference.pipelines
+            state["reference_training_features"] = reference.training_features.to_numpy()
             state["reference_conformal_residuals"] = np.stack([reference._residuals[t] for t in TARGETS])
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -654,8 +658,9 @@ class QualityForest:
         self._fit_neighbours()
 
     def _restore_reference_forest(self, state: dict, meta: dict) -> None:
-        """The reference-only forest of a loaded file: its pipelines and calibration as stored, its
-        training rows and novelty model the reference part of ours (fit on the same rows)."""
+        """The reference-only forest of a loaded file: its pipelines, feature rows (its derived
+        features are its own) and calibration as stored; its targets, embeddings and novelty model
+        the reference part of ours (fit on the same rows)."""
         reference = self.novelty_reference
         if reference is None or min(reference.sum(), (~reference).sum()) < MIN_TRAINING_FRAMES:
             raise ValueError("a reference forest without a reference of two kinds of training frames")
@@ -671,7 +676,10 @@ class QualityForest:
         residuals = np.asarray(state["reference_conformal_residuals"], dtype=np.float64)
         if residuals.shape != (len(TARGETS), len(rows)):
             raise ValueError(f"reference conformal residuals of shape {residuals.shape} for {len(rows)} frames")
-        forest.training_features = self.training_features.iloc[rows].reset_index(drop=True)
+        features = np.asarray(state["reference_training_features"], dtype=np.float64)
+        if features.shape != (len(rows), len(self.features)) or not np.isfinite(features).all():
+            raise ValueError(f"reference training features of shape {features.shape} for {len(rows)} frames")
+        forest.training_features = pd.DataFrame(features, columns=list(self.features))
         forest.training_targets = self.training_targets.iloc[rows].reset_index(drop=True)
         forest.training_embeddings = self.training_embeddings[rows]
         forest.novelty_model = self.novelty_model.of_reference_rows()
