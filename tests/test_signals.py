@@ -299,6 +299,24 @@ def test_a_forest_of_two_kinds_answers_each_kind_and_flags_frames_where_kind_dec
     assert "forests_disagree" in without and not without["in_domain"][without["forests_disagree"]].any()
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda f: setattr(f.reference_forest, "_residuals", {t: v[:-1] for t, v in f.reference_forest._residuals.items()}),
+        lambda f: setattr(f.reference_forest, "training_features", f.reference_forest.training_features.iloc[:-1]),
+        lambda f: setattr(f, "novelty_reference", np.ones_like(f.novelty_reference)),  # no frame of another kind left
+    ],
+)
+def test_a_damaged_reference_forest_in_a_file_is_refused(tmp_path, damage):
+    features, targets, embeddings, reference = two_kinds(30, 30, seed=15)
+    damaged = QualityForest(features=("mean_score", "count"), n_estimators=5).fit(
+        features, targets, embeddings=embeddings, novelty_reference=reference)
+    damaged.reference_forest = copy.copy(damaged.reference_forest)
+    damage(damaged)
+    with pytest.raises(ForestLoadError, match="damaged forest file"):
+        QualityForest.load(damaged.save(tmp_path / "damaged.skops"))
+
+
 def test_a_forest_of_one_kind_has_no_second_forest():
     features, targets, embeddings = study(40, seed=14)
     forest = QualityForest(features=SIGNAL_FEATURES, n_estimators=10).fit(features, targets, embeddings=embeddings)
