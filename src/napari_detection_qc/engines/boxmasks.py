@@ -109,12 +109,13 @@ PASTE_BATCH_PIXELS = 4_000_000
 def _like_sized(rows: np.ndarray, cols: np.ndarray) -> list[np.ndarray]:
     """Indices of the non-empty windows, grouped by size and split to at most ``PASTE_BATCH_PIXELS``."""
     valid = np.flatnonzero((rows > 0) & (cols > 0))
-    keys = np.ceil(rows[valid] / PASTE_SIZE_STEP) * (1 + np.ceil(cols.max(initial=0) / PASTE_SIZE_STEP)) + np.ceil(
-        cols[valid] / PASTE_SIZE_STEP
-    )
+    if not len(valid):
+        return []
+    sizes = np.ceil(np.stack([rows[valid], cols[valid]], axis=1) / PASTE_SIZE_STEP)
+    _, size_group = np.unique(sizes, axis=0, return_inverse=True)
     groups = []
-    for key in np.unique(keys):
-        group = valid[keys == key]
+    for index in range(size_group.max() + 1):
+        group = valid[size_group.ravel() == index]
         per_batch = max(1, PASTE_BATCH_PIXELS // int(rows[group].max() * cols[group].max()))
         groups += [group[i : i + per_batch] for i in range(0, len(group), per_batch)]
     return groups
