@@ -20,6 +20,7 @@ from napari_detection_qc.forest import (
     ForestLoadError,
     QualityForest,
 )
+from napari_detection_qc.forest_committee import UNINFORMATIVE_WIDTH
 from napari_detection_qc.scoring import predicted_quality
 from napari_detection_qc.signals import (
     EMBEDDING,
@@ -291,8 +292,8 @@ def test_a_forest_of_two_kinds_answers_each_kind_and_flags_frames_where_kind_dec
     middle = (new_features["tta_iou"] > 0.4) & (new_features["tta_iou"] < 0.6)
     assert as_reference["forests_disagree"][extreme].all() and as_reference["forests_disagree"][middle].mean() < 0.5
     for predicted in (as_reference, as_other):
-        unbounded = (predicted["f1_low"] <= 0) & (predicted["f1_high"] >= 1)
-        assert not predicted["in_domain"][predicted["forests_disagree"] | unbounded].any()
+        too_wide = predicted["f1_high"] - predicted["f1_low"] >= UNINFORMATIVE_WIDTH
+        assert not predicted["in_domain"][predicted["forests_disagree"] | too_wide].any()
     loaded = QualityForest.load(forest.save(tmp_path / "two_kinds.skops"))
     pd.testing.assert_frame_equal(loaded.predict(new_features, new_embeddings), as_reference)
     without = forest.predict(new_features)  # no embeddings: the forest of every frame, still checked

@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES, PAPER_FEATURES, SCORE_BIN_NAMES
-from .forest_committee import FrameKind, combine, spans_all_of_f1
+from .forest_committee import FrameKind, combine
 from .forest_structure import pipeline_problem, signal_arrays_problem
 from .metrics import regression_metrics
 from .signals import TTA_SIGNALS, SubspaceNovelty, score_histogram_distance
@@ -349,7 +349,7 @@ class QualityForest:
         # a frame whose F1 interval spans all of 0-1 (typically: too novel for any training frame of
         # like novelty to bound its error) is outside what the forest knows, below the novelty
         # threshold too
-        uninformative = spans_all_of_f1(out)
+        uninformative = (out["f1_low"] <= 0.0) & (out["f1_high"] >= 1.0)
         out["in_domain"] = (
             (distance <= self._domain_radius) & ~novel & ~uninformative & (known | ("novelty" not in self.features))
         )
