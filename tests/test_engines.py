@@ -244,6 +244,29 @@ def test_threaded_roi_align_computes_the_same_numbers():
     torch.testing.assert_close(split, roi_align(feature, rois, (14, 14), 0.25, 2, aligned=True))
 
 
+def test_frames_detected_on_two_cores_get_exactly_the_detections_of_one(detector):
+    """Tiles and the size estimate's views run concurrently on CPU (``cpu_parallel.py``): the
+    same detections, masks and object size as one at a time, and the caller's thread count stays."""
+    image = make_frame(1_000_323, (1300, 1200), "dense")[0]
+    results = {}
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            at_own_size = detector.predict(image, object_size=22)  # factor 1: 2 x 2 tiles
+            auto = detector.predict(image)
+            results[threads] = (at_own_size, auto, detector.last_object_sizes[0])
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(previous)
+    assert results[1][2] == results[2][2]
+    for one, two in zip(results[1][:2], results[2][:2]):
+        assert one.count > 20
+        np.testing.assert_array_equal(one.boxes, two.boxes)
+        np.testing.assert_array_equal(one.scores, two.scores)
+        np.testing.assert_array_equal(one.labels, two.labels)
+
+
 def test_cores_keep_only_centred_detections_with_the_same_masks(detector):
     """Masks are computed only for detections a tile keeps, and equal those computed for all."""
     image = make_frame(1_000_322, (512, 512), "dense")[0].astype(np.float32)

@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from napari_detection_qc.engines.base import Detector, parse_object_size
 from napari_detection_qc.engines.boxmasks import BoxMasks
+from napari_detection_qc.engines.cpu_parallel import map_on_cores
 from napari_detection_qc.engines.intensity import ROBUST_CENTRE, scale_to_255
 from napari_detection_qc.engines.scaling import ScaleRule, estimate_object_size, resample
 from napari_detection_qc.engines.tiling import OVERLAP_PX, TILE_PX, detect_in_tiles, tile_spans
@@ -76,6 +77,28 @@ def test_tiled_detection_keeps_every_object_once_with_exact_boxes():
     assert len(found) == len(truth)
     order = np.lexsort((found.boxes[:, 1], found.boxes[:, 0]))
     np.testing.assert_allclose(found.boxes[order], truth[np.lexsort((truth[:, 1], truth[:, 0]))])
+
+
+def test_tiles_on_several_workers_give_the_same_detections_in_the_same_order():
+    frame, _ = squares_frame((2500, 2300), side=40, spacing=97)
+    sequential = detect_in_tiles(frame, threshold_boxes)
+    for workers, batch_size in ((2, 1), (3, 2)):
+        parallel = detect_in_tiles(frame, threshold_boxes, batch_size=batch_size, workers=workers)
+        np.testing.assert_array_equal(parallel.boxes, sequential.boxes)
+
+
+def test_work_on_cores_keeps_order_and_the_callers_thread_count_even_when_it_fails():
+    previous = torch.get_num_threads()
+    assert map_on_cores(lambda item: (item, torch.get_num_threads()), range(5), workers=2) == [(i, 1) for i in range(5)]
+    assert torch.get_num_threads() == previous
+
+    def fails(item):
+        raise ValueError(f"bad item {item}")
+
+    with pytest.raises(ValueError, match="bad item"):
+        map_on_cores(fails, [1, 2], workers=2)
+    assert torch.get_num_threads() == previous
+    assert map_on_cores(str, [1, 2], workers=1) == ["1", "2"]
 
 
 def test_predictions_come_back_on_the_native_grid():

@@ -20,6 +20,7 @@ from ..detections import FrameDetections
 from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 from ..signals import SignalOptions, blank_frame_signals, frame_signals
 from .boxmasks import BoxMasks
+from .cpu_parallel import cpu_workers
 from .intensity import scale_to_255
 from .scaling import ESTIMATE_MIN_SCORE, ScaleRule, Window, estimate_object_size, resample
 from .tiling import detect_in_tiles
@@ -147,7 +148,8 @@ class Detector(ABC):
         """The estimate sees every detection down to its own floor, whatever this detector's
         threshold, so a model shipped with a high threshold sizes frames as at 0.1."""
         floor = min(self.score_threshold, ESTIMATE_MIN_SCORE)
-        return estimate_object_size(image, partial(self._detect_boxes, min_score=floor, masks=False), self.scale_rule)
+        detect_boxes = partial(self._detect_boxes, min_score=floor, masks=False)
+        return estimate_object_size(image, detect_boxes, self.scale_rule, cpu_workers(self.device))
 
     def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
         if size is None:
@@ -155,14 +157,16 @@ class Detector(ABC):
         self.last_object_sizes.append(size)
         factor = self.scale_rule.factor_for(size)
         resampled = resample(image, factor)
-        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size).top(self.max_detections)
+        workers = cpu_workers(self.device)
+        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size, workers).top(self.max_detections)
         back = (image.shape[0] / resampled.shape[0], image.shape[1] / resampled.shape[1])
         detections = found.scaled(*back).to_detections(image.shape)
         if options is None:
             return detections
 
         def detect_view(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            in_view = detect_in_tiles(view, partial(self._detect_boxes, masks=False), self.batch_size).top(self.max_detections)
+            boxes_only = partial(self._detect_boxes, masks=False)
+            in_view = detect_in_tiles(view, boxes_only, self.batch_size, workers).top(self.max_detections)
             return in_view.boxes, in_view.scores
 
         signals = frame_signals(resampled, found.boxes, found.scores, options, detect_view, self.embed)
@@ -224,7 +228,8 @@ class Detector(ABC):
         """Raw detections of 0..255 frames at their given scale (models with a ``scale_rule``),
         scoring at least ``min_score`` (default: the detector's threshold); ``masks=False`` skips
         the mask branch (empty masks) where only boxes and scores are needed; ``cores`` (one
-        window per frame) keeps only detections centred inside it."""
+        window per frame) keeps only detections centred inside it. Runs on several threads at
+        once (a frame's tiles, with the same arguments; ``cpu_parallel.py``)."""
         raise NotImplementedError(f"{type(self).__name__} does not support object-size rescaling")
 
     def __repr__(self) -> str:

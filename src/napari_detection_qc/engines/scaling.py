@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..matching import box_iou_matrix
 from .boxmasks import BoxMasks
+from .cpu_parallel import map_on_cores
 
 ESTIMATE_REVISION = 3
 """Bumped when ``estimate_object_size`` changes what it returns (benchmark caches key on it)."""
@@ -104,20 +105,26 @@ def central_view(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, i
     return image[top : top + side, left : left + side], (top, left)
 
 
-def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule):
-    """(factor, native boxes, scores, native view area) from 2 x max_factor down to min_factor."""
-    results = []
+def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule, workers: int = 1):
+    """(factor, native boxes, scores, native view area) from 2 x max_factor down to min_factor;
+    the views are detected ``workers`` at a time (``cpu_parallel.py``)."""
+    views = []
     factor = 2 * rule.max_factor
     while factor >= rule.min_factor * 0.999:
-        view, (top, left) = central_view(image, int(np.ceil(ESTIMATE_VIEW_PX / factor)))
+        view, origin = central_view(image, int(np.ceil(ESTIMATE_VIEW_PX / factor)))
         if min(view.shape) * factor < MIN_CONFIRMING_VIEW_PX and factor < 1:
             break  # the whole frame is already smaller than a useful view
+        views.append((factor, view, origin))
+        factor /= 2
+
+    def detect(entry):
+        factor, view, (top, left) = entry
         scaled = resample(view, factor)
         found = detect_boxes([scaled])[0]
         native = found.boxes * np.array([view.shape[0] / scaled.shape[0], view.shape[1] / scaled.shape[1]] * 2)
-        results.append((factor, native + np.array([top, left, top, left]), found.scores, view.size))
-        factor /= 2
-    return results
+        return factor, native + np.array([top, left, top, left]), found.scores, view.size
+
+    return map_on_cores(detect, views, workers)
 
 
 def _found_again(boxes: np.ndarray, other: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
@@ -125,7 +132,9 @@ def _found_again(boxes: np.ndarray, other: np.ndarray, min_iou: float = 0.3) -> 
     return (box_iou_matrix(boxes, other) >= min_iou).any(axis=1)
 
 
-def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule) -> float | None:
+def estimate_object_size(
+    image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule, workers: int = 1
+) -> float | None:
     """Typical object diameter (native px) of a 0..255 frame, or None when the model confirms
     nothing at any factor.
 
@@ -138,7 +147,7 @@ def estimate_object_size(image: np.ndarray, detect_boxes: DetectBoxes, rule: Sca
     counting, area and square-root weights, it was the most often within 1.6x of the truth); few
     objects in a small view weigh less (``MIN_VIEW_PX``).
     """
-    ladder = _ladder_detections(image, detect_boxes, rule)
+    ladder = _ladder_detections(image, detect_boxes, rule, workers)
     best_weight, best_diameter = 0.0, None
     for index, (factor, boxes, scores, area) in enumerate(ladder):
         view_px = np.sqrt(area) * factor

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .boxmasks import BoxMasks
+from .cpu_parallel import map_on_cores
 from .scaling import DetectBoxes, Window
 
 TILE_PX = 1024
@@ -39,23 +40,25 @@ def tile_spans(length: int, tile: int = TILE_PX, overlap: int = OVERLAP_PX) -> l
     return spans
 
 
-def detect_in_tiles(image: np.ndarray, detect_boxes: DetectBoxes, batch_size: int = 1) -> BoxMasks:
+def detect_in_tiles(image: np.ndarray, detect_boxes: DetectBoxes, batch_size: int = 1, workers: int = 1) -> BoxMasks:
     """All detections of a frame of any size, in the frame's pixel coordinates.
 
     ``detect_boxes`` is told each crop's core so it can skip the masks of detections outside it
     (a fifth of a tile's detections, more on frames smaller than two tiles); they are dropped
-    here in any case."""
+    here in any case. Tiles go ``batch_size`` at a time to ``detect_boxes``, ``workers`` such
+    batches at once (``cpu_parallel.py``; the same detections either way)."""
     tiles = [
         (rows, cols)
         for rows in tile_spans(image.shape[0])
         for cols in tile_spans(image.shape[1])
     ]
-    parts = []
-    for first in range(0, len(tiles), max(1, batch_size)):
-        chunk = tiles[first : first + max(1, batch_size)]
-        crops = [image[r[0] : r[1], c[0] : c[1]] for r, c in chunk]
-        cores: list[Window] = [(r[2] - r[0], r[3] - r[0], c[2] - c[0], c[3] - c[0]) for r, c in chunk]
-        for (rows, cols), found in zip(chunk, detect_boxes(crops, cores=cores), strict=True):
+    step = max(1, batch_size)
+
+    def detect_batch(batch) -> list[BoxMasks]:
+        crops = [image[r[0] : r[1], c[0] : c[1]] for r, c in batch]
+        cores: list[Window] = [(r[2] - r[0], r[3] - r[0], c[2] - c[0], c[3] - c[0]) for r, c in batch]
+        parts = []
+        for (rows, cols), found in zip(batch, detect_boxes(crops, cores=cores), strict=True):
             if len(tiles) > 1:
                 centre_y = (found.boxes[:, 0] + found.boxes[:, 2]) / 2 + rows[0]
                 centre_x = (found.boxes[:, 1] + found.boxes[:, 3]) / 2 + cols[0]
@@ -64,4 +67,7 @@ def detect_in_tiles(image: np.ndarray, detect_boxes: DetectBoxes, batch_size: in
                 )
                 found = found.select(inside)
             parts.append(found.shifted(rows[0], cols[0]))
-    return BoxMasks.concatenate(parts)
+        return parts
+
+    batches = [tiles[first : first + step] for first in range(0, len(tiles), step)]
+    return BoxMasks.concatenate([part for parts in map_on_cores(detect_batch, batches, workers) for part in parts])
