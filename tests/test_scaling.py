@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from napari_detection_qc.engines.base import Detector, parse_object_size
 from napari_detection_qc.engines.boxmasks import BoxMasks
-from napari_detection_qc.engines.cpu_parallel import map_on_cores
+from napari_detection_qc.engines.cpu_parallel import MAX_WORKERS, cpu_workers, map_on_cores
 from napari_detection_qc.engines.intensity import ROBUST_CENTRE, scale_to_255
 from napari_detection_qc.engines.scaling import ScaleRule, estimate_object_size, resample
 from napari_detection_qc.engines.tiling import OVERLAP_PX, TILE_PX, detect_in_tiles, tile_spans
@@ -99,6 +99,19 @@ def test_work_on_cores_keeps_order_and_the_callers_thread_count_even_when_it_fai
         map_on_cores(fails, [1, 2], workers=2)
     assert torch.get_num_threads() == previous
     assert map_on_cores(str, [1, 2], workers=1) == ["1", "2"]
+
+
+def test_workers_share_the_threads_and_are_capped_on_many_cores():
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        assert cpu_workers(torch.device("cpu")) == MAX_WORKERS
+        assert set(map_on_cores(lambda _: torch.get_num_threads(), range(8), workers=4)) == {2}
+        assert cpu_workers(torch.device("cuda")) == 1
+        torch.set_num_threads(1)
+        assert cpu_workers(torch.device("cpu")) == 1
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_predictions_come_back_on_the_native_grid():
