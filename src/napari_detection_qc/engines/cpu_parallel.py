@@ -1,9 +1,10 @@
 """Detect independent tiles (and the size estimate's views) on several CPU cores at once.
 
-A compact model's convolutions on one 1024 px tile split poorly over torch's intra-op threads
-(2 threads: 1.6x one thread on a 4096 px frame, measured on the 2-core AMD EPYC); whole tiles
-on separate threads, each running its ops on its share of the threads, use the cores fully and
-give the same numbers. The results are exactly those of a sequential loop, in the same order.
+A compact model's convolutions on one 1024 px tile split poorly over torch's intra-op threads;
+whole tiles on separate threads, each running its ops on its share of the threads, use the cores
+fully and give the same numbers (4096 px frame on a 2-core AMD EPYC: 7.6 -> 6.1 s with bfloat16
+convolutions, 14.8 -> 9.5 s in float32; ``benchmarks/bench_tile_workers.py``). The results are
+exactly those of a sequential loop, in the same order.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ Result = TypeVar("Result")
 
 
 MAX_WORKERS = 4
-"""Tiles in flight at once: each adds about 70 MB at its peak (a 4096 px 16-bit frame at factor
-1.5: 1.15 GB peak on one worker, 1.29 GB on 2, 1.44 GB on 4, 1.83 GB on 8); on more cores each
-worker's ops get several threads instead."""
+"""Tiles in flight at once: each adds 60-110 MB at its peak (a 4096 px 16-bit frame at factor 1.5,
+peak resident memory of the whole process: 1.15 GB on one thread, 1.26 GB on 2, 1.43 GB on 4,
+1.83 GB with 8 workers, 1.53 GB with this cap on 8 threads; ``benchmarks/bench_tile_workers.py``);
+on more cores each worker's ops get several threads instead."""
 
 
 def cpu_workers(device: torch.device) -> int:
