@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +41,22 @@ print(before, peak_mb())
 """
 
 
-def same_detections(detector, image) -> bool:
-    """Detections with the tiles one at a time equal those with the tiles in parallel."""
-    parallel = detector.predict(image)
+@contextmanager
+def tiles_one_at_a_time():
+    """Detectors detect one tile after another (the code before ``cpu_parallel.py``)."""
     workers = detector_base.cpu_workers
     detector_base.cpu_workers = lambda device: 1
     try:
-        sequential = detector.predict(image)
+        yield
     finally:
         detector_base.cpu_workers = workers
+
+
+def same_detections(detector, image) -> bool:
+    """Detections with the tiles one at a time equal those with the tiles in parallel."""
+    parallel = detector.predict(image)
+    with tiles_one_at_a_time():
+        sequential = detector.predict(image)
     return bool(
         np.array_equal(parallel.boxes, sequential.boxes)
         and np.array_equal(parallel.scores, sequential.scores)
@@ -83,14 +91,9 @@ def main(argv=None) -> None:
     arithmetic = "bfloat16" if getattr(detector, "bfloat16", False) else "float32"
     print(f"{cpu_name()}, {args.threads} threads, {arithmetic}; median of {args.repeats} runs, object size auto")
     results = {}
-    for mode in ("one tile at a time", "tiles on all threads"):
-        workers = detector_base.cpu_workers
-        if mode == "one tile at a time":
-            detector_base.cpu_workers = lambda device: 1
-        try:
+    for mode, setting in (("one tile at a time", tiles_one_at_a_time), ("tiles on all threads", nullcontext)):
+        with setting():
             results[mode] = time_frames(detector, repeats=args.repeats)
-        finally:
-            detector_base.cpu_workers = workers
         print(mode, {side: round(t["median_s"], 2) for side, t in results[mode].items()}, flush=True)
     image = make_realistic_frame(HELD_OUT_SEED + 500 + 2048, "realistic", (2048, 2048))[0]
     print("same detections on the 2048 px frame:", same_detections(detector, image))
