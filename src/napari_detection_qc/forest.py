@@ -267,16 +267,26 @@ class QualityForest:
         self._fit_reference_forest(given, targets_df)
         return self
 
-    def _fit_reference_forest(self, features_df: pd.DataFrame, targets_df: pd.DataFrame) -> None:
-        self.reference_forest, self.frame_kind = None, None
+    def _reference_rows(self) -> np.ndarray | None:
+        """The novelty reference's rows when the training frames are of two kinds, each with
+        enough frames for a forest of its own; None otherwise."""
         reference = self.novelty_reference
         if reference is None or min(reference.sum(), (~reference).sum()) < MIN_TRAINING_FRAMES:
+            return None
+        return np.flatnonzero(reference)
+
+    def _fit_frame_kind(self) -> None:
+        self.frame_kind = FrameKind().fit(self.training_embeddings, ~self.novelty_reference)
+
+    def _fit_reference_forest(self, features_df: pd.DataFrame, targets_df: pd.DataFrame) -> None:
+        self.reference_forest, self.frame_kind = None, None
+        rows = self._reference_rows()
+        if rows is None:
             return
-        rows = np.flatnonzero(reference)
         self.reference_forest = self._clone().fit(
             features_df.iloc[rows], targets_df.iloc[rows], embeddings=self.training_embeddings[rows]
         )
-        self.frame_kind = FrameKind().fit(self.training_embeddings, ~reference)
+        self._fit_frame_kind()
 
     def _tree_spread(self, target: str, x: np.ndarray) -> np.ndarray:
         pipeline = self.pipelines[target]
@@ -661,10 +671,9 @@ class QualityForest:
         """The reference-only forest of a loaded file: its pipelines, feature rows (its derived
         features are its own) and calibration as stored; its targets, embeddings and novelty model
         the reference part of ours (fit on the same rows)."""
-        reference = self.novelty_reference
-        if reference is None or min(reference.sum(), (~reference).sum()) < MIN_TRAINING_FRAMES:
+        rows = self._reference_rows()
+        if rows is None:
             raise ValueError("a reference forest without a reference of two kinds of training frames")
-        rows = np.flatnonzero(reference)
         forest = self._clone()
         forest.pipelines = dict(state["reference_pipelines"])
         if set(forest.pipelines) != set(TARGETS):
@@ -686,7 +695,7 @@ class QualityForest:
         forest._training_bins = None if self._training_bins is None else self._training_bins[rows]
         forest._restore_calibration(meta["reference_calibration"], residuals)
         self.reference_forest = forest
-        self.frame_kind = FrameKind().fit(self.training_embeddings, ~reference)
+        self._fit_frame_kind()
 
     def detector_mismatch(self, layer_detector: dict | None) -> str | None:
         """A warning when the layers' detector is not the one this forest was trained for:

@@ -3,7 +3,7 @@
 The bundled forest learns from synthetic frames (the detector's own domain, the novelty reference)
 and from labelled real images of another kind (EMPS particles). Measured in RESULTS.md (signals
 study): the real rows teach it failures no synthetic frame shows (held-out failing frames caught
-0.56 -> 0.71) but blur what it knows of synthetic frames (random-CV F1 MAE 0.050 -> 0.065). So a
+0.59 -> 0.71) but blur what it knows of synthetic frames (random-CV F1 MAE 0.051 -> 0.066). So a
 second forest is fit on the reference frames alone, and each frame's prediction blends the two by
 the probability that it is of the other kind (a logistic regression on the detector's backbone
 embedding); its interval spans both forests' intervals. Where the two forests disagree by more than
@@ -11,7 +11,7 @@ embedding); its interval spans both forests' intervals. Where the two forests di
 domain; nor is one whose combined F1 interval is ``UNINFORMATIVE_WIDTH`` wide or more (it cannot
 tell a good frame from a failing one). Measured on the signals study's cached frames (RESULTS.md):
 held-out synthetic failing frames caught 0.71 -> 1.00 (false alarms 0.09 -> 0.17), random-CV F1
-MAE 0.065 -> 0.049, EMPS papers unseen caught 0.87 -> 0.94.
+MAE 0.066 -> 0.050, EMPS papers unseen caught 0.87 -> 0.95.
 """
 
 from __future__ import annotations
