@@ -69,10 +69,11 @@ def test_detection_widget_makes_consistent_layers(make_napari_viewer, qtbot, sma
                 assert xs.min() >= np.floor(x0) - 1 and xs.max() <= np.ceil(x1) + 1
     record = masks.metadata["detection_qc"]
     assert record["detector"]["weights_sha256"] and record["frames_done"] == [0, 1, 2, 3]
-    # the tiny-cavity frame is sized about 6 px against about 23 px for the other three: reported
+    # the tiny-cavity frame (two 6 px cavities) is sized over 3x off the other three's 23 px (the
+    # cavities themselves, or a background blotch when the model misses them): it is reported
     sizes = record["object_size_px"]
-    assert list(sizes) == ["0", "1", "2", "3"] and sizes["3"] < sizes["0"] / 3
-    assert "frame(s) 3 (6 px) were sized over 3x off" in widget.status.value
+    assert list(sizes) == ["0", "1", "2", "3"] and max(sizes["3"] / sizes["0"], sizes["0"] / sizes["3"]) > 3
+    assert f"frame(s) 3 ({sizes['3']:.0f} px) were sized over 3x off" in widget.status.value
     assert widget.resize_button.enabled
     widget.redo_mis_sized()  # frame 3 again, at the other frames' median size
     wait_for(qtbot, widget)

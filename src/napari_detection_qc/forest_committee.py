@@ -2,16 +2,17 @@
 
 The bundled forest learns from synthetic frames (the detector's own domain, the novelty reference)
 and from labelled real images of another kind (EMPS particles). Measured in RESULTS.md (signals
-study): the real rows teach it failures no synthetic frame shows (held-out failing frames caught
-0.59 -> 0.71) but blur what it knows of synthetic frames (random-CV F1 MAE 0.051 -> 0.066). So a
+study, default detector e74cd7d2): the real rows teach it failures no synthetic frame shows (EMPS
+papers unseen caught 0.77 -> 0.87) but blur what it knows of synthetic frames (random-CV F1 MAE
+0.044 -> 0.054; held-out failing frames caught 0.71 -> 0.59). So a
 second forest is fit on the reference frames alone, and each frame's prediction blends the two by
 the probability that it is of the other kind (a logistic regression on the detector's backbone
 embedding); its interval spans both forests' intervals. Where the two forests disagree by more than
 ``AGREEMENT_F1``, the answer depends on which kind of frame this is, so the frame is not called in
 domain; nor is one whose combined F1 interval is ``UNINFORMATIVE_WIDTH`` wide or more (it cannot
-tell a good frame from a failing one). Measured on the signals study's cached frames (RESULTS.md):
-held-out synthetic failing frames caught 0.71 -> 1.00 (false alarms 0.09 -> 0.17), random-CV F1
-MAE 0.066 -> 0.050, EMPS papers unseen caught 0.87 -> 0.95.
+tell a good frame from a failing one). Measured on the signals study's frames (RESULTS.md):
+held-out synthetic failing frames caught 0.59 -> 1.00 (false alarms 0.06 -> 0.15), random-CV F1
+MAE 0.054 -> 0.045, EMPS papers unseen caught 0.87 -> 0.98.
 """
 
 from __future__ import annotations
