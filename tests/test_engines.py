@@ -23,6 +23,7 @@ from napari_detection_qc.engines import (
     load_detector,
 )
 from napari_detection_qc.engines.detectron2_checkpoint import import_detectron2_checkpoint
+from napari_detection_qc.engines.roi_gather import gather_roi_align
 from napari_detection_qc.engines.torchvision_maskrcnn import (
     COMPACT_FPN,
     PAPER_R50_FPN,
@@ -242,6 +243,27 @@ def test_threaded_roi_align_computes_the_same_numbers():
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(split, roi_align(feature, rois, (14, 14), 0.25, 2, aligned=True))
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("output_size", [(7, 7), (14, 14), (5, 9)])
+def test_gather_roi_align_computes_torchvisions_numbers(aligned, output_size):
+    """Boxes inside, across and beyond the map's border, sub-pixel ones, two images in a batch."""
+    torch.manual_seed(0)
+    feature = torch.randn(2, 8, 40, 52).contiguous(memory_format=torch.channels_last)
+    corners = torch.rand(300, 2) * 240 - 20
+    sizes = torch.cat([torch.rand(250, 2) * 60 + 1, torch.rand(50, 2) * 0.8])
+    rois = torch.cat([torch.randint(0, 2, (300, 1)).float(), corners, corners + sizes], dim=1)
+    expected = roi_align(feature, rois, output_size, 0.25, 2, aligned=aligned)
+    torch.testing.assert_close(gather_roi_align(feature, rois, output_size, 0.25, 2, aligned), expected)
+    contiguous = gather_roi_align(feature.contiguous(), rois, output_size, 0.25, 2, aligned)
+    torch.testing.assert_close(contiguous, expected)
+    assert gather_roi_align(feature, rois[:0], output_size, 0.25, 2).shape == (0, 8, *output_size)
+
+
+def test_gather_roi_align_refuses_adaptive_sampling():
+    with pytest.raises(ValueError, match="fixed sampling ratio"):
+        gather_roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), (7, 7), 1.0, 0)
 
 
 def test_frames_detected_on_two_cores_get_exactly_the_detections_of_one(detector):
