@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager
 from functools import partial
+from unittest import mock
 
 import numpy as np
 import torch
@@ -58,17 +58,13 @@ def kernel_times(repeats: int) -> dict:
     return results
 
 
-@contextmanager
 def torchvision_kernel():
     """The detector pools with torchvision's kernel (the code before ``roi_gather.py``)."""
-    fast = engine.fast_roi_align
-    engine.fast_roi_align = lambda feature, rois, size, scale, ratio: engine.threaded_roi_align(
-        feature.contiguous(), rois, size, scale, ratio
+    return mock.patch.object(
+        engine,
+        "fast_roi_align",
+        lambda feature, rois, size, scale, ratio: engine.threaded_roi_align(feature.contiguous(), rois, size, scale, ratio),
     )
-    try:
-        yield
-    finally:
-        engine.fast_roi_align = fast
 
 
 def detection_difference(detector, image) -> dict:

@@ -12,8 +12,9 @@ import json
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -41,15 +42,9 @@ print(before, peak_mb())
 """
 
 
-@contextmanager
 def tiles_one_at_a_time():
     """Detectors detect one tile after another (the code before ``cpu_parallel.py``)."""
-    workers = detector_base.cpu_workers
-    detector_base.cpu_workers = lambda device: 1
-    try:
-        yield
-    finally:
-        detector_base.cpu_workers = workers
+    return mock.patch.object(detector_base, "cpu_workers", lambda device: 1)
 
 
 def same_detections(detector, image) -> bool:
