@@ -49,6 +49,8 @@ MIN_CONFIRMING_VIEW_PX = 24
 
 Window = tuple[int, int, int, int]
 """(y0, y1, x0, x1) pixel bounds."""
+Rung = tuple[float, np.ndarray, np.ndarray, int]
+"""One factor of the size estimate's ladder: (factor, native boxes, scores, native view area)."""
 DetectBoxes = Callable[..., list[BoxMasks]]
 """``detect_boxes(images, cores=None)``: raw detections of each image; ``cores`` (one window per
 image) lets it skip work on detections whose box centre lies outside the window."""
@@ -105,7 +107,7 @@ def central_view(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, i
     return image[top : top + side, left : left + side], (top, left)
 
 
-def _ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule, workers: int = 1):
+def ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule, workers: int = 1) -> list[Rung]:
     """(factor, native boxes, scores, native view area) from 2 x max_factor down to min_factor;
     the views are detected ``workers`` at a time (``cpu_parallel.py``)."""
     views = []
@@ -136,7 +138,17 @@ def estimate_object_size(
     image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule, workers: int = 1
 ) -> float | None:
     """Typical object diameter (native px) of a 0..255 frame, or None when the model confirms
-    nothing at any factor.
+    nothing at any factor (``size_from_ladder`` of the frame's ``ladder_detections``)."""
+    return size_from_ladder(ladder_detections(image, detect_boxes, rule, workers), rule)
+
+
+def size_from_ladder(
+    ladder: list[Rung],
+    rule: ScaleRule,
+    few_objects_weight: float = FEW_OBJECTS_WEIGHT,
+    above_max_factor_weight: float = 0.0,
+) -> float | None:
+    """The typical diameter a ladder of detections points to, or None.
 
     A real object is seen at neighbouring factors of the ladder (the model's comfortable size
     band spans three octaves), while texture that happens to look like a small cavity at one
@@ -145,24 +157,28 @@ def estimate_object_size(
     detections per native area gives the estimate (weighting by diameter balances many small
     spurious detections against a few big ones; measured on held-out synthetic frames against
     counting, area and square-root weights, it was the most often within 1.6x of the truth); few
-    objects in a small view weigh less (``MIN_VIEW_PX``).
+    objects in a small view weigh ``few_objects_weight`` (``MIN_VIEW_PX``). The rung above
+    ``rule.max_factor`` only confirms its neighbour unless ``above_max_factor_weight`` > 0
+    (``benchmarks/bench_size_rules.py`` scores these weights).
     """
-    ladder = _ladder_detections(image, detect_boxes, rule, workers)
     best_weight, best_diameter = 0.0, None
     for index, (factor, boxes, scores, area) in enumerate(ladder):
         view_px = np.sqrt(area) * factor
-        if factor > rule.max_factor:
+        above_max = factor > rule.max_factor
+        if above_max and above_max_factor_weight <= 0:
             continue  # only there to confirm a neighbouring factor's detections
         diameters = box_diameters(boxes) * factor
         largest = min(COMFORTABLE_PX[1], view_px)
         keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= largest)
         neighbours = [ladder[i][1][ladder[i][2] >= CONFIRMING_SCORE] for i in (index - 1, index + 1) if 0 <= i < len(ladder)]
+        if not neighbours:
+            continue
         confirmed = keep & np.logical_or.reduce([_found_again(boxes, other) for other in neighbours])
         if not confirmed.any():
             continue
         density = float((scores[confirmed] * box_diameters(boxes[confirmed])).sum()) / area
         few = view_px < MIN_VIEW_PX and confirmed.sum() < MIN_SMALL_VIEW_OBJECTS
-        weight = density * (FEW_OBJECTS_WEIGHT if few else 1.0)
+        weight = density * (few_objects_weight if few else 1.0) * (above_max_factor_weight if above_max else 1.0)
         if weight > best_weight:
             best_weight, best_diameter = weight, float(np.median(diameters[confirmed])) / factor
     return best_diameter
