@@ -39,9 +39,10 @@ SLOW_FAMILIES = {"large_frames": 8}
 """Frames per family where one frame takes seconds (capped so the benchmark stays minutes long)."""
 
 
-def held_out_frames(source: str, count: int):
-    """(image, labels) of held-out frames of a realistic family or an older named preset."""
-    for index in range(count):
+def held_out_frames(source: str, count: int, first: int = 0):
+    """(image, labels) of ``count`` held-out frames of a realistic family or an older named preset,
+    from held-out frame ``first`` on."""
+    for index in range(first, first + count):
         yield family_frame(source, HELD_OUT_SEED + index)
 
 

@@ -109,10 +109,6 @@ def main(argv=None) -> None:
     write_section("roi_align", report(kernels, frames, difference, args))
 
 
-def arithmetics_note(frames: dict) -> str:
-    return "bfloat16" if "bfloat16" in frames else "float32"
-
-
 def report(kernels: dict, frames: dict, difference: dict, args) -> str:
     kernel_rows = "\n".join(
         f"| {name} | {row['torchvision_ms']:.1f} ms | {row['gather_ms']:.1f} ms | {row['max_abs_difference']:.1e} |"
@@ -141,7 +137,7 @@ bin as `F.embedding_bag` over the channels-last rows of its taps, with the kerne
 |---|{"---|" * len(columns)}
 {frame_rows}
 
-The 2048 px card frame ({arithmetics_note(frames)}) keeps its {difference['detections'][0]} detections; boxes move at most
+The 2048 px card frame ({columns[0]}) keeps its {difference['detections'][0]} detections; boxes move at most
 {difference['max_box_shift_px']:.1e} px, scores {difference['max_score_change']:.1e}, and a share
 {difference['share_of_pixels_relabelled']:.1e} of the instance image's pixels changes label (float rounding;
 `tests/test_engines.py` checks the kernel against torchvision's at the border, on sub-pixel boxes and in batches).

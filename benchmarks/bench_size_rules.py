@@ -16,30 +16,27 @@ from __future__ import annotations
 import argparse
 import pickle
 import time
-from functools import partial
+from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_detector import HELD_OUT_SEED
+from bench_detector import SLOW_FAMILIES, held_out_frames
 from results_file import detector_cache, emps_frame, emps_sources, write_section
 
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.base import as_grayscale
 from napari_detection_qc.engines.intensity import scale_to_255
-from napari_detection_qc.engines.scaling import (
-    ESTIMATE_MIN_SCORE,
-    FEW_OBJECTS_WEIGHT,
-    box_diameters,
-    ladder_detections,
-    size_from_ladder,
-)
+from napari_detection_qc.engines.scaling import FEW_OBJECTS_WEIGHT, box_diameters, size_from_ladder
 from napari_detection_qc.matching import boxes_from_labels
 from napari_detection_qc.study_frames import frame_plan, study_frame
-from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES, family_frame
+from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES
 
 COMMAND = "PYTHONPATH=src python benchmarks/bench_size_rules.py"
 CACHE = Path(__file__).parent / "cache" / "ladders"
+STUDY_FRAMES_PER_DOMAIN = 50
+"""As ``forest_study.py`` fits the default forest: 650 frames."""
 VARIANTS = {
     "shipped": {},
     "rung above the largest factor competes at half weight": {"above_max_factor_weight": 0.5},
@@ -55,38 +52,35 @@ VARIANTS = {
 }
 
 
-def frame_sets() -> dict:
-    """Name -> zero-argument callables, each giving one (image, labels)."""
-    def family_frames(first, stop_for):
-        return [
-            partial(family_frame, source, HELD_OUT_SEED + index)
-            for source in (*REALISTIC_FAMILIES, *PRESETS)
-            for index in range(first, stop_for(source))
-        ]
+def frame_sets() -> dict[str, Iterable]:
+    """Name -> lazy (image, labels) frames (made only where a set's ladders are not cached yet)."""
+    def family_frames(first: int, count: int) -> Iterable:
+        sources = (*REALISTIC_FAMILIES, *PRESETS)
+        return chain.from_iterable(
+            held_out_frames(source, min(count, SLOW_FAMILIES.get(source, count)), first) for source in sources
+        )
 
     sets = {
-        "model card frames (seeds 0-29)": family_frames(0, lambda source: 8 if source == "large_frames" else 30),
-        "further held-out frames (seeds 30-89)": family_frames(30, lambda source: 38 if source == "large_frames" else 90),
-        "forest study frames": [partial(study_frame, row.domain, row.severity, row.seed) for row in frame_plan(50).itertuples()],
+        "model card frames (seeds 0-29)": family_frames(0, 30),
+        "further held-out frames (seeds 30-89)": family_frames(30, 60),
+        "forest study frames": (
+            study_frame(row.domain, row.severity, row.seed) for row in frame_plan(STUDY_FRAMES_PER_DOMAIN).itertuples()
+        ),
     }
     stems = emps_sources()["stem"]
     if len(stems):
-        sets["EMPS (real)"] = [partial(emps_frame, stem) for stem in stems]
+        sets["EMPS (real)"] = (emps_frame(stem) for stem in stems)
     return sets
 
 
-def frame_ladders(detector, frames) -> list[dict]:
+def frame_ladders(detector, frames: Iterable) -> list[dict]:
     """Each labelled frame's true median diameter and the detector's ladder of detections."""
-    detect_boxes = partial(detector._detect_boxes, min_score=min(detector.score_threshold, ESTIMATE_MIN_SCORE), masks=False)
     rows = []
-    for make in frames:
-        image, labels = make()
+    for image, labels in frames:
         truth = boxes_from_labels(labels)[0]
         image = scale_to_255(as_grayscale(image), detector.normalisation)
-        if not len(truth) or image is None:
-            continue
-        ladder = ladder_detections(image, detect_boxes, detector.scale_rule)
-        rows.append({"true_diameter": float(np.median(box_diameters(truth))), "ladder": ladder})
+        if len(truth) and image is not None:
+            rows.append({"true_diameter": float(np.median(box_diameters(truth))), "ladder": detector.size_ladder(image)})
     return rows
 
 

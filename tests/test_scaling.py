@@ -12,7 +12,6 @@ from napari_detection_qc.engines.cpu_parallel import MAX_WORKERS, cpu_workers, m
 from napari_detection_qc.engines.intensity import ROBUST_CENTRE, scale_to_255
 from napari_detection_qc.engines.scaling import (
     ScaleRule,
-    estimate_object_size,
     ladder_detections,
     resample,
     size_from_ladder,
@@ -20,6 +19,11 @@ from napari_detection_qc.engines.scaling import (
 from napari_detection_qc.engines.tiling import OVERLAP_PX, TILE_PX, detect_in_tiles, tile_spans
 
 ROBUST = {"intensity": "robust"}
+
+
+def estimate_object_size(image, detect_boxes, rule):
+    """What a scale-aware detector's automatic size does, with a stand-in model."""
+    return size_from_ladder(ladder_detections(image, detect_boxes, rule), rule)
 
 
 def threshold_boxes(images, cores=None):

@@ -22,7 +22,15 @@ from ..signals import SignalOptions, blank_frame_signals, frame_signals
 from .boxmasks import BoxMasks
 from .cpu_parallel import cpu_workers
 from .intensity import scale_to_255
-from .scaling import ESTIMATE_MIN_SCORE, ScaleRule, Window, estimate_object_size, resample
+from .scaling import (
+    ESTIMATE_MIN_SCORE,
+    Rung,
+    ScaleRule,
+    Window,
+    ladder_detections,
+    resample,
+    size_from_ladder,
+)
 from .tiling import detect_in_tiles
 
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
@@ -145,11 +153,15 @@ class Detector(ABC):
         return None if image is None else self._estimate_object_size(image)
 
     def _estimate_object_size(self, image: np.ndarray) -> float | None:
-        """The estimate sees every detection down to its own floor, whatever this detector's
-        threshold, so a model shipped with a high threshold sizes frames as at 0.1."""
+        return size_from_ladder(self.size_ladder(image), self.scale_rule)
+
+    def size_ladder(self, image: np.ndarray) -> list[Rung]:
+        """The automatic size's detections of a 0..255 frame at each factor of its ladder. The
+        estimate sees every detection down to its own floor, whatever this detector's threshold,
+        so a model shipped with a high threshold sizes frames as at 0.1."""
         floor = min(self.score_threshold, ESTIMATE_MIN_SCORE)
         detect_boxes = partial(self._detect_boxes, min_score=floor, masks=False)
-        return estimate_object_size(image, detect_boxes, self.scale_rule, cpu_workers(self.device))
+        return ladder_detections(image, detect_boxes, self.scale_rule, cpu_workers(self.device))
 
     def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
         if size is None:

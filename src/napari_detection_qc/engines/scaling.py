@@ -25,7 +25,8 @@ from .boxmasks import BoxMasks
 from .cpu_parallel import map_on_cores
 
 ESTIMATE_REVISION = 3
-"""Bumped when ``estimate_object_size`` changes what it returns (benchmark caches key on it)."""
+"""Bumped when the automatic size (``ladder_detections``, ``size_from_ladder``) changes what it
+returns (benchmark caches key on it)."""
 ESTIMATE_VIEW_PX = 384
 """Side of the (resampled) view detected at each factor of the ladder."""
 CONFIDENT_SCORE = 0.5
@@ -134,21 +135,14 @@ def _found_again(boxes: np.ndarray, other: np.ndarray, min_iou: float = 0.3) -> 
     return (box_iou_matrix(boxes, other) >= min_iou).any(axis=1)
 
 
-def estimate_object_size(
-    image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule, workers: int = 1
-) -> float | None:
-    """Typical object diameter (native px) of a 0..255 frame, or None when the model confirms
-    nothing at any factor (``size_from_ladder`` of the frame's ``ladder_detections``)."""
-    return size_from_ladder(ladder_detections(image, detect_boxes, rule, workers), rule)
-
-
 def size_from_ladder(
     ladder: list[Rung],
     rule: ScaleRule,
     few_objects_weight: float = FEW_OBJECTS_WEIGHT,
     above_max_factor_weight: float = 0.0,
 ) -> float | None:
-    """The typical diameter a ladder of detections points to, or None.
+    """The typical object diameter (native px) a frame's ``ladder_detections`` point to, or None
+    when the model confirms nothing at any factor.
 
     A real object is seen at neighbouring factors of the ladder (the model's comfortable size
     band spans three octaves), while texture that happens to look like a small cavity at one

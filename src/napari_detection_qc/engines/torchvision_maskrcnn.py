@@ -237,7 +237,7 @@ def fast_roi_align(feature, rois, output_size, scale: float, sampling_ratio: int
     inference = not (torch.is_grad_enabled() and feature.requires_grad)
     if feature.device.type == "cpu" and sampling_ratio > 0 and inference:
         with torch.autocast("cpu", enabled=False):
-            return gather_roi_align(feature.float(), rois.float(), output_size, scale, sampling_ratio)
+            return gather_roi_align(feature.float(), rois, output_size, scale, sampling_ratio)
     # torchvision's kernel reads NCHW: one copy here rather than one per thread of the split
     return threaded_roi_align(feature.contiguous(), rois, output_size, scale, sampling_ratio)
 
