@@ -17,13 +17,17 @@ import json
 import platform
 import statistics
 import time
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 from results_file import emps_frame, emps_sources
 
-from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector
+from napari_detection_qc.engines import base, default_weights_path, load_checkpoint, load_detector
+from napari_detection_qc.engines.scaling import size_from_ladder
 from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.synthetic import (
     EMPTY_FRAME_FAMILIES,
@@ -224,8 +228,19 @@ def main(argv=None) -> None:
     parser.add_argument("--empty", type=int, default=40, help="held-out frames without cavities (0: none)")
     parser.add_argument("--emps", type=int, default=366, help="EMPS images to score (0: none)")
     parser.add_argument("--write-card", action="store_true", help="write models/default_detector.md")
+    parser.add_argument("--above-max-factor-weight", type=float, default=0.0,
+                        help="score the automatic size with this weight for the rung above the largest factor "
+                             "(scaling.size_from_ladder; 0: the shipped rule)")
     args = parser.parse_args(argv)
+    if args.above_max_factor_weight and args.write_card:
+        parser.error("--write-card describes the shipped size rule; drop --above-max-factor-weight")
     torch.set_num_threads(args.threads)
+    variant = partial(size_from_ladder, above_max_factor_weight=args.above_max_factor_weight)
+    with mock.patch.object(base, "size_from_ladder", variant) if args.above_max_factor_weight else nullcontext():
+        run(args)
+
+
+def run(args) -> None:
     detector = load_detector(args.spec, device="cpu")
     scores = {}
     if args.frames:
