@@ -7,7 +7,9 @@ true median cavity diameter, the bundled detector's automatic estimate, and the 
 whose estimate is within 1.6x of the truth (the model tolerates that much: it was trained with a
 simulated estimate error and a 2-3x size mix inside frames). Then the same on the real EMPS
 particle images (``../shared/real-data/emps``, skipped when absent): real images of another kind,
-whose particles often span a third of the frame or more.
+whose particles often span a third of the frame or more. The bundled model's size chooser was
+fitted on these EMPS images, so their line here is in-sample: ``bench_size_rules.py`` scores
+the chooser on EMPS papers it never saw.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def main(argv=None) -> None:
     print(f"all families: {np.mean(every):.2f} of {len(every)} estimates within {TOLERANCE}x")
     stems = emps_sources()["stem"][: args.emps]
     if len(stems):
-        report("EMPS (real)", detector, (emps_frame(stem) for stem in stems), show=False)
+        report("EMPS (real; the size chooser was fitted on these)", detector, (emps_frame(stem) for stem in stems), show=False)
     print(f"reproduce: {COMMAND} --frames {args.frames} --threads {args.threads} --emps {args.emps}")
 
 

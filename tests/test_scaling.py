@@ -14,6 +14,7 @@ from napari_detection_qc.engines.scaling import (
     ScaleRule,
     ladder_detections,
     resample,
+    rung_evidence,
     size_from_ladder,
 )
 from napari_detection_qc.engines.tiling import OVERLAP_PX, TILE_PX, detect_in_tiles, tile_spans
@@ -170,15 +171,15 @@ def test_a_few_objects_filling_a_small_view_weigh_less_than_small_objects():
     assert estimate_object_size(image, threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) == pytest.approx(10, rel=0.1)
 
 
-def test_the_rung_above_the_largest_factor_only_confirms_unless_given_a_weight():
+def test_the_rung_above_the_largest_factor_only_confirms():
     """4 px squares are comfortably sized only at twice the largest factor (12 px there, 6 px at
-    1.5): the shipped rule finds no size, a weight for that rung finds theirs."""
+    1.5), where frames are never resampled: the rule finds no size."""
     frame, _ = squares_frame((600, 600), side=4, spacing=12)
     rule = ScaleRule(22, 1 / 16, 1.5)
     ladder = ladder_detections(scale_to_255(frame, ROBUST), threshold_boxes, rule)
     assert ladder[0][0] == 3.0
     assert size_from_ladder(ladder, rule) is None
-    assert size_from_ladder(ladder, rule, above_max_factor_weight=0.5) == pytest.approx(4, rel=0.15)
+    assert rung_evidence(ladder, rule) == []
 
 
 def test_auto_object_size_is_none_when_nothing_is_found():

@@ -31,6 +31,7 @@ from .scaling import (
     resample,
     size_from_ladder,
 )
+from .size_chooser import SizeChooser
 from .tiling import detect_in_tiles
 
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
@@ -80,6 +81,7 @@ class Detector(ABC):
 
     engine: str
     scale_rule: ScaleRule | None = None
+    size_chooser: SizeChooser | None = None
 
     def __init__(
         self,
@@ -153,7 +155,7 @@ class Detector(ABC):
         return None if image is None else self._estimate_object_size(image)
 
     def _estimate_object_size(self, image: np.ndarray) -> float | None:
-        return size_from_ladder(self.size_ladder(image), self.scale_rule)
+        return size_from_ladder(self.size_ladder(image), self.scale_rule, chooser=self.size_chooser)
 
     def size_ladder(self, image: np.ndarray) -> list[Rung]:
         """The automatic size's detections of a 0..255 frame at each factor of its ladder. The

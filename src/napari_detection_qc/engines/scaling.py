@@ -6,9 +6,11 @@ A model that knows its trained size carries ``input.object_size`` in its header:
 ``d`` px across is resampled by ``clip(target_px / d, min_factor, max_factor)``.
 
 The automatic estimate asks the model itself (as cellpose's size model does, without a second
-model): a central view of the frame is detected at a ladder of factors; the factor whose
-confident, comfortably sized detections (confirmed at a neighbouring factor) weigh most wins, and
-the median size of those detections, divided by the factor, is the frame's typical diameter.
+model): a central view of the frame is detected at a ladder of factors; among the factors with
+confident, comfortably sized detections (confirmed at a neighbouring factor), the one the model's
+learned size chooser is surest of (``size_chooser.py``; without one, the one whose detections
+weigh most) wins, and the median size of its detections, divided by the factor, is the frame's
+typical diameter.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import torch.nn.functional as F
 from ..matching import box_iou_matrix
 from .boxmasks import BoxMasks
 from .cpu_parallel import map_on_cores
+from .size_chooser import SizeChooser
 
-ESTIMATE_REVISION = 3
+ESTIMATE_REVISION = 4
 """Bumped when the automatic size (``ladder_detections``, ``size_from_ladder``) changes what it
 returns (benchmark caches key on it)."""
 ESTIMATE_VIEW_PX = 384
@@ -135,32 +138,35 @@ def _found_again(boxes: np.ndarray, other: np.ndarray, min_iou: float = 0.3) -> 
     return (box_iou_matrix(boxes, other) >= min_iou).any(axis=1)
 
 
-def size_from_ladder(
-    ladder: list[Rung],
-    rule: ScaleRule,
-    few_objects_weight: float = FEW_OBJECTS_WEIGHT,
-    above_max_factor_weight: float = 0.0,
-) -> float | None:
-    """The typical object diameter (native px) a frame's ``ladder_detections`` point to, or None
-    when the model confirms nothing at any factor.
+@dataclass(frozen=True)
+class RungEvidence:
+    """What one factor of the ladder says about a frame's object size."""
+
+    weight: float
+    """Score x diameter of its confirmed detections per native area (the hand-set rule's weight)."""
+    few: bool
+    """Fewer than ``MIN_SMALL_VIEW_OBJECTS`` confirmed objects in a view under ``MIN_VIEW_PX``."""
+    diameter: float
+    """Its estimate: the median native diameter of its confirmed detections."""
+    features: np.ndarray
+    """What a learned chooser (``size_chooser.py``) sees: log2 factor, log view side, log(1 + count),
+    log weight, mean score, log median resampled diameter, share of kept detections confirmed, log
+    coverage, few, and log weight relative to the ladder's largest."""
+
+
+def rung_evidence(ladder: list[Rung], rule: ScaleRule) -> list[RungEvidence]:
+    """The evidence of each factor (up to ``rule.max_factor``) with confirmed detections.
 
     A real object is seen at neighbouring factors of the ladder (the model's comfortable size
     band spans three octaves), while texture that happens to look like a small cavity at one
     magnification is not; so only confident, comfortably sized detections that the next factor
-    up or down also finds count. The factor with the largest sum of score x diameter of such
-    detections per native area gives the estimate (weighting by diameter balances many small
-    spurious detections against a few big ones; measured on held-out synthetic frames against
-    counting, area and square-root weights, it was the most often within 1.6x of the truth); few
-    objects in a small view weigh ``few_objects_weight`` (``MIN_VIEW_PX``). The rung above
-    ``rule.max_factor`` only confirms its neighbour unless ``above_max_factor_weight`` > 0
-    (``benchmarks/bench_size_rules.py`` scores these weights).
+    up or down also finds count. The rung above ``rule.max_factor`` only confirms its neighbour.
     """
-    best_weight, best_diameter = 0.0, None
+    found = []
     for index, (factor, boxes, scores, area) in enumerate(ladder):
+        if factor > rule.max_factor:
+            continue
         view_px = np.sqrt(area) * factor
-        above_max = factor > rule.max_factor
-        if above_max and above_max_factor_weight <= 0:
-            continue  # only there to confirm a neighbouring factor's detections
         diameters = box_diameters(boxes) * factor
         largest = min(COMFORTABLE_PX[1], view_px)
         keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= largest)
@@ -168,11 +174,48 @@ def size_from_ladder(
         if not neighbours:
             continue
         confirmed = keep & np.logical_or.reduce([_found_again(boxes, other) for other in neighbours])
-        if not confirmed.any():
+        count = int(confirmed.sum())
+        if not count:
             continue
-        density = float((scores[confirmed] * box_diameters(boxes[confirmed])).sum()) / area
-        few = view_px < MIN_VIEW_PX and confirmed.sum() < MIN_SMALL_VIEW_OBJECTS
-        weight = density * (few_objects_weight if few else 1.0) * (above_max_factor_weight if above_max else 1.0)
-        if weight > best_weight:
-            best_weight, best_diameter = weight, float(np.median(diameters[confirmed])) / factor
-    return best_diameter
+        native = box_diameters(boxes[confirmed])
+        weight = float((scores[confirmed] * native).sum()) / area
+        median = float(np.median(diameters[confirmed]))
+        few = bool(view_px < MIN_VIEW_PX and count < MIN_SMALL_VIEW_OBJECTS)
+        features = [
+            np.log2(factor), np.log(view_px), np.log1p(count), np.log(weight), float(scores[confirmed].mean()),
+            np.log(median), count / int(keep.sum()), np.log(float((native**2).sum()) / area), float(few),
+        ]
+        found.append((weight, few, median / factor, features))
+    if not found:
+        return []
+    strongest = np.log(max(weight for weight, *_ in found))
+    return [
+        RungEvidence(weight, few, diameter, np.array([*features, np.log(weight) - strongest]))
+        for weight, few, diameter, features in found
+    ]
+
+
+def size_from_ladder(
+    ladder: list[Rung],
+    rule: ScaleRule,
+    few_objects_weight: float = FEW_OBJECTS_WEIGHT,
+    chooser: SizeChooser | None = None,
+) -> float | None:
+    """The typical object diameter (native px) a frame's ``ladder_detections`` point to, or None
+    when the model confirms nothing at any factor.
+
+    With a ``chooser`` (a model's learned one, ``size_chooser.py``) the rung it is surest of wins.
+    Without, the rung with the largest weight wins (weighting by diameter balances many small
+    spurious detections against a few big ones; measured on held-out synthetic frames against
+    counting, area and square-root weights, it was the most often within 1.6x of the truth), few
+    objects in a small view weighing ``few_objects_weight`` of theirs (``MIN_VIEW_PX``;
+    ``benchmarks/bench_size_rules.py`` scores these weights and the chooser).
+    """
+    rungs = rung_evidence(ladder, rule)
+    if not rungs:
+        return None
+    if chooser is not None:
+        best = int(np.argmax(chooser.scores(np.array([rung.features for rung in rungs]))))
+    else:
+        best = int(np.argmax([rung.weight * (few_objects_weight if rung.few else 1.0) for rung in rungs]))
+    return rungs[best].diameter

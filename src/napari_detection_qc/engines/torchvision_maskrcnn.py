@@ -47,6 +47,7 @@ from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
 from .low_rank import low_rank_conv
 from .roi_gather import gather_roi_align
 from .scaling import ScaleRule, Window, central_view
+from .size_chooser import SizeChooser
 from .tiling import TILE_PX
 
 PAPER_ANCHOR_SIZES = [4, 8, 16, 32, 64, 128, 256, 512]
@@ -502,6 +503,7 @@ class TorchvisionDetector(Detector):
             ) from error
         self.model.eval().to(self.device)
         self.scale_rule = ScaleRule.from_input_header(self.normalisation)
+        self.size_chooser = SizeChooser.from_input_header(self.normalisation)
         self.bfloat16 = self.device.type == "cpu" and native_bfloat16()
         """Detect with the convolutions (backbone, FPN, RPN head, mask head) in bfloat16: where the
         CPU computes it natively they run up to 2.5x faster (2048 px frame 1.75 -> 1.45 s on 2
