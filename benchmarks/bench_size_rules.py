@@ -141,10 +141,9 @@ def fit_chooser(rule, training: dict[str, list[dict]]) -> SizeChooser:
     return SizeChooser.fit(evidence, right, {name: len(rows) for name, rows in training.items()})
 
 
-def chooser_sizes(rule, ladders: dict[str, list[dict]]) -> dict[str, list]:
+def chooser_sizes(rule, ladders: dict[str, list[dict]], shipped: SizeChooser) -> dict[str, list]:
     """Each set's sizes by a chooser that never saw it (see the module docstring)."""
     fitting = [name for name in (STUDY, VALIDATION, EMPS) if name in ladders]
-    shipped = fit_chooser(rule, {name: ladders[name] for name in fitting})
     sizes = {name: [size_from_ladder(row["ladder"], rule, chooser=shipped) for row in ladders[name]]
              for name in (CARD, FURTHER)}
     held_out = {STUDY: KFold(5, shuffle=True, random_state=0).split(ladders[STUDY])}
@@ -186,7 +185,8 @@ def main(argv=None) -> None:
     scored = [name for name in (CARD, FURTHER, STUDY, EMPS) if name in ladders]
     sizes = {rule_name: {name: [size_from_ladder(row["ladder"], rule, **weights) for row in ladders[name]] for name in scored}
              for rule_name, weights in RULES.items()}
-    sizes[CHOOSER] = chooser_sizes(rule, ladders)
+    shipped = fit_chooser(rule, {name: ladders[name] for name in (STUDY, VALIDATION, EMPS) if name in ladders})
+    sizes[CHOOSER] = chooser_sizes(rule, ladders, shipped)
     scores = {rule_name: {name: mis_sized(rule, by_set[name], ladders[name]) for name in scored}
               for rule_name, by_set in sizes.items()}
     for rule_name, cells in scores.items():
@@ -200,10 +200,9 @@ def main(argv=None) -> None:
     if args.write:
         path = default_weights_path()
         header, state_dict = load_checkpoint(path)
-        chooser = fit_chooser(rule, {name: ladders[name] for name in (STUDY, VALIDATION, EMPS) if name in ladders})
-        header["input"]["object_size"]["chooser"] = chooser.to_header()
+        header["input"]["object_size"]["chooser"] = shipped.to_header()
         save_checkpoint(path, header, state_dict)
-        print(f"wrote the size chooser ({chooser.fitted_on}) into {path}")
+        print(f"wrote the size chooser ({shipped.fitted_on}) into {path}")
     emps_sentence = (
         f"\nDetected at these sizes (`--emps-f1`), the EMPS images' mean F1 is {emps_f1[next(iter(RULES))]:.3f} with the "
         f"hand-set rule and {emps_f1[CHOOSER]:.3f} with choosers that never saw the image's paper.\n" if emps_f1 else ""
