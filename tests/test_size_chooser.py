@@ -68,6 +68,14 @@ def test_a_chooser_needs_the_evidence_it_was_fitted_on():
         few_rung_chooser().scores(np.zeros((2, 7)))
 
 
+def test_a_header_whose_tree_points_back_is_refused_instead_of_looping():
+    header = few_rung_chooser().to_header()
+    header["trees"][0]["left"] = [1, 0, -1]  # node 1 sends its left walks back to the root
+    header["trees"][0]["right"] = [2, 2, -1]
+    with pytest.raises(ValueError, match="pointing outside its tree"):
+        SizeChooser.from_input_header({"object_size": {"chooser": header}})
+
+
 def test_models_without_a_chooser_load_and_use_the_rule():
     assert SizeChooser.from_input_header(ROBUST) is None
     assert SizeChooser.from_input_header({"object_size": {"target_px": 22, "min_factor": 0.0625, "max_factor": 1.5}}) is None

@@ -14,31 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 
 from .features import SCORE_BIN_NAMES
-
-TREE_LEAF = -1
-
-
-def tree_problem(tree, n_features: int) -> str | None:
-    """What is wrong with a fitted tree's node arrays, or None. Children must come after their
-    parent (as scikit-learn builds them), so every walk ends at a leaf."""
-    n_nodes = int(tree.node_count)
-    left, right, feature = tree.children_left, tree.children_right, tree.feature
-    if n_nodes < 1 or not len(left) == len(right) == len(feature) == n_nodes:
-        return "node arrays of inconsistent length"
-    if tree.n_features != n_features or tree.n_outputs != 1 or tree.value.shape[0] != n_nodes:
-        return "a tree of another shape than the forest"
-    leaf = left == TREE_LEAF
-    if np.any(leaf != (right == TREE_LEAF)):
-        return "a node with one child"
-    index = np.arange(n_nodes)
-    inner = ~leaf
-    if np.any((left[inner] <= index[inner]) | (left[inner] >= n_nodes)):
-        return "a node pointing outside its tree"
-    if np.any((right[inner] <= index[inner]) | (right[inner] >= n_nodes)):
-        return "a node pointing outside its tree"
-    if np.any((feature[inner] < 0) | (feature[inner] >= n_features)):
-        return "a node splitting on a feature that does not exist"
-    return None
+from .tree_arrays import tree_problem
 
 
 def pipeline_problem(pipeline, n_features: int) -> str | None:

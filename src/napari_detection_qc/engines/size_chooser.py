@@ -15,10 +15,13 @@ with NumPy, so detection needs neither scikit-learn nor a file of its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
+from ..tree_arrays import tree_problem
 
 WITHIN = 1.3
 """A rung is right when the factor its estimate asks for is within this ratio of the truth's.
@@ -76,8 +79,7 @@ class SizeChooser:
             for estimator in model.estimators_[:, 0]
         )
         chooser = cls(x.shape[1], trees, 0.0, float(model.learning_rate), dict(fitted_on, rungs=len(y), seed=seed))
-        offset = float(model.decision_function(x[:1])[0] - chooser.scores(x[:1])[0])
-        return cls(chooser.features, trees, offset, chooser.learning_rate, chooser.fitted_on)
+        return replace(chooser, offset=float(model.decision_function(x[:1])[0] - chooser.scores(x[:1])[0]))
 
     def to_header(self) -> dict[str, Any]:
         return {
@@ -90,10 +92,20 @@ class SizeChooser:
 
     @classmethod
     def from_input_header(cls, input_header: dict) -> SizeChooser | None:
-        """The chooser in a model's ``input.object_size.chooser``; None when it has none."""
+        """The chooser in a model's ``input.object_size.chooser``; None when it has none. Its trees
+        are checked first (``tree_arrays.py``): a node pointing back would make ``scores`` loop."""
         spec = (input_header.get("object_size") or {}).get("chooser")
         if spec is None:
             return None
         kinds = {"feature": np.int64, "threshold": np.float64, "left": np.int64, "right": np.int64, "value": np.float64}
         trees = tuple({key: np.asarray(tree[key], dtype=kind) for key, kind in kinds.items()} for tree in spec["trees"])
-        return cls(int(spec["features"]), trees, float(spec["offset"]), float(spec["learning_rate"]), spec["fitted_on"])
+        features = int(spec["features"])
+        for tree in trees:
+            nodes = SimpleNamespace(
+                node_count=len(tree["threshold"]), children_left=tree["left"], children_right=tree["right"],
+                feature=tree["feature"], n_features=features, n_outputs=1, value=tree["value"],
+            )
+            problem = tree_problem(nodes, features)
+            if problem:
+                raise ValueError(f"the size chooser holds {problem}")
+        return cls(features, trees, float(spec["offset"]), float(spec["learning_rate"]), spec["fitted_on"])
