@@ -140,6 +140,16 @@ def inference_note(arch: dict) -> str:
     return ("Inference: " + "; ".join(parts) + ".") if parts else ""
 
 
+def verifier_note(header: dict) -> str:
+    """The card's line on the detection verifier in a model's header (none: empty)."""
+    verifier = header.get("verifier")
+    if verifier is None:
+        return ""
+    return ("\n- Detection verifier (`engines/detection_verifier.py`): boosted trees over each detection's surroundings drop "
+            f"detections below probability {verifier['min_probability']:g}; fitted by `benchmarks/bench_verifier.py --write` "
+            f"on {verifier['fitted_on']['detections']} detections of frames this card does not score.")
+
+
 def model_card(path: Path, scores: dict, empty: dict, real: dict, timings: dict, threads: int, bfloat16: bool) -> str:
     header, _ = load_checkpoint(path)
     arch, training, scale = header["architecture"], header["training"], header["input"]["object_size"]
@@ -152,8 +162,9 @@ def model_card(path: Path, scores: dict, empty: dict, real: dict, timings: dict,
 ## Real EM images: EMPS (particles, not cavities; the detector never trained on them)
 The same scores on the EMPS images in `../shared/real-data/emps` (an unseen domain: the detector was
 trained on synthetic cavities only; fine-tune it on such images to do better). The size chooser in
-the model's header was fitted on these images' size ladders (with synthetic frames), so this row
-is partly in-sample; `benchmarks/bench_size_rules.py` scores it on papers it never saw. Reproduce: `{COMMAND}`.
+the model's header was fitted on these images' size ladders and its detection verifier on their
+detections (with synthetic frames), so this row is partly in-sample; `benchmarks/bench_size_rules.py`
+and `benchmarks/bench_verifier.py` score them on papers they never saw. Reproduce: `{COMMAND}`.
 
 | images | frames | mean F1 ± s.e. | mean precision | mean recall | pooled F1 | frames with objects, no detection | frames with objects: their mean F1 |
 |---|---|---|---|---|---|---|---|
@@ -187,7 +198,7 @@ makes the frame's F1 0. Reproduce: `{COMMAND}`.
   channels; each frame resampled so its typical cavity is {scale["target_px"]:g} px across (factor
   {scale["min_factor"]:g}-{scale["max_factor"]:g}; object size `auto` estimates it per frame with the model
   itself and the size chooser in its header), detected in tiles of at most 1024 px overlapping by at least 128 px, results mapped back to
-  the native pixel grid.
+  the native pixel grid.{verifier_note(header)}
 - Arithmetic: on CPUs with native bfloat16 (AVX512-BF16 or AMX) the convolutions of backbone, FPN,
   RPN head and mask head run in bfloat16 (boxes, scores and embeddings stay float32); elsewhere
   everything is float32. This card: {"bfloat16" if bfloat16 else "float32"}.

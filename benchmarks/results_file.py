@@ -1,6 +1,8 @@
 """Shared by the benchmark scripts: each writes its own section of benchmarks/RESULTS.md between
 its markers, leaving the other scripts' sections as they are, and caches per detector."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +28,17 @@ def write_section(marker: str, text: str) -> None:
     RESULTS.write_text(current)
 
 
-def detector_cache(root: Path, detector) -> Path:
+def detector_cache(root: Path, detector, verified: bool = True) -> Path:
     """Cache folder for one detector's outputs: its weights, score threshold, RPN objectness cut,
-    detection cap and arithmetic (bfloat16 convolutions), and the revisions of the object-size
-    estimate and of the tile layout decide them."""
+    detection cap and arithmetic (bfloat16 convolutions), the revisions of the object-size
+    estimate and of the tile layout, and (``verified``: outputs after it) its detection verifier."""
     rpn_cut = getattr(detector, "architecture", {}).get("rpn", {}).get("score_thresh_test", 0.0)
+    verifier = getattr(detector, "verifier", None) if verified else None
+    verifier_key = "" if verifier is None else "_verifier" + hashlib.sha256(
+        json.dumps(verifier.to_header(), sort_keys=True).encode()).hexdigest()[:8]
     return root / (f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
                    f"_tiles{TILING_REVISION}{f'_rpn{rpn_cut:g}' if rpn_cut else ''}"
-                   f"_max{detector.max_detections}{'_bf16' if getattr(detector, 'bfloat16', False) else ''}")
+                   f"_max{detector.max_detections}{'_bf16' if getattr(detector, 'bfloat16', False) else ''}{verifier_key}")
 
 
 def emps_sources() -> pd.DataFrame:

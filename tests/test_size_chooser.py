@@ -64,7 +64,7 @@ def test_a_chooser_overrules_the_hand_set_rule():
 
 
 def test_a_chooser_needs_the_evidence_it_was_fitted_on():
-    with pytest.raises(ValueError, match="needs 10 features"):
+    with pytest.raises(ValueError, match="needs 10 features per row"):
         few_rung_chooser().scores(np.zeros((2, 7)))
 
 

@@ -43,20 +43,19 @@ def box_iou_matrix(boxes_a, boxes_b) -> np.ndarray:
     return iou
 
 
-def greedy_true_positives(iou: np.ndarray, iou_threshold: float) -> int:
-    """The paper's matching over a (ground truth, prediction) IoU matrix; returns TP."""
+def greedy_matches(iou: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """The paper's matching over a (ground truth, prediction) IoU matrix: which predictions are
+    true positives."""
     n_true, n_pred = iou.shape
+    matched = np.zeros(n_pred, dtype=bool)
     if n_true == 0 or n_pred == 0:
-        return 0
-    available = np.ones(n_pred, dtype=bool)
-    tp = 0
+        return matched
     for row in iou:
-        candidates = np.where(available, row, -1.0)
+        candidates = np.where(matched, -1.0, row)
         best = int(np.argmax(candidates))
         if candidates[best] >= iou_threshold:
-            tp += 1
-            available[best] = False
-    return tp
+            matched[best] = True
+    return matched
 
 
 def scores_from_counts(tp: int, n_pred: int, n_true: int) -> MatchResult:
@@ -76,7 +75,7 @@ def match_frame(pred_boxes, true_boxes, iou_threshold: float = PAPER_IOU_THRESHO
         raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold}")
     pred = as_boxes(pred_boxes)
     true = as_boxes(true_boxes)
-    tp = greedy_true_positives(box_iou_matrix(true, pred), iou_threshold)
+    tp = int(greedy_matches(box_iou_matrix(true, pred), iou_threshold).sum())
     return scores_from_counts(tp, len(pred), len(true))
 
 

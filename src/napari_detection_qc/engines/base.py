@@ -21,6 +21,7 @@ from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
 from ..signals import SignalOptions, blank_frame_signals, frame_signals
 from .boxmasks import BoxMasks
 from .cpu_parallel import cpu_workers
+from .detection_verifier import DetectionVerifier, detection_evidence
 from .intensity import scale_to_255
 from .scaling import (
     ESTIMATE_MIN_SCORE,
@@ -82,6 +83,7 @@ class Detector(ABC):
     engine: str
     scale_rule: ScaleRule | None = None
     size_chooser: SizeChooser | None = None
+    verifier: DetectionVerifier | None = None
 
     def __init__(
         self,
@@ -165,18 +167,31 @@ class Detector(ABC):
         detect_boxes = partial(self._detect_boxes, min_score=floor, masks=False)
         return ladder_detections(image, detect_boxes, self.scale_rule, cpu_workers(self.device))
 
-    def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
+    def detect_resampled(self, image: np.ndarray, size: float | None = None) -> tuple[np.ndarray, BoxMasks]:
+        """A 0..255 frame resampled to the detector's scale for objects of ``size`` (None: the
+        automatic estimate) and its detections there, before the verifier."""
         if size is None:
             size = self._estimate_object_size(image)
         self.last_object_sizes.append(size)
-        factor = self.scale_rule.factor_for(size)
-        resampled = resample(image, factor)
-        workers = cpu_workers(self.device)
-        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size, workers).top(self.max_detections)
+        resampled = resample(image, self.scale_rule.factor_for(size))
+        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size, cpu_workers(self.device))
+        return resampled, found.top(self.max_detections)
+
+    def verified(self, resampled: np.ndarray, found: BoxMasks) -> BoxMasks:
+        """The detections this model's verifier keeps (all of them without one)."""
+        if self.verifier is None or not len(found):
+            return found
+        evidence = detection_evidence(resampled, found.boxes, found.scores, found.mask_probs, self.scale_rule.target_px)
+        return found.select(self.verifier.keep(evidence))
+
+    def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
+        resampled, found = self.detect_resampled(image, size)
+        found = self.verified(resampled, found)
         back = (image.shape[0] / resampled.shape[0], image.shape[1] / resampled.shape[1])
         detections = found.scaled(*back).to_detections(image.shape)
         if options is None:
             return detections
+        workers = cpu_workers(self.device)
 
         def detect_view(view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             boxes_only = partial(self._detect_boxes, masks=False)

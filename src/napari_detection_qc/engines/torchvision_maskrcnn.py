@@ -44,6 +44,7 @@ from ..detections import FrameDetections
 from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
 from .boxmasks import BoxMasks
 from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
+from .detection_verifier import DetectionVerifier
 from .low_rank import low_rank_conv
 from .roi_gather import gather_roi_align
 from .scaling import ScaleRule, Window, central_view
@@ -504,6 +505,7 @@ class TorchvisionDetector(Detector):
         self.model.eval().to(self.device)
         self.scale_rule = ScaleRule.from_input_header(self.normalisation)
         self.size_chooser = SizeChooser.from_input_header(self.normalisation)
+        self.verifier = DetectionVerifier.from_model_header(header) if self.scale_rule else None
         self.bfloat16 = self.device.type == "cpu" and native_bfloat16()
         """Detect with the convolutions (backbone, FPN, RPN head, mask head) in bfloat16: where the
         CPU computes it natively they run up to 2.5x faster (2048 px frame 1.75 -> 1.45 s on 2
