@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector, save_checkpoint
-from napari_detection_qc.engines.detection_verifier import EVIDENCE, DetectionVerifier, detection_evidence
+from napari_detection_qc.engines.detection_verifier import (
+    EVIDENCE,
+    DetectionVerifier,
+    detection_evidence,
+    kept_detections,
+)
 from napari_detection_qc.engines.registry import DetectorLoadError
 from napari_detection_qc.matching import box_iou_matrix, greedy_matches
 from napari_detection_qc.synthetic import make_frame
@@ -114,3 +119,11 @@ def test_greedy_matches_name_the_matched_predictions():
     predictions = np.array([[50, 50, 60, 60], [1, 1, 10, 10], [0, 0, 8, 8], [21, 21, 30, 30]])
     matched = greedy_matches(box_iou_matrix(truth, predictions), 0.1)
     np.testing.assert_array_equal(matched, [False, True, False, True])
+
+
+def test_a_frame_keeps_its_most_probable_detection_unless_even_that_is_unlikely():
+    np.testing.assert_array_equal(kept_detections(np.array([0.3, 0.9, 0.1]), 0.5, 0.1), [False, True, False])
+    np.testing.assert_array_equal(kept_detections(np.array([0.3, 0.15, 0.1]), 0.5, 0.1), [True, False, False])
+    np.testing.assert_array_equal(kept_detections(np.array([0.05, 0.02]), 0.5, 0.1), [False, False])
+    assert kept_detections(np.zeros(0), 0.5, 0.1).shape == (0,)
+    assert constant_verifier(np.log(0.3 / 0.7)).keep(np.zeros((3, len(EVIDENCE)))).sum() == 1
