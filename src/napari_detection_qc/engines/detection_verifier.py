@@ -92,10 +92,11 @@ def _ring_radius() -> np.ndarray:
 
 KEEP_BEST_ABOVE = 0.1
 """Where the verifier would drop every detection of a frame, the most probable one stays if its
-probability is at least this. On frames it never saw, a verifier without this left 10 of 366 EMPS
-images (real, every one holds particles) without any detection and two card frames with
-cavities; with it 6 and none, for half of its gain on frames without cavities (F1 0.68 -> 0.55 on
-the card's 40); 0.05 left 4 EMPS images empty but gave back most of that gain (0.35)."""
+probability is at least this: a frame that holds objects and gets no detection at all is the
+failure users notice first. On frames the verifier never saw (``bench_verifier.py``), EMPS images
+(real; every one holds particles) left without any detection: 2 of 366 without a verifier, 14
+with one allowed to drop everything, 10 with this rule; the price is half the gain on frames
+without cavities (F1 0.05 -> 0.46 instead of 0.70)."""
 
 
 def kept_detections(probability: np.ndarray, min_probability: float, keep_best_above: float) -> np.ndarray:
