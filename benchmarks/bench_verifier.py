@@ -21,6 +21,7 @@ import argparse
 import pickle
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,7 @@ from napari_detection_qc.synthetic import (
 )
 
 COMMAND = "PYTHONPATH=src python benchmarks/bench_verifier.py"
-CACHE = __import__("pathlib").Path(__file__).parent / "cache" / "verifier"
+CACHE = Path(__file__).parent / "cache" / "verifier"
 FIT_SEED = 2_000_000
 FAMILY_FRAMES = 130
 """Per realistic family (large frames left out: seconds each)."""
