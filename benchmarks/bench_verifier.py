@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from bench_size_rules import VALIDATION_SEED
 from results_file import detector_cache, emps_frame, emps_sources, write_section
 from sklearn.model_selection import GroupKFold
 
@@ -56,7 +57,8 @@ from napari_detection_qc.synthetic import (
 
 COMMAND = "PYTHONPATH=src python benchmarks/bench_verifier.py"
 CACHE = Path(__file__).parent / "cache" / "verifier"
-FIT_SEED = 2_000_000
+FIT_SEED = VALIDATION_SEED
+"""The size chooser's validation seeds: frames no model card or study scores."""
 FAMILY_FRAMES = 130
 """Per realistic family (large frames left out: seconds each)."""
 PRESET_FRAMES = 24
@@ -126,7 +128,8 @@ def held_out_probabilities(rows: list[dict]) -> list[np.ndarray]:
     """Each frame's detections' probabilities by a verifier fitted without its fold."""
     synthetic = [i for i, row in enumerate(rows) if row["source"] != EMPS]
     real = [i for i, row in enumerate(rows) if row["source"] == EMPS]
-    doi = dict(zip(emps_sources()["stem"], emps_sources()["doi"]))
+    sources = emps_sources()
+    doi = dict(zip(sources["stem"], sources["doi"]))
     folds = [[synthetic[i] for i in test] for _, test in GroupKFold(5).split(synthetic, groups=[rows[i]["name"] for i in synthetic])]
     if real:
         folds += [[real[i] for i in test] for _, test in GroupKFold(5).split(real, groups=[doi[rows[i]["name"]] for i in real])]
@@ -162,7 +165,7 @@ def frames_left_empty(rows: list[dict], probabilities: list[np.ndarray], cut: fl
                 "source": row["source"],
                 "none": not len(row["boxes"]),
                 "shipped": not kept_detections(probability, cut, KEEP_BEST_ABOVE).any(),
-                "without keeping the best": not (probability >= cut).any(),
+                "without keeping the best": not kept_detections(probability, cut, np.inf).any(),
             })
     return pd.DataFrame(records).groupby("source", sort=False).sum().astype(int)
 

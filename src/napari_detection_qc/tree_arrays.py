@@ -1,5 +1,6 @@
 """Checks of a fitted decision tree's node arrays before anything walks them (no scikit-learn
-import: the detector's size chooser walks such trees with NumPy at detection).
+import: the detector's size chooser and detection verifier walk such trees with NumPy at
+detection, ``engines/boosted_trees.py``).
 
 A file made only of allowed types can still hold trees whose nodes point outside their arrays or
 back at an earlier node; a walk would then read out of bounds or never end.
