@@ -488,6 +488,17 @@ def test_usage_errors_exit_2(tmp_path, tiny_model, capsys):
     assert main(["score", str(tmp_path)]) == 2
 
 
+def test_second_look_is_on_unless_switched_off():
+    from napari_detection_qc.cli import build_parser, detector_spec
+
+    parser = build_parser()
+    assert detector_spec(parser.parse_args(["detect", "x.tif", "--out", "o"])).second_look
+    spec = detector_spec(parser.parse_args(["detect", "x.tif", "--out", "o", "--no-second-look"]))
+    assert not spec.second_look
+    detector = spec.load()
+    assert detector.verifier is None and detector.metadata()["second_look"] is False
+
+
 def test_object_size_option_is_parsed_and_checked():
     from napari_detection_qc.cli import build_parser
 

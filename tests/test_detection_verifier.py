@@ -105,6 +105,14 @@ def test_the_bundled_detector_carries_its_verifier():
     assert 0 < verifier.min_probability < 1 and verifier.fitted_on["detections"] > 10_000
 
 
+def test_the_second_look_can_be_switched_off_and_says_so():
+    image = make_frame(1_000_321, (256, 256), "clean")[0]
+    with_it, without = load_detector("default", device="cpu"), load_detector("default", device="cpu", second_look=False)
+    assert with_it.metadata()["second_look"] and not without.metadata()["second_look"]
+    assert without.verifier is None
+    assert without.predict(image).count >= with_it.predict(image).count
+
+
 def test_a_malformed_verifier_is_a_load_error(tmp_path):
     header, state = load_checkpoint(default_weights_path())
     header["verifier"] = constant_verifier(1.0).to_header()

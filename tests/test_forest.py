@@ -124,6 +124,11 @@ def test_detector_mismatch_warning(fitted):
     forest.detector = {"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.5}
     assert forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.5}) is None
     assert ">= 0.5" in forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.1})
+    # same weights, the second look switched off: more (background) detections than it was fitted on
+    forest.detector = {"name": "A", "weights_sha256": "a" * 64, "second_look": True}
+    assert forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "second_look": True}) is None
+    assert forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64}) is None  # stored before the switch
+    assert "without it" in forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "second_look": False})
 
 
 class RunsCode:

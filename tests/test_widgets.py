@@ -587,3 +587,21 @@ def test_object_size_reaches_the_detector_and_its_record(make_napari_viewer, qtb
     widget.run()
     wait_for(qtbot, widget)
     assert viewer.layers["one masks"].metadata["detection_qc"]["detector"]["object_size"] == 24.0
+
+
+def test_second_look_switch_reaches_the_detector_and_its_record(make_napari_viewer, qtbot, small_stack):
+    from napari_detection_qc.widgets import DetectionWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_stack[0][0], name="one")
+    widget = DetectionWidget(viewer)
+    assert widget.second_look.value
+    widget.run()
+    wait_for(qtbot, widget)
+    assert viewer.layers["one masks"].metadata["detection_qc"]["detector"]["second_look"] is True
+    kept = len(viewer.layers["one boxes"].data)
+    widget.second_look.value = False
+    widget.run()
+    wait_for(qtbot, widget)
+    assert viewer.layers["one masks"].metadata["detection_qc"]["detector"]["second_look"] is False
+    assert len(viewer.layers["one boxes"].data) >= kept

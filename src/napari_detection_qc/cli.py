@@ -70,6 +70,7 @@ def detector_spec(args):
         args.max_detections,
         args.object_size,
         args.signals,
+        args.second_look,
     )
 
 
@@ -278,6 +279,13 @@ def add_detector_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="typical cavity diameter in pixels at the image's native resolution, or auto (estimated per frame)",
     )
+    parser.add_argument(
+        "--no-second-look",
+        dest="second_look",
+        action="store_false",
+        help="keep the detections the model's second look (its detection verifier) would drop as background; "
+        "try it where real objects go missing",
+    )
 
 
 def add_finetune_command(commands) -> None:
@@ -310,7 +318,8 @@ def add_finetune_command(commands) -> None:
     finetune.add_argument("--seed", type=int, default=0, help="random seed of the training crops")
     finetune.add_argument("--no-progress", action="store_true", help="no progress bar")
     finetune.set_defaults(
-        run=run_finetune, score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS, object_size=None, signals="none"
+        run=run_finetune, score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS, object_size=None, signals="none",
+        second_look=True,
     )
 
 

@@ -719,6 +719,12 @@ class QualityForest:
                 f"this forest was fitted on detections scoring >= {float(fitted_at):g} but the layers keep scores "
                 f">= {float(used):g}; detect at the model's own threshold for calibrated predictions"
             )
+        fitted_with, used_with = self.detector.get("second_look"), layer_detector.get("second_look")
+        if fitted_with is not None and used_with is not None and bool(fitted_with) != bool(used_with):
+            return (
+                f"this forest was fitted on detections {'after' if fitted_with else 'without'} the detector's second "
+                f"look but the layers were detected {'without' if fitted_with else 'with'} it; predicted quality may be off"
+            )
         return None
 
 

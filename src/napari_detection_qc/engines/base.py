@@ -121,6 +121,7 @@ class Detector(ABC):
             "weights_sha256": self.weights_sha256,
             "score_threshold": self.score_threshold,
             "max_detections": self.max_detections,
+            "second_look": self.verifier is not None,
         }
         if self.weights_path is not None:
             description["weights_path"] = self.weights_path

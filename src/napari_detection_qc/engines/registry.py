@@ -25,6 +25,7 @@ def load_detector(
     score_threshold: float | None = None,
     max_detections: int = DEFAULT_MAX_DETECTIONS,
     batch_size: int | None = None,
+    second_look: bool = True,
 ) -> Detector:
     """A ready detector from ``"default"`` (the bundled model), a torchvision-engine checkpoint
     path, a detectron2 ``model_final.pth`` path, or a ``(config_yaml, weights_pth)`` pair.
@@ -33,12 +34,20 @@ def load_detector(
     torchvision engine (no detectron2 needed). ``score_threshold=None`` is the model's own
     (fine-tuned checkpoints carry one), else 0.1. A detector loaded from a file knows its path
     (``weights_path``), so the forest fitted for it beside the file can be found.
+    ``second_look=False`` keeps every detection the model's verifier would drop
+    (``detection_verifier.py``), for frames where it drops real objects.
     """
+    detector = _load(spec, dict(
+        device=device, score_threshold=score_threshold, max_detections=max_detections, batch_size=batch_size
+    ))
+    if not second_look:
+        detector.verifier = None
+    return detector
+
+
+def _load(spec, options: dict) -> Detector:
     from .torchvision_maskrcnn import TorchvisionDetector
 
-    options = dict(
-        device=device, score_threshold=score_threshold, max_detections=max_detections, batch_size=batch_size
-    )
     if isinstance(spec, str) and spec == "default":
         path = default_weights_path()
         if not path.is_file():

@@ -45,6 +45,8 @@ class DetectorSpec:
     signals: str = "none"
     """The detector's label-free signals stored with each frame: none, cheap (backbone embedding)
     or all (and TTA agreement, adding about 0.8x the detection time (box-only passes)); see ``signals.py``."""
+    second_look: bool = True
+    """False keeps the detections the model's verifier would drop (``load_detector``)."""
 
     def load(self):
         from ..engines import load_detector
@@ -52,7 +54,8 @@ class DetectorSpec:
         check_device(self.device)
         spec = self.model if self.config is None else (self.config, self.model)
         return load_detector(
-            spec, device=self.device, score_threshold=self.score_threshold, max_detections=self.max_detections
+            spec, device=self.device, score_threshold=self.score_threshold, max_detections=self.max_detections,
+            second_look=self.second_look,
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton, RadioButtons, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QEventLoop, QTimer
@@ -59,6 +59,10 @@ def image_frames(layer: Image) -> tuple[np.ndarray, bool]:
         "(split other axes into separate layers first)"
     )
 
+SECOND_LOOK_TOOLTIP = ("the bundled model looks again at each detection's surroundings and drops those that look "
+                       "like background (blotches, bright gaps between bend contours); untick it to keep every "
+                       "detection when real, faint objects go missing. Its quality forest was fitted with it on")
+
 
 class DetectionWidget(Step):
     def __init__(self, napari_viewer):
@@ -79,6 +83,8 @@ class DetectionWidget(Step):
                                         tooltip="typical cavity diameter in pixels; auto lets the detector decide")
         self.object_size.native.setSpecialValueText("auto")
         self.pixel_size = FloatSpinBox(label="pixel size (nm, 0 = unknown)", value=0.0, min=0.0, max=1e6, step=0.1)
+        self.second_look = CheckBox(text="second look (drop likely background)", value=True,
+                                    tooltip=SECOND_LOOK_TOOLTIP)
         self.signals = ComboBox(label="quality signals", choices=SIGNAL_LEVELS, value="cheap", tooltip=SIGNALS_TOOLTIP)
         self.scope = RadioButtons(label="run on", choices=[CURRENT_FRAME, WHOLE_STACK], value=WHOLE_STACK,
                                   orientation="horizontal")
@@ -91,7 +97,7 @@ class DetectionWidget(Step):
         self.progress_bar.setVisible(False)
         self.progress_text = StatusLine()
         self.add_section("Image and detector", self.image, self.engine, self.weights, self.config, self.device,
-                         self.threshold, self.max_detections, self.object_size, self.pixel_size, self.signals)
+                         self.threshold, self.max_detections, self.object_size, self.second_look, self.pixel_size, self.signals)
         self.add_section("Run", self.scope, row(self.run_button, self.cancel_button), self.resize_button,
                          self.progress_bar, self.progress_text)
 
@@ -209,7 +215,7 @@ class DetectionWidget(Step):
         self._start_progress(len(indices))
         self._prepare_layers(layer, frames, is_2d)
         options = dict(device=self.device.value, score_threshold=self.threshold.value or None,
-                       max_detections=self.max_detections.value)
+                       max_detections=self.max_detections.value, second_look=self.second_look.value)
         self._run_object_size, self._run_size_origin = object_size, size_origin
         self.resize_button.enabled = False
         self.worker = create_worker(
