@@ -155,9 +155,13 @@ def model_card(path: Path, scores: dict, empty: dict, real: dict, timings: dict,
     arch, training, scale = header["architecture"], header["training"], header["input"]["object_size"]
     threshold = header.get("score_threshold", 0.1)
     chosen = header.get("score_threshold_choice")
-    choice = (f", chosen by `scripts/choose_score_threshold.py` on validation seeds {chosen['validation_seeds']}: "
-              f"mean F1 over sources {chosen['mean_f1_at_0.1']:.3f} at 0.1, {chosen['mean_f1']:.3f} at {threshold:g}"
-              if chosen else "")
+    if chosen and "command" in chosen:
+        choice = f": {chosen['rule']}, `{chosen['command']}`"
+    elif chosen:
+        choice = (f", chosen by `scripts/choose_score_threshold.py` on validation seeds {chosen['validation_seeds']}: "
+                  f"mean F1 over sources {chosen['mean_f1_at_0.1']:.3f} at 0.1, {chosen['mean_f1']:.3f} at {threshold:g}")
+    else:
+        choice = ""
     real_section = f"""
 ## Real EM images: EMPS (particles, not cavities; the detector never trained on them)
 The same scores on the EMPS images in `../shared/real-data/emps` (an unseen domain: the detector was

@@ -44,6 +44,18 @@ HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "study"
 TABLE_PATH = HERE / "data" / "synthetic_study_table.csv"
 FIGURES = HERE / "figures"
+MIN_FEATURES = 8
+"""The SHAP sweep's smallest feature count: the paper's forest's. The sweep is flat on synthetic
+domains (held-out MAE 0.042-0.048 from 2 to 18 features with the session-16 detector), so it could
+pick a forest that sees scores alone; such a forest cannot tell a natural image's detections from
+cavities. Measured on the 20 natural images (session 16): called in domain 4 with 2 features,
+2 with 5, 1 with 8."""
+SAME_MAE = 0.003
+"""Held-out MAE differences up to this are noise between feature sets (a few changed frames move
+the sweep by as much): the paper's 8 features are kept unless another set beats them by more.
+They include object sizes, which real failures need: in the signals study (session 16) the
+shipped recipe with the paper's 8 features caught 0.90 of the failing EMPS images of unseen papers,
+with the SHAP top-8 (no size feature; 0.001 better on held-out synthetic domains) 0.88."""
 PAPER_GROUPED = {"rmse": 0.156, "mae": 0.121, "r2": 0.290, "nrmse": 0.703, "nmae": 0.290}
 PAPER_RANDOM = {"rmse": 0.107, "mae": 0.082, "r2": 0.444, "nrmse": 0.575, "nmae": 0.129}
 PAPER_ALL = {"f1": {"rmse": 0.127, "mae": 0.093, "r2": 0.774, "nrmse": 0.475, "nmae": 0.167},
@@ -137,6 +149,14 @@ def coverage(predictions: pd.DataFrame, target: str = "f1") -> tuple[float, floa
     return float(inside.mean()), float((predictions[f"{target}_high"] - predictions[f"{target}_low"]).mean())
 
 
+def preferred_set(sets: list[dict]) -> dict:
+    """The paper's 8 features unless a set's held-out (grouped) F1 MAE is lower by over ``SAME_MAE``;
+    then the best set (``sets`` sorted best last)."""
+    mae = {s["name"]: s["grouped"].summary.loc["f1", "mae"] for s in sets}
+    paper = next(s for s in sets if s["name"] == "paper 8")
+    return paper if mae["paper 8"] - mae[sets[-1]["name"]] <= SAME_MAE else sets[-1]
+
+
 def natural_images_check(detector, forest: QualityForest) -> pd.DataFrame:
     """Predicted F1 on scikit-image's natural images, where no cavity exists (true F1 = 0)."""
     from skimage import data
@@ -214,8 +234,10 @@ def report(table, sets, sweep, natural, seconds, command) -> str:
         lines.append(f"| {s['name']} ({len(s['features'])}) | leave-one-domain-out | {metrics_row(s['grouped'].summary.loc['f1'])} |")
     lines.append(f"| paper | average of random splits | {metrics_row(PAPER_RANDOM)} |")
     lines.append(f"| paper | average of grouped splits | {metrics_row(PAPER_GROUPED)} |")
-    best = sets[-1]
-    lines += ["", f"Per held-out domain ({best['name']}):", "",
+    best = preferred_set(sets)
+    lines += ["", f"The default forest's features: {best['name']} (the paper's 8 unless another set's held-out MAE "
+              f"is lower by over {SAME_MAE}; the SHAP candidate has at least {MIN_FEATURES} features).", "",
+              f"Per held-out domain ({best['name']}):", "",
               "| held-out domain | n | RMSE | MAE | R2 | NRMSE | NMAE | in-domain flag rate | interval coverage |",
               "|---|---|---|---|---|---|---|---|---|"]
     folds = best["grouped"].folds
@@ -284,11 +306,11 @@ def main(argv=None) -> None:
     all_forest = QualityForest(features=extended).fit(table[list(CANDIDATE_FEATURES)], table[list(TARGETS)])
     ranking = list(feature_ranking(all_forest).index)
     sweep = f1_sweep(ranking, table, max(1, args.repeats // 5))
-    best_k = int(sweep.sort_values(["grouped_mae", "random_mae"]).iloc[0]["k"])
+    best_k = int(sweep[sweep["k"] >= MIN_FEATURES].sort_values(["grouped_mae", "random_mae"]).iloc[0]["k"])
     candidates = [("paper 8", PAPER_FEATURES), ("all 18", extended), (f"SHAP top-{best_k}", tuple(ranking[:best_k]))]
     sets = [evaluate_set(name, features, table, args.repeats) for name, features in candidates]
     sets.sort(key=lambda s: s["grouped"].summary.loc["f1", "mae"], reverse=True)  # best last
-    best = sets[-1]
+    best = preferred_set(sets)
     for s in sets:
         print(f"  {s['name']}: random F1 MAE {s['random'].summary.loc['f1', 'mae']:.3f}, "
               f"grouped F1 MAE {s['grouped'].summary.loc['f1', 'mae']:.3f}")

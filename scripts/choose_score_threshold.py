@@ -1,4 +1,8 @@
-"""Choose the bundled detector's own score threshold on validation frames and write it into its header.
+"""Choose a detector's own score threshold on validation frames and write it into its header.
+
+For a detector without a detection verifier (a freshly trained checkpoint). The bundled model's
+threshold is its verifier's candidate threshold, chosen with the verifier by
+``benchmarks/bench_verifier.py --score-threshold``.
 
 The layers, features and forests use the detections a detector keeps; the default model's
 low-scoring detections are mostly false positives, so it ships a threshold chosen on the mean

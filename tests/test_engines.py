@@ -88,7 +88,7 @@ def test_default_model_is_bundled_and_finds_cavities(detector, frame):
 def test_metadata_names_engine_weights_and_threshold(detector):
     meta = detector.metadata()
     assert meta["engine"] == "torchvision"
-    # the bundled model carries its own threshold (scripts/choose_score_threshold.py); metadata reports it
+    # the bundled model carries its own threshold (bench_verifier.py --score-threshold); metadata reports it
     assert meta["score_threshold"] == detector.header["score_threshold"] > 0.1 and meta["max_detections"] == DEFAULT_MAX_DETECTIONS
     assert re.fullmatch("[0-9a-f]{64}", meta["weights_sha256"])
     assert detector.device.type in ("cpu", "cuda")
