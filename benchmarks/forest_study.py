@@ -219,7 +219,7 @@ def write_plots(table, best):
     plt.close(fig)
 
 
-def report(table, sets, sweep, natural, seconds, command) -> str:
+def report(table, sets, best, sweep, natural, seconds, command) -> str:
     lines = ["<!-- forest_study:start -->", "## Synthetic-domain study (issue 5): our detector, our generator", "",
              f"Command: `{command}` — {len(table)} frames over {table['domain'].nunique()} domains, "
              f"{seconds / 60:.1f} min on this 2-core CPU (detections cached; a rerun from cache is faster).", "",
@@ -234,7 +234,6 @@ def report(table, sets, sweep, natural, seconds, command) -> str:
         lines.append(f"| {s['name']} ({len(s['features'])}) | leave-one-domain-out | {metrics_row(s['grouped'].summary.loc['f1'])} |")
     lines.append(f"| paper | average of random splits | {metrics_row(PAPER_RANDOM)} |")
     lines.append(f"| paper | average of grouped splits | {metrics_row(PAPER_GROUPED)} |")
-    best = preferred_set(sets)
     lines += ["", f"The default forest's features: {best['name']} (the paper's 8 unless another set's held-out MAE "
               f"is lower by over {SAME_MAE}; the SHAP candidate has at least {MIN_FEATURES} features).", "",
               f"Per held-out domain ({best['name']}):", "",
@@ -345,7 +344,7 @@ def main(argv=None) -> None:
     forest.save(MODELS_DIR / "default_forest.skops")
     write_plots(table, best)
     command = "python benchmarks/forest_study.py"
-    write_section("forest_study", report(table, sets, sweep, natural, seconds, command))
+    write_section("forest_study", report(table, sets, best, sweep, natural, seconds, command))
     (HERE / "data" / "synthetic_study_summary.json").write_text(json.dumps({
         s["name"]: {"features": s["features"], "random_f1": s["random"].summary.loc["f1"].to_dict(),
                     "grouped_f1": s["grouped"].summary.loc["f1"].to_dict()} for s in sets}, indent=2))

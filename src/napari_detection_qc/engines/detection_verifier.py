@@ -94,9 +94,10 @@ KEEP_BEST_ABOVE = 0.1
 """Where the verifier would drop every detection of a frame, the most probable one stays if its
 probability is at least this: a frame that holds objects and gets no detection at all is the
 failure users notice first. On frames the verifier never saw (``bench_verifier.py``), EMPS images
-(real; every one holds particles) left without any detection: 2 of 366 without a verifier, 14
-with one allowed to drop everything, 10 with this rule; the price is half the gain on frames
-without cavities (F1 0.05 -> 0.46 instead of 0.70)."""
+(real; every one holds particles) left without any detection, with candidates from score 0.3
+(session 16): none without a verifier, 17 with one allowed to drop everything, 9 with this rule.
+Measured when it was chosen (session 15, candidates from 0.65): 2, 14 and 10; the price was half
+the gain on frames without cavities (F1 0.05 -> 0.46 instead of 0.70)."""
 
 
 def kept_detections(probability: np.ndarray, min_probability: float, keep_best_above: float) -> np.ndarray:

@@ -59,6 +59,7 @@ def image_frames(layer: Image) -> tuple[np.ndarray, bool]:
         "(split other axes into separate layers first)"
     )
 
+
 SECOND_LOOK_TOOLTIP = ("the bundled model looks again at each detection's surroundings and drops those that look "
                        "like background (blotches, bright gaps between bend contours); untick it to keep every "
                        "detection when real, faint objects go missing. Its quality forest was fitted with it on")
