@@ -10,6 +10,7 @@ import torch
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector, save_checkpoint
 from napari_detection_qc.engines.detection_verifier import (
     EVIDENCE,
+    TREE_DEPTH,
     DetectionVerifier,
     detection_evidence,
     kept_detections,
@@ -64,7 +65,7 @@ def test_fitted_verifier_scores_as_scikit_learn_does_and_survives_the_header():
     verifier = DetectionVerifier.fit_evidence(evidence, true, {"frames": 40}, 0.3, weight)
     from sklearn.ensemble import GradientBoostingClassifier
 
-    reference = GradientBoostingClassifier(max_depth=3, n_estimators=200, random_state=0)
+    reference = GradientBoostingClassifier(max_depth=TREE_DEPTH, n_estimators=200, random_state=0)
     reference.fit(evidence, true.astype(int), sample_weight=weight)
     np.testing.assert_allclose(verifier.probabilities(evidence), reference.predict_proba(evidence)[:, 1], atol=1e-9)
     restored = DetectionVerifier.from_model_header({"verifier": json.loads(json.dumps(verifier.to_header()))})
