@@ -38,7 +38,6 @@ from napari_detection_qc.engines.base import as_grayscale
 from napari_detection_qc.engines.detection_verifier import (
     EVIDENCE,
     KEEP_BEST_ABOVE,
-    TREE_DEPTH,
     DetectionVerifier,
     detection_evidence,
     kept_detections,
@@ -252,8 +251,9 @@ through, where the verifier can tell them from background by their surroundings.
 
 Tree depth compared in session 17 (these folds, candidates from 0.3, each at its chosen cut), mean
 F1 of the synthetic sources / EMPS / frames without cavities / EMPS images left without a
-detection: depth 3 (shipped before, cut 0.3) 0.879 / 0.771 / 0.441 / 9; depth {TREE_DEPTH} (cut 0.25) 0.892 /
-0.772 / 0.591 / 10 (realistic 0.878 -> 0.897, speckle_jpeg 0.824 -> 0.825). Evidence
+detection: depth 3 (shipped, cut 0.3) 0.879 / 0.771 / 0.441 / 9; depth 5 (cut 0.25) 0.892 / 0.772 /
+0.591 / 10 (realistic 0.878 -> 0.897, speckle_jpeg 0.824 -> 0.825). Not shipped: the quality forest
+refit on depth 5's detections missed issue 16's targets (`TREE_DEPTH`). Evidence
 tried then and not kept (no held-out gain beyond +-0.005; scikit-learn's histogram trees as a fast
 stand-in): ring contrasts as z-scores against 256 random windows of the same size in the same
 frame, each detection's difference from the frame's higher-scoring half, within-frame ranks, the
