@@ -258,7 +258,12 @@ tried then and not kept (no held-out gain beyond +-0.005; scikit-learn's histogr
 stand-in): ring contrasts as z-scores against 256 random windows of the same size in the same
 frame, each detection's difference from the frame's higher-scoring half, within-frame ranks, the
 resampling factor, and the edge width at native resolution. On speckle_jpeg every variant stayed
-at 0.82-0.83 while keeping only the true candidates would give 0.915.
+at 0.82-0.83 while keeping only the true candidates would give 0.915. Session 18, same stand-in
+(cut 0.3; it gives speckle_jpeg 0.820, synthetic mean 0.882, EMPS 0.775): the detector's own
+box-head representation of each candidate added to the evidence, all 256 numbers or their 8 or 16
+principal components, gave speckle_jpeg 0.823 / 0.824 / 0.821, synthetic mean 0.881 / 0.880 /
+0.882, EMPS 0.777 / 0.780 / 0.784; speckle_jpeg detections weighted 3x in the fit 0.821. What
+separates true from false candidates there is in neither the surroundings nor the model's features.
 
 | source | none | shipped ({cut}) | {" | ".join(map(str, CUTS))} |
 |---|---|---|{"---|" * len(CUTS)}

@@ -10,6 +10,7 @@ any factor (hard negatives, ``TRAINING_MIX``). AdamW, warm-up, cosine over ``--s
 
     PYTHONPATH=src python scripts/train_default_detector.py --steps 2400 --init src/napari_detection_qc/models/default_detector.pt
     PYTHONPATH=src python scripts/train_default_detector.py --resume scratch/detector/last.pt   # continue
+    PYTHONPATH=src python scripts/train_default_detector.py --init <weights> --deepen 1,2,3,2 ...  # more blocks
 
 A run stops at ``--steps`` (writes the model and its card) or at ``--max-minutes`` (writes a
 float16 resume checkpoint with its seed, step and frame counter in the header; commit it and run
@@ -276,15 +277,42 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
     if args.init is not None:
         init_header, state = load_checkpoint(args.init)
         args.architecture = init_header["architecture"]
-        model = build_maskrcnn(args.architecture)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         steps = init_header.get("training", {}).get("steps") if isinstance(init_header.get("training"), dict) else None
         args.init_note = f"weights of {args.init.name} (sha256 {init_header['sha256'][:12]}, {steps or '?'} steps)"
+        if args.deepen is not None:
+            model = deepened(args, state)
+        else:
+            model = build_maskrcnn(args.architecture)
+            model.load_state_dict(state)
         args.compressed_note = init_header.get("training", {}).get("compressed") if isinstance(init_header.get("training"), dict) else None
     else:
         args.init_note = "none (from scratch)"
         model = build_maskrcnn(args.architecture)
     return model, 0, args.first_seed
+
+
+def deepened(args, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The ``--init`` model with more BasicBlocks per backbone stage (``--deepen``), each new block
+    starting as the identity (its last BatchNorm scaled to 0), so training adds capacity to the
+    trained model instead of starting over (blocks at strides 8-32 cost little time)."""
+    backbone = args.architecture["backbone"]
+    if backbone.get("name") != "compact" or len(args.deepen) != len(backbone["blocks_per_stage"]):
+        raise SystemExit("--deepen needs a compact backbone and one block count per stage")
+    if any(new < old for new, old in zip(args.deepen, backbone["blocks_per_stage"])):
+        raise SystemExit(f"--deepen {args.deepen} would drop blocks of {backbone['blocks_per_stage']}")
+    old_blocks = list(backbone["blocks_per_stage"])
+    args.architecture = {**args.architecture, "backbone": {**backbone, "blocks_per_stage": list(args.deepen)}}
+    model = build_maskrcnn(args.architecture)
+    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    if unexpected:
+        raise SystemExit(f"weights the deepened model lacks: {unexpected[:5]}")
+    body = model.backbone.body
+    for stage, (old, new) in enumerate(zip(old_blocks, args.deepen), start=1):
+        for block in list(getattr(body, f"layer{stage}"))[old:new]:
+            torch.nn.init.zeros_(block.bn2.weight)
+    args.init_note += f", deepened from blocks {old_blocks} to {list(args.deepen)} (new blocks start as the identity)"
+    return model
 
 
 def main(argv=None) -> None:
@@ -299,6 +327,8 @@ def main(argv=None) -> None:
         "--init", type=Path, default=None, help="start from these weights (and their architecture)"
     )
     parser.add_argument("--resume", type=Path, default=None, help="continue a run from its resume checkpoint")
+    parser.add_argument("--deepen", type=lambda text: [int(n) for n in text.split(",")], default=None,
+                        help='with --init: BasicBlocks per backbone stage, e.g. "1,2,2,1"')
     parser.add_argument("--mix", type=parse_mix, default=TRAINING_MIX, help='source shares, e.g. "realistic=0.4,big=0.1,..."')
     parser.add_argument("--first-seed", type=int, default=0, help="first frame seed of a new run (a later stage: past the last)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -317,6 +347,8 @@ def main(argv=None) -> None:
     parser.add_argument("--resume-out", type=Path, default=REPO / "scratch" / "detector" / "last.pt")
     parser.add_argument("--out", type=Path, default=default_weights_path())
     args = parser.parse_args(argv)
+    if args.deepen is not None and args.init is None:
+        parser.error("--deepen needs --init (the trained weights to deepen)")
     torch.set_num_threads(args.threads)
     args.resume_out.parent.mkdir(parents=True, exist_ok=True)
     use_target_px(args.target_px)
