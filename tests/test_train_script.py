@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from napari_detection_qc.engines import load_checkpoint
 from napari_detection_qc.engines.registry import default_weights_path
@@ -21,19 +20,18 @@ def deepen(blocks):
     header, state = load_checkpoint(default_weights_path())
     args = argparse.Namespace(architecture=header["architecture"], deepen=blocks, init_note="shipped")
     model = train_script.deepened(args, {k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return header, args, model
+    return header, state, args, model
 
 
 def test_deepened_model_starts_as_the_trained_one():
-    header, args, model = deepen([1, 2, 2, 1])
+    header, state, args, model = deepen([1, 2, 2, 1])
     assert args.architecture["backbone"]["blocks_per_stage"] == [1, 2, 2, 1]
     assert "deepened from blocks [1, 1, 1, 1]" in args.init_note
     assert len(model.backbone.body.layer2) == 2 and len(model.backbone.body.layer4) == 1
     deep = TorchvisionDetector({**header, "architecture": args.architecture}, model.state_dict(), device="cpu")
-    shipped = TorchvisionDetector(header, load_checkpoint(default_weights_path())[1], device="cpu")
+    shipped = TorchvisionDetector(header, state, device="cpu")
     image = family_frame("clean", 1_000_000)[0]
-    with torch.no_grad():
-        before, after = shipped.predict(image, object_size=22), deep.predict(image, object_size=22)
+    before, after = shipped.predict(image, object_size=22), deep.predict(image, object_size=22)
     assert before.count > 0 and before.count == after.count
     np.testing.assert_allclose(after.boxes, before.boxes, atol=1e-3)
 
