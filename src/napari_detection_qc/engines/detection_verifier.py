@@ -50,9 +50,7 @@ def detection_evidence(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
     height, width = image.shape
     boxes = np.asarray(boxes, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    sample = image[:: max(1, height // FRAME_SAMPLE), :: max(1, width // FRAME_SAMPLE)]
-    median = float(np.median(sample))
-    spread = 1.4826 * float(np.median(np.abs(sample - median))) + 1e-3
+    median, spread = frame_median_and_spread(image)
     side_y = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
     side_x = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
     centre_y, centre_x = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
@@ -82,6 +80,15 @@ def detection_evidence(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
         crops[:, inside].std(axis=1) / (crops[:, ~inside].std(axis=1) + 1e-3),
         edge_gradient / spread, edge_gradient / (surround_gradient + 1e-3),
     ])
+
+
+def frame_median_and_spread(image: np.ndarray) -> tuple[float, float]:
+    """A frame's median and robust spread (1.4826 x the median absolute deviation, never 0), from
+    at most ``FRAME_SAMPLE`` evenly strided rows and columns."""
+    height, width = image.shape
+    sample = image[:: max(1, height // FRAME_SAMPLE), :: max(1, width // FRAME_SAMPLE)]
+    median = float(np.median(sample))
+    return median, 1.4826 * float(np.median(np.abs(sample - median))) + 1e-3
 
 
 def _ring_radius() -> np.ndarray:
