@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_detection_qc.engines.checkpoint import load_checkpoint
+from napari_detection_qc.engines.checkpoint import float32_weights, load_checkpoint
 from napari_detection_qc.engines.intensity import scale_to_255
 from napari_detection_qc.engines.registry import default_weights_path
 from napari_detection_qc.engines.scaling import ScaleRule
@@ -257,7 +257,7 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
         saved_header, state = load_checkpoint(args.resume)
         args.architecture = saved_header["architecture"]
         model = build_maskrcnn(args.architecture)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        model.load_state_dict(float32_weights(state))
         training = saved_header["training"]
         if training.get("seed") != args.seed:
             raise SystemExit(f"{args.resume} was trained with --seed {training.get('seed')}; resume with the same seed")
@@ -277,15 +277,15 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
     if args.init is not None:
         init_header, state = load_checkpoint(args.init)
         args.architecture = init_header["architecture"]
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        steps = init_header.get("training", {}).get("steps") if isinstance(init_header.get("training"), dict) else None
-        args.init_note = f"weights of {args.init.name} (sha256 {init_header['sha256'][:12]}, {steps or '?'} steps)"
+        state = float32_weights(state)
+        training = init_header.get("training") if isinstance(init_header.get("training"), dict) else {}
+        args.init_note = f"weights of {args.init.name} (sha256 {init_header['sha256'][:12]}, {training.get('steps') or '?'} steps)"
         if args.deepen is not None:
             model = deepened(args, state)
         else:
             model = build_maskrcnn(args.architecture)
             model.load_state_dict(state)
-        args.compressed_note = init_header.get("training", {}).get("compressed") if isinstance(init_header.get("training"), dict) else None
+        args.compressed_note = training.get("compressed")
     else:
         args.init_note = "none (from scratch)"
         model = build_maskrcnn(args.architecture)

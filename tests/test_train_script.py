@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_detection_qc.engines import load_checkpoint
+from napari_detection_qc.engines.checkpoint import float32_weights
 from napari_detection_qc.engines.registry import default_weights_path
 from napari_detection_qc.engines.torchvision_maskrcnn import TorchvisionDetector
 from napari_detection_qc.synthetic import family_frame
@@ -19,7 +20,7 @@ train_script = pytest.importorskip("train_default_detector")
 def deepen(blocks):
     header, state = load_checkpoint(default_weights_path())
     args = argparse.Namespace(architecture=header["architecture"], deepen=blocks, init_note="shipped")
-    model = train_script.deepened(args, {k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model = train_script.deepened(args, float32_weights(state))
     return header, state, args, model
 
 

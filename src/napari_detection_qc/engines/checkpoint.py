@@ -44,6 +44,11 @@ def save_checkpoint(path, header: dict[str, Any], state_dict: dict[str, torch.Te
     return full_header
 
 
+def float32_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with its float tensors as float32 (checkpoints may store float16), the rest as is."""
+    return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()}
+
+
 def read_torch_file(path, what: str, unreadable: str) -> Any:
     """``torch.load(weights_only=True)`` of a weights file; a missing, corrupt or code-carrying
     file becomes a :class:`DetectorLoadError` saying ``unreadable`` (what it should have been)."""

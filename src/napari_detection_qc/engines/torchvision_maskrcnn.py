@@ -43,7 +43,7 @@ from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setu
 from ..detections import FrameDetections
 from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
 from .boxmasks import BoxMasks
-from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
+from .checkpoint import DetectorLoadError, float32_weights, load_checkpoint, save_checkpoint
 from .detection_verifier import DetectionVerifier
 from .low_rank import low_rank_conv
 from .roi_gather import gather_roi_align
@@ -491,12 +491,8 @@ class TorchvisionDetector(Detector):
         self.header = header
         self.architecture = header["architecture"]
         self.model = build_maskrcnn(self.architecture, score_threshold, max_detections)
-        weights = {
-            name: tensor.float() if tensor.is_floating_point() else tensor
-            for name, tensor in state_dict.items()
-        }
         try:
-            self.model.load_state_dict(weights)
+            self.model.load_state_dict(float32_weights(state_dict))
         except RuntimeError as error:
             raise DetectorLoadError(
                 f"the weights do not fit the architecture {self.architecture['name']!r} in their header: "
