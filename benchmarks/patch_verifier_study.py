@@ -23,6 +23,7 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
+from itertools import zip_longest
 
 import numpy as np
 import torch
@@ -38,13 +39,11 @@ from bench_verifier import (
     synthetic_folds,
 )
 from torch import nn
-from torchvision.ops import roi_align
 
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.base import as_grayscale
-from napari_detection_qc.engines.detection_verifier import frame_median_and_spread
+from napari_detection_qc.engines.detection_verifier import box_surroundings, frame_median_and_spread
 from napari_detection_qc.engines.intensity import scale_to_255
-from napari_detection_qc.engines.scaling import resample
 
 COMMAND = "PYTHONPATH=src python benchmarks/patch_verifier_study.py"
 GRID = 32
@@ -71,16 +70,10 @@ def _windows_of_part(detector, rows: list[dict], context: float, parts: int, par
         if not len(boxes):
             windows[name] = np.zeros((0, GRID, GRID), np.float32)
             continue
-        scaled = scale_to_255(as_grayscale(image), detector.normalisation)
-        resampled = resample(scaled, detector.scale_rule.factor_for(detector.object_size_of(image)))
+        resampled = detector.resampled(scale_to_255(as_grayscale(image), detector.normalisation))
         median, spread = frame_median_and_spread(resampled)
-        half_y, half_x = context * (boxes[:, 2] - boxes[:, 0]) / 2, context * (boxes[:, 3] - boxes[:, 1]) / 2
-        centre_y, centre_x = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        regions = np.stack([np.zeros(len(boxes)), centre_x - half_x, centre_y - half_y, centre_x + half_x,
-                            centre_y + half_y], axis=1)
-        crops = roi_align(torch.from_numpy(np.ascontiguousarray(resampled, dtype=np.float32))[None, None],
-                          torch.from_numpy(regions).float(), (GRID, GRID), sampling_ratio=2, aligned=True)[:, 0]
-        windows[name] = np.clip((crops.numpy() - median) / spread, -CLIP, CLIP)
+        crops = box_surroundings(resampled, boxes, context, GRID)
+        windows[name] = np.clip((crops - median) / spread, -CLIP, CLIP)
         if len(windows) % 200 == 0:
             print(f"part {part}: windows of {len(windows)} frames, {time.perf_counter() - start:.0f} s", flush=True)
     return windows
@@ -130,7 +123,7 @@ def train_classifier(rows: list[dict], windows: dict, indices: list[int], width:
 def out_of_fold_logits(rows: list[dict], windows: dict, width: int, epochs: int) -> list[np.ndarray]:
     """Each candidate's CNN logit (mean over four quarter turns) from a CNN trained without its frame."""
     logits = [np.zeros(0)] * len(rows)
-    for number, (synthetic, real) in enumerate(zip(synthetic_folds(rows), emps_folds(rows)), 1):
+    for number, (synthetic, real) in enumerate(zip_longest(synthetic_folds(rows), emps_folds(rows), fillvalue=[]), 1):
         held = set(synthetic) | set(real)
         model = train_classifier(rows, windows, [i for i in range(len(rows)) if i not in held], width, epochs)
         with torch.no_grad():

@@ -171,12 +171,17 @@ class Detector(ABC):
     def detect_resampled(self, image: np.ndarray, size: float | None = None) -> tuple[np.ndarray, BoxMasks]:
         """A 0..255 frame resampled to the detector's scale for objects of ``size`` (None: the
         automatic estimate) and its detections there, before the verifier."""
+        resampled = self.resampled(image, size)
+        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size, cpu_workers(self.device))
+        return resampled, found.top(self.max_detections)
+
+    def resampled(self, image: np.ndarray, size: float | None = None) -> np.ndarray:
+        """A 0..255 frame resampled to the detector's scale for objects of ``size`` (None: the
+        automatic estimate, recorded in ``last_object_sizes``)."""
         if size is None:
             size = self._estimate_object_size(image)
         self.last_object_sizes.append(size)
-        resampled = resample(image, self.scale_rule.factor_for(size))
-        found = detect_in_tiles(resampled, self._detect_boxes, self.batch_size, cpu_workers(self.device))
-        return resampled, found.top(self.max_detections)
+        return resample(image, self.scale_rule.factor_for(size))
 
     def verified(self, resampled: np.ndarray, found: BoxMasks) -> BoxMasks:
         """The detections this model's verifier keeps (all of them without one)."""

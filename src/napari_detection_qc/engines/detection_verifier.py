@@ -53,12 +53,7 @@ def detection_evidence(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
     median, spread = frame_median_and_spread(image)
     side_y = np.maximum(boxes[:, 2] - boxes[:, 0], 1.0)
     side_x = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
-    centre_y, centre_x = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    windows = np.stack([np.zeros(count), centre_x - CONTEXT * side_x / 2, centre_y - CONTEXT * side_y / 2,
-                        centre_x + CONTEXT * side_x / 2, centre_y + CONTEXT * side_y / 2], axis=1)
-    crops = roi_align(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None],
-                      torch.from_numpy(windows).float(), (GRID, GRID), sampling_ratio=2, aligned=True)[:, 0].numpy()
-    crops = crops.astype(np.float64)
+    crops = box_surroundings(image, boxes, CONTEXT, GRID).astype(np.float64)
     radius = _ring_radius()
     ring_means = np.stack([crops[:, (radius >= low) & (radius < high)].mean(axis=1)
                            for low, high in zip((0.0, *RINGS[:-1]), RINGS)], axis=1)
@@ -80,6 +75,19 @@ def detection_evidence(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
         crops[:, inside].std(axis=1) / (crops[:, ~inside].std(axis=1) + 1e-3),
         edge_gradient / spread, edge_gradient / (surround_gradient + 1e-3),
     ])
+
+
+def box_surroundings(image: np.ndarray, boxes: np.ndarray, context: float, grid: int) -> np.ndarray:
+    """(N, grid, grid) float32 samples of a frame around each (y0, x0, y1, x1) box, reaching
+    ``context`` box half-sides from its centre (a box side counts as at least 1 px)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    half_y = context * np.maximum(boxes[:, 2] - boxes[:, 0], 1.0) / 2
+    half_x = context * np.maximum(boxes[:, 3] - boxes[:, 1], 1.0) / 2
+    centre_y, centre_x = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    windows = np.stack([np.zeros(len(boxes)), centre_x - half_x, centre_y - half_y, centre_x + half_x,
+                        centre_y + half_y], axis=1)
+    return roi_align(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None],
+                     torch.from_numpy(windows).float(), (grid, grid), sampling_ratio=2, aligned=True)[:, 0].numpy()
 
 
 def frame_median_and_spread(image: np.ndarray) -> tuple[float, float]:
