@@ -12,7 +12,8 @@ import pytest
 def test_triton_stays_importable_for_other_plugins():
     code = (
         "import sys\n"
-        "import napari_detection_qc.widgets._torch_import\n"
+        "from napari_detection_qc.widgets._torch_import import import_engines\n"
+        "import_engines()\n"
         "assert 'triton' not in sys.modules, sys.modules.get('triton')\n"
         "import triton\n"
         "from torch.utils._triton import has_triton_package\n"

@@ -334,7 +334,15 @@ def test_layout_fits_a_1920x1080_screen(make_napari_viewer, qtbot, small_stack):
     results = results_dock(viewer)
     results.show_page(widget.quality.panel, "Quality per frame")
     results.show_page(widget.training.parity_page, "Refit")
+    finetune = widget.training.finetune
+    results.show_page(finetune.page, "Fine-tuning", front=True)
     process(qtbot, 200)
+    # the fine-tune graphs have room, and the before/after result and Save are in view
+    save = finetune.save_button.native
+    corner = save.mapTo(results, save.rect().bottomRight())
+    assert 0 <= corner.y() <= results.height() and 0 <= corner.x() <= results.width()
+    assert finetune.curves.height() >= 150 and finetune.curves.width() >= 600
+    results.show_page(widget.quality.panel, "Quality per frame", front=True)
     assert [widget.tabText(i) for i in range(3)] == ["Detection", "Quality", "Training"]
     hint = window.minimumSizeHint()
     assert hint.height() <= 1080 and hint.width() <= 1920
@@ -451,11 +459,25 @@ def test_painted_mask_gets_a_box_and_deleted_box_takes_its_mask(make_napari_view
     index = int(np.flatnonzero((boxes.features["frame"] == 2).to_numpy())[0])
     label = int(boxes.features.iloc[index]["label"])
     assert (masks.data[2] == label).any()
+    score = float(boxes.features.iloc[index]["score"])
     boxes.selected_data = {index}
     boxes.remove_selected()
     assert not (masks.data[2] == label).any()
-    masks.undo()
+    viewer.dims.set_current_step(0, 2)
+    masks.undo()  # the mask comes back, and with it its box, score and all
     assert (masks.data[2] == label).any()
+    back = lambda: ((boxes.features["frame"] == 2) & (boxes.features["label"] == label)).any()  # noqa: E731
+    qtbot.waitUntil(back)
+    restored = boxes.features[(boxes.features["frame"] == 2) & (boxes.features["label"] == label)].iloc[0]
+    assert (restored["score"], restored["origin"]) == (score, "detector")
+    # undoing the paint removes the mask and its manual box too
+    viewer.dims.set_current_step(0, 1)
+    n_boxes = len(boxes.data)
+    masks.undo()  # the mask deletion was not a history step; this undoes the paint
+    assert not (masks.data[1] == new_id).any()
+    qtbot.waitUntil(lambda: len(boxes.data) == n_boxes - 1)
+    assert not ((boxes.features["frame"] == 1) & (boxes.features["label"] == new_id)).any()
+    assert len(boxes.data) == len(boxes.features)
 
 
 def test_quality_refuses_masks_and_boxes_that_do_not_belong_together(make_napari_viewer, qtbot, small_stack,
@@ -573,7 +595,7 @@ def test_single_image_plot_is_bars(make_napari_viewer, qtbot, small_stack, test_
     detect(viewer, qtbot, small_stack[0][0], name="one")
     widget = quality_widget(viewer, qtbot, test_forest[1], name="one")
     assert len(widget.plot.axes.patches) == 3  # F1, precision and recall as bars
-    assert widget.plot.axes.get_xlim() == (0.0, 1.0)
+    assert widget.plot.axes.get_xlim() == (0.0, 1.03)  # room for a bar at 1 and its interval
 
 
 def test_object_size_reaches_the_detector_and_its_record(make_napari_viewer, qtbot, small_stack):

@@ -51,11 +51,12 @@ def read_labelled_frames(images, labels_dir) -> tuple[list[np.ndarray], list[np.
     return frames, truths, names
 
 
-def draw_curves(figure: Figure, history: pd.DataFrame) -> None:
+def draw_curves(figure: Figure, history: pd.DataFrame, side_by_side: bool = False) -> None:
     """The training graphs: losses on training crops (smoothed) and held-out crops (dashed), and
-    held-out F1/precision/recall, against the step."""
+    held-out F1/precision/recall, against the step; one above the other (a page), or side by side
+    (a wide, low dock)."""
     figure.clear()
-    axes = figure.subplots(len(CURVE_PANELS), 1, sharex=True)
+    axes = figure.subplots(1, len(CURVE_PANELS)) if side_by_side else figure.subplots(len(CURVE_PANELS), 1, sharex=True)
     for ax, (title, columns) in zip(axes, CURVE_PANELS, strict=True):
         ax.set_title(title, fontsize=8, loc="left")
         ax.tick_params(labelsize=7)
@@ -77,8 +78,10 @@ def draw_curves(figure: Figure, history: pd.DataFrame) -> None:
                 held = history[twin].notna().to_numpy()
                 ax.plot(steps[held], history[twin][held], ls="--", marker=".", color=line.get_color(), lw=1,
                         label="held-out")
-        ax.legend(fontsize=6, loc="upper right", frameon=False)
-    axes[-1].set_xlabel("step", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="upper right", frameon=False)
+    for ax in axes if side_by_side else axes[-1:]:
+        ax.set_xlabel("step", fontsize=8)
 
 
 def write_curves(history: pd.DataFrame, csv_path, png_path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -39,6 +40,14 @@ from sklearn.preprocessing import StandardScaler
 
 from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES, PAPER_FEATURES, SCORE_BIN_NAMES
+from .forest_choice import (  # noqa: F401  (re-exported: where forests are found belongs with them)
+    BUNDLED_FORESTS,
+    MODELS_DIR,
+    bundled_forest_for,
+    companion_forest_path,
+    detector_family,
+    forest_for_detector,
+)
 from .forest_committee import FrameKind, combine
 from .forest_structure import pipeline_problem, signal_arrays_problem
 from .metrics import regression_metrics
@@ -62,8 +71,6 @@ NO_EMBEDDINGS_NOTE = (
     "flag uses the feature rows only, and its intervals do not widen with novelty; detect with signals "
     "'cheap' for its novelty check"
 )
-BUNDLED_FORESTS = {"default": "default_forest.skops", "li2025": "li2025_forest.skops"}
-MODELS_DIR = Path(__file__).parent / "models"
 MIN_TRAINING_FRAMES = 5
 
 # Types a forest file may contain; anything else in a file is refused before loading.
@@ -214,7 +221,7 @@ class QualityForest:
 
     def fit(
         self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None, embeddings=None,
-        novelty_reference=None,
+        novelty_reference=None, n_jobs: int = 1,
     ) -> QualityForest:
         """Fit one pipeline per target; calibrate intervals and the domain flag on the same data.
         ``embeddings`` (one row per frame, the detector's backbone embedding) enable the novelty
@@ -223,7 +230,8 @@ class QualityForest:
         check calls known. The bundled forest learns from real EMPS images without letting them
         make every real image look familiar (measured in RESULTS.md, signals study); it then also
         fits a forest on the reference frames alone, whose predictions are blended in by the
-        frame's kind (``forest_committee.py``)."""
+        frame's kind (``forest_committee.py``). ``n_jobs``: threads fitting the targets' forests at
+        once (the same forests as on one)."""
         given = features_df
         if len(features_df) < MIN_TRAINING_FRAMES:
             raise ValueError(f"a forest needs at least {MIN_TRAINING_FRAMES} labeled frames, got {len(features_df)}")
@@ -256,15 +264,13 @@ class QualityForest:
                 f"targets {', '.join(TARGETS)} must lie in [0, 1] (fractions, not percent); "
                 f"got {y.min():g} to {y.max():g}"
             )
-        self.pipelines = {}
-        for j, target in enumerate(TARGETS):
-            pipeline = self._new_pipeline().fit(x, y[:, j])
-            self.pipelines[target] = pipeline
+        fitted = in_threads(lambda j: self._new_pipeline().fit(x, y[:, j]), range(len(TARGETS)), n_jobs)
+        self.pipelines = dict(zip(TARGETS, fitted, strict=True))
         self.training_features = pd.DataFrame(x, columns=list(self.features))
         self.training_targets = pd.DataFrame(y, columns=list(TARGETS))
         self.training_groups = None if groups is None else [str(g) for g in groups]
         self._calibrate()
-        self._fit_reference_forest(given, targets_df)
+        self._fit_reference_forest(given, targets_df, n_jobs)
         return self
 
     def _reference_rows(self) -> np.ndarray | None:
@@ -278,13 +284,13 @@ class QualityForest:
     def _fit_frame_kind(self) -> None:
         self.frame_kind = FrameKind().fit(self.training_embeddings, ~self.novelty_reference)
 
-    def _fit_reference_forest(self, features_df: pd.DataFrame, targets_df: pd.DataFrame) -> None:
+    def _fit_reference_forest(self, features_df: pd.DataFrame, targets_df: pd.DataFrame, n_jobs: int = 1) -> None:
         self.reference_forest, self.frame_kind = None, None
         rows = self._reference_rows()
         if rows is None:
             return
         self.reference_forest = self._clone().fit(
-            features_df.iloc[rows], targets_df.iloc[rows], embeddings=self.training_embeddings[rows]
+            features_df.iloc[rows], targets_df.iloc[rows], embeddings=self.training_embeddings[rows], n_jobs=n_jobs
         )
         self._fit_frame_kind()
 
@@ -440,10 +446,12 @@ class QualityForest:
         groups=None,
         n_splits: int = 5,
         n_repeats: int = 10,
+        n_jobs: int = 1,
     ) -> CVResult:
         """The paper's evaluation. ``random``: repeated shuffled K-fold; ``grouped``: leave one
         group out (each domain/split held out in turn); ``group_kfold``: K folds that keep each
-        group (e.g. one image) on one side. Metrics are computed per fold and averaged."""
+        group (e.g. one image) on one side. Metrics are computed per fold and averaged.
+        ``n_jobs``: folds fitted at once, in threads (the same numbers as on one)."""
         x_frame = features_df.reset_index(drop=True)
         y_frame = targets_df.reset_index(drop=True)
         _table(x_frame, self.features, "features")
@@ -457,9 +465,13 @@ class QualityForest:
             )
         fold_rows, prediction_frames = [], []
         group_values = None if groups is None else np.asarray(groups)
-        for repeat, fold, train_idx, test_idx in splits:
-            model = self._clone().fit(x_frame.iloc[train_idx], y_frame.iloc[train_idx])
-            predicted = model.predict(x_frame.iloc[test_idx])
+
+        def fold_predictions(split) -> pd.DataFrame:
+            _, _, train_idx, test_idx = split
+            return self._clone().fit(x_frame.iloc[train_idx], y_frame.iloc[train_idx]).predict(x_frame.iloc[test_idx])
+
+        for (repeat, fold, _train_idx, test_idx), predicted in zip(
+                splits, in_threads(fold_predictions, splits, n_jobs), strict=True):
             for target in TARGETS:
                 truth = y_frame[target].to_numpy()[test_idx]
                 row = {"repeat": repeat, "fold": fold, "target": target, "n": len(test_idx)}
@@ -728,38 +740,16 @@ class QualityForest:
         return None
 
 
+def in_threads(function, items, n_jobs: int) -> list:
+    """``[function(item) for item in items]``, on ``n_jobs`` threads (scikit-learn's tree building
+    releases the GIL, so forests fit in parallel this way), in order."""
+    items = list(items)
+    if n_jobs <= 1 or len(items) < 2:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        return list(pool.map(function, items))
+
+
 def detector_name(description: dict) -> str:
     name = description.get("name") or description.get("detector")
     return str(name or str(description.get("weights_sha256", "unknown"))[:12])
-
-
-def detector_family(description: dict | None) -> str:
-    """``"detectron2"`` for detectron2 models (run on detectron2 or imported from their
-    checkpoint, named ``detectron2:<file>``), else ``"torchvision"``."""
-    description = description or {}
-    engine = str(description.get("engine", ""))
-    name = str(description.get("name") or description.get("detector") or "")
-    return "detectron2" if engine == "detectron2" or name.startswith("detectron2:") else "torchvision"
-
-
-def companion_forest_path(weights_path) -> Path:
-    """Where the forest fitted for a weights file lives: ``model.pt`` -> ``model.forest.skops``."""
-    weights_path = Path(weights_path)
-    return weights_path.with_name(weights_path.stem + ".forest.skops")
-
-
-def forest_for_detector(detector_description: dict | None) -> str:
-    """What ``auto`` means: the forest saved beside the detector's weights file when there is one
-    (fine-tuned models), else the bundled forest for its family."""
-    weights_path = (detector_description or {}).get("weights_path")
-    if weights_path:
-        companion = companion_forest_path(weights_path)
-        if companion.is_file():
-            return str(companion)
-    return bundled_forest_for(detector_description)
-
-
-def bundled_forest_for(detector_description: dict | None) -> str:
-    """The bundled forest that belongs to a detector: ``"li2025"`` for detectron2 models (the
-    authors' cavity model), ``"default"`` for the bundled torchvision-engine model."""
-    return "li2025" if detector_family(detector_description) == "detectron2" else "default"

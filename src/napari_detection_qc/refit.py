@@ -5,7 +5,7 @@ No napari imports."""
 
 from __future__ import annotations
 
-from enum import Enum
+import os
 from typing import Iterable
 
 import numpy as np
@@ -15,17 +15,13 @@ from .detections import StackDetections
 from .features import stack_features
 from .forest import TARGETS, CVResult, QualityForest
 from .metrics import regression_metrics
+from .refit_mode import RefitMode, refit_problem
 from .scoring import true_quality
 from .signals import stack_signals
 from .training_set import TrainingSet
 
-MIN_FRAMES_TO_REPLACE = 5
 MIN_FRAMES_FOR_CV = 10
-
-
-class RefitMode(Enum):
-    ADD = "add to the forest's training data"
-    REPLACE = "replace it with my frames only"
+REFIT_THREADS = min(4, os.cpu_count() or 1)  # a refit in the viewer uses the machine's cores
 
 
 def labeled_rows(stack: StackDetections, truth: np.ndarray, frames: Iterable[int], iou_threshold: float,
@@ -47,10 +43,9 @@ def training_for_refit(mode: RefitMode, new_rows: TrainingSet, accumulated: Trai
                        base: QualityForest) -> TrainingSet:
     """The rows to fit on: the accumulated set (else the base forest's own training frames) plus
     the new rows, or the new rows alone; a clear error when they are too few to replace."""
+    if problem := refit_problem(mode, len(new_rows)):
+        raise ValueError(problem)
     if mode is RefitMode.REPLACE:
-        if len(new_rows) < MIN_FRAMES_TO_REPLACE:
-            raise ValueError(f"replacing the training data needs at least {MIN_FRAMES_TO_REPLACE} labeled "
-                             f"frames; you have {len(new_rows)}")
         return new_rows.copy()
     training = (accumulated or TrainingSet.from_forest(base)).copy()
     return training.add(new_rows.features, new_rows.targets, new_rows.sources, new_rows.embeddings)
@@ -65,10 +60,11 @@ def refit_forest(training: TrainingSet, base: QualityForest, detector: dict | No
                            detector or base.detector, base.forest_params)
     embeddings = training.complete_embeddings
     forest.fit(training.features, training.targets, embeddings=embeddings,
-               novelty_reference=None if embeddings is None else training.novelty_reference)
+               novelty_reference=None if embeddings is None else training.novelty_reference, n_jobs=REFIT_THREADS)
     cv = None
     if len(training) >= MIN_FRAMES_FOR_CV:
-        cv = forest.cross_validate(training.features, training.targets, scheme="random", n_splits=5, n_repeats=1)
+        cv = forest.cross_validate(training.features, training.targets, scheme="random", n_splits=5, n_repeats=1,
+                                   n_jobs=REFIT_THREADS)
     return forest, cv
 
 

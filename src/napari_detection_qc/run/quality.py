@@ -11,7 +11,8 @@ import pandas as pd
 
 from ..coco import CocoGroundTruth
 from ..features import CANDIDATE_FEATURES, PAPER_FEATURES, table_features
-from ..forest import TARGETS, QualityForest, forest_for_detector
+from ..forest import TARGETS, QualityForest
+from ..forest_choice import forest_for_detector, load_forest
 from ..io import InputError, list_inputs, read_frames
 from ..matching import PAPER_IOU_THRESHOLD
 from ..scoring import QUALITY_COLUMNS, TRUE_COLUMNS, boxes_true_quality, quality_table
@@ -72,9 +73,8 @@ def score_store(store: Store, forest: QualityForest, warn: ErrorHandler | None =
 def score_stores(
     stores: Sequence[Store], forest_choice: str, *, warn: ErrorHandler, on_error: ErrorHandler | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Score every store (a forest is loaded once per choice); warns when a forest was trained for
+    """Score every store (each forest is loaded once per process); warns when a forest was trained for
     another detector than the store's. Returns the joined table and the failures."""
-    forests: dict[str, QualityForest] = {}
     tables, failures, warned = [], [], set()
 
     def warn_once(message: str) -> None:
@@ -85,13 +85,11 @@ def score_stores(
     for store in stores:
         try:
             detector_meta = store.read_meta()["detector"]
-            name = forest_name(forest_choice, detector_meta)
-            if name not in forests:
-                forests[name] = QualityForest.load(name)
-            mismatch = forests[name].detector_mismatch(detector_meta)
+            forest = load_forest(forest_name(forest_choice, detector_meta))
+            mismatch = forest.detector_mismatch(detector_meta)
             if mismatch:
                 warn_once(mismatch)
-            tables.append(score_store(store, forests[name], warn_once))
+            tables.append(score_store(store, forest, warn_once))
         except InputError as exc:
             fail(str(exc), on_error, failures)
     columns = ["source", *QUALITY_COLUMNS]

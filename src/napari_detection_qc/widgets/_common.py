@@ -1,11 +1,17 @@
 """Pieces the steps share: layer pickers that choose the obvious layer, a one-line status that
 never grows the dock, titled sections, the per-viewer session (forest in use, the layers a
-detection just made) and turning our layers back into detections."""
+detection just made), the owner of a step's background work, and turning our layers back into
+detections.
+
+napari hands a plugin's widgets a ``PublicOnlyProxy`` of the viewer whose look-ups return a new
+proxy object each time; every step works on the objects behind the proxies (``unproxied``), so a
+layer has one identity however it was reached."""
 
 from __future__ import annotations
 
+import atexit
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container
@@ -13,14 +19,25 @@ from magicgui.widgets.bases import Widget
 from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QCoreApplication, QObject, Qt, QThreadPool, QTimer
 from qtpy.QtWidgets import QGroupBox, QLabel, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
 from ..detections import StackDetections
-from ..forest import QualityForest
 from ..layer_pair import pair_problem, pair_record
 
+if TYPE_CHECKING:
+    from ..forest import QualityForest
+
 DOCK_MAX_WIDTH = 560
+QUIT_WAIT_MS = 60_000  # at quit, cancelled work gets this long to reach its next step and stop
+
+
+def unproxied(obj):
+    """The napari object behind any ``PublicOnlyProxy`` layers (a proxy is made anew on every
+    look-up, so its ``id`` and identity change; the object's do not)."""
+    while hasattr(type(obj), "__wrapped__"):
+        obj = obj.__wrapped__
+    return obj
 
 
 class LayerPicker(ComboBox):
@@ -30,7 +47,7 @@ class LayerPicker(ComboBox):
 
     def __init__(self, viewer, layer_type, label: str, prefer: Callable[[Any], bool] | None = None,
                  only_fallback: bool = True, **kwargs):
-        self._viewer = viewer
+        self._viewer = viewer = unproxied(viewer)
         self._layer_type = layer_type
         self._prefer = prefer
         self._only_fallback = only_fallback
@@ -82,25 +99,144 @@ class ViewerSession:
         self.forest: QualityForest | None = None
         self.in_use: QualityForest | None = None
         self.source = ""
-        self.detecting: set[int] = set()  # ids of layers a running detection writes
+        self._detecting: dict[int, Any] = {}  # the layers a running detection writes, by id
         self.results = None
 
     def set_forest(self, forest: QualityForest, source: str) -> None:
         self.forest, self.source = forest, source
         self.forest_changed.emit(forest)
 
+    def start_detecting(self, *layers) -> None:
+        """These layers are being written by a detection: nothing reads them until it finishes."""
+        self._detecting.update({id(layer): layer for layer in map(unproxied, layers)})
+
+    def stop_detecting(self, *layers) -> None:
+        for layer in map(unproxied, layers):
+            self._detecting.pop(id(layer), None)
+
     def is_busy(self, *layers) -> bool:
-        return any(id(layer) in self.detecting for layer in layers if layer is not None)
+        """Whether a running detection writes any of these layers (proxies or not)."""
+        return any(id(unproxied(layer)) in self._detecting for layer in layers if layer is not None)
 
 
 _sessions: weakref.WeakKeyDictionary[Any, ViewerSession] = weakref.WeakKeyDictionary()
 
 
 def viewer_session(viewer) -> ViewerSession:
-    """One ViewerSession per viewer, shared by that viewer's steps."""
+    """One ViewerSession per viewer, shared by that viewer's steps (in one dock or in several,
+    each of which napari hands its own proxy of the viewer)."""
+    viewer = unproxied(viewer)
     if viewer not in _sessions:
         _sessions[viewer] = ViewerSession()
     return _sessions[viewer]
+
+
+class BackgroundWork(QObject):
+    """Owns a widget's background workers, timers and connections to events that outlive it (a
+    child of the widget, so it is deleted with it). When the widget goes (its dock or the viewer
+    closed) every running worker is asked to stop (``quit`` at its next yield, plus the ``cancel``
+    given with it), timers stop, and no handler runs any more: nothing touches a deleted widget."""
+
+    def __init__(self, widget: QWidget):
+        super().__init__(widget)
+        _wait_for_workers_at_quit()
+        self.closed = False
+        self._running: dict[int, tuple[Any, Callable[[], None] | None]] = {}
+        self._listening: list[tuple[Any, Callable, Callable]] = []
+        self.destroyed.connect(_close_work(self._running, self._listening, self))
+
+    def listen(self, emitter, handler: Callable) -> None:
+        """Connect a viewer, layer or session event (napari or psygnal) that outlives the widget:
+        the handler runs while the widget lives and is disconnected when it goes."""
+        guarded = self.guarded(handler)
+        emitter.connect(guarded)
+        self._listening.append((emitter, handler, guarded))
+
+    def forget(self, emitter, handler: Callable) -> None:
+        """Undo ``listen(emitter, handler)``."""
+        for entry in [e for e in self._listening if e[0] is emitter and e[1] == handler]:
+            self._listening.remove(entry)
+            emitter.disconnect(entry[2])
+
+    def timer(self, interval_ms: int, callback: Callable[[], None], single_shot: bool = False) -> QTimer:
+        """A timer owned by the widget, stopped when it goes."""
+        timer = QTimer(self)
+        timer.setInterval(interval_ms)
+        timer.setSingleShot(single_shot)
+        timer.timeout.connect(callback)
+        return timer
+
+    def run(self, function: Callable, *args, cancel: Callable[[], None] | None = None, **handlers: Callable) -> Any:
+        """Run ``function(*args)`` in a napari thread worker; ``handlers`` by signal name (yielded,
+        returned, errored, finished) run only while the widget lives. Errors go to ``errored``
+        (nowhere without one). ``cancel``: what stops the work besides ``quit`` (for functions
+        that do not yield). Returns the started worker."""
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(function, *args, _ignore_errors=True)
+        key = id(worker)
+        self._running[key] = (worker, cancel)
+        for signal_name, handler in handlers.items():
+            getattr(worker, signal_name).connect(self.guarded(handler))
+        worker.finished.connect(lambda: self._running.pop(key, None))
+        worker.start()
+        return worker
+
+    def guarded(self, handler: Callable) -> Callable:
+        """``handler``, run only while the widget lives."""
+
+        def run(*args):
+            if not self.closed:
+                handler(*args)
+
+        return run
+
+
+def _wait_for_workers_at_quit() -> None:
+    """Once per process: when the application quits (or the interpreter exits without an event
+    loop), wait for the background threads, which their widgets' closing has cancelled, so none
+    is cut off mid-step by the interpreter's shutdown."""
+    global _waiting_at_quit
+    if _waiting_at_quit:
+        return
+    _waiting_at_quit = True
+    app = QCoreApplication.instance()
+    if app is not None:
+        app.aboutToQuit.connect(_wait_for_workers)
+    atexit.register(_wait_for_workers)
+
+
+_waiting_at_quit = False
+
+
+def _wait_for_workers() -> None:
+    try:
+        QThreadPool.globalInstance().waitForDone(QUIT_WAIT_MS)
+    except RuntimeError:  # Qt already torn down
+        pass
+
+
+def _close_work(running: dict, listening: list, owner: BackgroundWork) -> Callable[[], None]:
+    """What runs as the owner is destroyed: it holds no reference to Qt objects being deleted."""
+
+    def close(*_args) -> None:
+        owner.closed = True
+        for worker, cancel in list(running.values()):
+            if cancel is not None:
+                cancel()
+            try:
+                worker.quit()
+            except RuntimeError:  # its Qt side already gone
+                pass
+        running.clear()
+        for emitter, _handler, guarded in listening:
+            try:
+                emitter.disconnect(guarded)
+            except (RuntimeError, TypeError, ValueError):  # already gone with its layer
+                pass
+        listening.clear()
+
+    return close
 
 
 class StatusLine(QLabel):
@@ -152,8 +288,9 @@ class Step(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
-        self.session = viewer_session(napari_viewer)
+        self.viewer = unproxied(napari_viewer)
+        self.session = viewer_session(self.viewer)
+        self.work = BackgroundWork(self)
         self.setMaximumWidth(DOCK_MAX_WIDTH)
         self.body = QWidget()
         self._sections = QVBoxLayout(self.body)

@@ -7,10 +7,17 @@ a GPU driver and under Xvfb. Eager inference never needs triton, so while *this 
 torchvision, triton is hidden; right after, the hiding entry is removed and torch's cached
 "is triton installed" answer is cleared, so any other plugin that imports triton or uses
 ``torch.compile`` later sees the process exactly as it would without us.
+
+The import takes seconds, so it runs in a background worker (``import_engines``: the docks'
+warm-up and the detection and fine-tune workers call it; the first does the work, the others wait
+for it), never on the UI thread while a dock opens.
 """
 
 import sys
+import threading
 from contextlib import contextmanager
+
+_lock = threading.Lock()
 
 
 @contextmanager
@@ -32,5 +39,10 @@ def triton_hidden():
                     check.cache_clear()
 
 
-with triton_hidden():
-    from ..engines import torchvision_maskrcnn  # noqa: F401  (main thread, never a worker's first)
+def import_engines() -> None:
+    """Import torch, torchvision and the detection engines once per process, with triton hidden."""
+    with _lock:
+        if "napari_detection_qc.engines.torchvision_maskrcnn" in sys.modules:
+            return
+        with triton_hidden():
+            from ..engines import torchvision_maskrcnn  # noqa: F401

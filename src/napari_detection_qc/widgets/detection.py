@@ -14,12 +14,10 @@ import time
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton, RadioButtons, SpinBox
 from napari.layers import Image, Labels, Shapes
-from napari.qt.threading import create_worker
-from qtpy.QtCore import QEventLoop, QTimer
+from qtpy.QtCore import QEventLoop
 from qtpy.QtWidgets import QApplication, QProgressBar
 
 from ..detections import FrameDetections, smallest_label_dtype
-from ..engines import DEFAULT_MAX_DETECTIONS, load_detector
 from ..layer_pair import (
     METADATA_KEY,
     OBJECT_SIZES_KEY,
@@ -30,15 +28,19 @@ from ..layer_pair import (
     pair_record,
     with_origin,
 )
+from ..paper import DEFAULT_MAX_DETECTIONS
 from ..pixel_sizes import pixel_size_from_layer
 from ..progress import RunProgress, clock
 from ..signals import SIGNAL_LEVELS, signals_to_records
 from ..size_report import describe_sizes, outlier_warning, size_outliers, stack_size
 from ._common import LayerPicker, StatusLine, Step, row
+from ._torch_import import import_engines
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
 WHOLE_STACK, CURRENT_FRAME = "whole stack", "current frame"
 SHAPES_REFRESH_SECONDS = 1.0
+BOX_EDGE_FRACTION = 1 / 600  # box outlines this fraction of the frame's longer side: about 2 screen px at full view
+MIN_BOX_EDGE_PX = 1.5
 SIGNALS_TOOLTIP = ("the detector's label-free signals about each frame, stored with the detections for "
                    "quality forests that use them. cheap (default): backbone embedding, one extra "
                    "backbone pass per frame, for the default forest's novelty check (its domain flag, and "
@@ -103,10 +105,11 @@ class DetectionWidget(Step):
                          self.progress_bar, self.progress_text)
 
         self.engine.changed.connect(self._on_engine)
-        self.session.detector_saved.connect(self._use_saved_detector)
         self.image.changed.connect(self._take_pixel_size)
         self.image.changed.connect(self._enable_resize)
+        self.image.changed.connect(self._show_scope)
         self._take_pixel_size(self.image.value)
+        self._show_scope(self.image.value)
         self.pixel_size.changed.connect(self._on_pixel_size)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -115,9 +118,9 @@ class DetectionWidget(Step):
         self.masks_layer: Labels | None = None
         self.boxes_layer: Shapes | None = None
         self.progress: RunProgress | None = None
-        self._ticker = QTimer()
-        self._ticker.setInterval(1000)
-        self._ticker.timeout.connect(self._show_progress)
+        self._cancelling = False
+        self._ticker = self.work.timer(1000, self._show_progress)
+        self.work.listen(self.session.detector_saved, self._use_saved_detector)
 
     # -- user actions ------------------------------------------------------------------------------
     def _on_engine(self, value: str) -> None:
@@ -138,6 +141,13 @@ class DetectionWidget(Step):
             self.run()
         else:
             self.status.warn("the fine-tuned model is selected; detect again when the running detection ends")
+
+    def _show_scope(self, layer) -> None:
+        """"run on: current frame / whole stack" means something for stacks only."""
+        try:
+            self.scope.visible = layer is not None and not image_frames(layer)[1]
+        except ValueError:
+            self.scope.visible = False
 
     def _take_pixel_size(self, layer) -> None:
         """The pixel size belongs to the image: take the one its layer knows (our reader, a scale
@@ -219,20 +229,15 @@ class DetectionWidget(Step):
                        max_detections=self.max_detections.value, second_look=self.second_look.value)
         self._run_object_size, self._run_size_origin = object_size, size_origin
         self.resize_button.enabled = False
-        self.worker = create_worker(
-            detect_frames, spec, options, frames, indices, object_size, self.signals.value,
-            _progress={"total": len(indices), "desc": f"Detecting on {layer.name}"},
-        )
-        self.worker.yielded.connect(self._on_frame)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
         self.cancel_button.enabled = True
-        self.worker.start()
+        self.worker = self.work.run(detect_frames, spec, options, frames, indices, object_size, self.signals.value,
+                                    yielded=self._on_frame, errored=self._on_error, finished=self._on_finished)
 
     def _start_progress(self, total: int) -> None:
         """Show the progress at once: creating the layers and loading the detector take seconds,
         and the user must see that Detect was taken (painted before that work starts)."""
         self.run_button.enabled = False
+        self._cancelling = False
         self.progress = RunProgress(total=total)
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
@@ -244,12 +249,17 @@ class DetectionWidget(Step):
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.quit()
-            self.progress_text.value = "cancelling after the current frame…"
+            self._cancelling = True
+            self.cancel_button.enabled = False
+            self._show_progress()
 
     def _show_progress(self) -> None:
+        """Frames done, time elapsed and left; once Cancel is pressed, that it is cancelling, until
+        the run stops."""
         if self.progress is not None:
             self.progress_bar.setValue(self.progress.done)
-            self.progress_text.value = self.progress.text()
+            text = self.progress.text()
+            self.progress_text.value = f"cancelling after the current frame… ({text})" if self._cancelling else text
 
     # -- layers ------------------------------------------------------------------------------------
     def _prepare_layers(self, layer: Image, frames, is_2d: bool) -> None:
@@ -266,7 +276,7 @@ class DetectionWidget(Step):
             masks = self.viewer.add_labels(np.zeros(label_shape, smallest_label_dtype(self.max_detections.value)),
                                            name=f"{layer.name} masks", scale=scale)
             boxes = self.viewer.add_shapes(name=f"{layer.name} boxes", ndim=len(label_shape), scale=scale,
-                                           face_color="transparent", edge_width=1.5)
+                                           face_color="transparent", edge_width=box_edge_width(label_shape[-2:]))
         self.masks_layer, self.boxes_layer = masks, boxes
         self._is_2d = is_2d
         self._previous = pair_record(masks.metadata)
@@ -279,15 +289,24 @@ class DetectionWidget(Step):
         self._redone: list[int] = []
         self._detector: dict | None = None
         self._pair_id = new_pair_id()
-        self.session.detecting |= {id(masks), id(boxes)}
+        self.session.start_detecting(masks, boxes)
         self.session.detections_changed.emit(masks, boxes, False)
 
     def _existing(self, name: str, layer_type):
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
         return layer if isinstance(layer, layer_type) else None
 
+    def _layers_gone(self) -> bool:
+        """Whether the user (or another plugin) deleted a layer this detection writes."""
+        return any(layer not in self.viewer.layers for layer in (self.masks_layer, self.boxes_layer))
+
     def _on_frame(self, item) -> None:
         t, frame, detector, object_size = item
+        if self._layers_gone():
+            if not self._failed:
+                self._failed = "its masks or boxes layer was deleted while it ran; detect again to redo the frames"
+                self.worker.quit()
+            return
         self._detector = detector
         masks = self.masks_layer
         if frame.count > np.iinfo(masks.data.dtype).max:
@@ -316,6 +335,7 @@ class DetectionWidget(Step):
         layer = self.boxes_layer
         layer.data = (self._vertices, ["rectangle"] * len(self._vertices)) if self._vertices else []
         layer.features = self._features
+        layer.edge_width = box_edge_width(self.masks_layer.data.shape[-2:])
         if len(self._vertices):
             layer.edge_color = "score"
             layer.edge_colormap = "plasma"
@@ -325,6 +345,8 @@ class DetectionWidget(Step):
     def _finish_layers(self) -> None:
         """Boxes up to date, and the record both layers carry (detector, image, pixel size, each
         frame's signals)."""
+        if self._layers_gone():
+            return
         self._refresh_shapes()
         image = self.image.value
         record = {
@@ -363,7 +385,7 @@ class DetectionWidget(Step):
     def _on_finished(self) -> None:
         self._ticker.stop()
         self._finish_layers()
-        self.session.detecting -= {id(self.masks_layer), id(self.boxes_layer)}
+        self.session.stop_detecting(self.masks_layer, self.boxes_layer)
         done, total = len(self._redone), self.progress.total
         count = int(self._features["frame"].isin(self._redone).sum())
         kept = "" if done == total else f"; the other {total - done} frame(s) keep their earlier detections"
@@ -385,12 +407,20 @@ class DetectionWidget(Step):
             self.status.warn(f"frames {mixed[:5]}{'…' if len(mixed) > 5 else ''} keep detections from an earlier "
                              "detector; run on the whole stack to make them consistent")
         self._failed = None
+        self._cancelling = False
         self.worker = None
         self._enable_resize()
         self.progress_bar.setVisible(False)
         self.progress_text.value = ""
         self.run_button.enabled, self.cancel_button.enabled = True, False
-        self.session.detections_changed.emit(self.masks_layer, self.boxes_layer, True)
+        if not self._layers_gone():
+            self.session.detections_changed.emit(self.masks_layer, self.boxes_layer, True)
+
+
+def box_edge_width(frame_shape) -> float:
+    """Box outline width in image pixels, scaled with the frame so the outlines stay visible on a
+    4000 px frame at full view and stay thin on a small one."""
+    return max(MIN_BOX_EDGE_PX, max(frame_shape) * BOX_EDGE_FRACTION)
 
 
 def detect_frames(spec, options: dict, frames, indices: list[int], object_size: float | None = None,
@@ -400,6 +430,9 @@ def detect_frames(spec, options: dict, frames, indices: list[int], object_size: 
     estimates it per frame (auto); the metadata records it as the batch store does; each frame
     also comes with the size it was detected at (None: not sized). ``signals``: a
     ``SIGNAL_LEVELS`` name, the detector's signals each frame carries."""
+    import_engines()
+    from ..engines import load_detector
+
     detector = load_detector(spec, **options)
     metadata = {**detector.metadata(), "object_size": object_size or "auto"}
     selected = (np.asarray(frames[t]) for t in indices)

@@ -4,45 +4,46 @@ the new detector's forest, show held-out F1 before and after, and save model + f
 the user picks.
 
 Qt-free work (``engines.finetune``, ``detector_forest``, ``finetune_outputs``) runs in a napari
-thread worker; its reports are queued and drawn by a timer on the UI thread, and cancel sets an
-event that the training loop checks before every step."""
+thread worker; its reports are queued and drawn by a timer on the UI thread, and cancel (or the
+viewer closing) sets an event that the training loop checks before every step. The graphs, the
+before/after result and *Save* share one page of the results dock, side by side."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils import progress
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QLabel
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from ..detector_forest import STUDY_FRAMES_PER_DOMAIN, ForestFitCancelled, fit_detector_forest
-from ..engines import load_detector
-from ..engines.finetune import FinetuneCancelled, finetune
-from ..finetune_outputs import save_finetuned
-from ..forest import companion_forest_path
-from ..scoring import ground_truth_frames
+from ..forest_choice import companion_forest_path
 from ._common import LayerPicker, row
+from ._torch_import import import_engines
 from .detection import image_frames
-from .plots import TrainingCurves
 from .results_dock import results_dock
 
 REDRAW_MS = 700
 
 
-def finetune_job(spec, device: str, minutes: float, frames_per_domain: int, images, truths, reports: deque,
-                 stop: threading.Event):
-    """Worker body: fine-tune, then fit the forest for the new detector; (result, forest)."""
+def finetune_job(spec, device: str, minutes: float, frames_per_domain: int | None, images, truths,
+                 reports: deque, stop: threading.Event):
+    """Worker body: fine-tune, then fit the forest for the new detector; (result, forest).
+    ``frames_per_domain`` None: the study's default number of synthetic frames per domain."""
+    import_engines()
+    from ..detector_forest import STUDY_FRAMES_PER_DOMAIN, fit_detector_forest
+    from ..engines import load_detector
+    from ..engines.finetune import finetune
+
     parent = load_detector(spec, device=device)
     result = finetune(parent, images, truths, minutes=minutes, device=device, progress=reports.append,
                       cancelled=stop.is_set)
     forest = fit_detector_forest(result.detector, images, truths, cancelled=stop.is_set,
-                                 frames_per_domain=frames_per_domain,
+                                 frames_per_domain=frames_per_domain or STUDY_FRAMES_PER_DOMAIN,
                                  progress=lambda done, total, _what: reports.append(("forest", done, total)))
     return result, forest
 
@@ -55,7 +56,7 @@ class FinetuneSection:
         self.step = step
         self.viewer = step.viewer
         self.status = step.status
-        self.frames_per_domain = STUDY_FRAMES_PER_DOMAIN
+        self.frames_per_domain: int | None = None  # the forest study's default
         self.image = LayerPicker(step.viewer, Image, "image")
         self.base = FileEdit(label="base weights (empty: bundled)", mode="r", filter="*.pt *.pth")
         self.minutes = FloatSpinBox(label="minutes", value=5.0, min=0.05, max=600.0, step=0.5)
@@ -65,10 +66,8 @@ class FinetuneSection:
         self.save_button = PushButton(text="Save model + forest…", enabled=False)
         self.comparison = QLabel("")
         self.comparison.setWordWrap(True)
-        self.curves = TrainingCurves()
         step.add_section("Fine-tune detector on the reviewed frames", self.image, self.base, self.minutes,
-                         self.device, row(self.run_button, self.cancel_button), self.save_button, self.comparison,
-                         collapsed=True)
+                         self.device, row(self.run_button, self.cancel_button), collapsed=True)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self._ask_save)
@@ -78,9 +77,25 @@ class FinetuneSection:
         self._history: list[dict] = []
         self._stop = threading.Event()
         self._progress = None
-        self._timer = QTimer()
-        self._timer.setInterval(REDRAW_MS)
-        self._timer.timeout.connect(self._drain)
+        self._timer = step.work.timer(REDRAW_MS, self._drain)
+
+    @cached_property
+    def page(self) -> QWidget:
+        """The graphs with room, and beside them the before/after result and Save (in view without
+        scrolling in the low results dock); built when first shown."""
+        from .plots import TrainingCurves
+
+        self.curves = TrainingCurves()
+        page = QWidget()
+        side = QVBoxLayout()
+        side.addWidget(self.comparison)
+        side.addWidget(self.save_button.native)
+        side.addStretch(1)
+        layout = QHBoxLayout(page)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.curves, 3)
+        layout.addLayout(side, 1)
+        return page
 
     # -- inputs ------------------------------------------------------------------------------------
     def labelled_inputs(self) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
@@ -88,6 +103,8 @@ class FinetuneSection:
         ground_truth = self.step.ground_truth.value
         if self.image.value is None or ground_truth is None:
             raise ValueError("pick the image and its ground-truth layer")
+        from ..scoring import ground_truth_frames
+
         frames, _ = image_frames(self.image.value)
         truth = ground_truth_frames(np.asarray(ground_truth.data), len(frames))
         if truth.shape[1:] != frames.shape[1:3]:
@@ -116,23 +133,22 @@ class FinetuneSection:
         self._history = []
         self._stop.clear()
         self.result = self.forest = None
-        self.worker = create_worker(
-            finetune_job, self.base_spec(), self.device.value, self.minutes.value, self.frames_per_domain,
-            images, truths, self._reports, self._stop,
-            _connect={"returned": self._on_done, "errored": self._on_error, "finished": self._on_finished},
-            _start_thread=False,
-        )
         self._progress = progress(total=100, desc="Fine-tuning detector")
         self.run_button.enabled, self.cancel_button.enabled, self.save_button.enabled = False, True, False
         self.status.value = f"fine-tuning on {len(chosen)} reviewed frame(s) for up to {self.minutes.value:g} min…"
-        self.comparison.setText("")
-        results_dock(self.viewer).show_page(self.curves, "Fine-tuning curves", front=True)
+        self.comparison.setText("training…")
+        results_dock(self.viewer).show_page(self.page, "Fine-tuning", front=True)
         self._timer.start()
-        self.worker.start()
+        self.worker = self.step.work.run(
+            finetune_job, self.base_spec(), self.device.value, self.minutes.value, self.frames_per_domain,
+            images, truths, self._reports, self._stop,
+            cancel=self._stop.set, returned=self._on_done, errored=self._on_error, finished=self._on_finished,
+        )
 
     def cancel(self) -> None:
         if self.worker is not None:
             self._stop.set()
+            self.cancel_button.enabled = False
             self.status.value = "cancelling after the current step…"
 
     def _drain(self) -> None:
@@ -149,8 +165,9 @@ class FinetuneSection:
             if self._progress is not None:
                 self._progress.n = round(100 * report.fraction)
                 self._progress.refresh()
-            held = f", held-out F1 {report.row['val_f1']:.2f}" if "val_f1" in report.row else ""
-            self.status.value = f"step {report.step}: loss {report.row['loss_total']:.3f}{held}"
+            if not self._stop.is_set():
+                held = f", held-out F1 {report.row['val_f1']:.2f}" if "val_f1" in report.row else ""
+                self.status.value = f"step {report.step}: loss {report.row['loss_total']:.3f}{held}"
         if changed:
             self.curves.show_history(pd.DataFrame(self._history))
 
@@ -171,7 +188,11 @@ class FinetuneSection:
                          "model (the Quality step's 'auto' forest finds the forest beside it)")
 
     def _on_error(self, exc: Exception) -> None:
+        from ..detector_forest import ForestFitCancelled
+        from ..engines.finetune import FinetuneCancelled
+
         if isinstance(exc, (FinetuneCancelled, ForestFitCancelled)):
+            self.comparison.setText("")
             self.status.warn("cancelled; the parent model is unchanged")
         else:
             self.status.error(f"fine-tuning failed: {exc}")
@@ -189,6 +210,8 @@ class FinetuneSection:
         if self.result is None:
             self.status.error("nothing fine-tuned yet")
             return
+        from ..finetune_outputs import save_finetuned
+
         try:
             save_finetuned(self.result, self.forest, path)
         except (ValueError, OSError) as exc:
@@ -203,3 +226,4 @@ class FinetuneSection:
         path, _ = QFileDialog.getSaveFileName(self.step, "Save fine-tuned model", "", "Checkpoint (*.pt)")
         if path:
             self.save(path)
+

@@ -16,13 +16,18 @@ FOREGROUND = "#d6d9de"
 def _dark_axes(figure: Figure):
     axes = figure.add_subplot(111)
     figure.patch.set_facecolor(BACKGROUND)
+    style_dark(axes)
+    return axes
+
+
+def style_dark(axes) -> None:
+    """napari's dark theme on one axes."""
     axes.set_facecolor(BACKGROUND)
     for spine in axes.spines.values():
         spine.set_color(FOREGROUND)
     axes.tick_params(colors=FOREGROUND, labelsize=8)
     axes.xaxis.label.set_color(FOREGROUND)
     axes.yaxis.label.set_color(FOREGROUND)
-    return axes
 
 
 class QualityPlot(FigureCanvasQTAgg):
@@ -69,8 +74,8 @@ class QualityPlot(FigureCanvasQTAgg):
         axes.errorbar(values, names, xerr=[np.subtract(values, low), np.subtract(high, values)], fmt="none",
                       ecolor=FOREGROUND, capsize=3, lw=1)
         axes.axvline(threshold, color=FOREGROUND, ls="--", lw=0.8)
-        axes.set_xlim(0, 1.0)
-        axes.set_xlabel("predicted (bars: 90% interval)")
+        axes.set_xlim(0, 1.03)
+        axes.set_xlabel("predicted value (error bars: 90% interval)")
         title = "this image" + ("" if bool(row["in_domain"]) else " (outside the forest's experience)")
         axes.set_title(title, color=FOREGROUND, fontsize=8)
 
@@ -82,8 +87,8 @@ class QualityPlot(FigureCanvasQTAgg):
         poor = f1 < threshold
         outside = ~table["in_domain"].to_numpy(dtype=bool)
         axes.fill_between(frames, low, high, color="#4a90d9", alpha=0.18, step="mid", label="90% interval")
-        axes.plot(frames, table["precision"], color="#9ad18b", lw=0.8, alpha=0.8, label="precision")
-        axes.plot(frames, table["recall"], color="#e3b55a", lw=0.8, alpha=0.8, label="recall")
+        axes.plot(frames, table["precision"], color="#9ad18b", lw=1.4, ls="--", label="precision")
+        axes.plot(frames, table["recall"], color="#e3b55a", lw=1.4, ls=":", label="recall")
         axes.plot(frames, f1, color="#4a90d9", lw=1.0)
         axes.scatter(frames[~poor], f1[~poor], s=18, color="#4a90d9", zorder=3, label="predicted F1")
         axes.scatter(frames[poor], f1[poor], s=22, color="#e0475b", zorder=3, label=f"F1 < {threshold:g}")
@@ -91,11 +96,11 @@ class QualityPlot(FigureCanvasQTAgg):
             axes.scatter(frames[outside], f1[outside], s=80, facecolors="none", edgecolors="#ff9f1c",
                          linewidths=1.4, zorder=4, label="out of domain")
         axes.axhline(threshold, color=FOREGROUND, ls="--", lw=0.8)
-        axes.set_ylim(-0.02, 1.02)
+        axes.set_ylim(-0.04, 1.06)  # room for the markers at 0 and 1
         axes.set_xlim(frames.min() - 0.6, frames.max() + 0.6)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("frame")
-        axes.set_ylabel("predicted")
+        axes.set_ylabel("predicted F1, P, R")
         legend = axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
         for text in legend.get_texts():
             text.set_color(FOREGROUND)
@@ -148,16 +153,23 @@ class ParityPlot(FigureCanvasQTAgg):
 
 
 class TrainingCurves(FigureCanvasQTAgg):
-    """Live fine-tuning graphs: the loss parts on training and held-out crops, held-out F1/P/R
-    (the same drawing as the CLI's PNG)."""
+    """Live fine-tuning graphs side by side, to fit the low results dock: the loss parts on
+    training and held-out crops, held-out F1/P/R (the same drawing as the CLI's PNG)."""
 
     def __init__(self):
-        self.figure = Figure(figsize=(3.6, 6.0), tight_layout=True)
+        self.figure = Figure(figsize=(9.0, 2.2), tight_layout=True)
         super().__init__(self.figure)
-        self.setMinimumHeight(420)
+        self.setMinimumHeight(180)
 
     def show_history(self, history: pd.DataFrame) -> None:
         from ..finetune_outputs import draw_curves
 
-        draw_curves(self.figure, history)
+        draw_curves(self.figure, history, side_by_side=True)
+        self.figure.patch.set_facecolor(BACKGROUND)
+        for axes in self.figure.axes:
+            style_dark(axes)
+            legend = axes.get_legend()
+            for text in legend.get_texts() if legend is not None else ():
+                text.set_color(FOREGROUND)
+            axes.set_title(axes.get_title(loc="left"), loc="left", fontsize=8, color=FOREGROUND)
         self.draw_idle()

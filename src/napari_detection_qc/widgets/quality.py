@@ -7,13 +7,15 @@ use them; a forest that needs more than the layers hold says which setting to de
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
-from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -27,12 +29,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..coco import detections_to_coco, write_coco
-from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
 from ..features import feature_label
-from ..forest import QualityForest, forest_for_detector
+from ..forest_choice import ForestChoice, ForestReference, forest_reference, is_loaded, load_forest
 from ..layer_pair import count_unboxed, pair_record, stored_signals
 from ..pixel_sizes import pixel_size_from_layer
-from ..scoring import physical_readouts, predicted_quality
 from ..signals import frames_lacking
 from ._common import (
     LayerPicker,
@@ -46,8 +46,10 @@ from ._common import (
     row,
 )
 from .pair_sync import PairSync
-from .plots import QualityPlot
 from .results_dock import alive, results_dock
+
+if TYPE_CHECKING:
+    from ..forest import QualityForest
 
 FOREST_AUTO = "auto (matches the detector)"
 FOREST_DEFAULT = "bundled default"
@@ -55,9 +57,12 @@ FOREST_LI2025 = "li2025 (authors' detectron2 model)"
 FOREST_SESSION = "from the Training step"
 FOREST_FILE = "from file"
 FOREST_CHOICES = (FOREST_AUTO, FOREST_DEFAULT, FOREST_LI2025, FOREST_SESSION, FOREST_FILE)
+CHOICE_OF_LABEL = {FOREST_AUTO: ForestChoice.AUTO, FOREST_DEFAULT: ForestChoice.DEFAULT,
+                   FOREST_LI2025: ForestChoice.LI2025, FOREST_FILE: ForestChoice.FILE}
 TABLE_COLUMNS = ("count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain")
 PHYSICAL_COLUMNS = ("density_per_um2", "mean_diameter_nm")
 DEBOUNCE_MS = 300
+WARM_UP_DELAY_MS = 1000
 
 
 class QualityPanel(QWidget):
@@ -65,9 +70,12 @@ class QualityPanel(QWidget):
     slider) and the explanation of the current frame."""
 
     def __init__(self):
+        from .plots import QualityPlot
+
         super().__init__()
         self.plot = QualityPlot()
         self.table_view = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table_view.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
         self.table_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.explanation = QLabel("")
@@ -125,21 +133,15 @@ class QualityWidget(Step):
                          self.threshold)
         self.add_section("Predict", self.auto_update,
                          row(self.compute_button, self.export_button, self.export_coco_button))
-        self.panel = QualityPanel()
-        self.plot, self.table_view = self.panel.plot, self.panel.table_view
 
         self.table: pd.DataFrame | None = None
         self.features: pd.DataFrame | None = None
         self.forest: QualityForest | None = None
-        self._forest_cache: dict[str, QualityForest] = {}
         self.worker = None
         self._pending = False
         self._watched: list = []
         self._sync: PairSync | None = None
-        self._timer = QTimer(self.panel)  # dies with the panel it draws into (no update after close)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(DEBOUNCE_MS)
-        self._timer.timeout.connect(self.compute)
+        self._timer = self.work.timer(DEBOUNCE_MS, self.compute, single_shot=True)
 
         self.compute_button.changed.connect(self.compute)
         self.export_button.changed.connect(self._ask_export)
@@ -149,12 +151,28 @@ class QualityWidget(Step):
         self.threshold.changed.connect(self._redraw)
         self.masks.changed.connect(self._watch_layers)
         self.boxes.changed.connect(self._watch_layers)
-        self.plot.frame_clicked.connect(self.go_to_frame)
-        self.table_view.cellClicked.connect(lambda r, _c: self.go_to_frame(int(self.table.iloc[r]["frame"])))
-        self.viewer.dims.events.current_step.connect(self._on_step)
-        self.session.forest_changed.connect(self._on_session_forest)
-        self.session.detections_changed.connect(self._on_detections)
+        self.work.listen(self.viewer.dims.events.current_step, self._on_step)
+        self.work.listen(self.session.forest_changed, self._on_session_forest)
+        self.work.listen(self.session.detections_changed, self._on_detections)
         self._watch_layers()
+        warm_up(self)
+
+    @cached_property
+    def panel(self) -> QualityPanel:
+        """The plot and table in the results dock, built when first shown (matplotlib loads then,
+        not while the dock opens)."""
+        panel = QualityPanel()
+        panel.plot.frame_clicked.connect(self.go_to_frame)
+        panel.table_view.cellClicked.connect(lambda r, _c: self.go_to_frame(int(self.table.iloc[r]["frame"])))
+        return panel
+
+    @property
+    def plot(self):
+        return self.panel.plot
+
+    @property
+    def table_view(self) -> QTableWidget:
+        return self.panel.table_view
 
     # -- inputs ------------------------------------------------------------------------------------
     def _on_forest_choice(self, value: str) -> None:
@@ -175,7 +193,7 @@ class QualityWidget(Step):
     def _watch_layers(self, _value=None) -> None:
         """Recompute (debounced) when the chosen layers are edited, and keep them consistent."""
         for emitter in self._watched:
-            emitter.disconnect(self.schedule)
+            self.work.forget(emitter, self.schedule)
         if self._sync is not None:
             self._sync.disconnect()
             self._sync = None
@@ -186,9 +204,10 @@ class QualityWidget(Step):
         if boxes is not None:
             self._watched += [boxes.events.data, boxes.events.features]
         for emitter in self._watched:
-            emitter.connect(self.schedule)
+            self.work.listen(emitter, self.schedule)
         if masks is not None and boxes is not None:
-            self._sync = PairSync(self.session, masks, boxes, self.status.info)
+            self._sync = PairSync(self.session, masks, boxes, self.work.guarded(self.status.info),
+                                  lambda: self.viewer.dims.current_step[0], self.work)
         self.schedule()
 
     def schedule(self, _event=None) -> None:
@@ -201,29 +220,16 @@ class QualityWidget(Step):
         if self.masks.value is not None and self.boxes.value is not None:
             self._timer.start()
 
-    def resolve_forest(self) -> tuple[QualityForest, str]:
-        """The chosen forest and an honest name for it."""
+    def chosen_forest(self) -> tuple[QualityForest | ForestReference, str]:
+        """The chosen forest (the Training step's, or a reference the worker loads) and an honest
+        name for it; cheap, on the UI thread."""
         choice = self.forest_choice.value
         if choice == FOREST_SESSION:
             if self.session.forest is None:
                 raise ValueError("no forest refit or loaded in the Training step yet")
             return self.session.forest, self.session.source
-        if choice == FOREST_FILE:
-            path = self.forest_file.value
-            if not path or not Path(path).is_file():
-                raise ValueError("choose a forest file (.skops)")
-            key, name = str(Path(path).resolve()), f"loaded from {Path(path).name}"
-        elif choice == FOREST_DEFAULT:
-            key, name = "default", "bundled default"
-        elif choice == FOREST_LI2025:
-            key, name = "li2025", "li2025 (authors' detectron2 model)"
-        else:
-            key = forest_for_detector(layer_detector(self.boxes.value))
-            bundled = key in ("default", "li2025")
-            name = f"bundled {key} (matches the detector)" if bundled else f"{Path(key).name} (saved beside the detector)"
-        if key not in self._forest_cache:
-            self._forest_cache[key] = QualityForest.load(key)
-        return self._forest_cache[key], name
+        reference = forest_reference(CHOICE_OF_LABEL[choice], layer_detector(self.boxes.value), self.forest_file.value)
+        return reference, reference.name
 
     # -- computing ---------------------------------------------------------------------------------
     def compute(self) -> None:
@@ -239,22 +245,20 @@ class QualityWidget(Step):
         masks, boxes = self.masks.value, self.boxes.value
         try:
             stack = detections_from_layers(masks, boxes)
-            forest, name = self.resolve_forest()
+            forest, name = self.chosen_forest()
             signals = stored_signals(pair_record(boxes.metadata), len(stack))
-            check_signals(forest, signals)
         except ValueError as exc:
             self._clear()
             self.status.error(str(exc))
             return
-        warning = forest.detector_mismatch(layer_detector(boxes))
-        pixel_size = pixel_size_from_layer(boxes)
-        self.worker = create_worker(quality_with_readouts, stack, forest, pixel_size,
-                                    labels_data(masks), boxes.features.copy(), signals)
-        self.worker.returned.connect(lambda result: self._show(result, forest, name, warning, signals))
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self.status.value = "predicting quality…"
-        self.worker.start()
+        loading = isinstance(forest, ForestReference) and not is_loaded(forest.key)
+        self.status.value = "loading the forest and predicting quality…" if loading else "predicting quality…"
+        self.worker = self.work.run(
+            quality_with_readouts, stack, forest, layer_detector(boxes), pixel_size_from_layer(boxes),
+            labels_data(masks), boxes.features.copy(), signals,
+            returned=lambda result: self._show(result, name, signals), errored=self._on_error,
+            finished=self._on_finished,
+        )
 
     def _clear(self) -> None:
         """Nothing shown is better than numbers from inputs that are no longer valid."""
@@ -263,7 +267,7 @@ class QualityWidget(Step):
 
     def _on_error(self, exc: Exception) -> None:
         self._clear()
-        self.status.error(f"quality prediction failed: {exc}")
+        self.status.error(str(exc) if isinstance(exc, ValueError) else f"quality prediction failed: {exc}")
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -271,11 +275,11 @@ class QualityWidget(Step):
             self._pending = False
             self.compute()
 
-    def _show(self, result, forest: QualityForest, name: str, warning: str | None, signals: list[dict]) -> None:
+    def _show(self, result: LayerQuality, name: str, signals: list[dict]) -> None:
         if not alive(self.panel):
             return  # the viewer closed while the worker ran
-        self.table, self.features, ignored = result
-        self.forest = self.session.in_use = forest
+        self.table, self.features, ignored, warning = result.table, result.features, result.unboxed, result.warning
+        forest = self.forest = self.session.in_use = result.forest
         self.forest_name.setText(f"using: {name} ({forest.n_training} training frames)")
         self.forest_note.value = forest.scoring_note(detected_with_signals=any(signals))
         results_dock(self.viewer).show_page(self.panel, "Quality per frame")
@@ -328,8 +332,15 @@ class QualityWidget(Step):
         if frame is None or self.features is None or frame >= len(self.features):
             self.panel.explanation.setText("")
             return
+        from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
+
         r = self.table.iloc[frame]
         text = f"frame {frame}: predicted F1 {r['f1']:.2f} [{r['f1_low']:.2f}, {r['f1_high']:.2f}]"
+        if r["count"] == 0:  # every feature is 0: no feature "pulls" anything
+            self.panel.explanation.setText(
+                f"{text}; no detections here: frames like it often held objects the detector missed. If it "
+                "truly has none, mark it 'Checked: no objects' in the Training step")
+            return
         try:
             contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
         except ExplanationUnavailable as exc:
@@ -383,11 +394,14 @@ class QualityWidget(Step):
 
 
 def source_file_name(viewer, boxes) -> str:
-    """The name COCO images of these detections get: the file the image layer was read from
-    (our reader records it), else the image layer's name."""
+    """The name COCO images of these detections get: the file the image layer was read from (by
+    our reader, which records it, or by any other, which napari records as the layer's source),
+    else the image layer's name."""
     image_name = pair_record(boxes.metadata).get("image_layer") or boxes.name.removesuffix(" boxes")
     image = viewer.layers[image_name] if image_name in viewer.layers else None
-    source = pair_record(image.metadata).get("source") if image is not None else None
+    source = None
+    if image is not None:
+        source = pair_record(image.metadata).get("source") or getattr(image.source, "path", None)
     return Path(source).name if source else image_name
 
 
@@ -402,18 +416,61 @@ def check_signals(forest: QualityForest, signals: list[dict]) -> None:
                          f"with quality signals '{required}' (Detection step), or choose another forest")
 
 
-def quality_with_readouts(stack, forest: QualityForest, pixel_size_nm: float | None, labels, box_features,
-                          signals: list[dict] | None = None):
-    """Worker body: the predicted-quality table (plus density and diameter when the pixel size is
-    known), the frames' features, and how many masks have no box (they are ignored). ``signals``:
-    each frame's stored detector signals (``stored_signals``)."""
+@dataclass
+class LayerQuality:
+    """What the Quality step shows for a layer pair: the per-frame table (with density and
+    diameter when the pixel size is known), the frames' features, the forest used, how many masks
+    have no box (ignored), and a warning when the forest was fitted for another detector."""
+
+    table: pd.DataFrame
+    features: pd.DataFrame
+    forest: QualityForest
+    unboxed: int
+    warning: str | None
+
+
+def quality_with_readouts(stack, forest: QualityForest | ForestReference, detector: dict | None,
+                          pixel_size_nm: float | None, labels, box_features,
+                          signals: list[dict] | None = None) -> LayerQuality:
+    """Worker body: load the forest if it is a reference (once per process), check that the
+    detections carry the signals it needs, and predict; also builds the cached explainer, all off
+    the UI thread. ``signals``: each frame's stored detector signals (``stored_signals``)."""
+    from ..explain import ExplanationUnavailable, frame_contributions
+    from ..scoring import physical_readouts, predicted_quality
+
+    if isinstance(forest, ForestReference):
+        forest = load_forest(forest.key)
+    check_signals(forest, signals or [])
     table, features = predicted_quality(stack, forest, signals)
     if len(features):
-        try:  # builds the cached explainer off the UI thread
+        try:
             frame_contributions(forest, features.iloc[:1])
         except ExplanationUnavailable:
             pass  # the explanation line says what to install
     if pixel_size_nm:
         readouts = physical_readouts(stack, pixel_size_nm)
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)
-    return table, features, count_unboxed(labels, box_features)
+    return LayerQuality(table, features, forest, count_unboxed(labels, box_features),
+                        forest.detector_mismatch(detector))
+
+
+def warm_up(step) -> None:
+    """Once per process, as the first dock opens: import the detection engines (torch) and load the
+    bundled forest in a background worker, so neither the first Detect nor the first prediction
+    waits for them on the UI thread."""
+    global _warmed
+    if _warmed:
+        return
+    _warmed = True
+    # after the dock is painted: the import would otherwise share the interpreter with building it
+    QTimer.singleShot(WARM_UP_DELAY_MS, lambda: step.work.closed or step.work.run(_warm_up_job))
+
+
+_warmed = False
+
+
+def _warm_up_job() -> None:
+    from ._torch_import import import_engines
+
+    load_forest("default")
+    import_engines()

@@ -5,13 +5,15 @@ other features add theirs with ``add_section``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, FloatSpinBox, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
-from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -25,12 +27,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..coco import CocoGroundTruth
-from ..forest import QualityForest, forest_for_detector
+from ..forest_choice import forest_for_detector, load_forest
 from ..ground_truth import GroundTruthRecord, labeled_frames, painted_frames, seeded_name
 from ..layer_pair import METADATA_KEY, pair_record, stored_signals
-from ..refit import RefitMode, cv_report, labeled_rows, refit_forest, training_for_refit
-from ..scoring import ground_truth_frames, predicted_quality, true_quality
-from ..training_set import TrainingSet
+from ..refit_mode import RefitMode, refit_problem
 from ._common import (
     LayerPicker,
     Step,
@@ -42,15 +42,19 @@ from ._common import (
     row,
 )
 from .finetune import FinetuneSection
-from .plots import ParityPlot
 from .results_dock import alive, results_dock
+
+if TYPE_CHECKING:
+    from ..forest import QualityForest
+    from ..training_set import TrainingSet
 
 SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
 SCORE_HEADERS = {"tp": "TP", "fp": "FP", "fn": "FN", "precision": "P", "recall": "R", "f1": "F1",
                  "predicted_f1": "pred. F1"}
-LIST_ROWS = 4
+LIST_ROWS = 3
 TABLE_ROWS = 2
 PARITY_MAX_WIDTH = 420
+PREDICTION_OUTLINE_PX = 2
 
 
 def is_ground_truth(layer) -> bool:
@@ -78,6 +82,10 @@ class TrainingWidget(Step):
         self.ground_truth = LayerPicker(napari_viewer, Labels, "ground truth", prefer=is_ground_truth,
                                         only_fallback=False)
         self.seed_button = PushButton(text="Start ground truth from predictions")
+        self.outline_predictions = CheckBox(
+            text="predicted masks as outlines", value=True,
+            tooltip="while you edit the ground truth, the predicted masks under it show as outlines, so a "
+                    "mask you delete or change visibly differs from the prediction")
         self.coco_button = PushButton(text="Load COCO ground truth…")
         self.reviewed_button = PushButton(text="Frame reviewed ✓")
         self.empty_button = PushButton(text="Checked: no objects")
@@ -86,6 +94,7 @@ class TrainingWidget(Step):
         self.iou = FloatSpinBox(label="IoU threshold", value=0.1, min=0.0, max=1.0, step=0.05)
         self.score_button = PushButton(text="Score labeled frames")
         self.score_table = QTableWidget(0, len(SCORE_COLUMNS))
+        self.score_table.setHorizontalHeaderLabels([SCORE_HEADERS[c] for c in SCORE_COLUMNS])
         self.score_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         table_rows_high(self.score_table, TABLE_ROWS)
         self.score_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -100,20 +109,12 @@ class TrainingWidget(Step):
         self.load_set_button = PushButton(text="Load training set…")
         self.add_section("Layers", self.masks, self.boxes, self.ground_truth)
         self.add_section("Ground truth", row(self.seed_button, self.coco_button),
-                         row(self.reviewed_button, self.empty_button),
+                         row(self.reviewed_button, self.empty_button), self.outline_predictions,
                          QLabel("labeled frames (click to go there):"), self.frame_list)
         self.add_section("True quality", self.iou, self.score_button, self.score_table)
         self.add_section("Refit forest", self.mode, self.refit_button, self.metrics)
         self.add_section("Files", row(self.save_forest_button, self.load_forest_button),
                          row(self.save_set_button, self.load_set_button))
-        self.parity = ParityPlot()
-        self.parity.setMaximumWidth(PARITY_MAX_WIDTH)
-        self.parity_text = QLabel("")
-        self.parity_text.setWordWrap(True)
-        self.parity_page = QWidget()
-        page = QHBoxLayout(self.parity_page)
-        page.addWidget(self.parity)
-        page.addWidget(self.parity_text, 1)
         self.finetune = FinetuneSection(self)
 
         self.training_set: TrainingSet | None = None
@@ -121,6 +122,7 @@ class TrainingWidget(Step):
         self.worker = None
         self._watched_truth = None
         self.seed_button.changed.connect(self.seed_ground_truth)
+        self.outline_predictions.changed.connect(self._show_predictions)
         self.coco_button.changed.connect(self._ask_load_coco)
         self.reviewed_button.changed.connect(lambda: self.mark_reviewed(self.current_frame()))
         self.empty_button.changed.connect(lambda: self.mark_empty(self.current_frame()))
@@ -132,8 +134,23 @@ class TrainingWidget(Step):
         self.save_set_button.changed.connect(self._ask_save_set)
         self.load_set_button.changed.connect(self._ask_load_set)
         self.ground_truth.changed.connect(self._watch_truth)
-        self.session.detections_changed.connect(self._on_detections)
+        self.work.listen(self.session.detections_changed, self._on_detections)
         self._watch_truth()
+
+    @cached_property
+    def parity_page(self) -> QWidget:
+        """The refit's parity plot and numbers in the results dock, built when first shown."""
+        from .plots import ParityPlot
+
+        self.parity = ParityPlot()
+        self.parity.setMaximumWidth(PARITY_MAX_WIDTH)
+        self.parity_text = QLabel("")
+        self.parity_text.setWordWrap(True)
+        page = QWidget()
+        layout = QHBoxLayout(page)
+        layout.addWidget(self.parity)
+        layout.addWidget(self.parity_text, 1)
+        return page
 
     def _on_detections(self, masks, boxes, _finished: bool) -> None:
         self.masks.value, self.boxes.value = masks, boxes
@@ -212,7 +229,14 @@ class TrainingWidget(Step):
             return None
         layer = self.viewer.add_labels(data, name=name, scale=masks.scale, metadata=metadata)
         self.ground_truth.value = layer
+        self._show_predictions()
         return layer
+
+    def _show_predictions(self, _value=None) -> None:
+        """Predicted masks as outlines while a ground truth is being edited over them (else filled)."""
+        masks = self.masks.value
+        if masks is not None:
+            masks.contour = PREDICTION_OUTLINE_PX if self.outline_predictions.value and self.ground_truth.value else 0
 
     def _watch_truth(self, _value=None) -> None:
         """Painting on a frame of the ground truth marks that frame reviewed (and says so)."""
@@ -269,6 +293,8 @@ class TrainingWidget(Step):
         if layer is None:
             raise ValueError("pick or seed a ground-truth layer first")
         stack = detections_from_layers(self.masks.value, self.boxes.value)
+        from ..scoring import ground_truth_frames
+
         truth = ground_truth_frames(labels_data(layer), len(stack))
         if truth.shape[1:] != stack.image_shape:
             raise ValueError(f"ground truth is {truth.shape[1:]} per frame but the masks are {stack.image_shape}")
@@ -290,6 +316,8 @@ class TrainingWidget(Step):
             self.score_table.setRowCount(0)
             self.status.error(str(exc))
             return None
+        from ..scoring import predicted_quality, true_quality
+
         scores = true_quality(stack, truth, frames, self.iou.value)
         forest = self.session.forest or self.session.in_use
         if forest is not None:
@@ -315,39 +343,39 @@ class TrainingWidget(Step):
         return scores
 
     # -- refit -------------------------------------------------------------------------------------
-    def base_forest(self) -> QualityForest:
-        """The forest to extend: the one trained here, else the Quality step's, else bundled."""
+    def base_forest(self) -> QualityForest | str:
+        """The forest to extend: the one trained here, else the Quality step's, else (the name of,
+        loaded in the worker) the bundled one that belongs to the detector."""
         for forest in (self.session.forest, self.session.in_use):
             if forest is not None:
                 return forest
-        return QualityForest.load(forest_for_detector(layer_detector(self.boxes.value)))
+        return forest_for_detector(layer_detector(self.boxes.value))
 
     def refit(self) -> None:
         if self.worker is not None:
             self.status.warn("a refit is already running")
             return
+        mode = RefitMode(self.mode.value)
         try:
             stack, truth, frames = self._labeled_inputs()
-            base = self.base_forest()
-            signals = self._stored_signals(len(stack))
-            new_rows = labeled_rows(stack, truth, frames, self.iou.value, self.ground_truth.value.name, signals)
-            training = training_for_refit(RefitMode(self.mode.value), new_rows, self.training_set, base)
+            if problem := refit_problem(mode, len(frames)):
+                raise ValueError(problem)
         except ValueError as exc:
             self.status.error(str(exc))
             return
-        self.worker = create_worker(refit_forest, training, base, layer_detector(self.boxes.value),
-                                    _progress={"desc": "Refitting forest"})
-        self.worker.returned.connect(lambda result: self._on_refit(result, training, set(new_rows.sources)))
-        self.worker.errored.connect(self._on_refit_error)
-        self.worker.finished.connect(self._on_refit_finished)
         self.refit_button.enabled = False
-        self.status.value = f"refitting on {len(training)} frames ({len(frames)} yours)…"
-        self.worker.start()
+        self.status.value = f"refitting with {len(frames)} labeled frame(s) of yours…"
+        self.worker = self.work.run(
+            refit_job, stack, truth, frames, self.iou.value, self.ground_truth.value.name,
+            self._stored_signals(len(stack)), mode, self.training_set, self.base_forest(),
+            layer_detector(self.boxes.value),
+            returned=self._on_refit, errored=self._on_refit_error, finished=self._on_refit_finished,
+        )
 
-    def _on_refit(self, result, training: TrainingSet, new_sources: set[str]) -> None:
+    def _on_refit(self, result: RefitOutcome) -> None:
         if not alive(self.parity_page):
             return  # the viewer closed while the forest was refit
-        forest, cv = result
+        forest, cv, training, new_sources = result.forest, result.cv, result.training, result.new_sources
         self.training_set = training
         mine = sum(source in new_sources for source in training.sources)
         self.session.set_forest(forest, f"refit in this viewer on {len(training)} frames ({mine} yours)")
@@ -355,6 +383,8 @@ class TrainingWidget(Step):
             self.metrics.setText(f"fit on {len(training)} frames (too few for cross-validation)")
             self.parity.clear()
         else:
+            from ..refit import cv_report
+
             report = cv_report(cv, training, new_sources)
             self.metrics.setText("5-fold cross-validated F1 (MAE / RMSE / R²)<br>" + "<br>".join(
                 f"{name}, {int(r.n)} frames: {r.mae:.3f} / {r.rmse:.3f} / "
@@ -369,8 +399,9 @@ class TrainingWidget(Step):
     def _on_refit_error(self, exc: Exception) -> None:
         if self.metrics.text() and not self.metrics.text().startswith("stale"):
             self.metrics.setText("stale (the last refit failed): " + self.metrics.text())
-            self.parity_text.setText(self.metrics.text())
-        self.status.error(f"refit failed: {exc}")
+            if "parity_page" in self.__dict__:
+                self.parity_text.setText(self.metrics.text())
+        self.status.error(str(exc) if isinstance(exc, ValueError) else f"refit failed: {exc}")
 
     def _on_refit_finished(self) -> None:
         self.worker = None
@@ -385,6 +416,8 @@ class TrainingWidget(Step):
         self.status.info(f"forest saved to {path}")
 
     def load_forest(self, path) -> None:
+        from ..forest import QualityForest
+
         try:
             forest = QualityForest.load(path)
         except ValueError as exc:
@@ -402,6 +435,8 @@ class TrainingWidget(Step):
         self.status.info(f"training set ({len(self.training_set)} frames) saved to {path}")
 
     def load_training_set(self, path) -> None:
+        from ..training_set import TrainingSet
+
         try:
             self.training_set = TrainingSet.load(path)
         except ValueError as exc:
@@ -437,3 +472,28 @@ class TrainingWidget(Step):
     def _ask_load_set(self):
         if path := self._ask(False, "Load training set", "CSV (*.csv)"):
             self.load_training_set(path)
+
+
+@dataclass
+class RefitOutcome:
+    """A refit forest, its cross-validation (None with too few frames), the training set it was
+    fit on and the sources of the user's own rows in it."""
+
+    forest: QualityForest
+    cv: object
+    training: TrainingSet
+    new_sources: set[str]
+
+
+def refit_job(stack, truth, frames, iou: float, source: str, signals, mode: RefitMode,
+              training_set: TrainingSet | None, base: QualityForest | str, detector: dict | None) -> RefitOutcome:
+    """Worker body: the labeled frames' rows, the training set for the refit mode, and the refit
+    (loading the base forest first when it is named, not loaded)."""
+    from ..refit import labeled_rows, refit_forest, training_for_refit
+
+    if isinstance(base, str):
+        base = load_forest(base)
+    new_rows = labeled_rows(stack, truth, frames, iou, source, signals)
+    training = training_for_refit(mode, new_rows, training_set, base)
+    forest, cv = refit_forest(training, base, detector)
+    return RefitOutcome(forest, cv, training, set(new_rows.sources))
