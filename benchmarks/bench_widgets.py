@@ -54,6 +54,7 @@ def main(argv=None) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_detection_qc.forest_choice import load_forest
     from napari_detection_qc.synthetic import PRESETS, make_stack
     from napari_detection_qc.widgets import DetectionWidget, QualityWidget
     from napari_detection_qc.widgets.quality import FOREST_DEFAULT
@@ -96,7 +97,7 @@ def main(argv=None) -> None:
     quality.masks.value = viewer.layers["stack masks"]
     quality.boxes.value = viewer.layers["stack boxes"]
     quality.forest_choice.value = FOREST_DEFAULT
-    quality.resolve_forest()  # loading the forest file once is not part of an update
+    load_forest("default")  # loading the forest file once per process is not part of an update
     returned = []
     start = time.perf_counter()
     quality.compute()

@@ -75,6 +75,7 @@ def test_detect_then_quality_through_napari_without_false_errors(make_napari_vie
     detection, quality = dock.detection, dock.quality
     assert detection.image.value is image or detection.image.value.name == image.name
 
+    qtbot.wait(3000)  # the user looks at the settings; the dock warms up in the background meanwhile
     shown_while_busy = []
     original_show = quality._show
 

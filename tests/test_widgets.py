@@ -285,7 +285,7 @@ def test_training_loop_changes_the_forest(make_napari_viewer, qtbot, small_stack
     assert "at least 5" in widget.status.value
 
 
-def test_training_files_round_trip(make_napari_viewer, tmp_path, test_forest):
+def test_training_files_round_trip(make_napari_viewer, qtbot, tmp_path, test_forest):
     from napari_detection_qc.training_set import TrainingSet
     from napari_detection_qc.widgets import TrainingWidget
 
@@ -294,18 +294,22 @@ def test_training_files_round_trip(make_napari_viewer, tmp_path, test_forest):
     widget.save_forest(tmp_path / "none.skops")
     assert "no forest" in widget.status.value
     widget.load_forest(test_forest[1])
+    qtbot.waitUntil(lambda: widget.loader is None, timeout=WORKER_TIMEOUT_MS)  # read in the background
     assert widget.session.forest.n_training == 200
     widget.save_forest(tmp_path / "again.skops")
     assert QualityForest.load(tmp_path / "again.skops").n_training == 200
     (tmp_path / "bad.skops").write_bytes(b"not a forest")
     widget.load_forest(tmp_path / "bad.skops")
+    qtbot.waitUntil(lambda: widget.loader is None, timeout=WORKER_TIMEOUT_MS)
     assert "not a readable forest" in widget.status.value
     widget.training_set = TrainingSet.from_forest(test_forest[0])
     widget.save_training_set(tmp_path / "set.csv")
     widget.load_training_set(tmp_path / "set.csv")
+    qtbot.waitUntil(lambda: widget.loader is None, timeout=WORKER_TIMEOUT_MS)
     assert len(widget.training_set) == 200
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     widget.load_training_set(tmp_path / "bad.csv")
+    qtbot.waitUntil(lambda: widget.loader is None, timeout=WORKER_TIMEOUT_MS)
     assert "not a training set" in widget.status.value
 
 

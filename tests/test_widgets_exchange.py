@@ -76,14 +76,17 @@ def test_pixel_size_and_coco_through_the_widgets(make_napari_viewer, qtbot, micr
 
     training = TrainingWidget(viewer)
     training.masks.value, training.boxes.value = masks, boxes
-    truth = training.load_coco_ground_truth(path)
-    assert truth is not None and truth.name == "cavities ground truth"
+    training.load_coco_ground_truth(path)
+    qtbot.waitUntil(lambda: training.loader is None, timeout=WORKER_TIMEOUT_MS)  # read in the background
+    truth = viewer.layers["cavities ground truth"]
     np.testing.assert_array_equal(truth.data, masks.data)  # the file was written as cavities.tif
     scores = training.score_labeled_frames()
     assert scores["frame"].tolist() == [0, 1]
-    assert training.load_coco_ground_truth(path) is None and "exists already" in training.status.value
+    training.load_coco_ground_truth(path)
+    assert training.loader is None and "exists already" in training.status.value
     training.masks.value = None
-    assert training.load_coco_ground_truth(path) is None and "pick the predicted masks" in training.status.value
+    training.load_coco_ground_truth(path)
+    assert training.loader is None and "pick the predicted masks" in training.status.value
 
 
 def test_manifest_is_valid_and_its_python_names_import():

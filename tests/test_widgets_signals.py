@@ -120,7 +120,8 @@ def test_quality_uses_the_stored_signals_or_says_which_setting_to_detect_with(de
     viewer.dims.set_current_step(0, 1)
     run_detection(detection, qtbot, "cheap", scope="current frame")
     widget.compute()
-    assert widget.worker is None and widget.table is None
+    wait_for(qtbot, widget)  # the forest is loaded and checked in the background
+    assert widget.table is None
     assert "frame(s) 1 lack" in widget.status.value and "quality signals 'all'" in widget.status.value
 
     # a forest without signals keeps working on layers with signals, and its note shows

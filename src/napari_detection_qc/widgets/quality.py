@@ -62,7 +62,7 @@ CHOICE_OF_LABEL = {FOREST_AUTO: ForestChoice.AUTO, FOREST_DEFAULT: ForestChoice.
 TABLE_COLUMNS = ("count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain")
 PHYSICAL_COLUMNS = ("density_per_um2", "mean_diameter_nm")
 DEBOUNCE_MS = 300
-WARM_UP_DELAY_MS = 1000
+WARM_UP_DELAY_MS = 300
 
 
 class QualityPanel(QWidget):
@@ -472,5 +472,21 @@ _warmed = False
 def _warm_up_job() -> None:
     from ._torch_import import import_engines
 
+    warm_napari_layers()
     load_forest("default")
     import_engines()
+
+
+def warm_napari_layers() -> None:
+    """napari compiles (or loads from its cache) the numba code of Shapes and Labels the first
+    time a process draws them: over a second on the UI thread at the first Detect. Doing it once
+    on a throw-away layer here moves that off the UI thread. napari internals may change: any
+    failure only leaves the cost where it was."""
+    try:
+        from napari.layers import Shapes
+        from napari.utils.colormaps import _accelerated_cmap
+
+        Shapes([np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)], shape_type="rectangle")
+        _accelerated_cmap.zero_preserving_modulo(np.arange(16, dtype=np.uint16).reshape(4, 4), 49, np.uint8)
+    except Exception:  # noqa: BLE001 (a warm-up must never fail the dock)
+        pass

@@ -120,6 +120,7 @@ class TrainingWidget(Step):
         self.training_set: TrainingSet | None = None
         self.scores: pd.DataFrame | None = None
         self.worker = None
+        self.loader = None  # a file being read
         self._watched_truth = None
         self.seed_button.changed.connect(self.seed_ground_truth)
         self.outline_predictions.changed.connect(self._show_predictions)
@@ -197,29 +198,44 @@ class TrainingWidget(Step):
             self.status.info(f"'{layer.name}' seeded from predictions: correct a frame, then mark it reviewed")
         return layer
 
-    def load_coco_ground_truth(self, path) -> Labels | None:
-        """Ground truth from a COCO file: the images named like the masks' image (or, in a file
-        about one image or stack, its images in order); every frame the file holds counts as
-        labeled, with or without objects."""
+    def load_coco_ground_truth(self, path) -> None:
+        """Ground truth from a COCO file, read in the background: the images named like the masks'
+        image (or, in a file about one image or stack, its images in order); every frame the file
+        holds counts as labeled, with or without objects."""
         masks = self.masks.value
         if masks is None:
             self.status.error("pick the predicted masks layer: the COCO images are matched to its image")
-            return None
+            return
+        if seeded_name(masks.name) in self.viewer.layers:
+            self.status.error(f"'{seeded_name(masks.name)}' exists already; rename or delete it first (nothing "
+                              "overwritten)")
+            return
         shape = labels_data(masks).shape
         n_frames = 1 if len(shape) == 2 else shape[0]
-        try:
-            truth = CocoGroundTruth.load(path).stack_labels(
-                masks.name.removesuffix(" masks"), n_frames, shape[-2:], sole_input=True
-            )
-        except ValueError as exc:
-            self.status.error(str(exc))
-            return None
-        record = GroundTruthRecord(reviewed_frames=set(range(n_frames)))
-        metadata = record.to_metadata({METADATA_KEY: {"source": str(path)}})
-        layer = self._add_ground_truth(masks, truth[0] if len(shape) == 2 else truth, metadata)
-        if layer is not None:
-            self.status.info(f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s)")
-        return layer
+
+        def add(truth: np.ndarray) -> None:
+            record = GroundTruthRecord(reviewed_frames=set(range(n_frames)))
+            metadata = record.to_metadata({METADATA_KEY: {"source": str(path)}})
+            layer = self._add_ground_truth(masks, truth[0] if len(shape) == 2 else truth, metadata)
+            if layer is not None:
+                self.status.info(f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s)")
+
+        self._load(coco_stack_labels, path, masks.name.removesuffix(" masks"), n_frames, shape[-2:], done=add,
+                   what=f"reading {Path(path).name}…")
+
+    def _load(self, function, *args, done, what: str) -> None:
+        """Read a file in the background (``function(*args)``), then ``done(result)``; a file that
+        cannot be read is a one-line error."""
+        if self.loader is not None:
+            self.status.warn("a file is still being read; try again when it is done")
+            return
+        self.status.value = what
+
+        def finished() -> None:
+            self.loader = None
+
+        self.loader = self.work.run(function, *args, returned=done, finished=finished,
+                                    errored=lambda exc: self.status.error(str(exc)))
 
     def _add_ground_truth(self, masks: Labels, data: np.ndarray, metadata: dict) -> Labels | None:
         """A new Labels layer '<image> ground truth' beside the masks; never replaces one."""
@@ -416,16 +432,14 @@ class TrainingWidget(Step):
         self.status.info(f"forest saved to {path}")
 
     def load_forest(self, path) -> None:
-        from ..forest import QualityForest
+        """Load a forest file in the background; it becomes the Quality step's forest."""
 
-        try:
-            forest = QualityForest.load(path)
-        except ValueError as exc:
-            self.status.error(str(exc))
-            return
-        self.training_set = None
-        self.session.set_forest(forest, f"loaded from {Path(path).name}")
-        self.status.info(f"loaded forest {Path(path).name} ({forest.n_training} training frames)")
+        def use(forest: QualityForest) -> None:
+            self.training_set = None
+            self.session.set_forest(forest, f"loaded from {Path(path).name}")
+            self.status.info(f"loaded forest {Path(path).name} ({forest.n_training} training frames)")
+
+        self._load(read_forest, path, done=use, what=f"loading {Path(path).name}…")
 
     def save_training_set(self, path) -> None:
         if self.training_set is None:
@@ -435,14 +449,13 @@ class TrainingWidget(Step):
         self.status.info(f"training set ({len(self.training_set)} frames) saved to {path}")
 
     def load_training_set(self, path) -> None:
-        from ..training_set import TrainingSet
+        """Load a training set file in the background; the next refit uses it."""
 
-        try:
-            self.training_set = TrainingSet.load(path)
-        except ValueError as exc:
-            self.status.error(str(exc))
-            return
-        self.status.info(f"loaded {len(self.training_set)} training frames; refit to use them")
+        def use(training_set: TrainingSet) -> None:
+            self.training_set = training_set
+            self.status.info(f"loaded {len(training_set)} training frames; refit to use them")
+
+        self._load(read_training_set, path, done=use, what=f"reading {Path(path).name}…")
 
     def _ask(self, save: bool, caption: str, pattern: str):
         dialog = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
@@ -497,3 +510,21 @@ def refit_job(stack, truth, frames, iou: float, source: str, signals, mode: Refi
     training = training_for_refit(mode, new_rows, training_set, base)
     forest, cv = refit_forest(training, base, detector)
     return RefitOutcome(forest, cv, training, set(new_rows.sources))
+
+
+def coco_stack_labels(path, image_name: str, n_frames: int, frame_shape) -> np.ndarray:
+    """Worker body: a COCO file's ground truth as labels for an image (stack)."""
+    return CocoGroundTruth.load(path).stack_labels(image_name, n_frames, frame_shape, sole_input=True)
+
+
+def read_forest(path) -> QualityForest:
+    """Worker body: a forest file, refused with a one-line reason when it is not one."""
+    from ..forest import QualityForest
+
+    return QualityForest.load(path)
+
+
+def read_training_set(path) -> TrainingSet:
+    from ..training_set import TrainingSet
+
+    return TrainingSet.load(path)
