@@ -206,11 +206,53 @@ def test_label_folder_must_name_every_input(tmp_path):
     (tmp_path / "labels").mkdir()
     tifffile.imwrite(tmp_path / "images" / "a.tif", np.zeros((2, 16, 16), np.uint8))
     tifffile.imwrite(tmp_path / "labels" / "a.tif", np.ones((2, 16, 16), np.uint16))
-    images, truth, names = read_labelled_frames(tmp_path / "images", tmp_path / "labels")
-    assert names == ["a#0", "a#1"] and truth[1].shape == (16, 16)
+    labelled = read_labelled_frames(tmp_path / "images", tmp_path / "labels")
+    assert labelled.names == ["a#0", "a#1"] and labelled.truths[1].shape == (16, 16)
     tifffile.imwrite(tmp_path / "images" / "b.tif", np.zeros((16, 16), np.uint8))
     with pytest.raises(InputError, match="no label image named b"):
         read_labelled_frames(tmp_path / "images", tmp_path / "labels")
+
+
+def test_cli_finetune_from_coco_with_boxes_only(tiny_checkpoint, tmp_path, capsys):
+    """COCO annotations as CVAT and Label Studio export them, boxes only: the frames train with the
+    ellipse inscribed in each box as its mask, and the run says so."""
+    import json
+
+    import tifffile
+
+    (tmp_path / "images").mkdir()
+    images, truth = frames(2)
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "loop"}]}
+    for i, (image, labels) in enumerate(zip(images, truth)):
+        tifffile.imwrite(tmp_path / "images" / f"f{i}.tif", image.astype(np.uint8))
+        coco["images"].append({"id": i + 1, "file_name": f"f{i}.tif", "height": 128, "width": 128})
+        for label in range(1, int(labels.max()) + 1):
+            ys, xs = np.nonzero(labels == label)
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1, "category_id": 1,
+                                        "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1,
+                                                 int(np.ptp(ys)) + 1]})
+    (tmp_path / "boxes.json").write_text(json.dumps(coco))
+    labelled = read_labelled_frames(tmp_path / "images", tmp_path / "boxes.json")
+    assert labelled.names == ["f0", "f1"]
+    first = labelled.truths[0]
+    box = coco["annotations"][0]["bbox"]
+    mask = first == 1
+    assert mask.sum() < box[2] * box[3]  # an ellipse, not the whole box
+    ys, xs = np.nonzero(mask)
+    assert (xs.min(), ys.min(), xs.max(), ys.max()) == pytest.approx(
+        (box[0], box[1], box[0] + box[2] - 1, box[1] + box[3] - 1), abs=1)  # touching the box's sides
+    assert "box-only" in labelled.notes[0] and "ellipse" in labelled.notes[0]
+    out = tmp_path / "model.pt"
+    code = cli.main(["finetune", str(tmp_path / "images"), "--ground-truth", str(tmp_path / "boxes.json"),
+                     "--out", str(out), "--model", str(tiny_checkpoint), "--steps", "2",
+                     "--synthetic-frames", "1", "--device", "cpu", "--no-progress"])
+    assert code == 0 and out.is_file()
+    assert "ellipse inscribed" in capsys.readouterr().err  # messages go to stderr
+    coco["images"][1]["file_name"] = "other.tif"  # annotations of an image that is not an input
+    (tmp_path / "boxes.json").write_text(json.dumps(coco))
+    assert cli.main(["finetune", str(tmp_path / "images"), "--ground-truth", str(tmp_path / "boxes.json"),
+                     "--out", str(out), "--steps", "1"]) == cli.EXIT_ERROR
+    assert "no image named f1.tif" in capsys.readouterr().err
 
 
 def test_detectron2_weights_imported_into_torchvision_fine_tune(tmp_path):

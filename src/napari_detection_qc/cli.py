@@ -7,7 +7,7 @@ the work is in ``run`` and ``store``).
     napari-detection-qc evaluate DETECTIONS --ground-truth GT  true precision/recall/F1 per frame
     napari-detection-qc export-coco DETECTIONS --out FILE.json detections as COCO JSON (RLE masks)
     napari-detection-qc fit-forest TABLE.csv --out FOREST      a quality forest from labeled frames
-    napari-detection-qc finetune IMAGES --ground-truth LABELS --out model.pt
+    napari-detection-qc finetune IMAGES --ground-truth LABELS|COCO.json --out model.pt
                                                                adapt the detector (and its forest)
 
 Exit codes: 0 done; 1 some inputs failed and were skipped (``--keep-going``); 2 usage or input
@@ -302,7 +302,8 @@ def add_finetune_command(commands) -> None:
         "--ground-truth",
         type=Path,
         required=True,
-        help="folder of label images named like the inputs (0 background, one id per object)",
+        help="folder of label images named like the inputs (0 background, one id per object), or a COCO JSON "
+        "file (polygons, RLE, or boxes only: the mask head then learns the ellipse inscribed in each box)",
     )
     finetune.add_argument("--out", type=Path, required=True, help="the fine-tuned checkpoint to write (.pt)")
     add_model_options(finetune)
@@ -460,8 +461,11 @@ def run_finetune(args) -> int:
     from .engines.finetune import finetune
     from .finetune_outputs import read_labelled_frames, save_finetuned
 
-    images, truths, names = read_labelled_frames(args.images, args.ground_truth)
+    labelled = read_labelled_frames(args.images, args.ground_truth)
+    images, truths, names = labelled.images, labelled.truths, labelled.names
     say(f"{len(images)} labelled frame(s) from {len(set(n.split('#')[0] for n in names))} file(s)")
+    for note in labelled.notes:
+        say(note)
     detector = detector_spec(args).load()
     with tqdm(total=100, desc="fine-tuning", unit="%", disable=args.no_progress) as bar:
         def progress(report) -> None:

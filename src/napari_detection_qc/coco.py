@@ -151,24 +151,39 @@ def polygon_pixels(polygons: Sequence[Sequence[float]], height: int, width: int)
     return np.unique(np.concatenate(pixels)) if pixels else np.zeros(0, np.int64)
 
 
-def box_pixels(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
-    """Column-major flat indices of the pixels a box-only annotation's ``[x, y, w, h]`` covers."""
+BOX_MASKS = ("box", "ellipse")  # the mask a box-only annotation gets: its box, or the ellipse inscribed in it
+
+
+def box_pixels(bbox: Sequence[float], height: int, width: int, shape: str = "box") -> np.ndarray:
+    """Column-major flat indices of the pixels a box-only annotation's ``[x, y, w, h]`` covers:
+    the whole box, or (``shape="ellipse"``, the outline of most EM defects) the pixels whose
+    centres lie in the ellipse inscribed in it (the whole box when the ellipse holds none)."""
     x, y, w, h = (float(v) for v in bbox)
     x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
     x1, y1 = min(int(np.ceil(x + w)), width), min(int(np.ceil(y + h)), height)
     cols, rows = np.meshgrid(np.arange(x0, x1), np.arange(y0, y1), indexing="ij")
+    if shape == "ellipse" and w > 0 and h > 0:
+        inside = ((cols + 0.5 - (x + w / 2)) / (w / 2)) ** 2 + ((rows + 0.5 - (y + h / 2)) / (h / 2)) ** 2 <= 1
+        if inside.any():
+            cols, rows = cols[inside], rows[inside]
     return (cols * height + rows).ravel()
 
 
-def annotation_pixels(annotation: dict, height: int, width: int) -> np.ndarray:
-    """An annotation's pixels: its polygons or RLE, or its box when it has no segmentation."""
+def is_box_only(annotation: dict) -> bool:
+    """An annotation with a box and no segmentation (boxes-only tools and exports)."""
+    return not annotation.get("segmentation") and bool(annotation.get("bbox"))
+
+
+def annotation_pixels(annotation: dict, height: int, width: int, box_mask: str = "box") -> np.ndarray:
+    """An annotation's pixels: its polygons or RLE, or (``box_mask``) its box or the ellipse in
+    it when it has no segmentation."""
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, dict):
         return rle_pixels(segmentation, height, width)
     if segmentation:
         return polygon_pixels(segmentation, height, width)
     if annotation.get("bbox"):
-        return box_pixels(annotation["bbox"], height, width)
+        return box_pixels(annotation["bbox"], height, width, box_mask)
     raise ValueError("the annotation has neither a segmentation nor a bbox")
 
 
@@ -216,15 +231,15 @@ class CocoGroundTruth:
             by_image[image_id].append(annotation)
         return cls(path, images, by_image)
 
-    def labels(self, image: dict) -> np.ndarray:
+    def labels(self, image: dict, box_mask: str = "box") -> np.ndarray:
         """One image's instance Labels image: ids 1..N in annotation order. Where instances
         overlap, the smaller one is painted on top (a Labels pixel holds one id) so small objects
-        keep their full extent."""
+        keep their full extent. ``box_mask``: what a box-only annotation becomes (``BOX_MASKS``)."""
         height, width = image["height"], image["width"]
         pixels = []
         for annotation in self.annotations[int(image["id"])]:
             try:
-                pixels.append(annotation_pixels(annotation, height, width))
+                pixels.append(annotation_pixels(annotation, height, width, box_mask))
             except (ValueError, TypeError, KeyError) as exc:
                 raise InputError(
                     f"{self.path}: annotation {annotation.get('id')} of {image['file_name']}: {exc}"
@@ -257,10 +272,15 @@ class CocoGroundTruth:
             )
         return sorted(matches, key=lambda image: int(image["frame"]))
 
+    def box_only_count(self, images: Iterable[dict]) -> int:
+        """How many annotations of these images are boxes without a segmentation."""
+        return sum(is_box_only(a) for image in images for a in self.annotations[int(image["id"])])
+
     def stack_labels(
-        self, name: str, n_frames: int, frame_shape: Sequence[int], sole_input: bool = False
+        self, name: str, n_frames: int, frame_shape: Sequence[int], sole_input: bool = False, box_mask: str = "box"
     ) -> np.ndarray:
-        """(T, Y, X) ground truth of input ``name``; its images must have the frames' shape."""
+        """(T, Y, X) ground truth of input ``name``; its images must have the frames' shape.
+        ``box_mask``: what a box-only annotation becomes (``BOX_MASKS``)."""
         images = self.images_for(name, n_frames, sole_input)
         for image in images:
             if (image["height"], image["width"]) != tuple(frame_shape):
@@ -268,7 +288,7 @@ class CocoGroundTruth:
                     f"{self.path}: image {image['file_name']} is {image['height']} x {image['width']} "
                     f"but the frames are {frame_shape[0]} x {frame_shape[1]}"
                 )
-        frames = [self.labels(image) for image in images]
+        frames = [self.labels(image, box_mask) for image in images]
         dtype = smallest_label_dtype(max((int(f.max(initial=0)) for f in frames), default=0))
         return np.stack([f.astype(dtype, copy=False) for f in frames])
 

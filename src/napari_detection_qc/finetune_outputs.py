@@ -1,9 +1,10 @@
 """What a fine-tuning run reads and writes, for the CLI and the viewer alike: labelled frames from
-an image folder and a label folder named like it, the model with its forest beside it, and the
+image files and a label folder named like them or a COCO file, the model with its forest beside it, and the
 training curves (CSV, and one drawing used both for the PNG and for the viewer's live graphs)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,29 +27,65 @@ CURVE_PANELS = (
 SMOOTHING_STEPS = 10
 
 
-def read_labelled_frames(images, labels_dir) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Frames of every image file (stacks give several) and the label image(s) of the file with
-    the same stem in ``labels_dir``; names are ``stem`` or ``stem#t``."""
+@dataclass
+class LabelledFrames:
+    """Frames with their ground truth for fine-tuning: ``names`` are ``stem`` or ``stem#t``;
+    ``notes`` say how the annotations were read (box-only annotations drawn as ellipses)."""
+
+    images: list[np.ndarray]
+    truths: list[np.ndarray]
+    names: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def read_labelled_frames(images, ground_truth) -> LabelledFrames:
+    """Frames of every image file (stacks give several) and their ground truth: a folder of label
+    images named like the inputs (same stem), or a COCO JSON file (polygons, RLE or boxes only;
+    a box-only annotation trains the mask head on the ellipse inscribed in its box)."""
     images = [images] if isinstance(images, (str, Path)) else list(images)
     files = [path for item in images for path in list_inputs(item)]
-    labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        raise InputError(f"{labels_dir}: the ground truth must be a folder of label images named like the inputs")
-    by_stem = {p.stem: p for p in list_inputs(labels_dir)}
-    frames, truths, names = [], [], []
+    ground_truth = Path(ground_truth)
+    if ground_truth.is_file() and ground_truth.suffix.lower() == ".json":
+        return _frames_with_coco(files, ground_truth)
+    if not ground_truth.is_dir():
+        raise InputError(f"{ground_truth}: the ground truth must be a folder of label images named like the inputs, "
+                         "or a COCO JSON file")
+    by_stem = {p.stem: p for p in list_inputs(ground_truth)}
+    frames = LabelledFrames([], [], [])
     for path in files:
         if path.stem not in by_stem:
-            raise InputError(f"{labels_dir}: no label image named {path.stem}.* for {path}")
+            raise InputError(f"{ground_truth}: no label image named {path.stem}.* for {path}")
         stack = as_frame_stack(read_frames(path)[0], path)
         label_path = by_stem[path.stem]
         labels = as_frame_stack(read_frames(label_path)[0], label_path)
         if len(labels) != len(stack):
             raise InputError(f"{label_path} holds {len(labels)} frame(s) but {path} holds {len(stack)}")
-        for t, (frame, truth) in enumerate(zip(stack, labels, strict=True)):
-            frames.append(np.asarray(frame))
-            truths.append(np.asarray(truth))
-            names.append(path.stem if len(stack) == 1 else f"{path.stem}#{t}")
-    return frames, truths, names
+        _add_frames(frames, path, stack, labels)
+    return frames
+
+
+def _frames_with_coco(files: list[Path], coco_path: Path) -> LabelledFrames:
+    from .coco import CocoGroundTruth
+
+    coco = CocoGroundTruth.load(coco_path)
+    frames, box_only = LabelledFrames([], [], []), 0
+    for path in files:
+        stack = as_frame_stack(read_frames(path)[0], path)
+        labels = coco.stack_labels(path.name, len(stack), stack.shape[1:3], sole_input=len(files) == 1,
+                                   box_mask="ellipse")
+        box_only += coco.box_only_count(coco.images_for(path.name, len(stack), sole_input=len(files) == 1))
+        _add_frames(frames, path, stack, labels)
+    if box_only:
+        frames.notes.append(f"{box_only} box-only annotation(s): the box head learns their boxes, the mask head the "
+                            "ellipse inscribed in each box")
+    return frames
+
+
+def _add_frames(frames: LabelledFrames, path: Path, stack, labels) -> None:
+    for t, (frame, truth) in enumerate(zip(stack, labels, strict=True)):
+        frames.images.append(np.asarray(frame))
+        frames.truths.append(np.asarray(truth))
+        frames.names.append(path.stem if len(stack) == 1 else f"{path.stem}#{t}")
 
 
 def draw_curves(figure: Figure, history: pd.DataFrame, side_by_side: bool = False) -> None:

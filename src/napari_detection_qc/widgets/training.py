@@ -213,12 +213,15 @@ class TrainingWidget(Step):
         shape = labels_data(masks).shape
         n_frames = 1 if len(shape) == 2 else shape[0]
 
-        def add(truth: np.ndarray) -> None:
+        def add(loaded: tuple[np.ndarray, int]) -> None:
+            truth, box_only = loaded
             record = GroundTruthRecord(reviewed_frames=set(range(n_frames)))
             metadata = record.to_metadata({METADATA_KEY: {"source": str(path)}})
             layer = self._add_ground_truth(masks, truth[0] if len(shape) == 2 else truth, metadata)
             if layer is not None:
-                self.status.info(f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s)")
+                boxes_only = f"; {box_only} box-only annotation(s) drawn as the ellipse in each box" if box_only else ""
+                self.status.info(f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s)"
+                                 f"{boxes_only}")
 
         self._load(coco_stack_labels, path, masks.name.removesuffix(" masks"), n_frames, shape[-2:], done=add,
                    what=f"reading {Path(path).name}…")
@@ -512,9 +515,13 @@ def refit_job(stack, truth, frames, iou: float, source: str, signals, mode: Refi
     return RefitOutcome(forest, cv, training, set(new_rows.sources))
 
 
-def coco_stack_labels(path, image_name: str, n_frames: int, frame_shape) -> np.ndarray:
-    """Worker body: a COCO file's ground truth as labels for an image (stack)."""
-    return CocoGroundTruth.load(path).stack_labels(image_name, n_frames, frame_shape, sole_input=True)
+def coco_stack_labels(path, image_name: str, n_frames: int, frame_shape) -> tuple[np.ndarray, int]:
+    """Worker body: a COCO file's ground truth as labels for an image (stack), a box-only
+    annotation as the ellipse inscribed in its box (what fine-tuning learns its mask from), and
+    how many annotations were box-only."""
+    coco = CocoGroundTruth.load(path)
+    truth = coco.stack_labels(image_name, n_frames, frame_shape, sole_input=True, box_mask="ellipse")
+    return truth, coco.box_only_count(coco.images_for(image_name, n_frames, sole_input=True))
 
 
 def read_forest(path) -> QualityForest:
