@@ -141,9 +141,10 @@ class QualityWidget(Step):
         self._pending = False
         self._watched: list = []
         self._sync: PairSync | None = None
-        self._timer = self.work.timer(DEBOUNCE_MS, self.compute, single_shot=True)
+        self._timer = self.work.timer(DEBOUNCE_MS, lambda: self.compute(automatic=True), single_shot=True)
+        self._automatic = False
 
-        self.compute_button.changed.connect(self.compute)
+        self.compute_button.changed.connect(lambda: self.compute())
         self.export_button.changed.connect(self._ask_export)
         self.export_coco_button.changed.connect(self._ask_export_coco)
         self.forest_choice.changed.connect(self._on_forest_choice)
@@ -185,10 +186,11 @@ class QualityWidget(Step):
         self.forest_choice.value = FOREST_SESSION
 
     def _on_detections(self, masks, boxes, finished: bool) -> None:
-        """The layers a detection makes become this step's layers; recompute once it is done."""
+        """The layers a detection makes become this step's layers; predict once it is done (as the
+        user asked: a problem is reported as such)."""
         self.masks.value, self.boxes.value = masks, boxes
         if finished:
-            self.request()
+            self.compute()
 
     def _watch_layers(self, _value=None) -> None:
         """Recompute (debounced) when the chosen layers are edited, and keep them consistent."""
@@ -232,13 +234,16 @@ class QualityWidget(Step):
         return reference, reference.name
 
     # -- computing ---------------------------------------------------------------------------------
-    def compute(self) -> None:
+    def compute(self, automatic: bool = False) -> None:
         """Featurize the layers and predict, in a worker; a change meanwhile queues one rerun. A
-        debounced request still waiting is served by this run (no second prediction after it)."""
+        debounced request still waiting is served by this run (no second prediction after it).
+        ``automatic``: a recompute the user did not ask for (the layers changed); a problem then
+        shows in the status line only, not as an error pop-up."""
         self._timer.stop()
         if self.worker is not None:
             self._pending = True
             return
+        self._automatic = automatic
         if self.session.is_busy(self.masks.value, self.boxes.value):
             self.status.value = "waiting for the detection to finish…"  # it asks again when done
             return
@@ -249,7 +254,7 @@ class QualityWidget(Step):
             signals = stored_signals(pair_record(boxes.metadata), len(stack))
         except ValueError as exc:
             self._clear()
-            self.status.error(str(exc))
+            self._report_problem(str(exc))
             return
         loading = isinstance(forest, ForestReference) and not is_loaded(forest.key)
         self.status.value = "loading the forest and predicting quality…" if loading else "predicting quality…"
@@ -267,13 +272,19 @@ class QualityWidget(Step):
 
     def _on_error(self, exc: Exception) -> None:
         self._clear()
-        self.status.error(str(exc) if isinstance(exc, ValueError) else f"quality prediction failed: {exc}")
+        self._report_problem(str(exc) if isinstance(exc, ValueError) else f"quality prediction failed: {exc}")
+
+    def _report_problem(self, text: str) -> None:
+        if self._automatic:
+            self.status.value = f"✖ {text}"
+        else:
+            self.status.error(text)
 
     def _on_finished(self) -> None:
         self.worker = None
         if self._pending:
             self._pending = False
-            self.compute()
+            self.compute(automatic=True)
 
     def _show(self, result: LayerQuality, name: str, signals: list[dict]) -> None:
         if not alive(self.panel):
@@ -478,15 +489,17 @@ def _warm_up_job() -> None:
 
 
 def warm_napari_layers() -> None:
-    """napari compiles (or loads from its cache) the numba code of Shapes and Labels the first
-    time a process draws them: over a second on the UI thread at the first Detect. Doing it once
-    on a throw-away layer here moves that off the UI thread. napari internals may change: any
+    """napari compiles (or loads from its cache) the numba code of Shapes and Labels, and vispy
+    computes the dash patterns of its line visuals (cached per process), the first time a process
+    draws them: over a second on the UI thread at the first Detect. Doing it once here, on a
+    throw-away layer, moves that off the UI thread. napari and vispy internals may change: any
     failure only leaves the cost where it was."""
     try:
-        from napari.layers import Shapes
-        from napari.utils.colormaps import _accelerated_cmap
+        from napari.layers import Labels, Shapes
+        from vispy.visuals.line.dash_atlas import DashAtlas
 
-        Shapes([np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)], shape_type="rectangle")
-        _accelerated_cmap.zero_preserving_modulo(np.arange(16, dtype=np.uint16).reshape(4, 4), 49, np.uint8)
+        DashAtlas()
+        Shapes([np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)], shape_type="rectangle", edge_width=2)
+        Labels(np.arange(64, dtype=np.uint16).reshape(8, 8)).refresh()
     except Exception:  # noqa: BLE001 (a warm-up must never fail the dock)
         pass
