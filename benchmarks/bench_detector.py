@@ -4,7 +4,7 @@ automatic object size, and CPU time per 1024, 2048 and 4096 px frame; writes the
     PYTHONPATH=src python benchmarks/bench_detector.py [--frames 30] [--threads 2] [--write-card]
 
 Held-out frames use seeds >= 1_000_000 (training used 0, 1, 2, ...). F1 is the paper's matching
-(box IoU >= 0.1), mean over frames of the per-frame F1. Targets (issue 11): >= 0.85 on every
+(box IoU >= 0.1), mean over frames of the per-frame F1. Targets: >= 0.85 on every
 realistic family, >= 0.9 on "clean"; <= 1.5 s per 2048 x 2048 and <= 6 s per 4096 x 4096 frame on
 a 2-core CPU. Synthetic numbers; then the same scores on the real EMPS particle images
 (``../shared/real-data/emps``, skipped when absent): real EM images, though of particles, not cavities.

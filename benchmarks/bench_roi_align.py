@@ -120,7 +120,7 @@ def report(kernels: dict, frames: dict, difference: dict, args) -> str:
         for side in next(iter(frames.values()))
     )
     return f"""<!-- roi_align:start -->
-## RoIAlign as a gather (issue 11's speed targets)
+## RoIAlign as a gather (speed targets)
 
 Why: torchvision's CPU RoIAlign reads each channel plane apart at every sample point; pooling took
 a third of a frame's time, more than the backbone. `engines/roi_gather.py` computes each output

@@ -58,7 +58,7 @@ CARD, FURTHER, STUDY, VALIDATION, EMPS = (
     "validation frames (seeds 2000000-2000039)", "EMPS (real)",
 )
 RULES = {
-    "hand-set rule (shipped until session 14)": {},
+    "hand-set rule (shipped before)": {},
     "hand-set rule, few objects in small views weigh 0.5": {"few_objects_weight": 0.5},
 }
 CHOOSER = "learned size chooser (shipped)"
@@ -211,7 +211,7 @@ def main(argv=None) -> None:
     rows = "\n".join(f"| {rule_name} | " + " | ".join(" / ".join(map(str, cell)) for cell in cells.values()) + " |"
                      for rule_name, cells in scores.items())
     write_section("size_rules", f"""<!-- size_rules:start -->
-## The automatic object size: hand-set rule against a learned chooser, on frames neither was tuned on (issue 11)
+## The automatic object size: hand-set rule against a learned chooser, on frames neither was tuned on
 
 Why: every session that looked at failing frames found size-estimate catastrophes (tiny dense
 cavities sized to a background blotch; big EMPS particles sized to their texture), and each
@@ -230,7 +230,7 @@ and EMPS with choosers refitted without them (5 random folds; 5 folds grouped by
 |---|{"---|" * len(scored)}
 {rows}
 {emps_sentence}
-Before the chooser (sessions 11-14) the hand-set rule's weights were traded against each other:
+Before the chooser the hand-set rule's weights were traded against each other:
 letting the rung above the largest factor compete at half weight sized tiny cavities better
 (card frames 9 / 6 -> 4 / 2 over 1.6x / 3x) and, scored in F1 on the model card's frames,
 lifted realistic 0.811 -> 0.833, tiny_dense 0.863 -> 0.892 and tiny_cavities 0.877 -> 0.907,

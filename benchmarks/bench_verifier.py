@@ -237,7 +237,7 @@ def main(argv=None) -> None:
     empty_lines = "\n".join(f"| {source} | {with_objects[source]} | " + " | ".join(str(v) for v in values) + " |"
                              for source, values in left_empty.iterrows() if values.any())
     write_section("verifier", f"""<!-- verifier:start -->
-## The detection verifier: F1 on frames its fit never saw (issue 11)
+## The detection verifier: F1 on frames its fit never saw
 
 Why: on the model card's frames without cavities the compact detector kept a false detection on
 37 of 40 (dark background blotches scored 0.7-0.98), and retraining with such frames cost
@@ -253,36 +253,36 @@ source paper; EMPS detections weigh {EMPS_WEIGHT:g}x in each fit. A frame whose 
 all be dropped keeps its most probable one if that reaches {KEEP_BEST_ABOVE:g} (below).
 
 The detector proposes candidates down to its own score threshold ({detector.score_threshold:g}) and the verifier
-decides. Candidate thresholds compared in session 16 (`{COMMAND} --score-threshold T`, each at its
+decides. Candidate thresholds compared (`{COMMAND} --score-threshold T`, each at its
 chosen cut), mean F1 of the synthetic sources / EMPS / EMPS images left without a detection:
 0.65 (the threshold chosen before the verifier existed) 0.880 / 0.766 / 10; 0.3 0.879 / 0.771 / 9
 (speckle_jpeg 0.801 -> 0.824, overfocus_rings 0.932 -> 0.944, tiny_cavities 0.896 -> 0.874);
 0.15 0.872 / 0.765 / 11. Lower candidates let faint cavities the compact model scores 0.3-0.65
 through, where the verifier can tell them from background by their surroundings.
 
-Tree depth compared in session 17 (these folds, candidates from 0.3, each at its chosen cut), mean
+Tree depth compared (these folds, candidates from 0.3, each at its chosen cut), mean
 F1 of the synthetic sources / EMPS / frames without cavities / EMPS images left without a
 detection: depth 3 (shipped, cut 0.3) 0.879 / 0.771 / 0.441 / 9; depth 5 (cut 0.25) 0.892 / 0.772 /
 0.591 / 10 (realistic 0.878 -> 0.897, speckle_jpeg 0.824 -> 0.825). Not shipped: the quality forest
-refit on depth 5's detections missed issue 16's targets (`TREE_DEPTH`). Evidence
+refit on depth 5's detections missed the domain-flag targets (`TREE_DEPTH`). Evidence
 tried then and not kept (no held-out gain beyond +-0.005; scikit-learn's histogram trees as a fast
 stand-in): ring contrasts as z-scores against 256 random windows of the same size in the same
 frame, each detection's difference from the frame's higher-scoring half, within-frame ranks, the
 resampling factor, and the edge width at native resolution. On speckle_jpeg every variant stayed
-at 0.82-0.83 while keeping only the true candidates would give 0.915. Session 18, same stand-in
+at 0.82-0.83 while keeping only the true candidates would give 0.915. Same stand-in
 (cut 0.3; it gives speckle_jpeg 0.820, synthetic mean 0.882, EMPS 0.775): the detector's own
 box-head representation of each candidate added to the evidence, all 256 numbers or their 8 or 16
 principal components, gave speckle_jpeg 0.823 / 0.824 / 0.821, synthetic mean 0.881 / 0.880 /
 0.882, EMPS 0.777 / 0.780 / 0.784; speckle_jpeg detections weighted 3x in the fit 0.821. What
 separates true from false candidates there is in neither the surroundings nor the model's features.
-Session 19 (`PYTHONPATH=src python benchmarks/patch_verifier_study.py`, the shipped verifier's fit
+Study (`PYTHONPATH=src python benchmarks/patch_verifier_study.py`, the shipped verifier's fit
 on these folds): a small CNN trained on each candidate's pixels (a 32 x 32 window reaching 3 box
 half-sides, robust z-scores of the frame at the detector's scale), its out-of-fold logit added to
 the evidence, gave at cut 0.3 speckle_jpeg 0.824 (unchanged; best cut 0.829), realistic 0.878 ->
 0.906, hard_shift 0.605 -> 0.681, frames without cavities 0.441 -> 0.532, synthetic mean 0.879 ->
 0.891, EMPS 0.771 -> 0.774. The pixels lift every other family but not speckle_jpeg: there the
-true and false candidates look alike to any model tried. Not shipped in session 19 (a verifier
-that changes the detections needs the forest refit and issue 16's targets rechecked).
+true and false candidates look alike to any model tried. Not shipped (a verifier
+that changes the detections needs the forest refit and the domain-flag targets rechecked).
 
 | source | none | shipped ({cut}) | {" | ".join(map(str, CUTS))} |
 |---|---|---|{"---|" * len(CUTS)}

@@ -177,7 +177,7 @@ def report(args, base: dict, points: list[dict], n_train: int, n_test: int, comm
     missing = [] if any(p["k"] == n_train for p in points) else [f"k = all ({n_train} images)"]
     if not any(p.get("from_scratch") for p in points):
         missing.append("training from scratch")
-    lines += ["", "Targets (issue 15): " + "; ".join(f"{k}: F1 >= {v}" for k, v in TARGETS.items())
+    lines += ["", "Targets: " + "; ".join(f"{k}: F1 >= {v}" for k, v in TARGETS.items())
               + "; forest MAE <= 0.12 and coverage >= 0.80." + (f" Not run here: {', '.join(missing)}." if missing else ""),
               "<!-- finetune_study:end -->"]
     return "\n".join(lines)

@@ -48,12 +48,12 @@ MIN_FEATURES = 8
 """The SHAP sweep's smallest feature count: the paper's forest's. The sweep is flat on synthetic
 domains (held-out MAE 0.042-0.048 from 2 to 18 features with the session-16 detector), so it could
 pick a forest that sees scores alone; such a forest cannot tell a natural image's detections from
-cavities. Measured on the 20 natural images (session 16): called in domain 4 with 2 features,
+cavities. Measured on the 20 natural images: called in domain 4 with 2 features,
 2 with 5, 1 with 8."""
 SAME_MAE = 0.003
 """Held-out MAE differences up to this are noise between feature sets (a few changed frames move
 the sweep by as much): the paper's 8 features are kept unless another set beats them by more.
-They include object sizes, which real failures need: in the signals study (session 16) the
+They include object sizes, which real failures need: in the signals study the
 shipped recipe with the paper's 8 features caught 0.90 of the failing EMPS images of unseen papers,
 with the SHAP top-8 (no size feature; 0.001 better on held-out synthetic domains) 0.88."""
 PAPER_GROUPED = {"rmse": 0.156, "mae": 0.121, "r2": 0.290, "nrmse": 0.703, "nmae": 0.290}
@@ -220,7 +220,7 @@ def write_plots(table, best):
 
 
 def report(table, sets, best, sweep, natural, seconds, command) -> str:
-    lines = ["<!-- forest_study:start -->", "## Synthetic-domain study (issue 5): our detector, our generator", "",
+    lines = ["<!-- forest_study:start -->", "## Synthetic-domain study: our detector, our generator", "",
              f"Command: `{command}` — {len(table)} frames over {table['domain'].nunique()} domains, "
              f"{seconds / 60:.1f} min on this 2-core CPU (detections cached; a rerun from cache is faster).", "",
              "Mean true F1 of the bundled detector per domain (what the forest has to learn):", "",

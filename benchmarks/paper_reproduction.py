@@ -393,7 +393,7 @@ def parity_plot(random_predictions: pd.DataFrame, split_out_predictions: pd.Data
 def report(results: dict) -> str:
     r = results
     lines = [f"<!-- {MARKER}:start -->",
-             "## The paper's own data (issue 8): reproduction on the authors' table, and beyond", "",
+             "## The paper's own data: reproduction on the authors' table, and beyond", "",
              "Data: the authors' corrected random-forest training table (832 rows = real TEM images, each scored "
              "by one of the detectron2 Mask R-CNN models of the paper's Table 1 at confidence >= 0.1; "
              "Li et al., *Digital Discovery* 2025, doi:10.1039/D4DD00351A; data doi:10.6084/m9.figshare.27281400), "

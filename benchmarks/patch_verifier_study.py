@@ -1,6 +1,6 @@
 """Would a small CNN that looks at each candidate's pixels make the detection verifier better?
 
-Issue 11's last target is held-out F1 >= 0.85 on the speckle_jpeg family; the shipped verifier
+The detector's target is held-out F1 >= 0.85 on the speckle_jpeg family; the shipped verifier
 (hand-made evidence, ``engines/detection_verifier.py``) gets 0.82 there while keeping only the true
 candidates would give 0.92. This study asks whether the pixels around a candidate hold what the
 evidence misses: a CNN learns true-vs-false from a 32 x 32 window (``--context`` box half-sides

@@ -33,7 +33,7 @@ def configs(default_features: tuple[str, ...]) -> list[tuple[str, tuple[str, ...
         ("before", default_features, False, False, False),
         ("after: shipped (+ novelty, cheap signals, real EMPS frames, synthetic-only second forest)",
          default_features, True, True, True),
-        ("after: without the second forest (shipped until session 9)", default_features, True, True, False),
+        ("after: without the second forest (shipped before)", default_features, True, True, False),
         ("after: synthetic frames only (+ novelty, cheap signals)", default_features, True, False, False),
         ("after: shipped + TTA", tta, True, True, True),
         ("after: shipped + TTA + histogram + novelty", tta + ("score_hist_distance", "novelty"), True, True, True),
@@ -82,7 +82,7 @@ def auroc(part: pd.DataFrame, signal: str) -> float:
 
 
 class SeedTypicality:
-    """Seed 002's typicality (Forte), the novelty model before issue 16's measurement, kept here only
+    """Seed 002's typicality (Forte), the novelty model before the signals study, kept here only
     to compare against: PCA (16), per-frame k-NN distance statistics, a Gaussian mixture on the
     reference frames' own statistics; threshold at its 99% quantile."""
 
@@ -247,7 +247,7 @@ def report(table, results, compared, detector, seconds, command, extra) -> str:
     synthetic = table[table["kind"] != "emps"]
     lines = [
         "<!-- signals_study:start -->",
-        "## Knowing when it does not know (issue 16): detector signals, before and after", "",
+        "## Knowing when it does not know: detector signals, before and after", "",
         f"Command: `{command}` with detector `{detector.name}` "
         f"(weights {detector.weights_sha256[:12]}); {len(synthetic)} synthetic frames "
         f"({synthetic['domain'].nunique()} domains: presets at random severity, realistic families at 512x512), "

@@ -1,4 +1,4 @@
-"""Issue 16: does the quality forest know when it does not know? Before/after with detector signals.
+"""Does the quality forest know when it does not know? Before/after with detector signals.
 
 Frames: the synthetic presets (as in forest_study.py, random severities), the realistic families
 (``synthetic.make_realistic_frame``, at 512 x 512 to keep CPU time modest) and the real EMPS

@@ -84,7 +84,7 @@ TRAINING_MIX = {
 older named presets, "empty" a realistic frame without cavities, resampled at any factor the
 automatic size estimate may pick (hard negatives, ``EMPTY_FRAME_FAMILIES``; off by default: a
 1600-step fine-tune of the bundled model with 10% of them halved the false detections on held-out
-frames without cavities but did not raise held-out F1, and a gentler one in session 14 cost
+frames without cavities but did not raise held-out F1, and a gentler one cost
 over-focus rings 0.06, see benchmarks/RESULTS.md); "tiny_upsampled"
 a tiny_dense frame enlarged past the largest factor, up to the 2x the size estimate detects to
 confirm small objects (off by default: a 1600-step fine-tune with 10% of them made held-out

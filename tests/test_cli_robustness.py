@@ -1,4 +1,4 @@
-"""Batch mode under attack (issue 13): nothing lost, no crash, no traceback, no file outside --out.
+"""Batch mode under attack: nothing lost, no crash, no traceback, no file outside --out.
 
 Each test reproduces one defect found by an attack on the command line and the model-file loaders.
 """

@@ -1,4 +1,4 @@
-"""Detector signals (issue 16): TTA agreement maps views back exactly, every value is defined on
+"""Detector signals: TTA agreement maps views back exactly, every value is defined on
 empty and single frames, novelty flags a novel frame, intervals widen with novelty, and forests
 from before the signals still load and say so."""
 
@@ -189,7 +189,7 @@ def test_damaged_signal_arrays_in_a_forest_file_are_refused(signal_forest, tmp_p
 
 
 def test_forest_files_from_before_the_signals_load_and_say_so():
-    forest = QualityForest.load("li2025")  # written before issue 16
+    forest = QualityForest.load("li2025")  # a file from before the detector signals
     assert forest.signals_note == NO_SIGNALS_NOTE and not forest.uses_novelty
     features, _, embeddings = study(4, seed=6)
     predicted = forest.predict(features, embeddings)

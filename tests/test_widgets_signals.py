@@ -1,4 +1,4 @@
-"""The detector's signals in the viewer (issue 16): the Detection step stores them per frame with
+"""The detector's signals in the viewer: the Detection step stores them per frame with
 the layers, a re-run replaces only its frames' signals, and the Quality step feeds them to a forest
 fitted with signals, or says which "quality signals" setting to detect with."""
 

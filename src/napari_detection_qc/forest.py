@@ -8,7 +8,7 @@ and recall, with calibrated intervals, an out-of-domain flag, the paper's CV met
   farther than 99% of training frames are from their own nearest neighbour, and, when the frames
   carry the detector's backbone embeddings (``signals.py``), the frame's novelty against the
   training frames is no higher than 99% of the training frames' own.
-- Signals (issue 16): the detector's TTA agreement can be features; so can two values the forest
+- Signals: the detector's TTA agreement can be features; so can two values the forest
   derives itself: ``score_hist_distance`` (to the nearest training frame's score histogram) and
   ``novelty`` (of the embedding against the training frames'). With embeddings, intervals are weighted-conformal by
   novelty: residuals of training frames of similar novelty count most, and a frame more novel
@@ -55,7 +55,7 @@ from .signals import TTA_SIGNALS, SubspaceNovelty, score_histogram_distance
 
 TARGETS = ("f1", "precision", "recall")
 FILE_FORMAT = "napari-detection-qc/quality-forest"
-FILE_VERSION = 4  # 2: training embeddings, signal features and conformal residuals (issue 16); 3: subspace novelty;
+FILE_VERSION = 4  # 2: training embeddings, signal features and conformal residuals; 3: subspace novelty;
 # 4: the reference-only forest of a forest fit on two kinds of frames (forest_committee.py)
 NOVELTY_VERSION = 3
 """Files before it computed ``novelty`` another way; a forest using it as a feature needs a refit."""

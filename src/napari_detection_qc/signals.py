@@ -1,4 +1,4 @@
-"""Label-free signals of the detector about one frame, taken while it detects (issue 16).
+"""Label-free signals of the detector about one frame, taken while it detects.
 
 A failing detector can produce detections whose summary features look ordinary; what it cannot
 hide as easily is that it disagrees with itself, and that the frame looks unlike anything it was

@@ -106,7 +106,7 @@ def _ring_radius() -> np.ndarray:
 
 
 TREE_DEPTH = 3
-"""Depth of the verifier's 200 trees. Depth 5 was measured in session 17 and not shipped: held out
+"""Depth of the verifier's 200 trees. Depth 5 was measured and not shipped: held out
 (``bench_verifier.py``, candidates from 0.3, each at its chosen cut) it lifted frames without
 cavities from F1 0.44 to 0.59 and the synthetic sources' mean from 0.879 to 0.892 (EMPS 0.771 ->
 0.772, speckle_jpeg 0.824 -> 0.825), but the quality forest refit on its detections missed issue
@@ -117,9 +117,9 @@ KEEP_BEST_ABOVE = 0.1
 """Where the verifier would drop every detection of a frame, the most probable one stays if its
 probability is at least this: a frame that holds objects and gets no detection at all is the
 failure users notice first. On frames the verifier never saw (``bench_verifier.py``), EMPS images
-(real; every one holds particles) left without any detection, with candidates from score 0.3
-(session 16): none without a verifier, 17 with one allowed to drop everything, 9 with this rule.
-Measured when it was chosen (session 15, candidates from 0.65): 2, 14 and 10; the price was half
+(real; every one holds particles) left without any detection, with candidates from score 0.3:
+none without a verifier, 17 with one allowed to drop everything, 9 with this rule.
+Measured when it was chosen (candidates from 0.65): 2, 14 and 10; the price was half
 the gain on frames without cavities (F1 0.05 -> 0.46 instead of 0.70)."""
 
 

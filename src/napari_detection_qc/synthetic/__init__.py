@@ -1,7 +1,7 @@
 """Seeded synthetic TEM cavity micrographs with exact instance masks.
 
 ``frames``: one frame from a ``Domain`` of imaging knobs, with named presets (domain shifts).
-``realistic``: randomized frames whose knobs are all drawn per frame (issue 11's specification),
+``realistic``: randomized frames whose knobs are all drawn per frame,
 stored as 8-bit or 16-bit pixels.
 """
 

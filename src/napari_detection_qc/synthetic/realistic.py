@@ -1,6 +1,6 @@
 """Randomized "realistic" TEM cavity frames: every knob drawn per frame, written as a file would hold it.
 
-Why: a detector trained on one narrow synthetic look fails on real micrographs (issue 11). Real
+Why: a detector trained on one narrow synthetic look fails on real micrographs. Real
 cavity images span 4-300 px cavities, under/over/near focus, crisp to haloed rims, blotchy and
 cluttered backgrounds, speckle, JPEG blocks, scan artefacts, 8-bit and 16-bit files of 512-4096 px.
 Each frame here draws its own ``Domain`` (the knobs of ``synthetic.frames``) and file format from
