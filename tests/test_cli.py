@@ -12,7 +12,6 @@ import pytest
 import tifffile
 from conftest import detect_command
 
-from napari_detection_qc.atomic import atomic_path
 from napari_detection_qc.cli import main
 from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
@@ -29,6 +28,7 @@ from napari_detection_qc.features import (
 )
 from napari_detection_qc.forest import TARGETS, QualityForest
 from napari_detection_qc.io import InputError
+from napari_detection_qc.io.atomic import atomic_path
 from napari_detection_qc.run import detect as run_detect_module
 from napari_detection_qc.run import detector as run_detector
 from napari_detection_qc.run.quality import read_training_table

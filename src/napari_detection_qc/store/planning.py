@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..atomic import remove_stale_temporary_files
 from ..io import InputError, describe
+from ..io.atomic import remove_stale_temporary_files
 from .format import Store, frame_is_done, write_json
 
 UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+-]")
