@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import NOT_RECORDED, PixelSize, axes_recorded, resolve, tiff_recorded
+from .calibration import NOT_RECORDED, PixelSize, axes_recorded, nanometres, resolve, tiff_recorded
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -390,7 +390,7 @@ class RosettaReader:
             ) from exc
         options = {"select_type": "images"} if plugin == "emd" else {}
         signals = [s for s in module.file_reader(str(path), lazy=True, **options) if np.ndim(s["data"]) >= 2]
-        images = [s for s in signals if _image_axes(s.get("axes") or []) == 2]
+        images = [s for s in signals if _is_image(s)]
         if not images:
             raise InputError(f"{path}: the file holds no image")
         return images[0], ROSETTASCIIO_SOURCES[plugin]
@@ -408,9 +408,13 @@ class RosettaReader:
         return np.asarray(as_frame_stack(data, path)[index])
 
 
-def _image_axes(axes: list[dict]) -> int:
-    """How many axes of a rosettasciio signal are image (signal) axes; 2 when the reader does not say."""
+def _is_image(signal: dict) -> bool:
+    """Whether a rosettasciio signal is an image or a stack of images: two signal axes by its
+    ``navigate`` flags, or (readers that flag a stack axis as a signal axis, as the NCEM EMD reader)
+    a last axis in a length, reciprocal-length (diffraction) or no unit; spectra (eV) are not."""
+    axes = sorted(signal.get("axes") or [], key=lambda axis: axis.get("index_in_array", 0))
     flags = [axis.get("navigate") for axis in axes]
-    if not axes or any(flag is None for flag in flags):
-        return 2
-    return sum(1 for flag in flags if not flag)
+    if axes and None not in flags and sum(1 for flag in flags if not flag) == 2:
+        return True
+    unit = axes[-1].get("units") if axes else None
+    return not unit or nanometres(1.0, unit) is not None or "/" in str(unit)
