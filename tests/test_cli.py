@@ -116,6 +116,9 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
     masks = np.load(detected / "masks.npy")
     assert masks.shape == (3, 128, 128) and masks.dtype == np.uint8
     np.testing.assert_array_equal(masks, np.stack([f.labels for f in stored]))
+    with tifffile.TiffFile(detected / "masks.tif") as tif:  # the same masks for Fiji
+        assert tif.is_imagej
+        np.testing.assert_array_equal(tif.asarray(), masks)
     table = pd.read_csv(detected / "detections.csv")
     assert list(table.columns) == list(DETECTION_COLUMNS)
     assert len(table) == stored.total_count

@@ -143,6 +143,7 @@ def _one_store_layers(store) -> list[tuple]:
         "frames_done": list(range(n_frames)),
         SIGNALS_KEY: signals,
         OBJECT_SIZES_KEY: {str(t): size for t, size in sorted(object_sizes.items())},
+        "source": str(source),
         "store": str(store.root),
     }
     scale = spatial_scale(is_2d, pixel_size_nm)
