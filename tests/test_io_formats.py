@@ -187,3 +187,12 @@ def test_png_records_no_pixel_size(tmp_path):
     Image.fromarray(STACK[0].astype(np.uint8)).save(path)
     opened = open_micrograph(path)
     assert opened.is_2d and opened.pixel_size.nm is None and "no pixel size" in opened.pixel_size.note
+
+
+def test_big_endian_stack_frames_are_mapped_in_native_byte_order(tmp_path):
+    path = tmp_path / "motorola.tif"
+    tifffile.imwrite(path, STACK, byteorder=">", photometric="minisblack")
+    opened = open_micrograph(path)
+    frame = np.asarray(opened.data[1])
+    assert frame.dtype == np.dtype("=u2")
+    np.testing.assert_array_equal(frame, STACK[1])

@@ -196,16 +196,10 @@ def _reader_for(path: Path):
 
 
 def frame_chunks(array, path: Path):
-    """A stack as a dask array with one chunk per frame (a single image stays as it is)."""
-    import dask.array as da
-
+    """A dask array (as rosettasciio and zarr give) rechunked to one chunk per frame; a single
+    image, or pixels a reader already holds in memory, stay as they are."""
     _, _, is_2d = stack_layout(array.shape, path)
-    if is_2d:
-        return array
-    chunks = (1, *array.shape[1:])
-    if isinstance(array, da.Array):
-        return array.rechunk(chunks)
-    return da.from_array(array, chunks=chunks, name=False, asarray=False, inline_array=True)
+    return array if is_2d or not hasattr(array, "rechunk") else array.rechunk((1, *array.shape[1:]))
 
 
 def lazy_frames(shape: tuple[int, ...], dtype, read_one: Callable[[int], np.ndarray]):
@@ -219,6 +213,17 @@ def lazy_frames(shape: tuple[int, ...], dtype, read_one: Callable[[int], np.ndar
 
     chunks = ((1,) * shape[0], *((size,) for size in shape[1:]))
     return da.map_blocks(block, chunks=chunks, dtype=dtype, meta=np.empty((0,) * len(shape), dtype))
+
+
+def _mapped_frame(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...], index: int) -> np.ndarray:
+    """Frame ``index`` of frames stored uncompressed back to back from ``offset``: mapped, copied
+    and unmapped, so no file handle outlives the read (Windows locks files that are open)."""
+    frame_shape = shape[1:]
+    mapped = np.memmap(path, dtype=dtype, mode="r", offset=offset + index * math.prod(frame_shape) * dtype.itemsize,
+                       shape=frame_shape)
+    frame = np.array(mapped, dtype=dtype.newbyteorder("="))
+    del mapped
+    return frame
 
 
 def _whole_file_frame(reader, path: Path, index: int) -> np.ndarray:
@@ -252,8 +257,9 @@ class TiffReader:
             if is_2d:
                 return series.asarray().reshape(shape), pixel_size
             dtype, mappable = series.dtype, series.dataoffset is not None
-        if mappable:  # uncompressed frames back to back (ImageJ hyperstacks, tifffile stacks): map them
-            return frame_chunks(tifffile.memmap(path, mode="r").reshape(shape), path), pixel_size
+            offset, stored = series.dataoffset, np.dtype(series.dtype).newbyteorder(tif.byteorder)
+        if mappable:  # uncompressed frames back to back (ImageJ hyperstacks, tifffile stacks): map one
+            return lazy_frames(shape, dtype, lambda t: _mapped_frame(path, offset, stored, shape, t)), pixel_size
         return lazy_frames(shape, dtype, lambda t: cls.frame(path, t)), pixel_size
 
     @classmethod
@@ -315,7 +321,9 @@ class NpyReader:
         if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
             raise InputError(f"{path}: pixels must be integers or floats, got {array.dtype}")
         _, _, is_2d = stack_layout(array.shape, path)
-        return (np.array(array) if is_2d else frame_chunks(array, path)), NOT_RECORDED
+        if is_2d:
+            return np.array(array), NOT_RECORDED
+        return lazy_frames(array.shape, array.dtype, lambda t: cls.frame(path, t)), NOT_RECORDED
 
     @classmethod
     def frame(cls, path: Path, index: int) -> np.ndarray:
