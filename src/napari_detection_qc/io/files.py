@@ -78,6 +78,8 @@ def base_name(name: str) -> str:
 def list_inputs(path) -> list[Path]:
     """The image files a path stands for: the file itself, or a folder's supported files, sorted."""
     path = Path(path)
+    if path.is_dir() and path.suffix.lower() in ZARR_SUFFIXES:  # a zarr folder is one input
+        return [path]
     if path.is_dir():  # broken symbolic links are listed, so that reading them reports them
         files = sorted(
             p
