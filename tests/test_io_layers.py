@@ -176,3 +176,31 @@ def test_napari_opens_a_store_and_saves_through_the_plugin(make_napari_viewer, s
     viewer.layers.selection = {masks, boxes}
     [coco] = viewer.layers.save(str(tmp_path / "saved.json"), selected=True, plugin="napari-detection-qc")
     assert len(json.loads(open(coco).read())["annotations"]) == 4
+
+
+def test_coco_detections_reopen_with_image_scores_and_detector(tmp_path, store):
+    """What the COCO writer saved opens again: masks, boxes and scores as saved, the detector
+    record and pixel size from ``info``, and the image when its file lies beside the JSON."""
+    layer_data = get_reader(str(store.root))(str(store.root))
+    pair = [(data, kwargs, kind) for data, kwargs, kind in layer_data if kind in ("labels", "shapes")]
+    source = json.loads(store.meta_path.read_text())["source"]
+    saved = os.path.join(os.path.dirname(source), "detections.json")
+    write_detections_coco(saved, pair)
+    reader = get_reader(saved)
+    assert reader is not None
+    layers = layers_by_type(reader(saved))
+    assert set(layers) == {"image", "labels", "shapes"}
+    masks, mask_kwargs = layers["labels"]
+    np.testing.assert_array_equal(masks, np.stack([frame_detections(t).labels for t in range(2)]))
+    vertices, box_kwargs = layers["shapes"]
+    assert list(box_kwargs["features"]["score"]) == pytest.approx([0.9, 0.35, 0.9, 0.45])
+    record = box_kwargs["metadata"]["detection_qc"]
+    assert record["detector"] == DETECTOR and record["pixel_size_nm"] == 0.4 and record["frames_done"] == [0, 1]
+    assert mask_kwargs["scale"] == (1.0, 0.4, 0.4)
+    ground_truth = tmp_path / "truth.json"
+    ground_truth.write_text(json.dumps({"images": [], "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1]}]}))
+    assert get_reader(str(ground_truth)) is None  # no scores: ground truth, for the Training step
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"images": [{"id": 1}], "annotations": [{"image_id": 1, "score": 0.5}]}))
+    with pytest.raises(InputError, match="broken.json"):
+        get_reader(str(broken))(str(broken))

@@ -15,12 +15,13 @@ Everything is read and checked before any layer is returned: a damaged store ope
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from ..pixel_sizes import METADATA_KEY
-from .files import SUPPORTED_SUFFIXES, ZARR_SUFFIXES, open_micrograph
+from .files import SUPPORTED_SUFFIXES, ZARR_SUFFIXES, InputError, open_micrograph
 
 BOX_STYLE = {"face_color": "transparent", "edge_width": 1.5, "edge_colormap": "plasma",
              "edge_contrast_limits": (0.0, 1.0)}
@@ -31,11 +32,25 @@ def _is_store(path: Path) -> bool:
     return path.is_dir() and ((path / "meta.json").is_file() or any(path.glob("*/meta.json")))
 
 
+def _is_coco_detections(path: Path) -> bool:
+    """A COCO JSON file whose annotations carry scores (detections, as ``export-coco`` and the
+    COCO writer make them; ground truth is loaded in the Training step instead)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    annotations = document.get("annotations") if isinstance(document, dict) else None
+    return (isinstance(document.get("images"), list) and isinstance(annotations, list)
+            and any(isinstance(a, dict) and "score" in a for a in annotations))
+
+
 def _readable(path: Path) -> bool:
     if path.suffix.lower() in ZARR_SUFFIXES:
         return path.is_dir()
     if path.is_dir():
         return _is_store(path)
+    if path.suffix.lower() == ".json":
+        return _is_coco_detections(path)
     return path.suffix.lower() in SUPPORTED_SUFFIXES
 
 
@@ -54,7 +69,12 @@ def read_micrographs(path) -> list[tuple]:
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[tuple] = []
     for p in map(Path, paths):
-        layers.extend(store_layers(p) if p.is_dir() and p.suffix.lower() not in ZARR_SUFFIXES else [micrograph_layer(p)])
+        if p.is_dir() and p.suffix.lower() not in ZARR_SUFFIXES:
+            layers.extend(store_layers(p))
+        elif p.suffix.lower() == ".json":
+            layers.extend(coco_layers(p))
+        else:
+            layers.append(micrograph_layer(p))
     return layers
 
 
@@ -103,10 +123,7 @@ def store_layers(path: Path) -> list[tuple]:
 
 
 def _one_store_layers(store) -> list[tuple]:
-    import pandas as pd
-
-    from ..detections import frame_shapes_data
-    from ..layer_pair import OBJECT_SIZES_KEY, ORIGIN_DETECTOR, SIGNALS_KEY, new_pair_id
+    from ..layer_pair import OBJECT_SIZES_KEY, SIGNALS_KEY
     from ..signals import EMBEDDING
     from ..store.format import store_detections
 
@@ -127,29 +144,105 @@ def _one_store_layers(store) -> list[tuple]:
             layers.append((opened.data, {"name": name, "rgb": opened.rgb, "metadata": {METADATA_KEY: record},
                                          **spatial_scale(is_2d, pixel_size_nm)}, "image"))
     masks = np.load(store.masks_path, mmap_mode="c", allow_pickle=False)  # editable, read as touched
-    parts = [frame_shapes_data(frame, t, is_2d) for t, frame in enumerate(detections.frames)]
-    vertices = [v for part_vertices, _ in parts for v in part_vertices]
-    features = pd.concat([f for _, f in parts], ignore_index=True)
-    features["origin"] = ORIGIN_DETECTOR
     signals = {
         str(t): {k: np.asarray(v).tolist() if k == EMBEDDING else float(v) for k, v in frame.items()}
         for t, frame in enumerate(stored_signals) if frame
     }
-    record = {
+    record = detection_record(meta["detector"], name, source, pixel_size_nm, n_frames) | {
+        SIGNALS_KEY: signals,
+        OBJECT_SIZES_KEY: {str(t): size for t, size in sorted(object_sizes.items())},
+        "store": str(store.root),
+    }
+    return layers + pair_layers(masks[0] if is_2d else masks, detections.frames, is_2d, name, record)
+
+
+def detection_record(detector: dict, name: str, source, pixel_size_nm: float | None, n_frames: int) -> dict:
+    """The record the Detection step puts on a masks + boxes pair (``layer_pair``), for detections
+    read back from a file: a new pair id, every frame done."""
+    from ..layer_pair import new_pair_id
+
+    return {
         "pair_id": new_pair_id(),
-        "detector": meta["detector"],
+        "detector": dict(detector or {}),
         "image_layer": name,
         "pixel_size_nm": pixel_size_nm,
         "frames_done": list(range(n_frames)),
-        SIGNALS_KEY: signals,
-        OBJECT_SIZES_KEY: {str(t): size for t, size in sorted(object_sizes.items())},
         "source": str(source),
-        "store": str(store.root),
     }
-    scale = spatial_scale(is_2d, pixel_size_nm)
-    layers.append((masks[0] if is_2d else masks, {"name": f"{name} masks", "metadata": {METADATA_KEY: dict(record)},
-                                                   **scale}, "labels"))
-    layers.append((vertices, {"name": f"{name} boxes", "shape_type": "rectangle", "ndim": 2 if is_2d else 3,
-                              "features": features, "edge_color": "score" if len(vertices) else "yellow",
-                              "metadata": {METADATA_KEY: dict(record)}, **BOX_STYLE, **scale}, "shapes"))
-    return layers
+
+
+def pair_layers(masks, frames, is_2d: bool, name: str, record: dict) -> list[tuple]:
+    """``<name> masks`` (Labels) and ``<name> boxes`` (Shapes with score, label, frame, origin
+    features, coloured by score) carrying ``record``, as the Detection step makes them."""
+    import pandas as pd
+
+    from ..detections import empty_shapes_features, frame_shapes_data
+    from ..layer_pair import ORIGIN_DETECTOR
+
+    parts = [frame_shapes_data(frame, t, is_2d) for t, frame in enumerate(frames)]
+    vertices = [v for part_vertices, _ in parts for v in part_vertices]
+    features = pd.concat([f for _, f in parts if len(f)] or [empty_shapes_features()], ignore_index=True)
+    features["origin"] = ORIGIN_DETECTOR
+    scale = spatial_scale(is_2d, record.get("pixel_size_nm"))
+    return [
+        (masks, {"name": f"{name} masks", "metadata": {METADATA_KEY: dict(record)}, **scale}, "labels"),
+        (vertices, {"name": f"{name} boxes", "shape_type": "rectangle", "ndim": 2 if is_2d else 3,
+                    "features": features, "edge_color": "score" if len(vertices) else "yellow",
+                    "metadata": {METADATA_KEY: dict(record)}, **BOX_STYLE, **scale}, "shapes"),
+    ]
+
+
+def coco_layers(path: Path) -> list[tuple]:
+    """Masks and boxes of every image file a COCO detections file names (a stack's frames are its
+    images carrying ``"frame"``), with the detector record and pixel size it stores in ``info``,
+    and the image itself when that file lies beside the JSON."""
+    from ..coco import annotation_pixels
+    from ..detections import FrameDetections, smallest_label_dtype
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        info = document.get("info") or {}
+        pixel_size_nm = info.get("pixel_size_nm")
+        pixel_size_nm = float(pixel_size_nm) if isinstance(pixel_size_nm, (int, float)) and pixel_size_nm > 0 else None
+        by_image: dict[int, list[dict]] = {}
+        for annotation in document["annotations"]:
+            by_image.setdefault(int(annotation["image_id"]), []).append(annotation)
+        by_file: dict[str, list[dict]] = {}
+        for image in document["images"]:
+            by_file.setdefault(str(image["file_name"]), []).append(image)
+        layers: list[tuple] = []
+        for file_name, images in by_file.items():
+            images = sorted(images, key=lambda image: (int(image.get("frame", 0)), int(image["id"])))
+            is_2d = len(images) == 1 and "frame" not in images[0]
+            height, width = int(images[0]["height"]), int(images[0]["width"])
+            if any((int(i["height"]), int(i["width"])) != (height, width) for i in images):
+                raise ValueError(f"the frames of {file_name} differ in size")
+            frames = []
+            for image in images:
+                found = sorted(by_image.get(int(image["id"]), []), key=lambda a: -float(a.get("score", 1.0)))
+                flat = np.zeros(height * width, smallest_label_dtype(len(found)))
+                for k, annotation in enumerate(found, start=1):
+                    flat[annotation_pixels(annotation, height, width)] = k
+                x, y, w, h = (np.array([a["bbox"][i] for a in found], float) for i in range(4))
+                boxes = np.stack([y, x, y + h, x + w], axis=1) if found else np.zeros((0, 4))
+                scores = np.array([float(a.get("score", 1.0)) for a in found])
+                frames.append(FrameDetections(boxes, scores, flat.reshape(width, height).T.copy()))
+            name = Path(file_name).stem
+            beside = path.parent / Path(file_name).name
+            if beside.is_file():
+                opened = open_micrograph(beside)
+                if opened.n_frames == len(frames) and tuple(opened.frame_shape) == (height, width):
+                    record = image_record(beside, opened.pixel_size)
+                    size = pixel_size_nm or opened.pixel_size.nm
+                    layers.append((opened.data, {"name": name, "rgb": opened.rgb, "metadata": {METADATA_KEY: record},
+                                                 **spatial_scale(is_2d, size)}, "image"))
+                    pixel_size_nm = size
+            masks = np.stack([frame.labels.astype(smallest_label_dtype(max(f.count for f in frames)))
+                              for frame in frames])
+            record = detection_record(info.get("detector") or {}, name, file_name, pixel_size_nm, len(frames))
+            layers.extend(pair_layers(masks[0] if is_2d else masks, frames, is_2d, name, record))
+        return layers
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise InputError(f"{path}: not a COCO detections file this plugin can open ({exc})") from exc
