@@ -48,6 +48,8 @@ ROSETTASCIIO_SOURCES = {
     "tvips": "TVIPS header",
 }
 ZARR_SUFFIXES = (".zarr",)
+FOLDER_SKIPPED_SUFFIXES = (".emi",)
+"""Not listed from a folder: a TIA ``.emi`` describes the ``.ser`` files beside it, which are listed."""
 SUPPORTED_SUFFIXES = TIFF_SUFFIXES + PLAIN_IMAGE_SUFFIXES + (".npy",) + tuple(ROSETTASCIIO_PLUGINS) + ZARR_SUFFIXES
 MAX_FRAME_PIXELS = 2**28  # 16384 x 16384; a header claiming more is refused before allocating
 
@@ -84,8 +86,9 @@ def list_inputs(path) -> list[Path]:
         files = sorted(
             p
             for p in path.iterdir()
-            if (p.is_file() or (p.is_symlink() and not p.exists()) or (p.is_dir() and p.suffix.lower() in ZARR_SUFFIXES))
-            and p.suffix.lower() in SUPPORTED_SUFFIXES
+            if p.suffix.lower() in SUPPORTED_SUFFIXES
+            and p.suffix.lower() not in FOLDER_SKIPPED_SUFFIXES
+            and (p.is_file() or (p.is_symlink() and not p.exists()) or (p.is_dir() and p.suffix.lower() in ZARR_SUFFIXES))
         )
         if not files:
             raise InputError(f"{path}: no supported images in this folder ({', '.join(SUPPORTED_SUFFIXES)})")
