@@ -182,11 +182,11 @@ def _ome(tif) -> Recorded | None:
     if "PhysicalSizeX" not in pixels:
         return None
     unit = pixels.get("PhysicalSizeXUnit", OME_DEFAULT_UNIT)
-    height = _float_or_none(pixels.get("PhysicalSizeY"))
-    if height is not None and pixels.get("PhysicalSizeYUnit", OME_DEFAULT_UNIT) != unit:
-        height = nanometres(height, pixels.get("PhysicalSizeYUnit", OME_DEFAULT_UNIT))
-        height = None if height is None else height / NM_PER_UNIT.get(str(unit).lower(), 1.0)
-    return Recorded("OME metadata", float(pixels["PhysicalSizeX"]), height, str(unit))
+    width_nm = nanometres(pixels["PhysicalSizeX"], unit)
+    if width_nm is None:  # not a length: ``resolve`` says so
+        return Recorded("OME metadata", float(pixels["PhysicalSizeX"]), None, str(unit))
+    height_nm = nanometres(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeYUnit", OME_DEFAULT_UNIT))
+    return Recorded("OME metadata", width_nm, height_nm, "nm")
 
 
 def _imagej_or_resolution(tif) -> Recorded | None:
