@@ -44,6 +44,10 @@ def test_ome_tiff_pixel_size_in_its_unit_and_the_default_micrometre(tmp_path):
     tifffile.imwrite(default_unit, STACK[0], ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.002,
                                                                   "PhysicalSizeY": 0.002})
     assert describe(default_unit).pixel_size_nm == pytest.approx(2.0)
+    mixed_units = tmp_path / "mixed.ome.tif"
+    tifffile.imwrite(mixed_units, STACK[0], ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.4, "PhysicalSizeXUnit": "nm",
+                                                                 "PhysicalSizeY": 0.0004, "PhysicalSizeYUnit": "µm"})
+    assert describe(mixed_units).pixel_size_nm == pytest.approx(0.4)
 
 
 def test_two_different_pixel_sizes_leave_it_unknown_with_the_reason(tmp_path):
