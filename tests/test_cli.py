@@ -6,13 +6,14 @@ random numbers for the bundled forests, so these tests run without either being 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 from conftest import detect_command
 
-from napari_detection_qc.atomic import atomic_path
 from napari_detection_qc.cli import main
 from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
@@ -29,6 +30,7 @@ from napari_detection_qc.features import (
 )
 from napari_detection_qc.forest import TARGETS, QualityForest
 from napari_detection_qc.io import InputError
+from napari_detection_qc.io.atomic import atomic_path
 from napari_detection_qc.run import detect as run_detect_module
 from napari_detection_qc.run import detector as run_detector
 from napari_detection_qc.run.quality import read_training_table
@@ -116,6 +118,9 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
     masks = np.load(detected / "masks.npy")
     assert masks.shape == (3, 128, 128) and masks.dtype == np.uint8
     np.testing.assert_array_equal(masks, np.stack([f.labels for f in stored]))
+    with tifffile.TiffFile(detected / "masks.tif") as tif:  # the same masks for Fiji
+        assert tif.is_imagej
+        np.testing.assert_array_equal(tif.asarray(), masks)
     table = pd.read_csv(detected / "detections.csv")
     assert list(table.columns) == list(DETECTION_COLUMNS)
     assert len(table) == stored.total_count
@@ -243,6 +248,30 @@ def test_dask_cluster_gives_the_serial_results(tmp_path, detected, tiny_model, s
     assert sum(loaded.values()) >= 1 and max(loaded.values()) == 1  # one model per worker, not per frame
     for name in ("detections.csv", "masks.npy"):
         assert (out / "series" / name).read_bytes() == (detected / name).read_bytes()
+
+
+def test_detect_reads_microscope_formats_frame_by_frame_with_their_pixel_size(tmp_path, detected, tiny_model, stack):
+    """The same frames as an MRC stack (0.4 nm in its header) and a zarr folder give the same
+    detections as the .npy; the MRC's pixel size reaches the store and its calibrated masks.tif."""
+    mrcfile = pytest.importorskip("mrcfile")
+    zarr = pytest.importorskip("zarr")
+    images = np.load(stack[0])
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    with mrcfile.new(inputs / "series_mrc.mrc") as mrc:
+        mrc.set_data(images)
+        mrc.voxel_size = 4.0
+    zarr.save_array(str(inputs / "series_zarr.zarr"), images)
+    out = tmp_path / "formats"
+    assert main(detect_args([inputs], out, tiny_model)) == 0
+    expected = np.load(detected / "masks.npy")
+    for name, pixel_size in (("series_mrc", 0.4), ("series_zarr", None)):
+        np.testing.assert_array_equal(np.load(out / name / "masks.npy"), expected)
+        assert json.loads((out / name / "meta.json").read_text())["pixel_size_nm"] == (
+            pytest.approx(pixel_size) if pixel_size else None)
+    with tifffile.TiffFile(out / "series_mrc" / "masks.tif") as tif:
+        assert tif.imagej_metadata["unit"] == "nm"
+        assert tif.pages[0].tags["XResolution"].value[1] / tif.pages[0].tags["XResolution"].value[0] == pytest.approx(0.4)
 
 
 def test_workers_option_gives_the_serial_results(tmp_path, detected, tiny_model, stack):

@@ -80,7 +80,7 @@ def test_store_names_never_leave_out(tmp_path, tiny_checkpoint, images):
 
 # 2 ------------------------------------------------------------------------------------------------
 def test_a_rerun_keeps_other_writers_temporary_files(tmp_path, tiny_checkpoint, images):
-    from napari_detection_qc.atomic import temporary_path
+    from napari_detection_qc.io.atomic import temporary_path
 
     np.save(tmp_path / "series.npy", images)
     out = tmp_path / "out"

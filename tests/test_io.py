@@ -99,9 +99,9 @@ def test_corrupt_and_misshapen_files_raise_input_error_naming_the_file(tmp_path)
 
 
 def test_folder_lists_supported_files_sorted(tmp_path):
-    for name in ("b.npy", "a.tif", "c.PNG", "notes.txt"):
+    for name in ("b.npy", "a.tif", "c.PNG", "notes.txt", "d.emi", "d_1.ser"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in list_inputs(tmp_path)] == ["a.tif", "b.npy", "c.PNG"]
+    assert [p.name for p in list_inputs(tmp_path)] == ["a.tif", "b.npy", "c.PNG", "d_1.ser"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no supported images"):
         list_inputs(tmp_path / "empty")

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from napari_detection_qc.io import InputError
+from napari_detection_qc.io.napari_reader import get_reader
 from napari_detection_qc.pixel_sizes import pixel_size_from_layer
-from napari_detection_qc.reader import get_reader
 
 STACK = np.arange(2 * 16 * 20, dtype=np.uint16).reshape(2, 16, 20)
 
@@ -33,8 +33,9 @@ def test_tiff_without_pixel_size_and_other_files(tmp_path):
     tifffile.imwrite(plain, STACK[0])
     [(_, kwargs, _)] = get_reader([str(plain)])([str(plain)])
     assert "scale" not in kwargs and kwargs["metadata"]["detection_qc"]["pixel_size_nm"] is None
-    assert get_reader(str(tmp_path / "image.png")) is None
-    assert get_reader([str(plain), str(tmp_path / "image.png")]) is None
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader([str(plain), str(tmp_path / "notes.txt")]) is None
+    assert get_reader(str(tmp_path)) is None  # a folder that is no detections store
 
 
 def test_dm_without_rosettasciio_says_which_extra_to_install(tmp_path, monkeypatch):
@@ -42,7 +43,7 @@ def test_dm_without_rosettasciio_says_which_extra_to_install(tmp_path, monkeypat
     path = tmp_path / "image.dm4"
     path.write_bytes(b"")
     reader = get_reader(str(path))
-    with pytest.raises(InputError, match=r'image.dm4.*pip install "napari-detection-qc\[dm\]"'):
+    with pytest.raises(InputError, match=r"image.dm4.*pip install rosettasciio"):
         reader(str(path))
 
 

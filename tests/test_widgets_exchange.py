@@ -98,5 +98,9 @@ def test_manifest_is_valid_and_its_python_names_import():
     manifest = PluginManifest.from_file(files("napari_detection_qc") / "napari.yaml")
     manifest.validate_imports()
     [reader] = manifest.contributions.readers
-    assert set(reader.filename_patterns) == {"*.dm3", "*.dm4", "*.tif", "*.tiff"}
+    assert {"*.dm3", "*.dm4", "*.mrc", "*.emd", "*.ser", "*.tvips", "*.tif", "*.tiff", "*.zarr"} <= set(
+        reader.filename_patterns)
+    assert reader.accepts_directories  # detect --out stores and zarr folders
+    assert {w.display_name for w in manifest.contributions.writers} == {
+        "ImageJ TIFF label image (calibrated)", "COCO detections (masks, boxes, scores)"}
     assert set(manifest.contributions.menus) == {"napari/layers/segment", "napari/layers/measure", "napari/layers/annotate"}

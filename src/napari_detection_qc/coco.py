@@ -26,9 +26,9 @@ from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
 
 from . import __version__
-from .atomic import atomic_path
 from .detections import StackDetections, smallest_label_dtype
 from .io import InputError, base_name
+from .io.atomic import atomic_path
 
 CATEGORY = "cavity"
 

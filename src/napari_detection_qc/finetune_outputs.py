@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .atomic import atomic_path
 from .engines.checkpoint import DetectorLoadError, load_checkpoint
 from .forest import QualityForest, companion_forest_path
 from .io import InputError, as_frame_stack, list_inputs, read_frames
+from .io.atomic import atomic_path
 
 CURVE_PANELS = (
     ("total loss", ("loss_total",)),

@@ -38,7 +38,6 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES, PAPER_FEATURES, SCORE_BIN_NAMES
 from .forest_choice import (  # noqa: F401  (re-exported: where forests are found belongs with them)
     BUNDLED_FORESTS,
@@ -50,6 +49,7 @@ from .forest_choice import (  # noqa: F401  (re-exported: where forests are foun
 )
 from .forest_committee import FrameKind, combine
 from .forest_structure import pipeline_problem, signal_arrays_problem
+from .io.atomic import atomic_path
 from .metrics import regression_metrics
 from .signals import TTA_SIGNALS, SubspaceNovelty, score_histogram_distance
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
 from .features import CANDIDATE_FEATURES
 from .forest import TARGETS, QualityForest
+from .io.atomic import atomic_path
 
 REFERENCE_COLUMN = "novelty_reference"
 

@@ -1,7 +1,8 @@
 """Detector engines behind one small interface: ``load_detector(spec)`` -> ``Detector``."""
 
-from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector, parse_object_size, resolve_device
+from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector, parse_object_size
 from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
+from .devices import DeviceChoice, available_devices, resolve_device, torch_build_description
 from .registry import default_weights_path, load_detector
 
 __all__ = [
@@ -9,10 +10,13 @@ __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
     "Detector",
     "DetectorLoadError",
+    "DeviceChoice",
+    "available_devices",
     "default_weights_path",
     "load_checkpoint",
     "load_detector",
     "parse_object_size",
     "resolve_device",
     "save_checkpoint",
+    "torch_build_description",
 ]

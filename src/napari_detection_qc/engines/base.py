@@ -14,7 +14,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..detections import FrameDetections
 from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
@@ -22,6 +21,7 @@ from ..signals import SignalOptions, blank_frame_signals, frame_signals
 from .boxmasks import BoxMasks
 from .cpu_parallel import cpu_workers
 from .detection_verifier import DetectionVerifier, detection_evidence
+from .devices import resolve_device
 from .intensity import scale_to_255
 from .scaling import (
     ESTIMATE_MIN_SCORE,
@@ -36,13 +36,6 @@ from .size_chooser import SizeChooser
 from .tiling import detect_in_tiles
 
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def as_grayscale(frame) -> np.ndarray:

@@ -9,7 +9,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..io import InputError, list_inputs, read_frame
+from ..io.writers import MASKS_TIFF, write_label_tiff
 from ..pixel_sizes import match_pixel_sizes, read_pixel_size_table
 from ..size_report import outlier_warning
 from ..store.format import assemble, write_frame
@@ -114,9 +117,16 @@ def detect(
 
 
 def assemble_plan(plan: InputPlan) -> None:
-    """Write the store's detections.csv and masks.npy unless an earlier run already did."""
+    """Write the store's detections.csv and masks.npy unless an earlier run already did, and the
+    masks as an ImageJ TIFF label image (``masks.tif``, calibrated in nm where the pixel size is
+    known) that Fiji and other programs open."""
     if not plan.store.is_complete:
         assemble(plan.store, plan.n_frames, plan.image_shape)
+    masks_tiff = plan.store.root / MASKS_TIFF
+    if not masks_tiff.is_file():
+        meta = plan.store.read_meta()
+        masks = np.load(plan.store.masks_path, mmap_mode="r", allow_pickle=False)
+        write_label_tiff(masks_tiff, masks[0] if meta.get("is_2d") else masks, meta.get("pixel_size_nm"))
 
 
 def run_plans(

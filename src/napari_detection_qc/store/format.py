@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path
 from ..detections import FrameDetections, StackDetections, smallest_label_dtype
 from ..features import BOX_COLUMNS, mask_circularities
 from ..io import InputError
+from ..io.atomic import atomic_path
 from ..signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
 
 DETECTION_COLUMNS = ("frame", "label", *BOX_COLUMNS, "score", "circularity")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..atomic import remove_stale_temporary_files
 from ..io import InputError, describe
+from ..io.atomic import remove_stale_temporary_files
 from .format import Store, frame_is_done, write_json
 
 UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+-]")
@@ -50,6 +50,11 @@ def content_fingerprint(path: Path) -> dict:
     beyond, of its first and last 16 MiB, with its modification time)."""
     stat = path.stat()
     digest = hashlib.sha256()
+    if path.is_dir():  # a zarr folder: the names and sizes of its files (chunks are rewritten whole)
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\n".encode())
+        return {"size": sum(file.stat().st_size for file in files), "sha256": digest.hexdigest()}
     with open(path, "rb") as handle:
         if stat.st_size <= WHOLE_FILE_HASH_LIMIT:
             for block in iter(lambda: handle.read(2**20), b""):

@@ -2,7 +2,11 @@
 
 A temporary file is named after its writer (``.<name>.<pid>@<host>.tmp``), so a later run can
 remove what a killed writer left behind without touching the files of a writer still running
-(another ``detect`` on the same output folder, a Dask worker on another machine).
+(another ``detect`` on the same output folder, a Dask worker on another machine). Whether a writer
+still runs is asked through psutil, which answers the same on Windows, macOS and Linux (a signal
+0 is POSIX only: on Windows ``os.kill`` would terminate the process). The temporary file's bytes
+are flushed to disk before the rename, so after a power cut the final name holds the complete
+file, never an empty one (resume trusts every file under its final name).
 """
 
 from __future__ import annotations
@@ -32,19 +36,44 @@ def atomic_path(final: Path) -> Iterator[Path]:
     temporary = temporary_path(final)
     try:
         yield temporary
+        flush_to_disk(temporary)
         os.replace(temporary, final)
+        flush_to_disk(final.parent)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def _process_is_alive(pid: int) -> bool:
+def flush_to_disk(path: Path) -> None:
+    """fsync a file (or a folder, so a rename in it is durable). Folders cannot be opened on
+    Windows, where the rename is made durable by the file system's journal: skipped there."""
+    path = Path(path)
+    if path.is_dir() and os.name == "nt":
+        return
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError:  # a folder some file systems refuse to open: the file itself was synced
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(descriptor)
+    except OSError:  # file systems without fsync on folders (some network mounts)
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def process_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie counts as gone), on any OS."""
+    import psutil
+
+    try:
+        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # alive, owned by someone else
+    except psutil.AccessDenied:  # alive, owned by someone else
         return True
-    return True
 
 
 def remove_stale_temporary_files(folder: Path) -> int:
@@ -56,7 +85,7 @@ def remove_stale_temporary_files(folder: Path) -> int:
         return 0
     for path in Path(folder).iterdir():
         match = TEMPORARY_NAME.match(path.name)
-        if match and match["host"] == HOST and not _process_is_alive(int(match["pid"])):
+        if match and match["host"] == HOST and not process_is_alive(int(match["pid"])):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
