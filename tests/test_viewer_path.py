@@ -119,9 +119,13 @@ def test_cancel_state_stays_until_the_run_stops(make_napari_viewer, qtbot, stack
     assert widget.status.value.startswith("⚠ cancelled")
 
 
-def test_scope_shows_for_stacks_only(make_napari_viewer, stack_file):
+def test_scope_shows_for_stacks_only_and_devices_are_listed(make_napari_viewer, qtbot, stack_file):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Detection")
+    # the devices torch sees fill in once torch is imported in the background; the build is named
+    qtbot.waitUntil(lambda: widget.device.tooltip.startswith("torch "), timeout=WORKER_TIMEOUT_MS)
+    labels = [widget.device.native.itemText(i) for i in range(widget.device.native.count())]
+    assert labels[0].startswith("auto: ") and "cpu" in labels and widget.device.value == "auto"
     viewer.add_image(np.zeros((64, 64), np.uint8), name="single")
     widget.image.value = viewer.layers["single"]
     assert widget.scope.native.isHidden()

@@ -291,6 +291,9 @@ class Step(QWidget):
         self.viewer = unproxied(napari_viewer)
         self.session = viewer_session(self.viewer)
         self.work = BackgroundWork(self)
+        from .warm_up import warm_up
+
+        warm_up(self)
         self.setMaximumWidth(DOCK_MAX_WIDTH)
         self.body = QWidget()
         self._sections = QVBoxLayout(self.body)
@@ -351,6 +354,27 @@ class Step(QWidget):
             show(False)
         self._sections.insertWidget(self._sections.count() - 1, box)
         return box
+
+
+def device_picker(step: Step) -> ComboBox:
+    """A device combo box: ``auto`` and ``cpu`` at once, then every device torch sees (``cuda:N``
+    with its name, ``mps``) and the torch build as its tooltip, once torch is imported in the
+    background."""
+    from .warm_up import WARM_UP_DELAY_MS, device_choices
+
+    picker = ComboBox(label="device", choices=[("auto", "auto"), ("cpu", "cpu")], value="auto",
+                      tooltip="finding the devices torch sees…")
+
+    def fill(found: tuple[list[tuple[str, str]], str]) -> None:
+        choices, build = found
+        chosen = picker.value
+        picker.native.clear()  # magicgui keeps items it already has in place: rebuild in this order
+        picker.choices = choices
+        picker.value = chosen if chosen in [value for _, value in choices] else "auto"
+        picker.tooltip = build
+
+    QTimer.singleShot(WARM_UP_DELAY_MS, lambda: step.work.closed or step.work.run(device_choices, returned=fill))
+    return picker
 
 
 def row(*widgets) -> Container:

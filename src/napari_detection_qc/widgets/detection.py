@@ -33,7 +33,7 @@ from ..pixel_sizes import pixel_size_from_layer
 from ..progress import RunProgress, clock
 from ..signals import SIGNAL_LEVELS, signals_to_records
 from ..size_report import describe_sizes, outlier_warning, size_outliers, stack_size
-from ._common import LayerPicker, StatusLine, Step, row
+from ._common import LayerPicker, StatusLine, Step, device_picker, row
 from ._torch_import import import_engines
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
@@ -74,7 +74,7 @@ class DetectionWidget(Step):
         self.engine = ComboBox(label="engine", choices=ENGINES, value=ENGINES[0])
         self.weights = FileEdit(label="weights", mode="r", filter="*.pt *.pth", visible=False)
         self.config = FileEdit(label="d2 config (optional)", mode="r", filter="*.yaml *.yml", visible=False)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.device = device_picker(self)
         # 0 shows "model's own": the threshold stored with the weights (else 0.1), which its forest was fit at
         self.threshold = FloatSpinBox(label="score threshold", value=0.0, min=0.0, max=1.0, step=0.05,
                                       tooltip="keep detections scoring at least this; \"model's own\" is the "
@@ -151,8 +151,12 @@ class DetectionWidget(Step):
 
     def _take_pixel_size(self, layer) -> None:
         """The pixel size belongs to the image: take the one its layer knows (our reader, a scale
-        in nm), or 0 (unknown) so another image's value is not carried over."""
+        in nm), or 0 (unknown) so another image's value is not carried over; when the file's
+        metadata did not give one, the status line says why."""
         self.pixel_size.value = pixel_size_from_layer(layer) or 0.0
+        note = pair_record(layer.metadata).get("pixel_size_note") if layer is not None else None
+        if note and not self.pixel_size.value:
+            self.status.value = f"⚠ pixel size unknown: {note}; type it in for densities and diameters in nm"
 
     def _on_pixel_size(self, value: float) -> None:
         """A new pixel size applies at once to the layers detected on this image (density and

@@ -16,13 +16,13 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton
+from magicgui.widgets import FileEdit, FloatSpinBox, PushButton
 from napari.layers import Image
 from napari.utils import progress
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ..forest_choice import companion_forest_path
-from ._common import LayerPicker, row
+from ._common import LayerPicker, device_picker, row
 from ._torch_import import import_engines
 from .detection import image_frames
 from .results_dock import results_dock
@@ -60,7 +60,7 @@ class FinetuneSection:
         self.image = LayerPicker(step.viewer, Image, "image")
         self.base = FileEdit(label="base weights (empty: bundled)", mode="r", filter="*.pt *.pth")
         self.minutes = FloatSpinBox(label="minutes", value=5.0, min=0.05, max=600.0, step=0.5)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.device = device_picker(step)
         self.run_button = PushButton(text="Fine-tune detector")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.save_button = PushButton(text="Save model + forest…", enabled=False)

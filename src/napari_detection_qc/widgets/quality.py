@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton
 from napari.layers import Labels, Shapes
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -28,7 +27,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..coco import detections_to_coco, write_coco
+from ..coco import write_coco
 from ..features import feature_label
 from ..forest_choice import ForestChoice, ForestReference, forest_reference, is_loaded, load_forest
 from ..layer_pair import count_unboxed, pair_record, stored_signals
@@ -62,7 +61,6 @@ CHOICE_OF_LABEL = {FOREST_AUTO: ForestChoice.AUTO, FOREST_DEFAULT: ForestChoice.
 TABLE_COLUMNS = ("count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain")
 PHYSICAL_COLUMNS = ("density_per_um2", "mean_diameter_nm")
 DEBOUNCE_MS = 300
-WARM_UP_DELAY_MS = 300
 
 
 class QualityPanel(QWidget):
@@ -156,7 +154,6 @@ class QualityWidget(Step):
         self.work.listen(self.session.forest_changed, self._on_session_forest)
         self.work.listen(self.session.detections_changed, self._on_detections)
         self._watch_layers()
-        warm_up(self)
 
     @cached_property
     def panel(self) -> QualityPanel:
@@ -384,13 +381,19 @@ class QualityWidget(Step):
             self.export_coco(path)
 
     def export_coco(self, path) -> Path | None:
-        """The chosen layers' detections as COCO JSON (RLE masks, boxes, scores)."""
+        """The chosen layers' detections as COCO JSON (RLE masks, boxes, scores, and the detector
+        record and pixel size in its ``info``): what napari's File > Save writes for the pair."""
+        from ..io.writers import detections_document
+
+        masks, boxes = self.masks.value, self.boxes.value
         try:
-            stack = detections_from_layers(self.masks.value, self.boxes.value)
+            stack = detections_from_layers(masks, boxes)
+            document = detections_document(labels_data(masks), boxes.data, boxes.features, pair_record(boxes.metadata),
+                                           source_file_name(self.viewer, boxes))
         except ValueError as exc:
             self.status.error(str(exc))
             return None
-        path = write_coco(path, detections_to_coco([(source_file_name(self.viewer, self.boxes.value), stack)]))
+        path = write_coco(path, document)
         self.status.info(f"wrote {stack.total_count} detections to {path}")
         return path
 
@@ -463,43 +466,3 @@ def quality_with_readouts(stack, forest: QualityForest | ForestReference, detect
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)
     return LayerQuality(table, features, forest, count_unboxed(labels, box_features),
                         forest.detector_mismatch(detector))
-
-
-def warm_up(step) -> None:
-    """Once per process, as the first dock opens: import the detection engines (torch) and load the
-    bundled forest in a background worker, so neither the first Detect nor the first prediction
-    waits for them on the UI thread."""
-    global _warmed
-    if _warmed:
-        return
-    _warmed = True
-    # after the dock is painted: the import would otherwise share the interpreter with building it
-    QTimer.singleShot(WARM_UP_DELAY_MS, lambda: step.work.closed or step.work.run(_warm_up_job))
-
-
-_warmed = False
-
-
-def _warm_up_job() -> None:
-    from ._torch_import import import_engines
-
-    warm_napari_layers()
-    load_forest("default")
-    import_engines()
-
-
-def warm_napari_layers() -> None:
-    """napari compiles (or loads from its cache) the numba code of Shapes and Labels, and vispy
-    computes the dash patterns of its line visuals (cached per process), the first time a process
-    draws them: over a second on the UI thread at the first Detect. Doing it once here, on a
-    throw-away layer, moves that off the UI thread. napari and vispy internals may change: any
-    failure only leaves the cost where it was."""
-    try:
-        from napari.layers import Labels, Shapes
-        from vispy.visuals.line.dash_atlas import DashAtlas
-
-        DashAtlas()
-        Shapes([np.array([[0, 0], [0, 4], [4, 4], [4, 0]], float)], shape_type="rectangle", edge_width=2)
-        Labels(np.arange(64, dtype=np.uint16).reshape(8, 8)).refresh()
-    except Exception:  # noqa: BLE001 (a warm-up must never fail the dock)
-        pass
