@@ -41,10 +41,12 @@ from torchvision.ops.misc import Conv2dNormActivation
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 from ..detections import FrameDetections
+from ..validation import MALFORMED_DATA_ERRORS, one_line
 from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
 from .boxmasks import BoxMasks
 from .checkpoint import DetectorLoadError, float32_weights, load_checkpoint, save_checkpoint
 from .detection_verifier import DetectionVerifier
+from .header_schema import check_detector_header
 from .low_rank import low_rank_conv
 from .roi_gather import gather_roi_align
 from .scaling import ScaleRule, Window, central_view
@@ -477,6 +479,7 @@ class TorchvisionDetector(Detector):
     ):
         """``score_threshold=None``: the checkpoint's own (a fine-tuned model carries the one chosen
         on its held-out frames), else 0.1."""
+        header = check_detector_header(header, "the detector")
         if score_threshold is None:
             score_threshold = header.get("score_threshold", DEFAULT_SCORE_THRESHOLD)
         super().__init__(
@@ -518,9 +521,10 @@ class TorchvisionDetector(Detector):
         try:
             return cls(header, state_dict, **options)
         except DetectorLoadError as error:
-            raise DetectorLoadError(f"{path}: {error}") from error
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-            reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            message = str(error).removeprefix("the detector: ")
+            raise DetectorLoadError(f"{path}: {one_line(message, 400)}") from error
+        except MALFORMED_DATA_ERRORS as error:
+            reason = f"missing {error}" if isinstance(error, KeyError) else one_line(error, 200)
             raise DetectorLoadError(f"{path}: malformed checkpoint header ({reason})") from error
 
     def save(self, path, **header_updates) -> dict:
