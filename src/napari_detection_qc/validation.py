@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .io import InputError
+
 MALFORMED_DATA_ERRORS = (
     TypeError,
     ValueError,
@@ -40,8 +42,9 @@ MAX_NESTING = 64
 """Deeper nesting than any product file has; JSON deeper than this is refused, not recursed into."""
 
 
-class InvalidFileError(ValueError):
-    """A file whose content is outside the types and ranges its kind allows (one line)."""
+class InvalidFileError(InputError):
+    """A file whose content is outside the types and ranges its kind allows (one line). An
+    :class:`InputError`, so ``--keep-going`` skips it like any other unreadable input."""
 
 
 def one_line(text: object, limit: int = 300) -> str:

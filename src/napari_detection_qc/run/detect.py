@@ -114,7 +114,15 @@ def detect(
 
 
 def assemble_plan(plan: InputPlan) -> None:
-    """Write the store's detections.csv and masks.npy unless an earlier run already did."""
+    """Write the store's detections.csv and masks.npy unless an earlier run already did. An input
+    replaced or rewritten while it was detected (even restored since) is not assembled: the frames
+    this run detected may hold the other file's pixels, so they are discarded and the input fails."""
+    if plan.changed_since_planned():
+        plan.discard_this_runs_frames()
+        raise InputError(
+            f"{plan.source}: the file changed while it was being detected; its frames from this run were "
+            "discarded, rerun to detect it again"
+        )
     if not plan.store.is_complete:
         assemble(plan.store, plan.n_frames, plan.image_shape)
 
@@ -134,9 +142,17 @@ def run_plans(
     by_source = {plan.source: plan for plan in plans}
     failed: set[Path] = set()
     detected = 0
+
+    def finish(plan: InputPlan) -> None:
+        try:
+            assemble_plan(plan)
+        except InputError as exc:
+            failed.add(plan.source)
+            fail(str(exc), on_error, failures)
+
     for plan in plans:
         if not plan.pending:
-            assemble_plan(plan)
+            finish(plan)
     tasks = [task for plan in plans for task in plan.pending]
     total = sum(plan.n_frames for plan in plans)
     with tqdm(
@@ -149,7 +165,7 @@ def run_plans(
                 detected += 1
                 remaining[source] -= 1
                 if remaining[source] == 0 and source not in failed:
-                    assemble_plan(by_source[source])
+                    finish(by_source[source])
             elif source not in failed:
                 failed.add(source)
                 fail(outcome.error, on_error, failures, outcome.out_of_resources)
