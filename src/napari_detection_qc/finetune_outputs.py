@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from .atomic import atomic_path
 from .engines.checkpoint import DetectorLoadError, load_checkpoint
 from .forest import QualityForest, companion_forest_path
+from .ground_truth import label_files_by_stem
 from .io import InputError, as_frame_stack, list_inputs, read_frames
 
 CURVE_PANELS = (
@@ -34,7 +35,7 @@ def read_labelled_frames(images, labels_dir) -> tuple[list[np.ndarray], list[np.
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
         raise InputError(f"{labels_dir}: the ground truth must be a folder of label images named like the inputs")
-    by_stem = {p.stem: p for p in list_inputs(labels_dir)}
+    by_stem = label_files_by_stem(labels_dir)
     frames, truths, names = [], [], []
     for path in files:
         if path.stem not in by_stem:

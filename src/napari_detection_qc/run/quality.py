@@ -12,7 +12,8 @@ import pandas as pd
 from ..coco import CocoGroundTruth
 from ..features import CANDIDATE_FEATURES, PAPER_FEATURES, table_features
 from ..forest import TARGETS, QualityForest, forest_for_detector
-from ..io import InputError, list_inputs, read_frames
+from ..ground_truth import label_files_by_stem
+from ..io import InputError, read_frames
 from ..matching import PAPER_IOU_THRESHOLD
 from ..scoring import QUALITY_COLUMNS, TRUE_COLUMNS, boxes_true_quality, quality_table
 from ..signals import SIGNAL_LEVELS, stack_signals
@@ -158,7 +159,7 @@ def evaluate_stores(
     coco = CocoGroundTruth.load(ground_truth, category) if ground_truth.suffix.lower() == ".json" else None
     if category is not None and coco is None:
         raise InputError(f"{ground_truth}: a category can only be chosen in COCO .json ground truth")
-    by_stem = {p.stem: p for p in list_inputs(ground_truth)} if ground_truth.is_dir() else None
+    by_stem = label_files_by_stem(ground_truth) if ground_truth.is_dir() else None
     if coco is None and by_stem is None and len(stores) != 1:
         raise InputError(f"{ground_truth}: one ground-truth file for {len(stores)} inputs; pass a folder")
     failures: list[str] = []

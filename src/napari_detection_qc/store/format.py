@@ -165,8 +165,8 @@ class Store:
             shape = self.masks_shape()
             if shape != expected:
                 raise InputError(
-                    f"{self.meta_path}: damaged meta.json: n_frames and image_shape say {expected}, "
-                    f"masks.npy holds {shape}"
+                    f"{self.masks_path}: damaged masks: shape {shape} but meta.json's n_frames and image_shape "
+                    f"say {expected}"
                 )
         return meta
 
