@@ -298,6 +298,22 @@ class Anything(Spec):
         return value
 
 
+DETECTOR_DESCRIPTION = Record(
+    {
+        "detector": Text(max_length=1000),
+        "engine": Text(max_length=100),
+        "weights_sha256": Maybe(Text(max_length=64)),
+        "score_threshold": Real(0.0, 1.0),
+        "max_detections": Int(1, 10**6),
+        "second_look": Flag(),
+        "weights_path": Maybe(Text()),
+    },
+    optional=frozenset({"detector", "engine", "weights_sha256", "score_threshold", "max_detections", "second_look",
+                        "weights_path"}),
+)
+"""What a store's meta.json (and a forest file) records about the detector that made the detections."""
+
+
 def validate(value: Any, spec: Spec, path, what: str, error: type[ValueError] = InvalidFileError) -> Any:
     """``value`` checked against ``spec``; one ``error`` (an :class:`InvalidFileError` unless the
     file kind has its own) naming ``path`` and the field."""

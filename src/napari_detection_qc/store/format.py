@@ -35,6 +35,7 @@ from ..features import BOX_COLUMNS, mask_circularities
 from ..io import InputError
 from ..signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
 from ..validation import (
+    DETECTOR_DESCRIPTION,
     Flag,
     Int,
     InvalidFileError,
@@ -71,20 +72,6 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
 
 MAX_STORE_FRAMES = 10**6
 MAX_FRAME_SIDE = 1 << 17
-DETECTOR_DESCRIPTION = Record(
-    {
-        "detector": Text(max_length=1000),
-        "engine": Text(max_length=100),
-        "weights_sha256": Maybe(Text(max_length=64)),
-        "score_threshold": Real(0.0, 1.0),
-        "max_detections": Int(1, 10**6),
-        "second_look": Flag(),
-        "weights_path": Maybe(Text()),
-    },
-    optional=frozenset({"detector", "engine", "weights_sha256", "score_threshold", "max_detections", "second_look",
-                        "weights_path"}),
-)
-"""What a store's meta.json (and a forest file) records about the detector that made the detections."""
 META = Record(
     {
         "source": Text(),
