@@ -350,7 +350,8 @@ def add_finetune_command(commands) -> None:
     finetune.add_argument("--seed", type=int, default=0, help="random seed of the training crops")
     finetune.add_argument("--no-progress", action="store_true", help="no progress bar")
     finetune.set_defaults(
-        run=run_finetune, score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS, object_size=None, signals="none",
+        run=run_finetune, interrupted="nothing was written (the model, its forest and curves are saved at the end)",
+        score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS, object_size=None, signals="none",
         second_look=True,
     )
 
@@ -414,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("--keep-going", action="store_true", help="skip unreadable files instead of stopping")
     detect.add_argument("--no-progress", action="store_true", help="no progress bar")
-    detect.set_defaults(run=run_detect)
+    detect.set_defaults(run=run_detect, interrupted="finished frames are kept, rerun the same command to resume")
 
     score = add_subcommand(commands, "score", help="detections -> predicted F1/precision/recall per frame (CSV)")
     score.add_argument("detections", type=Path, help="the output folder of detect (or one input's subfolder)")
@@ -488,6 +489,7 @@ def run_finetune(args) -> int:
     """Fine-tune, fit the new detector's forest, write model, forest and curves (logic in core modules)."""
     from tqdm.auto import tqdm
 
+    from .atomic import remove_stale_temporary_files
     from .detector_forest import fit_detector_forest
     from .engines.finetune import finetune
     from .finetune_outputs import curve_paths, read_labelled_frames, save_finetuned
@@ -496,6 +498,8 @@ def run_finetune(args) -> int:
 
     inputs = [path for item in (*args.images, args.ground_truth) if Path(item).exists() for path in list_inputs(item)]
     check_outputs([args.out, companion_forest_path(args.out), *curve_paths(args.out)], [*inputs, *model_files(args)])
+    if args.out.parent.is_dir():
+        remove_stale_temporary_files(args.out.parent)  # what a killed earlier run left half written
     images, truths, names = read_labelled_frames(args.images, args.ground_truth)
     say(f"{len(images)} labelled frame(s) from {len(set(n.split('#')[0] for n in names))} file(s)")
     detector = detector_spec(args).load()
@@ -531,7 +535,7 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        say("interrupted; finished frames are kept, rerun the same command to resume")
+        say(f"interrupted; {getattr(args, 'interrupted', 'nothing was written')}")
         return EXIT_INTERRUPTED
     except Exception as exc:
         return report_failure(exc)
