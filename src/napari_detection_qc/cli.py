@@ -494,9 +494,9 @@ def run_finetune(args) -> int:
     from .engines.finetune import finetune
     from .finetune_outputs import curve_paths, read_labelled_frames, save_finetuned
     from .forest import companion_forest_path
-    from .io import list_inputs
+    from .validation import list_regular_inputs
 
-    inputs = [path for item in (*args.images, args.ground_truth) if Path(item).exists() for path in list_inputs(item)]
+    inputs = [path for item in (*args.images, args.ground_truth) if Path(item).exists() for path in list_regular_inputs(item)]
     check_outputs([args.out, companion_forest_path(args.out), *curve_paths(args.out)], [*inputs, *model_files(args)])
     if args.out.parent.is_dir():
         remove_stale_temporary_files(args.out.parent)  # what a killed earlier run left half written

@@ -14,7 +14,8 @@ from .atomic import atomic_path
 from .engines.checkpoint import DetectorLoadError, load_checkpoint
 from .forest import QualityForest, companion_forest_path
 from .ground_truth import label_files_by_stem
-from .io import InputError, as_frame_stack, list_inputs, read_frames
+from .io import InputError, as_frame_stack, read_frames
+from .validation import list_regular_inputs
 
 CURVE_PANELS = (
     ("total loss", ("loss_total",)),
@@ -31,7 +32,7 @@ def read_labelled_frames(images, labels_dir) -> tuple[list[np.ndarray], list[np.
     """Frames of every image file (stacks give several) and the label image(s) of the file with
     the same stem in ``labels_dir``; names are ``stem`` or ``stem#t``."""
     images = [images] if isinstance(images, (str, Path)) else list(images)
-    files = [path for item in images for path in list_inputs(item)]
+    files = [path for item in images for path in list_regular_inputs(item)]
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
         raise InputError(f"{labels_dir}: the ground truth must be a folder of label images named like the inputs")

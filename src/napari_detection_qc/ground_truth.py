@@ -14,8 +14,9 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from .io import InputError, list_inputs
+from .io import InputError
 from .layer_pair import METADATA_KEY
+from .validation import list_regular_inputs
 
 MASKS_SUFFIX = " masks"
 
@@ -24,7 +25,7 @@ def label_files_by_stem(folder) -> dict[str, Path]:
     """A ground-truth folder's label files by stem (they are matched to inputs by stem). Two
     files of one stem (``f0.tif`` beside ``f0.tiff``) are refused: either could be the truth."""
     by_stem: dict[str, Path] = {}
-    for path in list_inputs(folder):
+    for path in list_regular_inputs(folder):
         if path.stem in by_stem:
             raise InputError(
                 f"{folder}: {by_stem[path.stem].name} and {path.name} both claim stem {path.stem}; keep one"

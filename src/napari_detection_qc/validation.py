@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import InputError
+from .io import InputError, list_inputs
 
 MALFORMED_DATA_ERRORS = (
     TypeError,
@@ -86,6 +86,16 @@ def require_regular_file(path, what: str) -> Path:
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
         raise InvalidFileError(f"{path}: the {what} is {kind}")
     return path
+
+
+def list_regular_inputs(path) -> list[Path]:
+    """``io.list_inputs`` with non-regular files refused at once: a FIFO named like an image would
+    block the read forever. Broken links stay listed, so that reading them reports them."""
+    files = list_inputs(path)
+    for file in files:
+        if file.exists() and not file.is_file():
+            require_regular_file(file, "input")
+    return files
 
 
 def nesting_depth_exceeds(text: str, limit: int = MAX_NESTING) -> bool:

@@ -59,7 +59,7 @@ def read_torch_file(path, what: str, unreadable: str) -> Any:
     if not path.exists():
         raise DetectorLoadError(f"{what} file not found: {path}")
     if not path.is_file():  # a folder, or a FIFO that would block the read forever
-        raise DetectorLoadError(f"{path}: the {what} is not a regular file")
+        raise DetectorLoadError(f"{path}: not a regular file (a folder, pipe or device), so no {what}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except RecursionError:

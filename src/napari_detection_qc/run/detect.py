@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import InputError, list_inputs, read_frame
+from ..io import InputError, read_frame
 from ..pixel_sizes import match_pixel_sizes, read_pixel_size_table
 from ..size_report import outlier_warning
 from ..store.format import assemble, write_frame
 from ..store.planning import FrameTask, InputPlan, plan_input, store_names
+from ..validation import list_regular_inputs
 from .detector import DetectorSpec, cached_detector
 from .errors import ResourceError, is_resource_exhaustion
 
@@ -72,7 +73,7 @@ def unique_sources(inputs: Iterable, on_error: ErrorHandler | None, failures: li
     sources: dict[Path, Path] = {}
     for path in inputs:
         try:
-            for source in list_inputs(path):
+            for source in list_regular_inputs(path):
                 sources.setdefault(source.resolve(), source)
         except InputError as exc:
             fail(str(exc), on_error, failures)

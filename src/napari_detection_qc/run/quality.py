@@ -18,6 +18,7 @@ from ..matching import PAPER_IOU_THRESHOLD
 from ..scoring import QUALITY_COLUMNS, TRUE_COLUMNS, boxes_true_quality, quality_table
 from ..signals import SIGNAL_LEVELS, stack_signals
 from ..store.format import Store, boxes_by_frame
+from ..validation import require_regular_file
 from .detect import ErrorHandler, fail
 
 
@@ -115,7 +116,7 @@ def read_ground_truth(truth: Path | CocoGroundTruth, meta: dict, sole_input: boo
     if isinstance(truth, CocoGroundTruth):
         name = Path(meta["source"]).name
         return truth.stack_labels(name, meta["n_frames"], meta["image_shape"], sole_input)
-    return read_frames(truth)[0]
+    return read_frames(require_regular_file(truth, "ground truth"))[0]
 
 
 def evaluate_store(
