@@ -311,10 +311,12 @@ def import_detectron2_checkpoint(weights: Path, config: Path | None = None) -> t
     """(header, state dict) for the torchvision engine from a detectron2 ``.pth`` (+ its YAML)."""
     cfg = read_config(config)
     source = config if config is not None else weights
-    with parsing(source, "detectron2 config", passthrough=(DetectorLoadError,)):
-        arch = architecture_from_config(cfg)
-        normalisation = input_from_config(cfg)
-    state = convert_state_dict(read_detectron2_weights(weights))
+    try:
+        with parsing(source, "detectron2 config"):
+            arch = architecture_from_config(cfg)
+            normalisation = input_from_config(cfg)
+    except DetectorLoadError as error:
+        raise DetectorLoadError(f"{source}: {error}") from None
     header = new_checkpoint_header(
         arch,
         name=f"detectron2:{Path(weights).name}",
@@ -322,5 +324,7 @@ def import_detectron2_checkpoint(weights: Path, config: Path | None = None) -> t
         training=f"imported from detectron2 weights {Path(weights).name}"
         + (f" with config {Path(config).name}" if config else " with the seed paper's config"),
     )
+    header = check_detector_header({**header, "sha256": ""}, source)  # before the weights are read
+    state = convert_state_dict(read_detectron2_weights(weights))
     header["sha256"] = file_sha256(weights)
-    return check_detector_header(header, source), state
+    return header, state
