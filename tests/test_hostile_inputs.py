@@ -42,7 +42,9 @@ def detected(tmp_path_factory, tiny_checkpoint):
     np.save(root / "series.npy", frames.astype(np.uint8))
     np.save(root / "truth.npy", labels)
     out = root / "out"
-    assert main(detect_command([root / "series.npy"], out, tiny_checkpoint, max_detections=MAX_DETECTIONS)) == 0
+    assert (
+        main(detect_command([root / "series.npy"], out, tiny_checkpoint, max_detections=MAX_DETECTIONS)) == 0
+    )
     assert main(["export-coco", str(out), "--out", str(root / "coco.json")]) == 0
     return root, out / "series"
 
@@ -119,7 +121,9 @@ HEADER_SECTIONS = ("architecture", "input", "score_threshold", "name")
 CLI_SAMPLE = 10
 
 
-def test_every_detector_header_field_out_of_type_or_range_is_refused(tmp_path, detected, tiny_checkpoint, capsys):
+def test_every_detector_header_field_out_of_type_or_range_is_refused(
+    tmp_path, detected, tiny_checkpoint, capsys
+):
     from napari_detection_qc.engines.checkpoint import DetectorLoadError
     from napari_detection_qc.engines.torchvision_maskrcnn import TorchvisionDetector
 
@@ -204,7 +208,10 @@ def coco_variants(data: dict) -> Iterator[tuple[str, str]]:
         for key in fields:
             original = data[section][0][key]
             for value in hostile_values(original):
-                yield f"{section}.{key}={type(value).__name__}", dump_json(replaced(data, (section, 0, key), value))
+                yield (
+                    f"{section}.{key}={type(value).__name__}",
+                    dump_json(replaced(data, (section, 0, key), value)),
+                )
         yield f"{section} entry is a number", dump_json(replaced(data, (section, 0), 7))
     yield "top level is a list", "[]"
     yield "NaN literal", json.dumps(data).replace('"height": 96', '"height": NaN', 1)
@@ -256,16 +263,31 @@ def test_every_store_meta_field_out_of_type_or_range_is_refused(tmp_path, detect
     meta = json.loads((store / "meta.json").read_text())
     copy_root = tmp_path / "series"
     shutil.copytree(store, copy_root)
-    checked = [path for path in leaves(meta) if path and path[0] in ("source", "n_frames", "image_shape", "detector")
-               and path[-1] not in ("detector", "engine", "weights_path", "weights_sha256", "object_size")]
+    checked = [
+        path
+        for path in leaves(meta)
+        if path
+        and path[0] in ("source", "n_frames", "image_shape", "detector")
+        and path[-1] not in ("detector", "engine", "weights_path", "weights_sha256", "object_size")
+    ]
     cases = [(path, value) for path in checked for value in hostile_values(_get(meta, path))]
-    cases += [(("n_frames",), 1), (("n_frames",), 1000), (("n_frames",), 10**12), (("image_shape",), [96, 95])]
+    cases += [
+        (("n_frames",), 1),
+        (("n_frames",), 1000),
+        (("n_frames",), 10**12),
+        (("image_shape",), [96, 95]),
+    ]
     for path, value in cases:
         (copy_root / "meta.json").write_text(dump_json(replaced(meta, path, value)))
         code = main(["score", str(copy_root), "--out", str(tmp_path / "q.csv")])
         one_line_refusal(code, capsys.readouterr(), str(copy_root))
     assert len(cases) > 50
-    for text in ("[" * DEEP + "]" * DEEP, "", "{", json.dumps(meta).replace('"n_frames": 2', '"n_frames": NaN')):
+    for text in (
+        "[" * DEEP + "]" * DEEP,
+        "",
+        "{",
+        json.dumps(meta).replace('"n_frames": 2', '"n_frames": NaN'),
+    ):
         (copy_root / "meta.json").write_text(text)
         code = main(["score", str(copy_root), "--out", str(tmp_path / "q.csv")])
         one_line_refusal(code, capsys.readouterr(), "meta.json")
@@ -281,7 +303,9 @@ DETECTION_COLUMN_VALUES = {
 }
 
 
-def test_garbage_detection_tables_are_refused_and_redone_by_detect(tmp_path, detected, tiny_checkpoint, capsys):
+def test_garbage_detection_tables_are_refused_and_redone_by_detect(
+    tmp_path, detected, tiny_checkpoint, capsys
+):
     root, store = detected
     table = pd.read_csv(store / "detections.csv")
     assert len(table) >= 2
@@ -304,7 +328,9 @@ def test_garbage_detection_tables_are_refused_and_redone_by_detect(tmp_path, det
     out = tmp_path / "out"
     shutil.copytree(store, out / "series")
     (out / "series" / "detections.csv").write_text("\x00\x01garbage")
-    assert main(detect_command([root / "series.npy"], out, tiny_checkpoint, max_detections=MAX_DETECTIONS)) == 0
+    assert (
+        main(detect_command([root / "series.npy"], out, tiny_checkpoint, max_detections=MAX_DETECTIONS)) == 0
+    )
     pd.testing.assert_frame_equal(pd.read_csv(out / "series" / "detections.csv"), table)
 
 
@@ -319,7 +345,11 @@ def forest_state(tmp_path_factory):
     rng = np.random.default_rng(0)
     features = pd.DataFrame(rng.random((30, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
     targets = pd.DataFrame(rng.random((30, 3)), columns=list(TARGETS))
-    path = QualityForest(n_estimators=2).fit(features, targets).save(tmp_path_factory.mktemp("forest") / "f.skops")
+    path = (
+        QualityForest(n_estimators=2)
+        .fit(features, targets)
+        .save(tmp_path_factory.mktemp("forest") / "f.skops")
+    )
     return sio.load(path, trusted=sio.get_untrusted_types(file=path))
 
 
@@ -347,15 +377,26 @@ def test_forest_files_with_malformed_metadata_are_one_line_refusals(
     meta = json.loads(state["metadata_json"])
     state["metadata_json"] = dump_json({**meta, field: value})
     sio.dump(state, tmp_path / "hostile.skops")
-    code = main(["score", str(store), "--forest", str(tmp_path / "hostile.skops"), "--out", str(tmp_path / "q.csv")])
+    code = main(
+        ["score", str(store), "--forest", str(tmp_path / "hostile.skops"), "--out", str(tmp_path / "q.csv")]
+    )
     one_line_refusal(code, capsys.readouterr(), "hostile.skops")
 
 
 # -- pixel-size tables and label folders -----------------------------------------------------------
 @pytest.mark.parametrize(
     "text",
-    ["series,nan\n", "series,inf\n", "series,1e400\n", "series,-0\n", "series,1e30\n", "series," + "9" * 200_000 + "\n",
-     "series,0.4\nseries,0.5\n", "\x00\x00\x00\n", "series\n"],
+    [
+        "series,nan\n",
+        "series,inf\n",
+        "series,1e400\n",
+        "series,-0\n",
+        "series,1e30\n",
+        "series," + "9" * 200_000 + "\n",
+        "series,0.4\nseries,0.5\n",
+        "\x00\x00\x00\n",
+        "series\n",
+    ],
 )
 def test_hostile_pixel_size_tables_are_refused(tmp_path, detected, tiny_checkpoint, text, capsys):
     root, _ = detected
@@ -373,7 +414,9 @@ def test_a_pixel_size_reaches_every_input_of_that_name(tmp_path, detected, tiny_
         (tmp_path / folder).mkdir()
         shutil.copy(root / "series.npy", tmp_path / folder / "series.npy")
     (tmp_path / "sizes.csv").write_text("series.npy,0.7\n")
-    command = detect_command([tmp_path / "a", tmp_path / "b"], tmp_path / "out", tiny_checkpoint, max_detections=5)
+    command = detect_command(
+        [tmp_path / "a", tmp_path / "b"], tmp_path / "out", tiny_checkpoint, max_detections=5
+    )
     assert main([*command, "--pixel-sizes", str(tmp_path / "sizes.csv")]) == 0
     metas = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/meta.json")]
     assert len(metas) == 2 and all(meta["pixel_size_nm"] == 0.7 for meta in metas)
@@ -400,8 +443,19 @@ def test_finetune_never_writes_over_an_input_and_checks_out_before_loading(tmp_p
     shutil.copy(root / "truth.npy", labels / "series.npy")
     before = (images / "series.npy").read_bytes()
     for out in (images / "series.npy", labels / "series.npy", tmp_path):
-        command = ["finetune", str(images), "--ground-truth", str(labels), "--out", str(out),
-                   "--model", str(tmp_path / "missing.pt"), "--steps", "1", "--no-progress"]
+        command = [
+            "finetune",
+            str(images),
+            "--ground-truth",
+            str(labels),
+            "--out",
+            str(out),
+            "--model",
+            str(tmp_path / "missing.pt"),
+            "--steps",
+            "1",
+            "--no-progress",
+        ]
         one_line_refusal(main(command), capsys.readouterr(), str(out))  # the output, not the missing model
     assert (images / "series.npy").read_bytes() == before
 
@@ -426,9 +480,19 @@ def test_pipes_are_refused_at_once(tmp_path, detected, tiny_checkpoint, capsys):
     runs = [
         detect_command([tmp_path / "pipe.npy"], tmp_path / "out", tiny_checkpoint, max_detections=5),
         detect_command([root / "series.npy"], tmp_path / "out", tmp_path / "pipe.pt", max_detections=5),
-        ["evaluate", str(store), "--ground-truth", str(tmp_path / "pipe.json"), "--out", str(tmp_path / "e.csv")],
-        [*detect_command([root / "series.npy"], tmp_path / "out", tiny_checkpoint, max_detections=5),
-         "--pixel-sizes", str(tmp_path / "pipe.csv")],
+        [
+            "evaluate",
+            str(store),
+            "--ground-truth",
+            str(tmp_path / "pipe.json"),
+            "--out",
+            str(tmp_path / "e.csv"),
+        ],
+        [
+            *detect_command([root / "series.npy"], tmp_path / "out", tiny_checkpoint, max_detections=5),
+            "--pixel-sizes",
+            str(tmp_path / "pipe.csv"),
+        ],
     ]
     for command, name in zip(runs, ("pipe.npy", "pipe.pt", "pipe.json", "pipe.csv")):
         one_line_refusal(main(command), capsys.readouterr(), name)
@@ -443,5 +507,51 @@ def test_float_frames_of_any_finite_range_are_detected_like_the_original(detecte
         scaled = scale_to_255(frame * factor, {"intensity": "robust"})
         assert np.isfinite(scaled).all()
         np.testing.assert_allclose(scaled, reference, atol=1e-3)
-        np.testing.assert_allclose(scale_to_255(frame * factor, {"intensity": "percentile", "percentiles": [1, 99]}),
-                                   scale_to_255(frame, {"intensity": "percentile", "percentiles": [1, 99]}), atol=1e-3)
+        np.testing.assert_allclose(
+            scale_to_255(frame * factor, {"intensity": "percentile", "percentiles": [1, 99]}),
+            scale_to_255(frame, {"intensity": "percentile", "percentiles": [1, 99]}),
+            atol=1e-3,
+        )
+
+
+# -- an input replaced while it is detected ---------------------------------------------------------
+class SwappingExecutor:
+    """Runs tasks serially; after the first, replaces the input by other pixels and restores it,
+    as a user copying files over a running batch would."""
+
+    def __init__(self, source, other: np.ndarray):
+        self.source, self.other = source, other
+
+    def map_unordered(self, function, tasks):
+        original = self.source.read_bytes()
+        for index, task in enumerate(tasks):
+            if index == 1:
+                np.save(self.source, self.other)
+            outcome = function(task)
+            self.source.write_bytes(original)  # restored before the run looks again
+            yield outcome
+
+
+def test_an_input_replaced_during_detection_is_neither_assembled_nor_kept(
+    tmp_path, detected, tiny_checkpoint
+):
+    from napari_detection_qc.io import InputError
+    from napari_detection_qc.run.detect import detect
+    from napari_detection_qc.run.detector import DetectorSpec
+
+    root, _ = detected
+    source = tmp_path / "series.npy"
+    shutil.copy(root / "series.npy", source)
+    frames = np.load(source)
+    spec = DetectorSpec(str(tiny_checkpoint), None, "cpu", None, MAX_DETECTIONS, signals="cheap")
+    with pytest.raises(InputError, match="changed while it was being detected"):
+        detect(
+            [source], tmp_path / "out", spec, SwappingExecutor(source, frames[::-1].copy()), progress=False
+        )
+    store = tmp_path / "out" / "series"
+    assert not (store / "detections.csv").exists() and not list((store / "frames").glob("*.npz"))
+    assert (
+        main(detect_command([source], tmp_path / "out", tiny_checkpoint, max_detections=MAX_DETECTIONS)) == 0
+    )
+    reference = pd.read_csv(root / "out" / "series" / "detections.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(store / "detections.csv"), reference)

@@ -318,8 +318,17 @@ DETECTOR_DESCRIPTION = Record(
         "second_look": Flag(),
         "weights_path": Maybe(Text()),
     },
-    optional=frozenset({"detector", "engine", "weights_sha256", "score_threshold", "max_detections", "second_look",
-                        "weights_path"}),
+    optional=frozenset(
+        {
+            "detector",
+            "engine",
+            "weights_sha256",
+            "score_threshold",
+            "max_detections",
+            "second_look",
+            "weights_path",
+        }
+    ),
 )
 """What a store's meta.json (and a forest file) records about the detector that made the detections."""
 

@@ -113,7 +113,9 @@ HEADER = Record(
         "input": INPUT,
         "sha256": Text(max_length=64),
         "score_threshold": PROBABILITY,
-        "verifier": Maybe(Record({"min_probability": PROBABILITY, "keep_best_above": PROBABILITY}, optional=frozenset())),
+        "verifier": Maybe(
+            Record({"min_probability": PROBABILITY, "keep_best_above": PROBABILITY}, optional=frozenset())
+        ),
     },
     optional=frozenset({"name", "score_threshold", "verifier"}),
 )
