@@ -224,6 +224,8 @@ class Text(Spec):
 
     choices: tuple[str, ...] = ()
     max_length: int = 4096
+    noun: str = "value"
+    """What a choice names, for the refusal (``unknown backbone 'vit_h'; known: ...``)."""
 
     def check(self, value, where):
         if not isinstance(value, str):
@@ -231,7 +233,7 @@ class Text(Spec):
         if len(value) > self.max_length:
             raise SchemaError(where, f"text of {len(value)} characters (at most {self.max_length})")
         if self.choices and value not in self.choices:
-            raise SchemaError(where, f"{_describe(value)} is not one of {', '.join(self.choices)}")
+            raise SchemaError(where, f"unknown {self.noun} {_describe(value)}; known: {', '.join(self.choices)}")
         return value
 
 

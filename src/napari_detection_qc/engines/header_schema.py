@@ -30,7 +30,7 @@ SAMPLES = Int(1, 1 << 16)
 
 BACKBONE = Record(
     {
-        "name": Text(("compact", "resnet18", "resnet34", "resnet50", "resnet101")),
+        "name": Text(("compact", "resnet18", "resnet34", "resnet50", "resnet101"), noun="backbone"),
         "stem_widths": Seq(WIDTH, 2, 2),
         "stage_widths": Seq(WIDTH, 4, 4),
         "blocks_per_stage": Seq(Int(1, 64), 4, 4),
@@ -97,7 +97,7 @@ OBJECT_SIZE = Record(
 )
 INPUT = Record(
     {
-        "intensity": Text(("robust", "percentile", "raw8")),
+        "intensity": Text(("robust", "percentile", "raw8"), noun="input intensity mode"),
         "channel_order": Text(max_length=16),
         "pixel_mean": Seq(Real(-1e4, 1e4), 3, 3),
         "pixel_std": Seq(Real(0.0, 1e4, open_low=True), 3, 3),
