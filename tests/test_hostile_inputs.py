@@ -555,3 +555,28 @@ def test_an_input_replaced_during_detection_is_neither_assembled_nor_kept(
     )
     reference = pd.read_csv(root / "out" / "series" / "detections.csv")
     pd.testing.assert_frame_equal(pd.read_csv(store / "detections.csv"), reference)
+
+
+# -- training tables (fit-forest, the viewer's training sets) ---------------------------------------
+@pytest.mark.parametrize("column", ["f1", "count"])
+@pytest.mark.parametrize("value", ["x", "inf", "nan", "1e400", "", "150"])
+def test_hostile_training_tables_are_refused_by_fit_forest_and_training_sets(tmp_path, column, value, capsys):
+    from napari_detection_qc.features import PAPER_FEATURES
+    from napari_detection_qc.forest import TARGETS
+    from napari_detection_qc.io import InputError
+    from napari_detection_qc.training_set import TrainingSet
+
+    if column == "count" and value == "150":
+        value = "-1e400"  # a large count is a valid feature value; minus infinity is not
+    rows = [
+        {"source": "a", **{f: 0.5 for f in PAPER_FEATURES}, **{t: 0.5 for t in TARGETS}} for _ in range(12)
+    ]
+    table = pd.DataFrame(rows).astype(object)
+    table.loc[3, column] = value
+    path = tmp_path / "table.csv"
+    table.to_csv(path, index=False)
+    code = main(["fit-forest", str(path), "--out", str(tmp_path / "f.skops"), "--trees", "2"])
+    one_line_refusal(code, capsys.readouterr(), "table.csv")
+    with pytest.raises(InputError, match="table.csv") as refused:
+        TrainingSet.load(path)
+    assert "\n" not in str(refused.value)
