@@ -16,11 +16,13 @@ from .checkpoint import DetectorLoadError
 
 MAX_CHANNELS = 1024
 MAX_BOX_HEAD_DIM = 4096
-MAX_RESIZE_PX = 8192
+MAX_RESIZE_PX = 4096
+MAX_SHORTEST_EDGE_PX = 2048
 MAX_PROPOSALS = 100_000
 MIN_RESAMPLE_FACTOR = 1 / 256
-MAX_RESAMPLE_FACTOR = 8.0
-"""The object-size ladder runs from 2 x max_factor down to min_factor by halving: at most 12 rungs."""
+MAX_RESAMPLE_FACTOR = 4.0
+"""The object-size ladder runs from 2 x max_factor down to min_factor by halving: at most 12 rungs;
+a frame is enlarged at most 4 times per side (the bundled model: 1.5)."""
 FPN_LEVELS = 5
 
 PROBABILITY = Real(0.0, 1.0)
@@ -48,7 +50,7 @@ ARCHITECTURE = Record(
         "aspect_ratios": Seq(Real(1e-3, 1e3), 1, 16),
         "resize": Record(
             {
-                "shortest_edge": Maybe(Int(1, MAX_RESIZE_PX)),
+                "shortest_edge": Maybe(Int(1, MAX_SHORTEST_EDGE_PX)),
                 "max_size": Maybe(Int(1, MAX_RESIZE_PX)),
                 "size_divisible": Int(1, 256),
             }

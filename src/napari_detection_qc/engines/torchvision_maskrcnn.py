@@ -418,6 +418,21 @@ def low_rank_site(model: MaskRCNN, site: str) -> tuple[nn.Sequential, int]:
     raise DetectorLoadError(f"unknown low-rank site {site!r}; known: rpn_conv, fpn_p2_output")
 
 
+def refuse_oversized_architecture(arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
+    """Build the header's network without memory (on torch's ``meta`` device) and refuse it when
+    it needs more values than the weights hold: such weights can never fit, and a crafted header
+    must not make the real build allocate gigabytes first. The weights are bounded by the file."""
+    with torch.device("meta"):
+        skeleton = build_maskrcnn(arch)
+    needed = sum(t.numel() for t in (*skeleton.parameters(), *skeleton.buffers()))
+    held = sum(t.numel() for t in state_dict.values())
+    if needed > held:
+        raise DetectorLoadError(
+            f"the weights do not fit the architecture {arch.get('name')!r} in their header: it needs {needed} "
+            f"values, the file holds {held}"
+        )
+
+
 # -- input and output ------------------------------------------------------------------------------
 def resize_scale(height: int, width: int, resize: dict[str, Any]) -> float:
     """detectron2's ResizeShortestEdge rule; ``shortest_edge=None`` keeps the native scale."""
@@ -493,6 +508,7 @@ class TorchvisionDetector(Detector):
         )
         self.header = header
         self.architecture = header["architecture"]
+        refuse_oversized_architecture(self.architecture, state_dict)
         self.model = build_maskrcnn(self.architecture, score_threshold, max_detections)
         try:
             self.model.load_state_dict(float32_weights(state_dict))
