@@ -580,3 +580,20 @@ def test_hostile_training_tables_are_refused_by_fit_forest_and_training_sets(tmp
     with pytest.raises(InputError, match="table.csv") as refused:
         TrainingSet.load(path)
     assert "\n" not in str(refused.value)
+
+
+def test_a_header_sizing_a_network_beyond_its_weights_is_refused_without_building_it(tiny_checkpoint):
+    import time
+
+    from napari_detection_qc.engines.checkpoint import DetectorLoadError
+    from napari_detection_qc.engines.torchvision_maskrcnn import TorchvisionDetector
+
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    header = copy.deepcopy(payload["header"])
+    header["architecture"]["backbone"].update(stage_widths=[1024] * 4, blocks_per_stage=[64] * 4)
+    header["architecture"]["fpn_channels"] = 1024
+    header["architecture"]["roi"]["box_head_dim"] = 4096  # all in range; together about 20 GB of weights
+    start = time.perf_counter()
+    with pytest.raises(DetectorLoadError, match="do not fit"):
+        TorchvisionDetector(header, payload["state_dict"], device="cpu")
+    assert time.perf_counter() - start < 10

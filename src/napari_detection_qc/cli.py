@@ -547,10 +547,12 @@ def report_failure(exc: Exception) -> int:
 
     if is_resource_exhaustion(exc):
         detail = str(exc) if isinstance(exc, ResourceError) else f"{type(exc).__name__}: {exc}"
-        report_error(f"out of memory or disk space: {detail}")
+        report_error(f"out of memory or disk space: {' '.join(detail.split())}")
         return EXIT_RESOURCES
     if isinstance(exc, (ValueError, OSError)):  # InputError, ForestLoadError, DetectorLoadError; I/O
-        report_error(str(exc))
+        from .validation import one_line
+
+        report_error(one_line(exc, 1000))  # a refusal is one line, whatever a library put in its text
         return EXIT_ERROR
     traceback.print_exc()
     report_error(f"internal error ({type(exc).__name__}); please report it with the traceback above")
