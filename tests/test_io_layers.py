@@ -204,3 +204,15 @@ def test_coco_detections_reopen_with_image_scores_and_detector(tmp_path, store):
     broken.write_text(json.dumps({"images": [{"id": 1}], "annotations": [{"image_id": 1, "score": 0.5}]}))
     with pytest.raises(InputError, match="broken.json"):
         get_reader(str(broken))(str(broken))
+
+
+def test_a_pipe_named_like_a_micrograph_is_refused_not_read(tmp_path):
+    """Reading a FIFO would block the viewer forever: the reader takes it, and refuses it at once."""
+    from napari_detection_qc.io.napari_reader import get_reader
+
+    pipe = tmp_path / "frame.tif"
+    os.mkfifo(pipe)
+    reader = get_reader(str(pipe))
+    assert reader is not None
+    with pytest.raises(ValueError, match="not a regular file"):
+        reader(str(pipe))

@@ -19,7 +19,8 @@ from napari_detection_qc.synthetic import make_stack
 PLUGIN = "napari-detection-qc"
 ALL_STEPS = "Detection QC (all steps)"
 WORKER_TIMEOUT_MS = 180_000
-MAX_EVENT_LOOP_GAP_S = 1.0  # a loaded 2-core machine; the benchmark reports the real figure
+MAX_EVENT_LOOP_GAP_S = 2.0  # under the 3-7 s that loading the forest or torch on the UI thread takes, with room
+# for a busy 2-core machine; bench_viewer_path.py reports the real figure
 
 
 @pytest.fixture(scope="module")

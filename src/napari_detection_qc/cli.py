@@ -74,6 +74,31 @@ def detector_spec(args):
     )
 
 
+def check_outputs(outputs, inputs) -> None:
+    """Refuse, before any work, an output that would overwrite an input or cannot be written."""
+    from .io import InputError
+    from .io.atomic import output_problem
+
+    inputs = [Path(p) for p in inputs]
+    for output in outputs:
+        problem = output_problem(Path(output), inputs)
+        if problem:
+            raise InputError(problem)
+
+
+def store_files(stores) -> list[Path]:
+    """The files of detection stores that a command reads (so that no --out replaces one)."""
+    return [
+        path
+        for store in stores
+        for path in (store.meta_path, store.table_path, store.masks_path, store.signals_path, store.frames_table_path)
+    ]
+
+
+def model_files(args) -> list[Path]:
+    return [Path(p) for p in (args.model, getattr(args, "config", None)) if p not in (None, "default")]
+
+
 # -- subcommands -----------------------------------------------------------------------------------
 def run_detect(args) -> int:
     from .run.detect import detect
@@ -102,13 +127,15 @@ def run_score(args) -> int:
     from .run.quality import score_stores
     from .store import find_stores, write_csv
 
+    stores = find_stores(args.detections)
+    out = args.out or Path(args.detections) / "quality.csv"
+    check_outputs([out], [*store_files(stores), Path(args.forest)])
     table, failures = score_stores(
-        find_stores(args.detections),
+        stores,
         args.forest,
         warn=report_warning,
         on_error=report_error if args.keep_going else None,
     )
-    out = args.out or Path(args.detections) / "quality.csv"
     write_csv(Path(out), table)
     say(f"predicted quality of {len(table)} frame(s) written to {out}")
     return exit_code(failures)
@@ -118,15 +145,17 @@ def run_evaluate(args) -> int:
     from .run.quality import evaluate_stores
     from .store import find_stores, write_csv
 
+    stores = find_stores(args.detections)
+    out = args.out or Path(args.detections) / "evaluation.csv"
+    check_outputs([out], [*store_files(stores), args.ground_truth])
     table, failures = evaluate_stores(
-        find_stores(args.detections),
+        stores,
         args.ground_truth,
         iou_threshold=args.iou,
         with_features=args.with_features,
         on_error=report_error if args.keep_going else None,
         category=args.category,
     )
-    out = args.out or Path(args.detections) / "evaluation.csv"
     write_csv(Path(out), table)
     say(f"true quality of {len(table)} frame(s) written to {out}")
     return exit_code(failures)
@@ -136,7 +165,9 @@ def run_export_coco(args) -> int:
     from .coco import detections_to_coco, write_coco
     from .store import find_stores, store_detections
 
-    data = detections_to_coco(store_detections(store) for store in find_stores(args.detections))
+    stores = find_stores(args.detections)
+    check_outputs([args.out], store_files(stores))
+    data = detections_to_coco(store_detections(store) for store in stores)
     write_coco(args.out, data)
     say(f"{len(data['annotations'])} detection(s) on {len(data['images'])} image(s) written to {args.out}")
     return EXIT_OK
@@ -149,6 +180,7 @@ def run_fit_forest(args) -> int:
     from .run.quality import feature_selection, read_training_table
     from .store import find_stores
 
+    check_outputs([args.out], [args.table, *(store_files(find_stores(args.detector_meta)) if args.detector_meta else [])])
     features = feature_selection(args.features)
     table = read_training_table(args.table, features)
     groups = table[args.group_column].astype(str).to_numpy() if args.group_column in table.columns else None
@@ -319,7 +351,8 @@ def add_finetune_command(commands) -> None:
     finetune.add_argument("--seed", type=int, default=0, help="random seed of the training crops")
     finetune.add_argument("--no-progress", action="store_true", help="no progress bar")
     finetune.set_defaults(
-        run=run_finetune, score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS, object_size=None, signals="none",
+        run=run_finetune, interrupted="nothing was written (the model, its forest and curves are saved at the end)",
+        score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS, object_size=None, signals="none",
         second_look=True,
     )
 
@@ -383,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("--keep-going", action="store_true", help="skip unreadable files instead of stopping")
     detect.add_argument("--no-progress", action="store_true", help="no progress bar")
-    detect.set_defaults(run=run_detect)
+    detect.set_defaults(run=run_detect, interrupted="finished frames are kept, rerun the same command to resume")
 
     score = add_subcommand(commands, "score", help="detections -> predicted F1/precision/recall per frame (CSV)")
     score.add_argument("detections", type=Path, help="the output folder of detect (or one input's subfolder)")
@@ -459,8 +492,15 @@ def run_finetune(args) -> int:
 
     from .detector_forest import fit_detector_forest
     from .engines.finetune import finetune
-    from .finetune_outputs import read_labelled_frames, save_finetuned
+    from .finetune_outputs import curve_paths, read_labelled_frames, save_finetuned
+    from .forest import companion_forest_path
+    from .io.atomic import remove_stale_temporary_files
+    from .validation import list_regular_inputs
 
+    inputs = [path for item in (*args.images, args.ground_truth) if Path(item).exists() for path in list_regular_inputs(item)]
+    check_outputs([args.out, companion_forest_path(args.out), *curve_paths(args.out)], [*inputs, *model_files(args)])
+    if args.out.parent.is_dir():
+        remove_stale_temporary_files(args.out.parent)  # what a killed earlier run left half written
     labelled = read_labelled_frames(args.images, args.ground_truth)
     images, truths, names = labelled.images, labelled.truths, labelled.names
     say(f"{len(images)} labelled frame(s) from {len(set(n.split('#')[0] for n in names))} file(s)")
@@ -499,7 +539,7 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        say("interrupted; finished frames are kept, rerun the same command to resume")
+        say(f"interrupted; {getattr(args, 'interrupted', 'nothing was written')}")
         return EXIT_INTERRUPTED
     except Exception as exc:
         return report_failure(exc)
@@ -511,10 +551,12 @@ def report_failure(exc: Exception) -> int:
 
     if is_resource_exhaustion(exc):
         detail = str(exc) if isinstance(exc, ResourceError) else f"{type(exc).__name__}: {exc}"
-        report_error(f"out of memory or disk space: {detail}")
+        report_error(f"out of memory or disk space: {' '.join(detail.split())}")
         return EXIT_RESOURCES
     if isinstance(exc, (ValueError, OSError)):  # InputError, ForestLoadError, DetectorLoadError; I/O
-        report_error(str(exc))
+        from .validation import one_line
+
+        report_error(one_line(exc, 1000))  # a refusal is one line, whatever a library put in its text
         return EXIT_ERROR
     traceback.print_exc()
     report_error(f"internal error ({type(exc).__name__}); please report it with the traceback above")

@@ -29,6 +29,19 @@ from . import __version__
 from .detections import StackDetections, smallest_label_dtype
 from .io import InputError, base_name
 from .io.atomic import atomic_path
+from .validation import (
+    MALFORMED_DATA_ERRORS,
+    Anything,
+    Int,
+    Real,
+    Record,
+    SchemaError,
+    Seq,
+    Spec,
+    Text,
+    read_json,
+    validate,
+)
 
 CATEGORY = "cavity"
 
@@ -187,6 +200,67 @@ def annotation_pixels(annotation: dict, height: int, width: int, box_mask: str =
     raise ValueError("the annotation has neither a segmentation nor a bbox")
 
 
+MAX_COCO_SIDE = 1 << 17
+MAX_COORDINATE = 8.0 * MAX_COCO_SIDE
+"""Polygon and box coordinates beyond this are refused, not rasterised to nothing."""
+COCO_ID = Int(-(2**53), 2**53)
+COORDINATE = Real(-MAX_COORDINATE, MAX_COORDINATE)
+
+
+class Segmentation(Spec):
+    """A COCO segmentation: an RLE (``size`` and ``counts``, a string or a list of run lengths)
+    or a list of polygons (flat x, y lists of at least three points); empty means none."""
+
+    rle = Record({
+        "size": Seq(Int(1, MAX_COCO_SIDE), 2, 2),
+        "counts": Anything(),
+    })
+    polygons = Seq(Seq(COORDINATE, 6, 1 << 22), 0, 1 << 16)
+    runs = Seq(Int(0, MAX_COCO_SIDE * MAX_COCO_SIDE), 0, 1 << 26)
+
+    def check(self, value, where):
+        if isinstance(value, dict):
+            rle = self.rle.check(value, where)
+            if not isinstance(rle["counts"], str):
+                rle["counts"] = self.runs.check(rle["counts"], f"{where}.counts")
+            elif len(rle["counts"]) > 1 << 26:
+                raise SchemaError(f"{where}.counts", "RLE string too long")
+            return rle
+        polygons = self.polygons.check(value, where)
+        for index, polygon in enumerate(polygons):
+            if len(polygon) % 2:
+                raise SchemaError(f"{where}[{index}]", "a polygon needs as many x as y coordinates")
+        return polygons
+
+
+class BoundingBox(Spec):
+    """A COCO ``[x, y, width, height]`` with finite coordinates and a non-negative size."""
+
+    def check(self, value, where):
+        box = Seq(COORDINATE, 4, 4).check(value, where)
+        if box[2] < 0 or box[3] < 0:
+            raise SchemaError(where, f"negative width or height {box[2:]}")
+        return box
+
+
+COCO_IMAGE = Record(
+    {"id": COCO_ID, "file_name": Text(), "height": Int(1, MAX_COCO_SIDE), "width": Int(1, MAX_COCO_SIDE),
+     "frame": Int(0, 10**6)},
+    optional=frozenset({"frame"}),
+)
+COCO_ANNOTATION = Record(
+    {"image_id": COCO_ID, "category_id": COCO_ID, "segmentation": Segmentation(), "bbox": BoundingBox()},
+    optional=frozenset({"category_id", "segmentation", "bbox"}),
+)
+COCO_CATEGORY = Record({"id": COCO_ID, "name": Text()}, optional=frozenset({"name"}))
+COCO_FILE = Record(
+    {"images": Seq(COCO_IMAGE), "annotations": Seq(COCO_ANNOTATION), "categories": Seq(COCO_CATEGORY)},
+    optional=frozenset({"annotations", "categories"}),
+)
+"""What a ground-truth COCO file may hold: integer ids and frames (``1.9`` is refused, not
+truncated), finite coordinates in a plausible range, positive image sizes."""
+
+
 def _names_match(file_name: str, name: str, by_stem: bool) -> bool:
     base = base_name(file_name)
     return Path(base).stem == Path(name).stem if by_stem else base == Path(name).name
@@ -202,30 +276,39 @@ class CocoGroundTruth:
 
     @classmethod
     def load(cls, path, category: str | None = None) -> CocoGroundTruth:
-        """Read and check a COCO file. ``category`` keeps one category's annotations; without it,
-        a file with several categories in use is refused (they would all count as objects)."""
+        """Read and check a COCO file (``COCO_FILE``: types, ranges, unique ids). ``category``
+        keeps one category's annotations; without it, a file with several categories in use is
+        refused (they would all count as objects)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-            images = list(data["images"])
-            annotations = list(data.get("annotations", []))
-            names = {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories", [])}
-            by_image: dict[int, list[dict]] = {int(image["id"]): [] for image in images}
-            for image in images:
-                image["height"], image["width"] = int(image["height"]), int(image["width"])
-                if not isinstance(image["file_name"], str):
-                    raise TypeError(f"image {image['id']} has no file name")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{path}: not a readable COCO file ({exc})") from exc
-        used = sorted({names.get(int(a.get("category_id", 0)), str(a.get("category_id"))) for a in annotations})
+        data = validate(read_json(path, "COCO file"), COCO_FILE, path, "COCO file")
+        images, annotations = data["images"], data.get("annotations", [])
+        names: dict[int, str] = {}
+        for entry in data.get("categories", []):
+            if entry["id"] in names:
+                raise InputError(f"{path}: invalid COCO file: category id {entry['id']} appears twice")
+            names[entry["id"]] = entry.get("name", str(entry["id"]))
+        by_image: dict[int, list[dict]] = {}
+        seen_frames: set[tuple[str, int | None]] = set()
+        for image in images:
+            if image["id"] in by_image:
+                raise InputError(f"{path}: invalid COCO file: image id {image['id']} appears twice")
+            by_image[image["id"]] = []
+            key = (image["file_name"], image.get("frame"))
+            if key in seen_frames:
+                raise InputError(
+                    f"{path}: invalid COCO file: two images named {image['file_name']}"
+                    + (f" claim frame {key[1]}" if key[1] is not None else " without frame indices")
+                )
+            seen_frames.add(key)
+        used = sorted({names.get(a.get("category_id", 0), str(a.get("category_id"))) for a in annotations})
         if category is not None:
             if category not in names.values():
                 raise InputError(f"{path}: no category {category!r}; it has {', '.join(names.values())}")
-            annotations = [a for a in annotations if names.get(int(a.get("category_id", 0))) == category]
+            annotations = [a for a in annotations if names.get(a.get("category_id", 0)) == category]
         elif len(used) > 1:
             raise InputError(f"{path}: annotations of several categories ({', '.join(used)}); choose one")
         for annotation in annotations:
-            image_id = int(annotation.get("image_id", -1))
+            image_id = annotation["image_id"]
             if image_id not in by_image:
                 raise InputError(f"{path}: annotation {annotation.get('id')} refers to unknown image {image_id}")
             by_image[image_id].append(annotation)
@@ -240,7 +323,7 @@ class CocoGroundTruth:
         for annotation in self.annotations[int(image["id"])]:
             try:
                 pixels.append(annotation_pixels(annotation, height, width, box_mask))
-            except (ValueError, TypeError, KeyError) as exc:
+            except MALFORMED_DATA_ERRORS as exc:
                 raise InputError(
                     f"{self.path}: annotation {annotation.get('id')} of {image['file_name']}: {exc}"
                 ) from exc
@@ -262,6 +345,9 @@ class CocoGroundTruth:
             if sole_input and len(self.images) == n_frames:
                 return sorted(self.images, key=lambda image: int(image["id"]))
             raise InputError(f"{self.path}: no image named {Path(name).name} (or {Path(name).stem}.*)")
+        claimants = sorted({base_name(str(image["file_name"])) for image in matches})
+        if len(claimants) > 1:
+            raise InputError(f"{self.path}: images {' and '.join(claimants)} both claim input {Path(name).name}")
         if n_frames == 1 and len(matches) == 1:
             return matches
         frames = sorted(int(image.get("frame", -1)) for image in matches)

@@ -13,8 +13,10 @@ from matplotlib.figure import Figure
 
 from .engines.checkpoint import DetectorLoadError, load_checkpoint
 from .forest import QualityForest, companion_forest_path
-from .io import InputError, as_frame_stack, list_inputs, read_frames
+from .ground_truth import label_files_by_stem
+from .io import InputError, as_frame_stack, read_frames
 from .io.atomic import atomic_path
+from .validation import list_regular_inputs
 
 CURVE_PANELS = (
     ("total loss", ("loss_total",)),
@@ -43,14 +45,14 @@ def read_labelled_frames(images, ground_truth) -> LabelledFrames:
     images named like the inputs (same stem), or a COCO JSON file (polygons, RLE or boxes only;
     a box-only annotation trains the mask head on the ellipse inscribed in its box)."""
     images = [images] if isinstance(images, (str, Path)) else list(images)
-    files = [path for item in images for path in list_inputs(item)]
+    files = [path for item in images for path in list_regular_inputs(item)]
     ground_truth = Path(ground_truth)
     if ground_truth.is_file() and ground_truth.suffix.lower() == ".json":
         return _frames_with_coco(files, ground_truth)
     if not ground_truth.is_dir():
         raise InputError(f"{ground_truth}: the ground truth must be a folder of label images named like the inputs, "
                          "or a COCO JSON file")
-    by_stem = {p.stem: p for p in list_inputs(ground_truth)}
+    by_stem = label_files_by_stem(ground_truth)
     frames = LabelledFrames([], [], [])
     for path in files:
         if path.stem not in by_stem:

@@ -52,6 +52,19 @@ from .forest_structure import pipeline_problem, signal_arrays_problem
 from .io.atomic import atomic_path
 from .metrics import regression_metrics
 from .signals import TTA_SIGNALS, SubspaceNovelty, score_histogram_distance
+from .validation import (
+    DETECTOR_DESCRIPTION,
+    MALFORMED_DATA_ERRORS,
+    Anything,
+    Int,
+    Maybe,
+    Real,
+    Record,
+    Seq,
+    Text,
+    one_line,
+    validate,
+)
 
 TARGETS = ("f1", "precision", "recall")
 FILE_FORMAT = "napari-detection-qc/quality-forest"
@@ -134,6 +147,26 @@ class CVResult:
     folds: pd.DataFrame
     summary: pd.DataFrame
     predictions: pd.DataFrame
+
+
+CALIBRATION = Maybe(
+    Record({"interval_scale": Record({target: Real(0.0, 1e12) for target in TARGETS}), "domain_radius": Real(0.0, 1e300)})
+)
+FOREST_META = Record(
+    {
+        "features": Seq(Text(max_length=100), 1, 256),
+        "n_estimators": Int(1, 100_000),
+        "random_state": Maybe(Int(-(2**63), 2**63 - 1)),
+        "coverage": Real(0.0, 1.0),
+        "detector": Maybe(DETECTOR_DESCRIPTION),
+        "forest_params": Maybe(Record({})),
+        "training_groups": Anything(),
+        "calibration": CALIBRATION,
+        "reference_calibration": CALIBRATION,
+    },
+    optional=frozenset({"forest_params", "training_groups", "calibration", "reference_calibration"}),
+)
+"""What a forest file's metadata may hold; the trees themselves are checked by ``forest_structure``."""
 
 
 class QualityForest:
@@ -606,10 +639,11 @@ class QualityForest:
                 f"{path} uses the 'novelty' feature as computed before format {NOVELTY_VERSION}, which this "
                 "version computes differently; refit the forest (Training step) from its labeled frames"
             )
+        meta = validate(meta, FOREST_META, path, "forest file", error=ForestLoadError)
         try:
             return cls._from_state(state, meta)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        except MALFORMED_DATA_ERRORS as exc:
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else one_line(exc, 200)
             raise ForestLoadError(f"{path} is a damaged forest file ({reason})") from exc
 
     @classmethod

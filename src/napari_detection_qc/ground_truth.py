@@ -9,13 +9,29 @@ dict, so it is saved with the layer); no napari imports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import numpy as np
 
+from .io import InputError
 from .layer_pair import METADATA_KEY
+from .validation import list_regular_inputs
 
 MASKS_SUFFIX = " masks"
+
+
+def label_files_by_stem(folder) -> dict[str, Path]:
+    """A ground-truth folder's label files by stem (they are matched to inputs by stem). Two
+    files of one stem (``f0.tif`` beside ``f0.tiff``) are refused: either could be the truth."""
+    by_stem: dict[str, Path] = {}
+    for path in list_regular_inputs(folder):
+        if path.stem in by_stem:
+            raise InputError(
+                f"{folder}: {by_stem[path.stem].name} and {path.name} both claim stem {path.stem}; keep one"
+            )
+        by_stem[path.stem] = path
+    return by_stem
 
 
 @dataclass

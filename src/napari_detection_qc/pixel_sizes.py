@@ -16,6 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .io import InputError, base_name, nanometres
+from .validation import one_line, require_regular_file
+
+MAX_TABLE_BYTES = 16 << 20
+MAX_PIXEL_SIZE_NM = 1e6
+"""A millimetre per pixel: far beyond any micrograph; larger values are typos or hostile."""
 
 # the key under which our reader and widgets keep their records in a layer's metadata
 METADATA_KEY = "detection_qc"
@@ -37,11 +42,20 @@ def pixel_size_from_layer(layer) -> float | None:
 
 def read_pixel_size_table(path) -> dict[str, float]:
     """``{image name: nm per pixel}``; InputError naming the file and line for a bad value."""
-    path = Path(path)
+    path = require_regular_file(path, "pixel-size table")
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise InputError(f"{path}: a pixel-size table over {MAX_TABLE_BYTES} bytes is not plausible")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the pixel-size table ({exc})") from exc
+    try:
+        return _parse_table(path, text)
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable pixel-size table ({one_line(exc, 200)})") from None
+
+
+def _parse_table(path: Path, text: str) -> dict[str, float]:
     lines = text.splitlines()
     first = next((line for line in lines if line.strip()), "")
     delimiter = "\t" if "\t" in first else ","
@@ -60,8 +74,11 @@ def read_pixel_size_table(path) -> dict[str, float]:
             if is_first:  # a header line
                 continue
             raise InputError(f"{path}, line {number}: {cells[1]!r} is not a number") from None
-        if not math.isfinite(value) or value <= 0:
-            raise InputError(f"{path}, line {number}: the pixel size must be a positive number, got {cells[1]}")
+        if not math.isfinite(value) or not 0 < value <= MAX_PIXEL_SIZE_NM:
+            raise InputError(
+                f"{path}, line {number}: the pixel size must be a positive number of nm, at most {MAX_PIXEL_SIZE_NM:g}, "
+                f"got {one_line(cells[1], 40)}"
+            )
         name = base_name(cells[0])
         if sizes.get(name, value) != value:
             raise InputError(f"{path}, line {number}: {name} is listed twice with different pixel sizes")
@@ -72,21 +89,24 @@ def read_pixel_size_table(path) -> dict[str, float]:
 
 
 def match_pixel_sizes(table: dict[str, float], sources: Sequence[Path], table_name: str) -> dict[Path, float]:
-    """The table's pixel size of each input it names (by file name, else by stem). An entry that
-    names no input is an error: a typo would otherwise silently leave an image without its size."""
-    by_name = {Path(source).name: Path(source) for source in sources}
+    """The table's pixel size of every input it names: by file name (the same name in two folders
+    names both), else by stem (every input of that stem). An entry that names no input is an
+    error: a typo would otherwise silently leave an image without its size."""
+    by_name: dict[str, list[Path]] = {}
     by_stem: dict[str, list[Path]] = {}
     for source in sources:
+        by_name.setdefault(Path(source).name, []).append(Path(source))
         by_stem.setdefault(Path(source).stem, []).append(Path(source))
     matched: dict[Path, float] = {}
     unmatched = []
     for name, value in table.items():
-        if name in by_name:
-            matched[by_name[name]] = value
-        elif len(by_stem.get(Path(name).stem, [])) == 1:
-            matched[by_stem[Path(name).stem][0]] = value
-        else:
+        named = by_name.get(name) or by_stem.get(Path(name).stem, [])
+        if not named:
             unmatched.append(name)
+        for source in named:
+            if matched.get(source, value) != value:
+                raise InputError(f"{table_name}: {source} is given two different pixel sizes (by name and by stem)")
+            matched[source] = value
     if unmatched:
         listed = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
         raise InputError(f"{table_name}: no input image named {listed}")

@@ -8,6 +8,7 @@ the CSV in ``<name>.embeddings.npy``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,39 @@ import pandas as pd
 
 from .features import CANDIDATE_FEATURES
 from .forest import TARGETS, QualityForest
+from .io import InputError
 from .io.atomic import atomic_path
+from .validation import one_line, parsing, require_regular_file
 
 REFERENCE_COLUMN = "novelty_reference"
+MAX_TABLE_BYTES = 1 << 30
+
+
+def read_training_csv(path, features: Sequence[str] | None = None) -> pd.DataFrame:
+    """A table of labelled frames (feature columns and ``f1, precision, recall``), as written by
+    ``evaluate --with-features`` or a saved training set, checked once for the command line and
+    the viewer alike: a regular file of plausible size, ``features`` (default: every known
+    feature it has) and the targets present as finite numbers, targets fractions in [0, 1] (an
+    F1 in percent would teach the forest nonsense). One :class:`InputError` naming the file."""
+    path = require_regular_file(path, "training table")
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise InputError(f"{path}: a training table over {MAX_TABLE_BYTES} bytes is not plausible")
+    with parsing(path, "training table"):
+        table = pd.read_csv(path)
+        columns = list(features) if features is not None else [c for c in table.columns if c in CANDIDATE_FEATURES]
+        missing = [c for c in (*columns, *TARGETS) if c not in table.columns]
+        if missing or not columns:
+            raise InputError(f"{path} is not a training set: the table lacks columns {missing or 'of features'}")
+        values = table[[*columns, *TARGETS]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise InputError(f"{path}: the training table holds empty, non-numeric or infinite values")
+        targets = values[:, len(columns) :]
+        if len(targets) and (targets.min() < 0 or targets.max() > 1):
+            raise InputError(
+                f"{path}: targets {', '.join(TARGETS)} must lie in [0, 1] (fractions, not percent); "
+                f"found {targets.min():g} to {targets.max():g}"
+            )
+    return table
 
 
 @dataclass
@@ -104,26 +135,22 @@ class TrainingSet:
 
     @classmethod
     def load(cls, path) -> TrainingSet:
-        try:
-            table = pd.read_csv(path)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise ValueError(f"could not read a training set from {path}: {exc}") from exc
-        missing = [c for c in ("source", *TARGETS) if c not in table.columns]
+        table = read_training_csv(path)
+        if "source" not in table.columns:
+            raise InputError(f"{path} is not a training set: the table lacks columns ['source']")
         feature_columns = [c for c in table.columns if c in CANDIDATE_FEATURES]
-        if missing or not feature_columns:
-            raise ValueError(f"{path} is not a training set: it lacks {missing or 'feature columns'}")
-        values = table[feature_columns + list(TARGETS)].to_numpy(dtype=np.float64)
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"{path} holds NaN or non-numeric feature/target values")
         embeddings = None
         sidecar = embeddings_path(path)
         if sidecar.exists():
             try:
-                embeddings = np.load(sidecar, allow_pickle=False).astype(np.float64)
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"could not read the embeddings of {path} from {sidecar}: {exc}") from exc
+                embeddings = np.load(require_regular_file(sidecar, "embeddings"), allow_pickle=False)
+                embeddings = embeddings.astype(np.float64)
+            except (OSError, ValueError, TypeError, EOFError) as exc:
+                raise InputError(f"could not read the embeddings of {path} from {sidecar}: {one_line(exc, 200)}") from exc
             if embeddings.ndim != 2 or len(embeddings) != len(table):
-                raise ValueError(f"{sidecar} holds {embeddings.shape} embeddings for {len(table)} rows")
+                raise InputError(f"{sidecar} holds {embeddings.shape} embeddings for {len(table)} rows")
+            if np.isinf(embeddings).any():
+                raise InputError(f"{sidecar} holds infinite embeddings")
         reference = None
         if REFERENCE_COLUMN in table.columns:
             if not table[REFERENCE_COLUMN].isin([0, 1]).all():

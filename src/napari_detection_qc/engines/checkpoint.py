@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from ..run.errors import is_resource_exhaustion
+from ..validation import one_line
+
 FORMAT_NAME = "napari-detection-qc/maskrcnn"
 FORMAT_VERSION = 1
 
@@ -53,12 +56,21 @@ def read_torch_file(path, what: str, unreadable: str) -> Any:
     """``torch.load(weights_only=True)`` of a weights file; a missing, corrupt or code-carrying
     file becomes a :class:`DetectorLoadError` saying ``unreadable`` (what it should have been)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DetectorLoadError(f"{what} file not found: {path}")
+    if not path.is_file():  # a folder, or a FIFO that would block the read forever
+        raise DetectorLoadError(f"{path}: not a regular file (a folder, pipe or device), so no {what}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as error:
-        raise DetectorLoadError(f"{path} {unreadable}: {error}") from error
+    except RecursionError:
+        raise DetectorLoadError(f"{path} {unreadable}: nested too deeply") from None
+    except (
+        pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, TypeError,
+        OverflowError, KeyError, IndexError, AttributeError,
+    ) as error:
+        if is_resource_exhaustion(error):
+            raise
+        raise DetectorLoadError(f"{path} {unreadable}: {one_line(error, 200)}") from error
 
 
 def load_checkpoint(path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

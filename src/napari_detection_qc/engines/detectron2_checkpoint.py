@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
+from ..validation import Int, SchemaError, parsing
 from .base import file_sha256
 from .checkpoint import DetectorLoadError, read_torch_file
+from .header_schema import check_detector_header
 from .torchvision_maskrcnn import DETECTRON2_INPUT, PAPER_R50_FPN, new_checkpoint_header
 
 # detectron2's Base-RCNN-FPN / mask_rcnn_R_50_FPN_3x settings (on top of get_cfg() defaults) ...
@@ -268,9 +270,11 @@ def architecture_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
     roi["nms_thresh"] = cfg.get("MODEL.ROI_HEADS.NMS_THRESH_TEST", 0.5)
     roi["box_reg_weights"] = list(cfg.get("MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", [10.0, 10.0, 5.0, 5.0]))
     roi["box_head_dim"] = cfg.get("MODEL.ROI_BOX_HEAD.FC_DIM", 1024)
-    roi["mask_head_widths"] = [cfg.get("MODEL.ROI_MASK_HEAD.CONV_DIM", 256)] * cfg.get(
-        "MODEL.ROI_MASK_HEAD.NUM_CONV", 4
-    )
+    try:  # checked before it sizes a list
+        convs = Int(1, 8).check(cfg.get("MODEL.ROI_MASK_HEAD.NUM_CONV", 4), "MODEL.ROI_MASK_HEAD.NUM_CONV")
+    except SchemaError as error:
+        raise DetectorLoadError(f"invalid detectron2 config: {error}") from None
+    roi["mask_head_widths"] = [cfg.get("MODEL.ROI_MASK_HEAD.CONV_DIM", 256)] * convs
     roi["roi_align_sampling_ratio"] = cfg.get("MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", 0)
     return arch
 
@@ -306,14 +310,21 @@ def read_detectron2_weights(path: Path) -> dict[str, torch.Tensor]:
 def import_detectron2_checkpoint(weights: Path, config: Path | None = None) -> tuple[dict, dict]:
     """(header, state dict) for the torchvision engine from a detectron2 ``.pth`` (+ its YAML)."""
     cfg = read_config(config)
-    arch = architecture_from_config(cfg)
-    state = convert_state_dict(read_detectron2_weights(weights))
+    source = config if config is not None else weights
+    try:
+        with parsing(source, "detectron2 config"):
+            arch = architecture_from_config(cfg)
+            normalisation = input_from_config(cfg)
+    except DetectorLoadError as error:
+        raise DetectorLoadError(f"{source}: {error}") from None
     header = new_checkpoint_header(
         arch,
         name=f"detectron2:{Path(weights).name}",
-        normalisation=input_from_config(cfg),
+        normalisation=normalisation,
         training=f"imported from detectron2 weights {Path(weights).name}"
         + (f" with config {Path(config).name}" if config else " with the seed paper's config"),
     )
+    header = check_detector_header({**header, "sha256": ""}, source)  # before the weights are read
+    state = convert_state_dict(read_detectron2_weights(weights))
     header["sha256"] = file_sha256(weights)
     return header, state

@@ -21,9 +21,15 @@ ROBUST_GREY_PER_SIGMA = 30.0
 _STATS_SAMPLE_PIXELS = 1 << 20  # statistics from a strided sample of about a million pixels
 
 
+def working_dtype(gray: np.ndarray) -> type:
+    """float64 for float64 (and wider) frames, whose values may lie anywhere in the finite
+    range (1e300, 1e-300) and would become inf or 0 in float32; float32 otherwise."""
+    return np.float64 if gray.dtype.kind == "f" and gray.dtype.itemsize > 4 else np.float32
+
+
 def _sample(gray: np.ndarray) -> np.ndarray:
     step = max(1, int(np.sqrt(gray.size / _STATS_SAMPLE_PIXELS)))
-    return gray[::step, ::step].astype(np.float32).ravel()
+    return gray[::step, ::step].astype(working_dtype(gray)).ravel()
 
 
 def robust_centre_and_spread(gray: np.ndarray) -> tuple[float, float] | None:
@@ -49,9 +55,11 @@ def scale_to_255(gray: np.ndarray, normalisation: dict[str, Any]) -> np.ndarray 
         if stats is None:
             return None
         centre, sigma = stats
-        gain = np.float32(ROBUST_GREY_PER_SIGMA / sigma)
-        scaled = (gray.astype(np.float32) - np.float32(centre)) * gain + np.float32(ROBUST_CENTRE)
-        return np.clip(scaled, 0, 255, out=scaled)
+        work = working_dtype(gray)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond +-inf is clipped to 0 or 255 below
+            gain = work(ROBUST_GREY_PER_SIGMA) / work(sigma)
+            scaled = (gray.astype(work) - work(centre)) * gain + work(ROBUST_CENTRE)
+        return np.clip(scaled, 0, 255, out=scaled).astype(np.float32, copy=False)
     low, high = float(gray.min()), float(gray.max())
     if high <= low:
         return None
@@ -63,5 +71,7 @@ def scale_to_255(gray: np.ndarray, normalisation: dict[str, Any]) -> np.ndarray 
             low, high = float(gray.min()), float(gray.max())
     elif mode != "raw8":
         raise DetectorLoadError(f"unknown input intensity mode {mode!r} in the model header")
-    scaled = (gray.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
-    return np.clip(scaled, 0, 255, out=scaled)
+    work = working_dtype(gray)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = (gray.astype(work) - work(low)) * (work(255.0) / (work(high) - work(low)))
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.float32, copy=False)

@@ -41,10 +41,12 @@ from torchvision.ops.misc import Conv2dNormActivation
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 from ..detections import FrameDetections
+from ..validation import MALFORMED_DATA_ERRORS, one_line
 from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
 from .boxmasks import BoxMasks
 from .checkpoint import DetectorLoadError, float32_weights, load_checkpoint, save_checkpoint
 from .detection_verifier import DetectionVerifier
+from .header_schema import check_detector_header
 from .low_rank import low_rank_conv
 from .roi_gather import gather_roi_align
 from .scaling import ScaleRule, Window, central_view
@@ -416,6 +418,21 @@ def low_rank_site(model: MaskRCNN, site: str) -> tuple[nn.Sequential, int]:
     raise DetectorLoadError(f"unknown low-rank site {site!r}; known: rpn_conv, fpn_p2_output")
 
 
+def refuse_oversized_architecture(arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
+    """Build the header's network without memory (on torch's ``meta`` device) and refuse it when
+    it needs more values than the weights hold: such weights can never fit, and a crafted header
+    must not make the real build allocate gigabytes first. The weights are bounded by the file."""
+    with torch.device("meta"):
+        skeleton = build_maskrcnn(arch)
+    needed = sum(t.numel() for t in (*skeleton.parameters(), *skeleton.buffers()))
+    held = sum(t.numel() for t in state_dict.values())
+    if needed > held:
+        raise DetectorLoadError(
+            f"the weights do not fit the architecture {arch.get('name')!r} in their header: it needs {needed} "
+            f"values, the file holds {held}"
+        )
+
+
 # -- input and output ------------------------------------------------------------------------------
 def resize_scale(height: int, width: int, resize: dict[str, Any]) -> float:
     """detectron2's ResizeShortestEdge rule; ``shortest_edge=None`` keeps the native scale."""
@@ -477,6 +494,7 @@ class TorchvisionDetector(Detector):
     ):
         """``score_threshold=None``: the checkpoint's own (a fine-tuned model carries the one chosen
         on its held-out frames), else 0.1."""
+        header = check_detector_header(header, "the detector")
         if score_threshold is None:
             score_threshold = header.get("score_threshold", DEFAULT_SCORE_THRESHOLD)
         super().__init__(
@@ -490,6 +508,7 @@ class TorchvisionDetector(Detector):
         )
         self.header = header
         self.architecture = header["architecture"]
+        refuse_oversized_architecture(self.architecture, state_dict)
         self.model = build_maskrcnn(self.architecture, score_threshold, max_detections)
         try:
             self.model.load_state_dict(float32_weights(state_dict))
@@ -518,9 +537,10 @@ class TorchvisionDetector(Detector):
         try:
             return cls(header, state_dict, **options)
         except DetectorLoadError as error:
-            raise DetectorLoadError(f"{path}: {error}") from error
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-            reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            message = str(error).removeprefix("the detector: ")
+            raise DetectorLoadError(f"{path}: {one_line(message, 400)}") from error
+        except MALFORMED_DATA_ERRORS as error:
+            reason = f"missing {error}" if isinstance(error, KeyError) else one_line(error, 200)
             raise DetectorLoadError(f"{path}: malformed checkpoint header ({reason})") from error
 
     def save(self, path, **header_updates) -> dict:

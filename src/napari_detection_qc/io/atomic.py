@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,3 +89,32 @@ def remove_stale_temporary_files(folder: Path) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def output_problem(output: Path, inputs: Iterable[Path]) -> str | None:
+    """Why ``output`` cannot be written without harm, or None: it is one of ``inputs`` (a link or
+    another name for it included), a folder or other non-regular file, or its folder (or the
+    nearest existing folder above it) is not writable. Checked before any work, so a long run
+    never ends in an unwritable output, nor writes over what it read."""
+    output = Path(output)
+    if output.exists():
+        for source in inputs:
+            try:
+                if Path(source).exists() and os.path.samefile(output, source):
+                    return f"{output} is one of the inputs ({source}); choose another output file"
+            except OSError:
+                continue
+        if output.is_dir():
+            return f"{output} is a folder; give a file name"
+        if not output.is_file():
+            return f"{output} is not a regular file (a pipe, device or socket); give a file name"
+        if not os.access(output, os.W_OK):
+            return f"{output} is not writable"
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{output}: {folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{output}: the folder {folder} is not writable"
+    return None

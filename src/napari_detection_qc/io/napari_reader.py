@@ -49,6 +49,8 @@ def _readable(path: Path) -> bool:
         return path.is_dir()
     if path.is_dir():
         return _is_store(path)
+    if path.exists() and not path.is_file():  # a pipe or device: ours to refuse, never to read (it would block)
+        return path.suffix.lower() in (*SUPPORTED_SUFFIXES, ".json")
     if path.suffix.lower() == ".json":
         return _is_coco_detections(path)
     return path.suffix.lower() in SUPPORTED_SUFFIXES
@@ -66,9 +68,13 @@ def get_reader(path):
 def read_micrographs(path) -> list[tuple]:
     """Layer-data tuples for each path: one image layer per micrograph; image, masks and boxes per
     store. A file that cannot be read is an :class:`InputError` naming it."""
+    from ..validation import require_regular_file
+
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[tuple] = []
     for p in map(Path, paths):
+        if not p.is_dir():
+            require_regular_file(p, "file")
         if p.is_dir() and p.suffix.lower() not in ZARR_SUFFIXES:
             layers.extend(store_layers(p))
         elif p.suffix.lower() == ".json":

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, list_inputs, read_frame
+from ..io import InputError, read_frame
 from ..io.writers import MASKS_TIFF, write_label_tiff
 from ..pixel_sizes import match_pixel_sizes, read_pixel_size_table
 from ..size_report import outlier_warning
 from ..store.format import assemble, write_frame
 from ..store.planning import FrameTask, InputPlan, plan_input, store_names
+from ..validation import list_regular_inputs
 from .detector import DetectorSpec, cached_detector
 from .errors import ResourceError, is_resource_exhaustion
 
@@ -75,7 +76,7 @@ def unique_sources(inputs: Iterable, on_error: ErrorHandler | None, failures: li
     sources: dict[Path, Path] = {}
     for path in inputs:
         try:
-            for source in list_inputs(path):
+            for source in list_regular_inputs(path):
                 sources.setdefault(source.resolve(), source)
         except InputError as exc:
             fail(str(exc), on_error, failures)
@@ -119,7 +120,15 @@ def detect(
 def assemble_plan(plan: InputPlan) -> None:
     """Write the store's detections.csv and masks.npy unless an earlier run already did, and the
     masks as an ImageJ TIFF label image (``masks.tif``, calibrated in nm where the pixel size is
-    known) that Fiji and other programs open."""
+    known) that Fiji and other programs open. An input replaced or rewritten while it was detected
+    (even restored since) is not assembled: the frames this run detected may hold the other file's
+    pixels, so they are discarded and the input fails."""
+    if plan.changed_since_planned():
+        plan.discard_this_runs_frames()
+        raise InputError(
+            f"{plan.source}: the file changed while it was being detected; its frames from this run were "
+            "discarded, rerun to detect it again"
+        )
     if not plan.store.is_complete:
         assemble(plan.store, plan.n_frames, plan.image_shape)
     masks_tiff = plan.store.root / MASKS_TIFF
@@ -144,9 +153,17 @@ def run_plans(
     by_source = {plan.source: plan for plan in plans}
     failed: set[Path] = set()
     detected = 0
+
+    def finish(plan: InputPlan) -> None:
+        try:
+            assemble_plan(plan)
+        except InputError as exc:
+            failed.add(plan.source)
+            fail(str(exc), on_error, failures)
+
     for plan in plans:
         if not plan.pending:
-            assemble_plan(plan)
+            finish(plan)
     tasks = [task for plan in plans for task in plan.pending]
     total = sum(plan.n_frames for plan in plans)
     with tqdm(
@@ -159,7 +176,7 @@ def run_plans(
                 detected += 1
                 remaining[source] -= 1
                 if remaining[source] == 0 and source not in failed:
-                    assemble_plan(by_source[source])
+                    finish(by_source[source])
             elif source not in failed:
                 failed.add(source)
                 fail(outcome.error, on_error, failures, outcome.out_of_resources)

@@ -11,13 +11,16 @@ import pandas as pd
 
 from ..coco import CocoGroundTruth
 from ..features import CANDIDATE_FEATURES, PAPER_FEATURES, table_features
-from ..forest import TARGETS, QualityForest
+from ..forest import QualityForest
 from ..forest_choice import forest_for_detector, load_forest
-from ..io import InputError, list_inputs, read_frames
+from ..ground_truth import label_files_by_stem
+from ..io import InputError, read_frames
 from ..matching import PAPER_IOU_THRESHOLD
 from ..scoring import QUALITY_COLUMNS, TRUE_COLUMNS, boxes_true_quality, quality_table
 from ..signals import SIGNAL_LEVELS, stack_signals
 from ..store.format import Store, boxes_by_frame
+from ..training_set import read_training_csv
+from ..validation import require_regular_file
 from .detect import ErrorHandler, fail
 
 
@@ -112,7 +115,7 @@ def read_ground_truth(truth: Path | CocoGroundTruth, meta: dict, sole_input: boo
     if isinstance(truth, CocoGroundTruth):
         name = Path(meta["source"]).name
         return truth.stack_labels(name, meta["n_frames"], meta["image_shape"], sole_input)
-    return read_frames(truth)[0]
+    return read_frames(require_regular_file(truth, "ground truth"))[0]
 
 
 def evaluate_store(
@@ -156,7 +159,7 @@ def evaluate_stores(
     coco = CocoGroundTruth.load(ground_truth, category) if ground_truth.suffix.lower() == ".json" else None
     if category is not None and coco is None:
         raise InputError(f"{ground_truth}: a category can only be chosen in COCO .json ground truth")
-    by_stem = {p.stem: p for p in list_inputs(ground_truth)} if ground_truth.is_dir() else None
+    by_stem = label_files_by_stem(ground_truth) if ground_truth.is_dir() else None
     if coco is None and by_stem is None and len(stores) != 1:
         raise InputError(f"{ground_truth}: one ground-truth file for {len(stores)} inputs; pass a folder")
     failures: list[str] = []
@@ -188,21 +191,5 @@ def feature_selection(choice: str) -> tuple[str, ...]:
 
 def read_training_table(path, features: Sequence[str]) -> pd.DataFrame:
     """A training CSV (feature columns + f1, precision, recall), e.g. ``evaluate --with-features``;
-    targets are fractions in [0, 1] (an F1 in percent would teach the forest nonsense)."""
-    try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable training table ({exc})") from exc
-    missing = [c for c in (*features, *TARGETS) if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: the training table lacks columns {missing}")
-    values = table[[*features, *TARGETS]].apply(pd.to_numeric, errors="coerce").to_numpy()
-    if not np.all(np.isfinite(values)):
-        raise InputError(f"{path}: the training table holds empty or non-numeric values")
-    targets = values[:, len(features) :]
-    if targets.min() < 0 or targets.max() > 1:
-        raise InputError(
-            f"{path}: targets {', '.join(TARGETS)} must lie in [0, 1] (fractions, not percent); "
-            f"found {targets.min():g} to {targets.max():g}"
-        )
-    return table
+    checked by ``training_set.read_training_csv``, as the viewer's training sets are."""
+    return read_training_csv(path, features)

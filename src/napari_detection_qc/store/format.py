@@ -34,6 +34,22 @@ from ..features import BOX_COLUMNS, mask_circularities
 from ..io import InputError
 from ..io.atomic import atomic_path
 from ..signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
+from ..validation import (
+    DETECTOR_DESCRIPTION,
+    Flag,
+    Int,
+    InvalidFileError,
+    Maybe,
+    Real,
+    Record,
+    Seq,
+    Text,
+    one_line,
+    parsing,
+    read_json,
+    require_regular_file,
+    validate,
+)
 
 DETECTION_COLUMNS = ("frame", "label", *BOX_COLUMNS, "score", "circularity")
 FRAME_ARRAYS = ("labels", "boxes", "scores", "circularity")
@@ -54,25 +70,29 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
         table.to_csv(temporary, index=False)
 
 
-def meta_problem(meta) -> str | None:
-    """What is wrong with a meta.json's content, or None."""
-    if not isinstance(meta, dict):
-        return "not a JSON object"
-    if not isinstance(meta.get("source"), str):
-        return "'source' is not a path"
-    n_frames = meta.get("n_frames")
-    if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 1:
-        return f"'n_frames' is not a positive integer: {n_frames!r}"
-    shape = meta.get("image_shape")
-    if not (
-        isinstance(shape, list)
-        and len(shape) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
-    ):
-        return f"'image_shape' is not two positive integers: {shape!r}"
-    if not isinstance(meta.get("detector"), dict):
-        return "'detector' is not a JSON object"
-    return None
+MAX_STORE_FRAMES = 10**6
+MAX_FRAME_SIDE = 1 << 17
+META = Record(
+    {
+        "source": Text(),
+        "n_frames": Int(1, MAX_STORE_FRAMES),
+        "image_shape": Seq(Int(1, MAX_FRAME_SIDE), 2, 2),
+        "is_2d": Flag(),
+        "pixel_size_nm": Maybe(Real(0.0, 1e9, open_low=True)),
+        "detector": DETECTOR_DESCRIPTION,
+        "score_threshold": Real(0.0, 1.0),
+        "signals": Text(("none", "cheap", "all")),
+        "fingerprint": Record({}),
+    },
+    optional=frozenset({"is_2d", "pixel_size_nm", "score_threshold", "signals", "fingerprint"}),
+)
+MAX_META_BYTES = 1 << 20
+
+
+def read_store_meta(path: Path) -> dict:
+    """A store's meta.json, every field the product reads inside its type and range; anything else
+    is one :class:`InvalidFileError` naming the file and the field."""
+    return validate(read_json(path, "detections folder's meta.json", MAX_META_BYTES), META, path, "meta.json")
 
 
 @dataclass(frozen=True)
@@ -124,35 +144,36 @@ class Store:
         return self.table_path.is_file() and self.masks_path.is_file()
 
     def read_meta(self) -> dict:
-        try:
-            meta = json.loads(self.meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{self.meta_path}: not a detections folder's meta.json ({exc})") from exc
-        problem = meta_problem(meta)
-        if problem:
-            raise InputError(f"{self.meta_path}: damaged meta.json: {problem}")
+        """meta.json checked (``read_store_meta``) and, where the masks are written, checked against
+        their shape: a meta.json claiming more frames than the store holds is refused."""
+        meta = read_store_meta(self.meta_path)
+        if self.masks_path.is_file():
+            expected = (meta["n_frames"], *meta["image_shape"])
+            shape = self.masks_shape()
+            if shape != expected:
+                raise InputError(
+                    f"{self.masks_path}: damaged masks: shape {shape} but meta.json's n_frames and image_shape "
+                    f"say {expected}"
+                )
         return meta
+
+    def masks_shape(self) -> tuple[int, ...]:
+        """masks.npy's shape from its header (nothing is read into memory)."""
+        try:
+            with open(require_regular_file(self.masks_path, "masks file"), "rb") as handle:
+                major, _ = np.lib.format.read_magic(handle)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, _ = read_header(handle)
+        except (OSError, ValueError, SyntaxError, TypeError, EOFError) as exc:
+            raise InputError(f"{self.masks_path}: unreadable masks ({one_line(exc, 200)})") from exc
+        return tuple(shape)
 
     def read_table(self, n_frames: int) -> pd.DataFrame:
         """detections.csv with exact floats (boxes and scores round-trip bit for bit), checked
         against the store: every column present, frames in range, finite boxes, scores in [0, 1]."""
         if not self.is_complete:
             raise InputError(f"{self.root}: detection is not finished; rerun `napari-detection-qc detect`")
-        dtypes = {name: np.float64 for name in DETECTION_COLUMNS} | {"frame": np.int64, "label": np.int64}
-        try:
-            table = pd.read_csv(self.table_path, dtype=dtypes, **EXACT_FLOATS)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{self.table_path}: unreadable detections table ({exc})") from exc
-        missing = [name for name in DETECTION_COLUMNS if name not in table.columns]
-        if missing:
-            raise InputError(f"{self.table_path}: damaged detections table: no columns {missing}")
-        frames = table["frame"].to_numpy()
-        boxes, scores = table[list(BOX_COLUMNS)].to_numpy(), table["score"].to_numpy()
-        if len(frames) and (frames.min() < 0 or frames.max() >= n_frames):
-            raise InputError(f"{self.table_path}: damaged detections table: frames outside 0..{n_frames - 1}")
-        if not (np.isfinite(boxes).all() and ((scores >= 0) & (scores <= 1)).all()):
-            raise InputError(f"{self.table_path}: damaged detections table: non-finite boxes or scores")
-        return table
+        return read_detection_table(self.table_path, n_frames)
 
     def read_signals(self, n_frames: int) -> list[dict] | None:
         """Each frame's signals as ``Detector.predict(..., signals=)`` gave them, or None for a
@@ -176,6 +197,34 @@ class Store:
                 elif np.isfinite(value):
                     record[name] = float(value)
         return records
+
+
+def read_detection_table(path: Path, n_frames: int) -> pd.DataFrame:
+    """detections.csv with exact floats (boxes and scores round-trip bit for bit), checked against
+    the store: every column present, frames in range, labels 1..count once per frame, finite
+    boxes and circularities (NaN allowed: a mask too small to measure), scores in [0, 1]."""
+    with parsing(path, "detections table"):
+        table = pd.read_csv(require_regular_file(path, "detections table"), dtype=np.float64, **EXACT_FLOATS)
+        missing = [name for name in DETECTION_COLUMNS if name not in table.columns]
+        if missing:
+            raise InvalidFileError(f"{path}: damaged detections table: no columns {missing}")
+        values = table[list(DETECTION_COLUMNS)].to_numpy(np.float64)
+        frames, labels = values[:, 0], values[:, 1]
+        boxes, scores, circularity = values[:, 2:6], values[:, 6], values[:, 7]
+        if not (np.isfinite(frames).all() and (frames == np.round(frames)).all()
+                and ((frames >= 0) & (frames < n_frames)).all()):
+            raise InvalidFileError(f"{path}: damaged detections table: frames not integers in 0..{n_frames - 1}")
+        if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()
+                and ((labels >= 1) & (labels <= 1 << 31)).all()):
+            raise InvalidFileError(f"{path}: damaged detections table: labels not positive integers")
+        if not (np.isfinite(boxes).all() and (np.abs(boxes) <= 1e9).all()):
+            raise InvalidFileError(f"{path}: damaged detections table: non-finite or absurd boxes")
+        if not ((scores >= 0) & (scores <= 1)).all() or np.isinf(circularity).any():
+            raise InvalidFileError(f"{path}: damaged detections table: scores outside [0, 1] or infinite circularity")
+        table["frame"], table["label"] = frames.astype(np.int64), labels.astype(np.int64)
+        if table.duplicated(["frame", "label"]).any():
+            raise InvalidFileError(f"{path}: damaged detections table: a label appears twice in one frame")
+    return table
 
 
 def signal_arrays_problem(arrays: dict[str, np.ndarray], n_frames: int) -> str | None:

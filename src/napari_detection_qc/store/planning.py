@@ -75,15 +75,46 @@ class FrameTask:
     target: Path
 
 
+def file_identity(path: Path) -> tuple[int, ...]:
+    """Device, inode, size, modification and change time: any replacement or rewrite of the file,
+    even one restoring its old content, changes at least the change time (users cannot set it)."""
+    stat = path.stat()
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 @dataclass
 class InputPlan:
-    """One input file: its store and the frames still to detect."""
+    """One input file: its store, the frames still to detect, and the file's identity when the
+    run fingerprinted it (checked again before the store is assembled)."""
 
     source: Path
     store: Store
     n_frames: int
     image_shape: tuple[int, int]
     pending: list[FrameTask]
+    identity: tuple[int, ...] = ()
+
+    def changed_since_planned(self) -> bool:
+        """Whether the input was replaced or rewritten since the run fingerprinted it."""
+        try:
+            return file_identity(self.source) != self.identity
+        except OSError:
+            return True
+
+    def discard_this_runs_frames(self) -> None:
+        """Delete the frames this run detected: they may be of another file's pixels."""
+        for task in self.pending:
+            task.target.unlink(missing_ok=True)
+
+
+def complete_store_problem(store: Store, n_frames: int) -> str | None:
+    """Why a store's assembled files (detections.csv, masks.npy) do not hold a valid result, or None."""
+    try:
+        store.read_meta()
+        store.read_table(n_frames)
+    except InputError as exc:
+        return str(exc)
+    return None
 
 
 def same_detector(previous: dict | None, current: dict) -> bool:
@@ -129,6 +160,7 @@ def plan_input(
     info = describe(source)
     store = Store(root)
     try:
+        identity = file_identity(source)
         fingerprint = content_fingerprint(source)
     except OSError as exc:
         raise InputError(f"{source}: cannot read this file ({exc})") from exc
@@ -152,6 +184,10 @@ def plan_input(
     for folder in (store.root, store.frames_dir):
         remove_stale_temporary_files(folder)
     write_json(store.meta_path, meta)
+    if store.is_complete and complete_store_problem(store, info.n_frames):
+        # assembled files that do not parse are redone from the frames, never served as complete
+        store.masks_path.unlink(missing_ok=True)
+        store.table_path.unlink(missing_ok=True)
     frames = [] if store.is_complete else range(info.n_frames)  # a finished input needs no frame checks
     pending = [FrameTask(source, t, store.frame_path(t)) for t in frames if not frame_is_done(store.frame_path(t))]
-    return InputPlan(source, store, info.n_frames, info.frame_shape, pending)
+    return InputPlan(source, store, info.n_frames, info.frame_shape, pending, identity)
