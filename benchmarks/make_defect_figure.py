@@ -37,7 +37,7 @@ def describe(info: dict) -> str:
 
 def draw(seed: int, out: Path) -> None:
     n_cols = EXAMPLES_PER_FAMILY + 1
-    fig, axes = plt.subplots(len(DEFECT_FAMILIES), n_cols, figsize=(3.2 * n_cols, 3.5 * len(DEFECT_FAMILIES)), dpi=90)
+    fig, axes = plt.subplots(len(DEFECT_FAMILIES), n_cols, figsize=(3.2 * n_cols, 3.7 * len(DEFECT_FAMILIES)), dpi=75)
     for row, family in enumerate(DEFECT_FAMILIES):
         for example in range(EXAMPLES_PER_FAMILY):
             image, labels, info = make_defect_frame(seed + example, family)
