@@ -26,6 +26,10 @@ frames of each defect family added as frames of the other kind (true F1 as targe
 seeds disjoint from the evaluation frames; and leave-one-family-out (the two other families added),
 which asks whether it generalizes to a defect type it has not seen.
 
+Whether the detector's test-time-augmentation signals (``signals="all"``, not used by the default
+forest) would see the failures the default forest misses: their AUROC for "this frame fails" on
+the defect and control frames, and their values on the missed frames.
+
 Reproduce (detections cached under benchmarks/cache/other_defects/<detector>/; resumable):
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/other_defects_study.py            # writes RESULTS.md section
@@ -35,6 +39,7 @@ Reproduce (detections cached under benchmarks/cache/other_defects/<detector>/; r
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -54,7 +59,7 @@ from napari_detection_qc.matching import (
     greedy_matches,
 )
 from napari_detection_qc.scoring import predicted_quality, true_quality
-from napari_detection_qc.signals import EMBEDDING
+from napari_detection_qc.signals import EMBEDDING, TTA_SIGNALS
 from napari_detection_qc.synthetic import DEFECT_FAMILIES, defect_frame, make_realistic_frame
 
 HERE = Path(__file__).parent
@@ -116,27 +121,34 @@ def detections(detector, spec: dict) -> tuple[FrameDetections, np.ndarray]:
 
 
 # -- one frame --------------------------------------------------------------------------------------
-def frame_row(forest: QualityForest, frame: FrameDetections, labels: np.ndarray) -> dict:
-    """True quality, the forest's answer (as the CLI scores it) and what its domain flag is made of."""
+def frame_row(forest: QualityForest, frame: FrameDetections, labels: np.ndarray, diagnose: bool = True) -> dict:
+    """True quality, the forest's answer (as the CLI scores it) and, with ``diagnose``, what its
+    domain flag is made of (two more forest passes)."""
     stack = StackDetections.from_frames([frame])
     truth = true_quality(stack, labels).iloc[0]
     predicted, features = predicted_quality(stack, forest, [frame.signals])
     predicted = predicted.iloc[0]
+    true_boxes, _ = boxes_from_labels(labels)
+    matched = greedy_matches(box_iou_matrix(true_boxes, frame.boxes), PAPER_IOU_THRESHOLD)
+    row = {
+        "n_true": int(truth["n_true"]), "n_pred": int(truth["n_pred"]), "true_f1": float(truth["f1"]),
+        "true_precision": float(truth["precision"]), "true_recall": float(truth["recall"]),
+        "high_score_fp": int(np.sum(~matched & (frame.scores >= HIGH_SCORE))),
+        "predicted_f1": float(predicted["f1"]), "f1_low": float(predicted["f1_low"]),
+        "f1_high": float(predicted["f1_high"]), "in_domain": bool(predicted["in_domain"]),
+        **{name: float(features[name].iloc[0]) for name in PAPER_FEATURES},
+    }
+    if not diagnose:
+        return row
     # the same prediction, with the parts of the flag the quality table leaves out
     embeddings = frame.signals[EMBEDDING][None].astype(np.float64) if EMBEDDING in frame.signals else None
     rows = features.drop(columns=["novelty"], errors="ignore")
     parts = forest.predict(rows, embeddings).iloc[0]
     assert np.isclose(parts["f1"], predicted["f1"]) and bool(parts["in_domain"]) == bool(predicted["in_domain"])
     reference = parts if forest.reference_forest is None else forest.reference_forest.predict(rows, embeddings).iloc[0]
-    true_boxes, _ = boxes_from_labels(labels)
-    matched = greedy_matches(box_iou_matrix(true_boxes, frame.boxes), PAPER_IOU_THRESHOLD)
     threshold = forest.novelty_model.threshold if forest.novelty_model is not None else np.inf
     return {
-        "n_true": int(truth["n_true"]), "n_pred": int(truth["n_pred"]), "true_f1": float(truth["f1"]),
-        "true_precision": float(truth["precision"]), "true_recall": float(truth["recall"]),
-        "high_score_fp": int(np.sum(~matched & (frame.scores >= HIGH_SCORE))),
-        "predicted_f1": float(predicted["f1"]), "f1_low": float(predicted["f1_low"]),
-        "f1_high": float(predicted["f1_high"]), "in_domain": bool(predicted["in_domain"]),
+        **row,
         "far": bool(parts["domain_distance"] > forest._domain_radius),
         "domain_distance": float(parts["domain_distance"]) / max(forest._domain_radius, 1e-12),
         "novel": bool(parts["novelty_known"] and parts["novelty"] > threshold),
@@ -145,7 +157,6 @@ def frame_row(forest: QualityForest, frame: FrameDetections, labels: np.ndarray)
         "disagree": bool(parts.get(DISAGREE_COLUMN, False)),
         "reference_f1": float(reference["f1"]),
         "wide": bool(predicted["f1_high"] - predicted["f1_low"] >= UNINFORMATIVE_WIDTH - 1e-9),
-        **{name: float(features[name].iloc[0]) for name in PAPER_FEATURES},
     }
 
 
@@ -156,10 +167,57 @@ def collect(detector, forests: dict[str, QualityForest], specs: list[dict]) -> p
         frame, labels = detections(detector, spec)
         for name, forest in forests.items():
             rows.append({"forest": name, "family": spec["family"], "key": spec["key"],
-                         **frame_row(forest, frame, labels)})
+                         **frame_row(forest, frame, labels, diagnose=name == BUNDLED)})
         if (i + 1) % 20 == 0:
             print(f"  {i + 1}/{len(specs)} frames ({time.perf_counter() - start:.0f} s)", flush=True)
     return pd.DataFrame(rows)
+
+
+def tta_signals(detector, table: pd.DataFrame, specs: list[dict]) -> pd.DataFrame:
+    """The TTA agreement signals (a detection with ``signals="all"``, cached) of the synthetic
+    frames (defect families and control), joined to their rows of ``table`` (family, key)."""
+    rows = []
+    for spec in specs:
+        if spec["family"] not in (*DEFECT_FAMILIES, CONTROL):
+            continue
+        path = detector_cache(CACHE, detector) / "tta" / spec["family"].split(" ")[0] / f"{spec['key']}.json"
+        if not path.exists():
+            image, _ = load_frame(spec)
+            signals = detector.predict(image, signals="all").signals
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({name: float(signals[name]) for name in TTA_SIGNALS}))
+        rows.append({"family": spec["family"], "key": spec["key"], **json.loads(path.read_text())})
+    return table.merge(pd.DataFrame(rows), on=["family", "key"])
+
+
+def tta_report(frames: pd.DataFrame) -> list[str]:
+    """AUROC of each TTA signal for "fails" (true F1 < 0.5; either direction, the better one named)
+    on the defect frames pooled and on the black dots, and the signals of the missed frames."""
+    from sklearn.metrics import roc_auc_score
+
+    lines = ["| signal | AUROC, defect families pooled | AUROC, black dots | AUROC, defects + control |",
+             "|---|---|---|---|"]
+    subsets = (frames["family"].isin(DEFECT_FAMILIES), frames["family"] == "black_dots",
+               frames["family"].isin((*DEFECT_FAMILIES, CONTROL)))
+    for name in TTA_SIGNALS:
+        cells = []
+        for subset in subsets:
+            part = frames[subset]
+            failing = part["true_f1"] < FAILING_F1
+            if failing.all() or not failing.any():
+                cells.append("n/a")
+                continue
+            auroc = roc_auc_score(failing, part[name])
+            cells.append(f"{max(auroc, 1 - auroc):.2f} ({'higher' if auroc >= 0.5 else 'lower'} on failing)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    missed = frames[(frames["true_f1"] < FAILING_F1) & (frames["predicted_f1"] >= FAILING_F1) & frames["in_domain"]]
+    passing = frames[(frames["family"] == "black_dots") & (frames["true_f1"] >= FAILING_F1)]
+    lines += ["", "TTA signals of the missed frames: " + "; ".join(
+        f"{row.family} {row.key}: " + ", ".join(f"{name} {getattr(row, name):.2f}" for name in TTA_SIGNALS)
+        for row in missed.itertuples()) + ("." if len(missed) else "none."),
+        f"Black-dot frames that do not fail: tta_count_change {passing['tta_count_change'].min():.2f}-"
+        f"{passing['tta_count_change'].max():.2f}." if len(passing) else ""]
+    return lines
 
 
 # -- the candidate fix (in memory only) --------------------------------------------------------------
@@ -226,6 +284,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
             "predicted F1": group["predicted_f1"].mean(), "in domain": group["in_domain"].mean(),
             "far": group["far"].mean(), "novel": group["novel"].mean(), "disagree": group["disagree"].mean(),
             "wide": group["wide"].mean(),
+            "detections >= 0.9/frame": (group["frac_score_0.9"] * group["n_pred"]).mean(),
             "high-score FP/frame": group["high_score_fp"].mean(),
             "frames with high-score FP": (group["high_score_fp"] > 0).mean(),
         })
@@ -312,7 +371,8 @@ def report(everything: pd.DataFrame, forest: QualityForest, detector, args, seco
         "flag (a frame may have several): far (feature row beyond the domain radius), novel (backbone "
         "embedding above the novelty threshold), disagree (the EMPS-trained and synthetic-only forests "
         f"differ by > {AGREEMENT_F1} in F1), wide (F1 interval >= {UNINFORMATIVE_WIDTH}). High-score FP: "
-        f"unmatched detections with score >= {HIGH_SCORE}.",
+        f"unmatched detections with score >= {HIGH_SCORE}; on a defect frame every detection is a non-cavity "
+        f"that a cavity user would count, so detections >= {HIGH_SCORE} per frame are given too.",
         "",
         markdown(per_family),
         "",
@@ -342,7 +402,9 @@ def report(everything: pd.DataFrame, forest: QualityForest, detector, args, seco
                 for c, n in [pooled_caught(group)]) + ".",
             "",
         ]
-    lines += [args.analysis] if args.analysis else []
+    if args.tta_frames is not None and len(args.tta_frames):
+        lines += ["### The detector's TTA signals on these frames (`signals=\"all\"`, not used by the default forest)",
+                  "", *tta_report(args.tta_frames), ""]
     lines.append("<!-- other_defects_study:end -->")
     return "\n".join(lines)
 
@@ -353,11 +415,11 @@ def main(argv=None) -> None:
     parser.add_argument("--emps", type=int, default=80, help="EMPS images (0: none)")
     parser.add_argument("--candidate-frames", type=int, default=20,
                         help="frames per defect family for the candidate refits (0: none)")
+    parser.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="skip the TTA-signal check (a second detection of each synthetic frame)")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write RESULTS.md")
     parser.add_argument("--table", type=Path, help="also write the per-frame table (CSV) here")
-    parser.add_argument("--analysis-file", type=Path, help="markdown appended to the RESULTS.md section")
     args = parser.parse_args(argv)
-    args.analysis = args.analysis_file.read_text().strip() if args.analysis_file else ""
     import torch
 
     torch.set_num_threads(1)
@@ -369,6 +431,7 @@ def main(argv=None) -> None:
     print(f"{len(specs)} frames with {detector}", flush=True)
     forests = {BUNDLED: forest, **candidate_forests(detector, forest, args.candidate_frames)}
     table = collect(detector, forests, specs)
+    args.tta_frames = tta_signals(detector, table[table["forest"] == BUNDLED], specs) if args.tta else None
     if args.table:
         table.to_csv(args.table, index=False)
     text = report(table, forest, detector, args, time.perf_counter() - start)
