@@ -10,7 +10,7 @@ bundled default forest (``QualityForest.load("default")``, scored as the CLI and
   (512, 512))``, held-out seeds), the detector's own kind of frame;
 - the real EMPS particle images (``../shared/real-data/emps``, skipped when absent): also not
   cavities, but the default forest was fitted on all of them (``forest_study.py``), so its numbers
-  there are in-sample and optimistic.
+  there are in-sample and optimistic (the detector's size chooser and verifier have seen them too).
 
 Per family: the detector's mean true F1 against the exact masks (the paper's greedy box matching
 at IoU >= 0.1, ``scoring.true_quality``), the failing frames (true F1 < 0.5) and the share of them
@@ -362,8 +362,8 @@ def report(everything: pd.DataFrame, forest: QualityForest, detector, args, seco
         "Frames: synthetic defect families (`synthetic.defect_frame`, 512 x 512, exact masks; never seen by "
         "the detector or the forest), synthetic realistic cavity frames as a control (held-out seeds, 512 x 512), "
         "and real EMPS particle images (every k-th in stem order, spread over papers). The default forest was "
-        "fitted on all 366 EMPS images, so its EMPS rows are in-sample (optimistic); the detector never "
-        "trained on EMPS.",
+        "fitted on all 366 EMPS images, so its EMPS rows are in-sample (optimistic); the detector's weights "
+        "never trained on EMPS, but its object-size chooser and detection verifier were fitted with EMPS images.",
         "",
         f"True F1: the paper's greedy box matching at IoU >= {PAPER_IOU_THRESHOLD} against the exact masks, "
         "mean over frames. Failing: true F1 < 0.5. Caught: failing frames predicted < 0.5 or not in domain "
