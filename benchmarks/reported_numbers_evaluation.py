@@ -57,7 +57,7 @@ def count_rows(table, predicted, parts) -> pd.DataFrame:
                                                "recall_low", "recall_high")]
     scores = count_nonconformity(table["n_true"].to_numpy(), *args)
     rows = []
-    for k, test in enumerate(parts):
+    for _k, test in enumerate(parts):
         others = np.setdiff1d(np.arange(len(table)), test)
         scale = conformal_quantile(scores[others], 0.9)
         estimate = count_estimates(predicted.iloc[test], CountCalibration(scale=scale))
@@ -86,7 +86,7 @@ def p_true_rows(table, detections, parts) -> pd.DataFrame:
     """Per detection: its raw score, whether it is true and p_true from a calibration fit on other folds."""
     by_row = {row: part for row, part in detections.groupby("row")}
     out = []
-    for k, test in enumerate(parts):
+    for _k, test in enumerate(parts):
         train = np.setdiff1d(np.arange(len(table)), test)
         calibration = PTrueCalibration.fit([by_row[r]["score"].to_numpy() for r in train if r in by_row],
                                            [by_row[r]["tp"].to_numpy() for r in train if r in by_row])

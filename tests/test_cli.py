@@ -14,6 +14,7 @@ from conftest import detect_command
 
 from napari_detection_qc.atomic import atomic_path
 from napari_detection_qc.cli import main
+from napari_detection_qc.counts import COUNT_COLUMNS, with_count_estimates
 from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.torchvision_maskrcnn import (
@@ -31,6 +32,7 @@ from napari_detection_qc.forest import TARGETS, QualityForest
 from napari_detection_qc.io import InputError
 from napari_detection_qc.run import detect as run_detect_module
 from napari_detection_qc.run import detector as run_detector
+from napari_detection_qc.ranking import frame_values
 from napari_detection_qc.run.quality import read_training_table
 from napari_detection_qc.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted_quality, true_quality
 from napari_detection_qc.signals import EMBEDDING
@@ -307,10 +309,26 @@ def test_score_writes_predicted_quality_per_frame(tmp_path, detected, forest_fil
     out = tmp_path / "quality.csv"
     assert main(["score", str(detected.parent), "--forest", str(forest_file), "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["source", *QUALITY_COLUMNS]
+    assert list(table.columns) == ["source", *QUALITY_COLUMNS, *COUNT_COLUMNS]  # no pixel size: no density
     expected, _ = predicted_quality(stored_stack(detected), QualityForest.load(forest_file))
     assert len(table) == 3 and table["source"].str.endswith("series.npy").all()
     np.testing.assert_allclose(table[list(QUALITY_COLUMNS)].astype(float), expected.astype(float), rtol=1e-9)
+    counts = with_count_estimates(expected)  # the viewer's formula
+    np.testing.assert_allclose(table[list(COUNT_COLUMNS[:3])], counts[list(COUNT_COLUMNS[:3])], rtol=1e-9)
+    assert (table["count_low"] <= table["count_estimate"]).all()
+    assert (table["count_estimate"] <= table["count_high"]).all()
+
+
+def test_rank_writes_every_frame_best_first(tmp_path, detected, forest_file):
+    out = tmp_path / "next.csv"
+    assert main(["rank", str(detected.parent), "--forest", str(forest_file), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["source", "frame", "reason"]
+    assert sorted(table["frame"]) == [0, 1, 2] and table["reason"].str.contains("predicted F1").all()
+    scored = tmp_path / "quality.csv"
+    assert main(["score", str(detected.parent), "--forest", str(forest_file), "--out", str(scored)]) == 0
+    quality = pd.read_csv(scored)
+    assert table["frame"].iloc[0] == quality["frame"].iloc[int(np.argmax(frame_values(quality)))]
 
 
 def test_score_warns_when_the_forest_belongs_to_another_detector(tmp_path, detected, forest_file, capsys):
