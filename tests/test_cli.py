@@ -30,9 +30,10 @@ from napari_detection_qc.features import (
 )
 from napari_detection_qc.forest import TARGETS, QualityForest
 from napari_detection_qc.io import InputError
+from napari_detection_qc.p_true import detection_p_true
+from napari_detection_qc.ranking import frame_values
 from napari_detection_qc.run import detect as run_detect_module
 from napari_detection_qc.run import detector as run_detector
-from napari_detection_qc.ranking import frame_values
 from napari_detection_qc.run.quality import read_training_table
 from napari_detection_qc.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted_quality, true_quality
 from napari_detection_qc.signals import EMBEDDING
@@ -119,8 +120,10 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
     assert masks.shape == (3, 128, 128) and masks.dtype == np.uint8
     np.testing.assert_array_equal(masks, np.stack([f.labels for f in stored]))
     table = pd.read_csv(detected / "detections.csv")
-    assert list(table.columns) == list(DETECTION_COLUMNS)
+    assert list(table.columns) == [*DETECTION_COLUMNS, "p_true"]
     assert len(table) == stored.total_count
+    for t, frame in enumerate(stored):  # one frame's p_true depends on its own detections only
+        np.testing.assert_allclose(table.loc[table.frame == t, "p_true"], detection_p_true(frame.scores), rtol=1e-12)
     first = stored[0]
     np.testing.assert_allclose(
         table.loc[table.frame == 0, "circularity"],

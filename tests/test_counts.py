@@ -13,7 +13,7 @@ from napari_detection_qc.counts import (
     CountCalibration,
     count_estimates,
     count_nonconformity,
-    stack_density,
+    stack_summary,
     with_count_estimates,
 )
 from napari_detection_qc.p_true import SHIPPED, PTrueCalibration, detection_p_true, weighted_mean_diameter
@@ -80,10 +80,12 @@ def test_nonconformity_is_zero_at_the_estimate_and_one_at_the_raw_bounds():
 def test_density_needs_a_pixel_size_and_the_stack_summary_averages_frames():
     table = quality([40, 20], [0.5, 1.0], [0.8, 1.0])
     counts_only = with_count_estimates(table, (1000, 1000), None)
-    assert "density_estimate_per_um2" not in counts_only and stack_density(counts_only).frames == 0
+    assert "density_estimate_per_um2" not in counts_only
+    per_frame = stack_summary(counts_only)
+    assert per_frame.per == "frame" and per_frame.mean == pytest.approx(22.5)
     with_density = with_count_estimates(table, (1000, 1000), 1.0)  # 1 µm² frames
     np.testing.assert_allclose(with_density["density_estimate_per_um2"], with_density["count_estimate"])
-    summary = stack_density(with_density)
+    summary = stack_summary(with_density)
     assert summary.mean == pytest.approx(22.5) and summary.low < summary.mean < summary.high
     assert "22.5 per µm²" in summary.describe()
 

@@ -57,22 +57,25 @@ class CountCalibration:
 
 
 @dataclass(frozen=True)
-class StackDensity:
-    """A stack's mean estimated density over its frames (per µm²) and its 90% interval, over the
-    frames with an estimate (``frames``), of which ``out_of_domain`` are flagged."""
+class StackSummary:
+    """A stack's mean estimate over its frames with a 90% interval: density per µm² where the pixel
+    size is known, else the count per frame (``per``); over ``frames`` frames with an estimate, of
+    which ``out_of_domain`` are flagged."""
 
     mean: float
     low: float
     high: float
     frames: int
     out_of_domain: int
+    per: str
 
     def describe(self) -> str:
         """One line for a status bar or a report."""
         if not self.frames:
-            return "mean density: no estimate (see the frames' notes)"
-        flagged = f"; {self.out_of_domain} frame(s) out of domain" if self.out_of_domain else ""
-        return (f"mean density {self.mean:.3g} per µm² (90% interval {self.low:.3g}-{self.high:.3g}) "
+            return "no count estimate (see the frames' notes)"
+        what = "mean density" if self.per == "µm²" else "mean estimated count"
+        flagged = f"; {self.out_of_domain} frame(s) out of domain: not to be trusted" if self.out_of_domain else ""
+        return (f"{what} {self.mean:.3g} per {self.per} (90% interval {self.low:.3g}-{self.high:.3g}) "
                 f"over {self.frames} frame(s){flagged}")
 
 
@@ -157,18 +160,20 @@ def density_estimates(counts: pd.DataFrame, area_um2: float | None) -> pd.DataFr
     return out
 
 
-def stack_density(table: pd.DataFrame) -> StackDensity:
-    """The mean estimated density over a stack's frames with a 90% interval. The interval is the mean of
-    the frames' bounds: the frames of one stack share the forest's errors (one detector, one
-    imaging), so their errors are taken as fully correlated, the conservative choice."""
-    if any(column not in table.columns for column in DENSITY_COLUMNS):
-        return StackDensity(np.nan, np.nan, np.nan, 0, 0)
-    rows = table[np.isfinite(table[DENSITY_COLUMNS[0]].to_numpy(dtype=np.float64))]
+def stack_summary(table: pd.DataFrame) -> StackSummary:
+    """The mean estimated density (or count, without a pixel size) over a stack's frames with a 90%
+    interval. The interval is the mean of the frames' bounds: the frames of one stack share the
+    forest's errors (one detector, one imaging), so their errors are taken as fully correlated,
+    the conservative choice."""
+    columns, per = (DENSITY_COLUMNS, "µm²") if DENSITY_COLUMNS[0] in table.columns else (COUNT_COLUMNS[:3], "frame")
+    if any(column not in table.columns for column in columns):
+        return StackSummary(np.nan, np.nan, np.nan, 0, 0, per)
+    rows = table[np.isfinite(table[columns[0]].to_numpy(dtype=np.float64))]
     if rows.empty:
-        return StackDensity(np.nan, np.nan, np.nan, 0, 0)
+        return StackSummary(np.nan, np.nan, np.nan, 0, 0, per)
     outside = int((~rows["in_domain"].to_numpy(dtype=bool)).sum()) if "in_domain" in rows else 0
-    mean, low, high = (float(rows[c].mean()) for c in DENSITY_COLUMNS)
-    return StackDensity(mean, low, high, len(rows), outside)
+    mean, low, high = (float(rows[c].mean()) for c in columns)
+    return StackSummary(mean, low, high, len(rows), outside, per)
 
 
 def with_count_estimates(quality: pd.DataFrame, image_shape=None, pixel_size_nm: float | None = None,
