@@ -9,7 +9,7 @@ from sklearn.model_selection import GroupKFold
 from napari_detection_qc.counts import CountCalibration, count_estimates, count_nonconformity
 from napari_detection_qc.features import PAPER_FEATURES
 from napari_detection_qc.forest import TARGETS, QualityForest, conformal_quantile
-from napari_detection_qc.p_true import PTrueCalibration
+from napari_detection_qc.p_true import PTrueCalibration, detection_inputs
 from napari_detection_qc.ranking import rank_frames
 
 EMPS_FOLDS = 5
@@ -82,20 +82,35 @@ def count_summary(rows: pd.DataFrame) -> dict:
             "coverage": covered.mean(), "width": np.median(width) if positive.any() else np.nan}
 
 
-def p_true_rows(table, detections, parts) -> pd.DataFrame:
-    """Per detection: its raw score, whether it is true and p_true from a calibration fit on other folds."""
+def with_precision(scores: np.ndarray, precision: float) -> np.ndarray:
+    """The shipped calibration's inputs plus the frame's predicted precision (logit): the variant
+    measured here, not shipped (detections are written before any forest has scored them)."""
+    p = np.clip(precision, 1e-4, 1 - 1e-4)
+    return np.column_stack([detection_inputs(scores), np.full(len(scores), np.log(p / (1 - p)))])
+
+
+def p_true_rows(table, detections, parts, predicted) -> pd.DataFrame:
+    """Per detection: its raw score, whether it is true, p_true from a calibration fit on other folds,
+    and the variant that also sees the frame's out-of-fold predicted precision."""
+    from sklearn.linear_model import LogisticRegression
+
     by_row = {row: part for row, part in detections.groupby("row")}
+    precision = predicted["precision"].to_numpy()
     out = []
-    for _k, test in enumerate(parts):
-        train = np.setdiff1d(np.arange(len(table)), test)
-        calibration = PTrueCalibration.fit([by_row[r]["score"].to_numpy() for r in train if r in by_row],
-                                           [by_row[r]["tp"].to_numpy() for r in train if r in by_row])
+    for test in parts:
+        train = [r for r in np.setdiff1d(np.arange(len(table)), test) if r in by_row]
+        calibration = PTrueCalibration.fit([by_row[r]["score"].to_numpy() for r in train],
+                                           [by_row[r]["tp"].to_numpy() for r in train])
+        variant = LogisticRegression(C=10.0, max_iter=2000).fit(
+            np.concatenate([with_precision(by_row[r]["score"].to_numpy(), precision[r]) for r in train]),
+            np.concatenate([by_row[r]["tp"].to_numpy() for r in train]))
         for r in test:
             if r in by_row:
-                part = by_row[r]
-                out.append(pd.DataFrame({"row": r, "kind": table["kind"].iloc[r], "score": part["score"].to_numpy(),
-                                         "tp": part["tp"].to_numpy(),
-                                         "p_true": calibration.probabilities(part["score"].to_numpy())}))
+                scores = by_row[r]["score"].to_numpy()
+                out.append(pd.DataFrame({"row": r, "kind": table["kind"].iloc[r], "score": scores,
+                                         "tp": by_row[r]["tp"].to_numpy(), "p_true": calibration.probabilities(scores),
+                                         "p_true_with_precision": variant.predict_proba(
+                                             with_precision(scores, precision[r]))[:, 1]}))
     return pd.concat(out, ignore_index=True)
 
 
@@ -145,13 +160,13 @@ def evaluate(table, embeddings, detections, detector, args, seconds) -> str:
                                        [p["tp"].to_numpy() for p in by_row.values()],
                                        f"{len(detections)} detections of {len(table)} frames")
         return f"COUNT_INTERVAL_SCALE = {scale:.4f}\nSHIPPED = {shipped!r}"
-    p_rows = p_true_rows(table, detections, parts)
+    p_rows = p_true_rows(table, detections, parts, predicted)
     lines = ["<!-- reported-numbers:start -->", "## The numbers a scientist reports: counts, p_true, label next", "",
              f"Command: `{args_command(args)}` with detector `{detector.name}` (weights {detector.weights_sha256[:12]}); "
              f"{(table['kind'] != 'emps').sum()} synthetic frames ({table.loc[table['kind'] != 'emps', 'group'].nunique()} "
              f"domains), {(table['kind'] == 'emps').sum()} real EMPS images ({table.loc[table['kind'] == 'emps', 'group'].nunique()} "
              f"papers); {seconds / 60:.1f} min on 1 thread (detections cached). Forest predictions out of fold: EMPS in "
-             f"{EMPS_FOLDS} folds grouped by paper, synthetic frames leave-one-domain-out (shipped forest recipe: "
+             f"{min(EMPS_FOLDS, table.loc[table['kind'] == 'emps', 'group'].nunique())} folds grouped by paper, synthetic frames leave-one-domain-out (shipped forest recipe: "
              "paper features + backbone novelty, EMPS outside the novelty reference). The count interval's scale "
              "and the p_true calibration are fit on the other folds only.", "",
              "### Counts: estimate (count x P / R, calibrated 90% interval) against the raw detection count", "",
@@ -174,8 +189,9 @@ def evaluate(table, embeddings, detections, detector, args, seconds) -> str:
               "### p_true: calibrated probability per detection against the raw score", "",
               "Brier score (lower is better); reliability: largest |share true - mean p| over bins of >= "
               f"{MIN_BIN} detections; cells: share true (detections) per bin of p, 0-0.1 ... 0.9-1.", "",
-              "| detections | n | Brier raw score | Brier p_true | reliability raw | reliability p_true |",
-              "|---|---|---|---|---|---|"]
+              "| detections | n | Brier raw score | Brier p_true | reliability raw | reliability p_true | "
+              "Brier p_true + predicted precision (not shipped) | its reliability |",
+              "|---|---|---|---|---|---|---|---|"]
     cells = []
     for name, mask in [("EMPS (real)", p_rows["kind"] == "emps"), ("synthetic", p_rows["kind"] != "emps")]:
         part = p_rows[mask]
@@ -186,7 +202,10 @@ def evaluate(table, embeddings, detections, detector, args, seconds) -> str:
         cal_gap, cal_cells = reliability(part["p_true"].to_numpy(), truth)
         brier_raw = np.mean((part["score"] - truth) ** 2)
         brier = np.mean((part["p_true"] - truth) ** 2)
-        lines.append(f"| {name} | {len(part)} | {brier_raw:.3f} | {brier:.3f} | {raw_gap:.3f} | {cal_gap:.3f} |")
+        variant_gap, _ = reliability(part["p_true_with_precision"].to_numpy(), truth)
+        brier_variant = np.mean((part["p_true_with_precision"] - truth) ** 2)
+        lines.append(f"| {name} | {len(part)} | {brier_raw:.3f} | {brier:.3f} | {raw_gap:.3f} | {cal_gap:.3f} | "
+                     f"{brier_variant:.3f} | {variant_gap:.3f} |")
         cells += [f"| {name}, raw score | {' | '.join(raw_cells)} |", f"| {name}, p_true | {' | '.join(cal_cells)} |"]
     lines += ["", "| bins of p | " + " | ".join(f"{BINS[i]:.1f}-{BINS[i + 1]:.1f}" for i in range(len(BINS) - 1)) + " |",
               "|---|" + "---|" * (len(BINS) - 1), *cells, "",

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .features import PAPER_FEATURES
+
 RANK_COLUMNS = ("source", "frame", "reason")
 WIDTH_WEIGHT = 0.5
 """Value of a frame's F1 interval width, against 1 for its predicted failure (1 - F1)."""
@@ -89,6 +91,16 @@ def rank_frames(quality: pd.DataFrame, variety: np.ndarray | None = None, limit:
         if distances is not None and typical > 0:
             nearest = np.minimum(nearest, distances[i])
     return chosen
+
+
+def rank_by_features(quality: pd.DataFrame, features: pd.DataFrame, exclude=(), limit: int | None = None
+                     ) -> list[RankedFrame]:
+    """``rank_frames`` spread over the frames' paper features (one row per quality row, same order),
+    leaving out the frames in ``exclude`` (e.g. those already labelled): what ``rank`` and the
+    Training step's "Label next" list both use."""
+    keep = ~quality["frame"].isin(list(exclude)).to_numpy()
+    variety = features.loc[:, list(PAPER_FEATURES)].to_numpy(dtype=np.float64)[keep]
+    return rank_frames(quality.loc[keep], variety, limit)
 
 
 def ranked_table(ranked: list[RankedFrame]) -> pd.DataFrame:

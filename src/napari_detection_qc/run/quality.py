@@ -16,7 +16,7 @@ from ..forest import TARGETS, QualityForest
 from ..forest_choice import forest_for_detector, load_forest
 from ..io import InputError, list_inputs, read_frames
 from ..matching import PAPER_IOU_THRESHOLD
-from ..ranking import rank_frames, ranked_table
+from ..ranking import rank_by_features, ranked_table
 from ..scoring import QUALITY_COLUMNS, TRUE_COLUMNS, boxes_true_quality, quality_table
 from ..signals import SIGNAL_LEVELS, stack_signals
 from ..store.format import Store, boxes_by_frame
@@ -108,12 +108,12 @@ def rank_stores(
     interval, out of domain, spread over the frames' variety in the paper's 8 features), best
     first, as ``rank`` writes it; and the failures."""
     quality, failures = score_stores(stores, forest_choice, warn=warn, on_error=on_error)
-    variety = []
+    features = []
     for source in dict.fromkeys(quality["source"]):
         store = next(s for s in stores if s.read_meta()["source"] == source)
-        variety.append(store_features(store)[2].loc[:, list(PAPER_FEATURES)].to_numpy())
-    variety = np.concatenate(variety) if variety else np.zeros((0, len(PAPER_FEATURES)))
-    return ranked_table(rank_frames(quality, variety, limit)), failures
+        features.append(store_features(store)[2])
+    features = pd.concat(features, ignore_index=True) if features else pd.DataFrame(columns=list(PAPER_FEATURES))
+    return ranked_table(rank_by_features(quality, features, limit=limit)), failures
 
 
 def ground_truth_file(store: Store, ground_truth: Path, by_stem: dict[str, Path] | None) -> Path:
