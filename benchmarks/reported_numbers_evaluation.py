@@ -10,7 +10,7 @@ from napari_detection_qc.counts import CountCalibration, count_estimates, count_
 from napari_detection_qc.features import PAPER_FEATURES
 from napari_detection_qc.forest import TARGETS, QualityForest, conformal_quantile
 from napari_detection_qc.p_true import PTrueCalibration, detection_inputs
-from napari_detection_qc.ranking import rank_frames
+from napari_detection_qc.ranking import rank_by_features
 
 EMPS_FOLDS = 5
 BINS = np.linspace(0.0, 1.0, 11)
@@ -76,7 +76,8 @@ def count_summary(rows: pd.DataFrame) -> dict:
     estimate_error = np.abs(rows["count_estimate"] - truth)[positive] / truth[positive]
     covered = (truth >= rows["count_low"] - 1e-9) & (truth <= rows["count_high"] + 1e-9)
     width = (rows["count_high"] - rows["count_low"])[positive] / truth[positive]
-    return {"n": len(rows), "raw": raw_error.mean(), "estimate": estimate_error.mean(),
+    sum_error = np.abs(rows["sum_p_true"] - truth)[positive] / truth[positive]
+    return {"n": len(rows), "raw": raw_error.mean(), "estimate": estimate_error.mean(), "sum_p": sum_error.mean(),
             "raw_median": np.median(raw_error) if positive.any() else np.nan,
             "estimate_median": np.median(estimate_error) if positive.any() else np.nan,
             "coverage": covered.mean(), "width": np.median(width) if positive.any() else np.nan}
@@ -129,13 +130,12 @@ def reliability(p: np.ndarray, truth: np.ndarray) -> tuple[float, list[str]]:
     return worst, cells
 
 
-def rank_summary(table, predicted, embeddings, kind_mask, rng_seeds=20) -> dict:
+def rank_summary(table, predicted, kind_mask, rng_seeds=20) -> dict:
     """On frames of one kind as one stack: failures (true F1 < 0.5) and the 5 worst frames among
     rank's first 5 and 20, against random order (mean over seeds)."""
     rows = np.flatnonzero(kind_mask)
     quality = predicted.iloc[rows].reset_index(drop=True).assign(frame=np.arange(len(rows)))
-    variety = np.nan_to_num(embeddings[rows])
-    order = [r.frame for r in rank_frames(quality, variety, limit=20)]
+    order = [r.frame for r in rank_by_features(quality, table.iloc[rows].reset_index(drop=True), limit=20)]
     truth = table["f1"].to_numpy()[rows]
     failing = truth < 0.5
     worst5 = set(np.argsort(truth, kind="stable")[:5])
@@ -161,6 +161,7 @@ def evaluate(table, embeddings, detections, detector, args, seconds) -> str:
                                        f"{len(detections)} detections of {len(table)} frames")
         return f"COUNT_INTERVAL_SCALE = {scale:.4f}\nSHIPPED = {shipped!r}"
     p_rows = p_true_rows(table, detections, parts, predicted)
+    counts["sum_p_true"] = p_rows.groupby("row")["p_true"].sum().reindex(counts.index, fill_value=0.0)
     lines = ["<!-- reported-numbers:start -->", "## The numbers a scientist reports: counts, p_true, label next", "",
              f"Command: `{args_command(args)}` with detector `{detector.name}` (weights {detector.weights_sha256[:12]}); "
              f"{(table['kind'] != 'emps').sum()} synthetic frames ({table.loc[table['kind'] != 'emps', 'group'].nunique()} "
@@ -172,8 +173,9 @@ def evaluate(table, embeddings, detections, detector, args, seconds) -> str:
              "### Counts: estimate (count x P / R, calibrated 90% interval) against the raw detection count", "",
              "Relative error |count - true| / true over frames with objects; coverage: true count inside the interval; "
              "width: median (high - low) / true.", "",
-             "| frames | n | raw count error (mean / median) | estimate error (mean / median) | coverage | width |",
-             "|---|---|---|---|---|---|"]
+             "| frames | n | raw count error (mean / median) | estimate error (mean / median) | coverage | width | "
+             "sum of p_true error (mean; no recall correction) |",
+             "|---|---|---|---|---|---|---|"]
     for name, mask in [("EMPS (real), all", counts["kind"] == "emps"),
                        ("EMPS (real), in domain", (counts["kind"] == "emps") & counts["in_domain"]),
                        ("EMPS (real), out of domain", (counts["kind"] == "emps") & ~counts["in_domain"]),
@@ -182,7 +184,7 @@ def evaluate(table, embeddings, detections, detector, args, seconds) -> str:
         if mask.any():
             s = count_summary(counts[mask])
             lines.append(f"| {name} | {s['n']} | {s['raw']:.3f} / {s['raw_median']:.3f} | {s['estimate']:.3f} / "
-                         f"{s['estimate_median']:.3f} | {s['coverage']:.2f} | {s['width']:.2f} |")
+                         f"{s['estimate_median']:.3f} | {s['coverage']:.2f} | {s['width']:.2f} | {s['sum_p']:.3f} |")
     scale = conformal_quantile(counts["score"].to_numpy(), 0.9)
     lines += ["", f"Interval scale fit on all frames (shipped as `counts.COUNT_INTERVAL_SCALE`): {scale:.3f}; per fold "
               f"{counts['scale'].min():.2f}-{counts['scale'].max():.2f}.", "",
@@ -210,15 +212,18 @@ def evaluate(table, embeddings, detections, detector, args, seconds) -> str:
     lines += ["", "| bins of p | " + " | ".join(f"{BINS[i]:.1f}-{BINS[i + 1]:.1f}" for i in range(len(BINS) - 1)) + " |",
               "|---|" + "---|" * (len(BINS) - 1), *cells, "",
               "### Label next: `rank` on a stack, against random order", "",
-              "Each kind's frames as one stack, forest predictions out of fold, spread by backbone embedding. "
+              "Each kind's frames as one stack, forest predictions out of fold, `ranking.rank_by_features` (spread "
+              "over the paper's 8 features, as `rank` and the Training step). "
               "Failing: true F1 < 0.5. Worst 5: the five lowest true F1. Random: mean over 20 orders.", "",
               "| stack | frames | failing | failing in rank's first 5 / random | failing in first 20 / random | "
-              "worst 5 in rank's first 5 | (by predicted F1 alone) |", "|---|---|---|---|---|---|---|"]
+              "worst 5 in rank's first 5 | (by predicted F1 alone) | failing in first 20 by predicted F1 alone |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, mask in [("EMPS (real)", table["kind"].to_numpy() == "emps"), ("synthetic", table["kind"].to_numpy() != "emps")]:
         if mask.sum() >= 20:
-            r = rank_summary(table, predicted, embeddings, mask)
+            r = rank_summary(table, predicted, mask)
             lines.append(f"| {name} | {r['n']} | {r['failing']} | {r['rank_fail5']} / {r['random_fail5']:.1f} | "
-                         f"{r['rank_fail20']} / {r['random_fail20']:.1f} | {r['rank_worst5']} | {r['f1_only_worst5']} |")
+                         f"{r['rank_fail20']} / {r['random_fail20']:.1f} | {r['rank_worst5']} | {r['f1_only_worst5']} | "
+                         f"{r['f1_only_fail20']} |")
     lines += ["", "<!-- reported-numbers:end -->"]
     return "\n".join(lines)
 

@@ -1,11 +1,14 @@
 """The probability that each detection is a real object (``p_true``), calibrated on labelled frames.
 
 A detector's score ranks detections but is not a probability: the bundled detector scores texture
-0.95 on some frames and real cavities 0.4 on others. ``p_true`` is a logistic calibration of the
-score together with what the frame's detections say as a whole (their median score and how many
-there are: a frame where every detection is doubtful is a frame whose detections are mostly
-wrong), fitted on detections whose truth is known (paper matching, IoU >= 0.1). It is what
-size distributions and mean diameters are weighted by, and what "show doubtful detections"
+0.95 on some frames and real objects 0.4 on others. ``p_true`` is a logistic calibration of the
+score, its rank in the frame, and what the frame's detections say as a whole (how many, their
+median, mean and lowest score, the share above 0.9: a frame where every detection is doubtful is
+a frame whose detections are mostly wrong), fitted on detections whose truth is known (paper
+matching, IoU >= 0.1). It needs nothing but the detections, so the store writes it with them and
+the boxes layer carries it from the moment they appear. The bundled detector's second look (its
+verifier) has already dropped the detections it found unlikely; ``p_true`` is calibrated on the
+ones it kept. It is what mean diameters are weighted by, and what "show doubtful detections"
 filters on. ``benchmarks/reported_numbers_study.py`` fits the shipped coefficients and measures
 Brier score and reliability on images held out by source paper.
 """
