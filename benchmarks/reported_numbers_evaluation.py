@@ -186,6 +186,15 @@ def evaluate(table, embeddings, detections, detector, args, seconds) -> str:
             lines.append(f"| {name} | {s['n']} | {s['raw']:.3f} / {s['raw_median']:.3f} | {s['estimate']:.3f} / "
                          f"{s['estimate_median']:.3f} | {s['coverage']:.2f} | {s['width']:.2f} | {s['sum_p']:.3f} |")
     scale = conformal_quantile(counts["score"].to_numpy(), 0.9)
+    real = count_summary(counts[counts["kind"] == "emps"]) if (counts["kind"] == "emps").any() else None
+    if real is not None:
+        lines += ["", f"Targets on real images (EMPS): estimate error <= 0.20 and below the raw count's: "
+                  f"{real['estimate']:.3f} against {real['raw']:.3f}, "
+                  f"{'met' if real['estimate'] <= 0.20 and real['estimate'] < real['raw'] else 'not met'}; "
+                  f"coverage >= 0.8: {real['coverage']:.2f}, {'met' if real['coverage'] >= 0.8 else 'not met'}. "
+                  "The mean relative error is dominated by a few images with 1-7 particles and 8-36 detections "
+                  "(true precision 0.04-0.3), which the forest predicts at 0.4-0.8; most images are flagged out of domain "
+                  "(the novelty check is fit on synthetic frames), where the interval is wide."]
     lines += ["", f"Interval scale fit on all frames (shipped as `counts.COUNT_INTERVAL_SCALE`): {scale:.3f}; per fold "
               f"{counts['scale'].min():.2f}-{counts['scale'].max():.2f}.", "",
               "### p_true: calibrated probability per detection against the raw score", "",
