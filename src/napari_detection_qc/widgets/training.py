@@ -94,6 +94,9 @@ class TrainingWidget(Step):
         list_rows_high(self.frame_list, LIST_ROWS)
         self.iou = FloatSpinBox(label="IoU threshold", value=0.1, min=0.0, max=1.0, step=0.05)
         self.score_button = PushButton(text="Score labeled frames")
+        self.rank_button = PushButton(text="Label next…")
+        self.rank_button.tooltip = ("rank the frames not yet labeled by how much correcting them is expected to help; "
+                                    "the list opens under the canvas, a click goes to the frame")
         self.score_table = QTableWidget(0, len(SCORE_COLUMNS))
         self.score_table.setHorizontalHeaderLabels([SCORE_HEADERS[c] for c in SCORE_COLUMNS])
         self.score_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -112,12 +115,8 @@ class TrainingWidget(Step):
         self.add_section("Ground truth", row(self.seed_button, self.coco_button),
                          row(self.reviewed_button, self.empty_button), self.outline_predictions,
                          QLabel("labeled frames (click to go there):"), self.frame_list)
-        self.add_section("True quality", self.iou, self.score_button, self.score_table)
+        self.add_section("True quality", self.iou, row(self.score_button, self.rank_button), self.score_table)
         self.add_section("Refit forest", self.mode, self.refit_button, self.metrics)
-        self.rank_button = PushButton(text="Rank frames to label next")
-        self.next_list = QListWidget()  # best first; a click goes to the frame
-        list_rows_high(self.next_list, LIST_ROWS)
-        self.add_section("Label next", self.rank_button, self.next_list)
         self.add_section("Files", row(self.save_forest_button, self.load_forest_button),
                          row(self.save_set_button, self.load_set_button))
         self.finetune = FinetuneSection(self)
@@ -132,7 +131,6 @@ class TrainingWidget(Step):
         self.reviewed_button.changed.connect(lambda: self.mark_reviewed(self.current_frame()))
         self.empty_button.changed.connect(lambda: self.mark_empty(self.current_frame()))
         self.frame_list.itemClicked.connect(lambda item: self.go_to_frame(item.data(256)))
-        self.next_list.itemClicked.connect(lambda item: self.go_to_frame(item.data(256)))
         self.rank_button.changed.connect(self.rank_next)
         self.ranked: list[RankedFrame] = []
         self.score_button.changed.connect(self.score_labeled_frames)
@@ -159,6 +157,14 @@ class TrainingWidget(Step):
         layout.addWidget(self.parity)
         layout.addWidget(self.parity_text, 1)
         return page
+
+    @cached_property
+    def next_list(self) -> QListWidget:
+        """The "Label next" list in the results dock (best first; a click goes to the frame), built
+        when first shown."""
+        frames = QListWidget()
+        frames.itemClicked.connect(lambda item: self.go_to_frame(item.data(256)))
+        return frames
 
     def _on_detections(self, masks, boxes, _finished: bool) -> None:
         self.masks.value, self.boxes.value = masks, boxes
@@ -369,7 +375,10 @@ class TrainingWidget(Step):
                       returned=self._show_ranked, errored=self._on_rank_error, finished=self._on_rank_finished)
 
     def _show_ranked(self, ranked: list[RankedFrame]) -> None:
+        if not alive(self.next_list):
+            return  # the viewer closed while the worker ran
         self.ranked = ranked
+        results_dock(self.viewer).show_page(self.next_list, "Label next", front=True)
         self.next_list.clear()
         for item in ranked:
             self.next_list.addItem(f"frame {item.frame}: {item.reason}")
