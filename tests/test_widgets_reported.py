@@ -18,6 +18,11 @@ ALL_STEPS = "Detection QC (all steps)"
 WORKER_TIMEOUT_MS = 180_000
 
 
+def settled(quality) -> bool:
+    """The Quality step shows numbers and has no prediction running or waiting to run."""
+    return quality.table is not None and quality.worker is None and not quality._timer.isActive()
+
+
 @pytest.fixture(scope="module")
 def stack():
     images, _ = make_stack(13, 4, shape=(192, 192), domain=["clean", "low_dose", "dense", "overfocus"])
@@ -31,7 +36,9 @@ def test_counts_p_true_and_label_next_through_the_dock(make_napari_viewer, qtbot
     detection, quality, training = dock.detection, dock.quality, dock.training
     detection.run_button.native.click()
     qtbot.waitUntil(lambda: detection.worker is None, timeout=WORKER_TIMEOUT_MS)
-    qtbot.waitUntil(lambda: quality.table is not None and quality.worker is None, timeout=WORKER_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: settled(quality), timeout=WORKER_TIMEOUT_MS)
+    qtbot.wait(500)
+    qtbot.waitUntil(lambda: settled(quality), timeout=WORKER_TIMEOUT_MS)
 
     masks, boxes = viewer.layers["tem masks"], viewer.layers["tem boxes"]
     # p_true is a feature of every box, the one function the store writes too
@@ -57,7 +64,8 @@ def test_counts_p_true_and_label_next_through_the_dock(make_napari_viewer, qtbot
     detection.pixel_size.value = 0.5
     qtbot.waitUntil(lambda: quality.table is not None and "density_estimate_per_um2" in quality.table.columns,
                     timeout=WORKER_TIMEOUT_MS)
-    qtbot.waitUntil(lambda: quality.summary.value.startswith("mean density"), timeout=WORKER_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: settled(quality) and quality.summary.value.startswith("mean density"),
+                    timeout=WORKER_TIMEOUT_MS)
     density = quality.table["density_estimate_per_um2"]
     assert f"{density.mean():.3g} per µm²" in quality.summary.value
     assert "p_true_mean_diameter_nm" in quality.table.columns
