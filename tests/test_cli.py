@@ -15,6 +15,7 @@ import tifffile
 from conftest import detect_command
 
 from napari_detection_qc.cli import main
+from napari_detection_qc.counts import COUNT_COLUMNS, with_count_estimates
 from napari_detection_qc.detections import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.torchvision_maskrcnn import (
@@ -31,6 +32,8 @@ from napari_detection_qc.features import (
 from napari_detection_qc.forest import TARGETS, QualityForest
 from napari_detection_qc.io import InputError
 from napari_detection_qc.io.atomic import atomic_path
+from napari_detection_qc.p_true import detection_p_true
+from napari_detection_qc.ranking import frame_values
 from napari_detection_qc.run import detect as run_detect_module
 from napari_detection_qc.run import detector as run_detector
 from napari_detection_qc.run.quality import read_training_table
@@ -122,8 +125,10 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
         assert tif.is_imagej
         np.testing.assert_array_equal(tif.asarray(), masks)
     table = pd.read_csv(detected / "detections.csv")
-    assert list(table.columns) == list(DETECTION_COLUMNS)
+    assert list(table.columns) == [*DETECTION_COLUMNS, "p_true"]
     assert len(table) == stored.total_count
+    for t, frame in enumerate(stored):  # one frame's p_true depends on its own detections only
+        np.testing.assert_allclose(table.loc[table.frame == t, "p_true"], detection_p_true(frame.scores), rtol=1e-12)
     first = stored[0]
     np.testing.assert_allclose(
         table.loc[table.frame == 0, "circularity"],
@@ -336,10 +341,26 @@ def test_score_writes_predicted_quality_per_frame(tmp_path, detected, forest_fil
     out = tmp_path / "quality.csv"
     assert main(["score", str(detected.parent), "--forest", str(forest_file), "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["source", *QUALITY_COLUMNS]
+    assert list(table.columns) == ["source", *QUALITY_COLUMNS, *COUNT_COLUMNS]  # no pixel size: no density
     expected, _ = predicted_quality(stored_stack(detected), QualityForest.load(forest_file))
     assert len(table) == 3 and table["source"].str.endswith("series.npy").all()
     np.testing.assert_allclose(table[list(QUALITY_COLUMNS)].astype(float), expected.astype(float), rtol=1e-9)
+    counts = with_count_estimates(expected)  # the viewer's formula
+    np.testing.assert_allclose(table[list(COUNT_COLUMNS[:3])], counts[list(COUNT_COLUMNS[:3])], rtol=1e-9)
+    assert (table["count_low"] <= table["count_estimate"]).all()
+    assert (table["count_estimate"] <= table["count_high"]).all()
+
+
+def test_rank_writes_every_frame_best_first(tmp_path, detected, forest_file):
+    out = tmp_path / "next.csv"
+    assert main(["rank", str(detected.parent), "--forest", str(forest_file), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["source", "frame", "reason"]
+    assert sorted(table["frame"]) == [0, 1, 2] and table["reason"].str.contains("predicted F1").all()
+    scored = tmp_path / "quality.csv"
+    assert main(["score", str(detected.parent), "--forest", str(forest_file), "--out", str(scored)]) == 0
+    quality = pd.read_csv(scored)
+    assert table["frame"].iloc[0] == quality["frame"].iloc[int(np.argmax(frame_values(quality)))]
 
 
 def test_score_warns_when_the_forest_belongs_to_another_detector(tmp_path, detected, forest_file, capsys):

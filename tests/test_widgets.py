@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_detection_qc.counts import with_count_estimates
 from napari_detection_qc.detections import StackDetections
 from napari_detection_qc.features import CANDIDATE_FEATURES
 from napari_detection_qc.forest import QualityForest
@@ -171,8 +172,9 @@ def test_quality_widget_equals_core_api(make_napari_viewer, qtbot, small_stack, 
     forest, path = test_forest
     widget = quality_widget(viewer, qtbot, path)
     masks, boxes = viewer.layers["tem masks"], viewer.layers["tem boxes"]
-    expected, _ = predicted_quality(StackDetections.from_layer_data(masks.data, boxes.data, boxes.features), forest)
-    pd.testing.assert_frame_equal(widget.table, expected)
+    stack = StackDetections.from_layer_data(masks.data, boxes.data, boxes.features)
+    expected, _ = predicted_quality(stack, forest)
+    pd.testing.assert_frame_equal(widget.table, with_count_estimates(expected, stack.image_shape, None))
     assert widget.table_view.rowCount() == 4
     widget.go_to_frame(3)
     assert viewer.dims.current_step[0] == 3
@@ -186,7 +188,7 @@ def test_quality_widget_equals_core_api(make_napari_viewer, qtbot, small_stack, 
         layer.metadata["detection_qc"]["pixel_size_nm"] = 0.4
     widget.compute()
     wait_for(qtbot, widget)
-    assert (widget.table["density_per_um2"] > 0).any() and widget.table_view.columnCount() == 9
+    assert (widget.table["density_per_um2"] > 0).any() and widget.table_view.columnCount() == 17
     view = widget.table_view
     assert [view.verticalHeaderItem(r).text() for r in range(4)] == ["0", "1", "2", "3"]  # rows are frames
 

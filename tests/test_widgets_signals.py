@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from napari_detection_qc.counts import with_count_estimates
 from napari_detection_qc.features import CANDIDATE_FEATURES
 from napari_detection_qc.forest import NO_EMBEDDINGS_NOTE, NO_SIGNALS_NOTE, QualityForest
 from napari_detection_qc.layer_pair import SIGNALS_KEY, stored_signals
@@ -111,8 +112,9 @@ def test_quality_uses_the_stored_signals_or_says_which_setting_to_detect_with(de
     widget = quality_step(viewer, masks, boxes, path)
     widget.compute()
     wait_for(qtbot, widget)
-    expected, _ = predicted_quality(detections_from_layers(masks, boxes), forest, signals)
-    pd.testing.assert_frame_equal(widget.table, expected)
+    stack = detections_from_layers(masks, boxes)
+    expected, _ = predicted_quality(stack, forest, signals)
+    pd.testing.assert_frame_equal(widget.table, with_count_estimates(expected, stack.image_shape, None))
     assert widget.forest_note.value == ""  # fitted with signals: no note
     assert widget.explanation.startswith("frame") and "novelty" in widget.features.columns
 

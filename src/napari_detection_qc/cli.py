@@ -3,7 +3,9 @@ the work is in ``run`` and ``store``).
 
     napari-detection-qc demo                                   the whole loop on the bundled sample
     napari-detection-qc detect IMAGES... --out DETECTIONS      masks and boxes, resumable
-    napari-detection-qc score DETECTIONS                       predicted F1/precision/recall per frame
+    napari-detection-qc score DETECTIONS                       predicted F1/precision/recall per frame,
+                                                               estimated true count (and density) with intervals
+    napari-detection-qc rank DETECTIONS --out next.csv         which frames to label next, best first
     napari-detection-qc evaluate DETECTIONS --ground-truth GT  true precision/recall/F1 per frame
     napari-detection-qc export-coco DETECTIONS --out FILE.json detections as COCO JSON (RLE masks)
     napari-detection-qc fit-forest TABLE.csv --out FOREST      a quality forest from labeled frames
@@ -138,6 +140,22 @@ def run_score(args) -> int:
     )
     write_csv(Path(out), table)
     say(f"predicted quality of {len(table)} frame(s) written to {out}")
+    return exit_code(failures)
+
+
+def run_rank(args) -> int:
+    from .run.quality import rank_stores
+    from .store import find_stores, write_csv
+
+    table, failures = rank_stores(
+        find_stores(args.detections),
+        args.forest,
+        warn=report_warning,
+        on_error=report_error if args.keep_going else None,
+        limit=args.limit,
+    )
+    write_csv(Path(args.out), table)
+    say(f"{len(table)} frame(s) ranked for labelling, best first, written to {args.out}")
     return exit_code(failures)
 
 
@@ -429,6 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", type=Path, help="CSV to write (default DETECTIONS/quality.csv)")
     score.add_argument("--keep-going", action="store_true", help="skip unreadable detections instead of stopping")
     score.set_defaults(run=run_score)
+
+    rank = add_subcommand(
+        commands, "rank", help="detections -> which frames to label next, best first (CSV: source, frame, reason)"
+    )
+    rank.add_argument("detections", type=Path, help="the output folder of detect (or one input's subfolder)")
+    rank.add_argument("--forest", default="auto", help="as for score")
+    rank.add_argument("--out", type=Path, required=True, help="CSV to write")
+    rank.add_argument("--limit", type=positive_int, help="rank only this many frames (default all)")
+    rank.add_argument("--keep-going", action="store_true", help="skip unreadable detections instead of stopping")
+    rank.set_defaults(run=run_rank)
 
     evaluate = add_subcommand(
         commands, "evaluate", help="detections + ground truth -> true precision/recall/F1 (CSV)"

@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .p_true import detection_p_true
+
 
 def smallest_label_dtype(max_id: int) -> np.dtype:
     """The smallest unsigned dtype holding ids up to ``max_id`` (Labels memory on big stacks)."""
@@ -167,18 +169,20 @@ class StackDetections:
 
 
 def frame_shapes_data(frame: FrameDetections, t: int, is_2d: bool) -> tuple[np.ndarray, pd.DataFrame]:
-    """One frame's rectangles (N, 4, D) and feature rows (score, label = mask id, frame)."""
+    """One frame's rectangles (N, 4, D) and feature rows (score, label = mask id, frame, p_true:
+    the probability that the detection is a real object, ``p_true``)."""
     features = pd.DataFrame({
         "score": frame.scores,
         "label": np.arange(1, frame.count + 1, dtype=np.int64),
         "frame": np.full(frame.count, t, dtype=np.int64),
+        "p_true": detection_p_true(frame.scores),
     })
     return boxes_to_rectangles(frame.boxes, None if is_2d else t), features
 
 
 def empty_shapes_features() -> pd.DataFrame:
     return pd.DataFrame(
-        {"score": np.zeros(0), "label": np.zeros(0, np.int64), "frame": np.zeros(0, np.int64)}
+        {"score": np.zeros(0), "label": np.zeros(0, np.int64), "frame": np.zeros(0, np.int64), "p_true": np.zeros(0)}
     )
 
 

@@ -111,9 +111,11 @@ def unboxed_masks(labels_frame: np.ndarray, box_ids: np.ndarray) -> tuple[np.nda
 
 
 def manual_rows(ids: np.ndarray, boxes: np.ndarray, frame: int, is_2d: bool) -> tuple[list[np.ndarray], pd.DataFrame]:
-    """Shapes rows for hand-painted masks: their boxes, score 1, origin ``manual``."""
+    """Shapes rows for hand-painted masks: their boxes, score 1, p_true 1 (a person drew them),
+    origin ``manual``."""
     features = pd.DataFrame({
         "score": np.full(len(ids), MANUAL_SCORE),
+        "p_true": np.ones(len(ids)),
         "label": np.asarray(ids, np.int64),
         "frame": np.full(len(ids), frame, np.int64),
         "origin": ORIGIN_MANUAL,

@@ -15,6 +15,7 @@ from .detections import StackDetections
 from .features import stack_features
 from .forest import DERIVED_FEATURES, QualityForest
 from .matching import PAPER_IOU_THRESHOLD, boxes_from_labels, match_frame
+from .p_true import detection_p_true, weighted_mean_diameter
 from .signals import stack_signals
 
 QUALITY_COLUMNS = (
@@ -110,21 +111,25 @@ def true_quality(
 
 
 def physical_readouts(stack: StackDetections, pixel_size_nm: float) -> pd.DataFrame:
-    """Per frame, where the pixel size is known: cavity count, number density per µm² of frame
-    and mean equivalent-circle diameter (nm) of the masks."""
+    """Per frame, where the pixel size is known: cavity count, number density per µm² of frame,
+    mean equivalent-circle diameter (nm) of the masks, and that mean weighted by each detection's
+    probability of being real (``p_true``; doubtful detections, often texture of another size,
+    count less)."""
     if not pixel_size_nm or pixel_size_nm <= 0:
         raise ValueError("a positive pixel size (nm) is needed for physical read-outs")
     height, width = stack.image_shape
     frame_area_um2 = height * width * (pixel_size_nm / 1000.0) ** 2
     rows = []
     for t, frame in enumerate(stack.frames):
-        areas = np.bincount(frame.labels.ravel(), minlength=frame.count + 1)[1:]
-        areas = areas[areas > 0]
-        diameters = 2.0 * np.sqrt(areas / np.pi) * pixel_size_nm
+        areas = np.bincount(frame.labels.ravel(), minlength=frame.count + 1)[1 : frame.count + 1]
+        present = areas > 0
+        diameters = 2.0 * np.sqrt(areas[present] / np.pi) * pixel_size_nm
+        weighted = weighted_mean_diameter(diameters, detection_p_true(frame.scores)[present])
         rows.append({
             "frame": t,
             "count": frame.count,
             "density_per_um2": frame.count / frame_area_um2,
             "mean_diameter_nm": float(diameters.mean()) if diameters.size else 0.0,
+            "p_true_mean_diameter_nm": weighted if diameters.size else 0.0,
         })
     return pd.DataFrame(rows)

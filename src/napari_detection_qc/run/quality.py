@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 
 from ..coco import CocoGroundTruth
+from ..counts import COUNT_COLUMNS, DENSITY_COLUMNS, with_count_estimates
 from ..features import CANDIDATE_FEATURES, PAPER_FEATURES, table_features
 from ..forest import QualityForest
 from ..forest_choice import forest_for_detector, load_forest
 from ..ground_truth import label_files_by_stem
 from ..io import InputError, read_frames
 from ..matching import PAPER_IOU_THRESHOLD
+from ..ranking import rank_by_features, ranked_table
 from ..scoring import QUALITY_COLUMNS, TRUE_COLUMNS, boxes_true_quality, quality_table
 from ..signals import SIGNAL_LEVELS, stack_signals
 from ..store.format import Store, boxes_by_frame
@@ -57,7 +59,8 @@ def store_signals(store: Store, meta: dict, forest: QualityForest) -> tuple[pd.D
 
 
 def score_store(store: Store, forest: QualityForest, warn: ErrorHandler | None = None) -> pd.DataFrame:
-    """Predicted F1/precision/recall with intervals and the in-domain flag for every frame, with
+    """Predicted F1/precision/recall with intervals, the in-domain flag and the estimated true count
+    (with density where the pixel size is known; ``counts``) for every frame, with
     the detector's signals where the store has them (``detect --signals``). A forest with a
     novelty check scores stores without embeddings on its feature rows alone, and says so."""
     meta, _, features = store_features(store)
@@ -69,6 +72,7 @@ def score_store(store: Store, forest: QualityForest, warn: ErrorHandler | None =
         quality = quality_table(features if table is None else features.join(table), forest, embeddings)
     except ValueError as exc:  # signals of another detector (embeddings of another length)
         raise InputError(f"{store.root}: {exc}") from exc
+    quality = with_count_estimates(quality, meta["image_shape"], meta.get("pixel_size_nm"))
     quality.insert(0, "source", meta["source"])
     return quality
 
@@ -95,8 +99,24 @@ def score_stores(
             tables.append(score_store(store, forest, warn_once))
         except InputError as exc:
             fail(str(exc), on_error, failures)
-    columns = ["source", *QUALITY_COLUMNS]
+    columns = ["source", *QUALITY_COLUMNS, *COUNT_COLUMNS, *DENSITY_COLUMNS]
     return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)), failures
+
+
+def rank_stores(
+    stores: Sequence[Store], forest_choice: str, *, warn: ErrorHandler, on_error: ErrorHandler | None = None,
+    limit: int | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
+    """The label-next list over every frame of the stores (``ranking``: low predicted F1, wide
+    interval, out of domain, spread over the frames' variety in the paper's 8 features), best
+    first, as ``rank`` writes it; and the failures."""
+    quality, failures = score_stores(stores, forest_choice, warn=warn, on_error=on_error)
+    features = []
+    for source in dict.fromkeys(quality["source"]):
+        store = next(s for s in stores if s.read_meta()["source"] == source)
+        features.append(store_features(store)[2])
+    features = pd.concat(features, ignore_index=True) if features else pd.DataFrame(columns=list(PAPER_FEATURES))
+    return ranked_table(rank_by_features(quality, features, limit=limit)), failures
 
 
 def ground_truth_file(store: Store, ground_truth: Path, by_stem: dict[str, Path] | None) -> Path:

@@ -4,7 +4,7 @@
                                     detector, score_threshold
     <out>/<name>/frames/000123.npz  one frame: labels, boxes, scores, circularity (and signal_*
                                     arrays when detected with --signals)
-    <out>/<name>/detections.csv     every detection, once all frames are done
+    <out>/<name>/detections.csv     every detection (with its p_true), once all frames are done
     <out>/<name>/frames.csv         per frame: detections, object_size_px (the typical object
                                     diameter it was detected at; empty where not sized)
     <out>/<name>/signals.npz        the detector's signals of every frame (``signals.py``), only
@@ -33,6 +33,7 @@ from ..detections import FrameDetections, StackDetections, smallest_label_dtype
 from ..features import BOX_COLUMNS, mask_circularities
 from ..io import InputError
 from ..io.atomic import atomic_path
+from ..p_true import detection_p_true
 from ..signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
 from ..validation import (
     DETECTOR_DESCRIPTION,
@@ -52,6 +53,9 @@ from ..validation import (
 )
 
 DETECTION_COLUMNS = ("frame", "label", *BOX_COLUMNS, "score", "circularity")
+P_TRUE = "p_true"
+"""detections.csv's last column: each detection's probability of being a real object (``p_true``);
+written by this version, not required of stores written before it."""
 FRAME_ARRAYS = ("labels", "boxes", "scores", "circularity")
 SIGNAL_PREFIX = "signal_"
 OBJECT_SIZE = "object_size_px"
@@ -318,7 +322,7 @@ def assemble(store: Store, n_frames: int, image_shape: Sequence[int]) -> None:
     """Join the frame files into detections.csv and masks.npy. The masks are written frame by
     frame with ordinary writes (not a memory map), so a long series never needs all its masks in
     memory and a full disk is an ``OSError`` (ENOSPC), not a Bus error."""
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in DETECTION_COLUMNS}
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in (*DETECTION_COLUMNS, P_TRUE)}
     signals: list[dict[str, np.ndarray]] = []
     counts: list[int] = []
     sizes: list[float] = []
@@ -337,6 +341,7 @@ def assemble(store: Store, n_frames: int, image_shape: Sequence[int]) -> None:
                 columns[name].append(boxes[:, j])
             columns["score"].append(scores)
             columns["circularity"].append(frame["circularity"])
+            columns[P_TRUE].append(detection_p_true(scores))
     write_csv(store.table_path, pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()}))
     write_signals(store, signals)
     write_csv(store.frames_table_path, pd.DataFrame({"frame": np.arange(n_frames), "detections": counts, OBJECT_SIZE: sizes}))

@@ -41,6 +41,7 @@ class QualityPlot(FigureCanvasQTAgg):
         self.figure = Figure(figsize=(5, 2.2), tight_layout=True)
         super().__init__(self.figure)
         self.axes = _dark_axes(self.figure)
+        self.count_axes = self.axes.twinx()  # estimated true count per frame, on its own scale
         self.table: pd.DataFrame | None = None
         self._current = None
         self.setMinimumHeight(150)
@@ -49,19 +50,36 @@ class QualityPlot(FigureCanvasQTAgg):
     def clear(self) -> None:
         self.table = None
         self.axes.clear()
+        self.count_axes.clear()
+        self.count_axes.set_visible(False)
         self._current = None
         self.draw_idle()
 
     def show_table(self, table: pd.DataFrame, threshold: float, current: int | None) -> None:
         self.table = table
         self.axes.clear()
+        self.count_axes.clear()
         self._current = None
+        self.count_axes.set_visible(len(table) > 1 and "count_estimate" in table.columns)
         if len(table) == 1:
             self._show_single(table.iloc[0], threshold)
         else:
+            if self.count_axes.get_visible():
+                self._show_counts(table)
             self._show_frames(table, threshold)
             self.highlight(current)
         self.draw_idle()
+
+    def _show_counts(self, table: pd.DataFrame) -> None:
+        """Estimated true count (grey, with its 90% band) and the raw detection count (dots), right axis."""
+        axes = self.count_axes
+        frames = table["frame"].to_numpy()
+        axes.fill_between(frames, table["count_low"], table["count_high"], color="#b0b0b0", alpha=0.12, step="mid")
+        axes.plot(frames, table["count_estimate"], color="#b0b0b0", lw=1.0, label="estimated count")
+        axes.plot(frames, table["count"], ".", color="#b0b0b0", ms=3, label="detections")
+        axes.set_ylim(bottom=0)
+        axes.set_ylabel("count", color=FOREGROUND, fontsize=7)
+        axes.tick_params(colors=FOREGROUND, labelsize=7)
 
     def _show_single(self, row: pd.Series, threshold: float) -> None:
         axes = self.axes
@@ -114,7 +132,7 @@ class QualityPlot(FigureCanvasQTAgg):
         self.draw_idle()
 
     def _on_click(self, event) -> None:
-        if event.inaxes is not self.axes or event.xdata is None or self.table is None or len(self.table) < 2:
+        if event.inaxes not in (self.axes, self.count_axes) or event.xdata is None or self.table is None or len(self.table) < 2:
             return
         frames = self.table["frame"].to_numpy()
         self.frame_clicked.emit(int(frames[np.argmin(np.abs(frames - event.xdata))]))

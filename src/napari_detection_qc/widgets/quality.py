@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..coco import write_coco
+from ..counts import stack_summary, with_count_estimates
 from ..features import feature_label
 from ..forest_choice import ForestChoice, ForestReference, forest_reference, is_loaded, load_forest
 from ..layer_pair import count_unboxed, pair_record, stored_signals
@@ -58,8 +59,10 @@ FOREST_FILE = "from file"
 FOREST_CHOICES = (FOREST_AUTO, FOREST_DEFAULT, FOREST_LI2025, FOREST_SESSION, FOREST_FILE)
 CHOICE_OF_LABEL = {FOREST_AUTO: ForestChoice.AUTO, FOREST_DEFAULT: ForestChoice.DEFAULT,
                    FOREST_LI2025: ForestChoice.LI2025, FOREST_FILE: ForestChoice.FILE}
-TABLE_COLUMNS = ("count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain")
-PHYSICAL_COLUMNS = ("density_per_um2", "mean_diameter_nm")
+TABLE_COLUMNS = ("count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain", "count_estimate",
+                 "count_low", "count_high")
+PHYSICAL_COLUMNS = ("density_per_um2", "mean_diameter_nm", "p_true_mean_diameter_nm")
+ESTIMATE_COLUMNS = ("density_estimate_per_um2", "density_low_per_um2", "density_high_per_um2", "count_note")
 DEBOUNCE_MS = 300
 
 
@@ -94,7 +97,7 @@ class QualityPanel(QWidget):
 
     def fill(self, table: pd.DataFrame) -> None:
         view = self.table_view
-        columns = list(TABLE_COLUMNS) + [c for c in PHYSICAL_COLUMNS if c in table.columns]
+        columns = [c for c in (*TABLE_COLUMNS, *PHYSICAL_COLUMNS, *ESTIMATE_COLUMNS) if c in table.columns]
         view.setColumnCount(len(columns))
         view.setHorizontalHeaderLabels(columns)
         view.setRowCount(len(table))
@@ -126,11 +129,12 @@ class QualityWidget(Step):
         self.compute_button = PushButton(text="Predict quality")
         self.export_button = PushButton(text="Export CSV…")
         self.export_coco_button = PushButton(text="Export COCO…")
+        self.summary = StatusLine()  # the stack's mean estimated density (or count) with its interval
         self.add_section("Detections", self.masks, self.boxes)
         self.add_section("Forest", self.forest_choice, self.forest_file, self.forest_name, self.forest_note,
                          self.threshold)
         self.add_section("Predict", self.auto_update,
-                         row(self.compute_button, self.export_button, self.export_coco_button))
+                         row(self.compute_button, self.export_button, self.export_coco_button), self.summary)
 
         self.table: pd.DataFrame | None = None
         self.features: pd.DataFrame | None = None
@@ -265,6 +269,7 @@ class QualityWidget(Step):
     def _clear(self) -> None:
         """Nothing shown is better than numbers from inputs that are no longer valid."""
         self.table = self.features = None
+        self.summary.value = ""
         self.panel.clear()
 
     def _on_error(self, exc: Exception) -> None:
@@ -297,6 +302,7 @@ class QualityWidget(Step):
         outside = int((~self.table["in_domain"]).sum())
         message = (f"{len(self.table)} frame(s): mean predicted F1 {self.table['f1'].mean():.2f}; "
                    f"{poor} under {self.threshold.value:g}, {outside} out of domain")
+        self.summary.value = stack_summary(self.table).describe()
         if ignored:
             message += f"; {ignored} mask(s) without a box ignored"
         if warning:
@@ -464,5 +470,6 @@ def quality_with_readouts(stack, forest: QualityForest | ForestReference, detect
     if pixel_size_nm:
         readouts = physical_readouts(stack, pixel_size_nm)
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)
+    table = with_count_estimates(table, stack.image_shape, pixel_size_nm)
     return LayerQuality(table, features, forest, count_unboxed(labels, box_features),
                         forest.detector_mismatch(detector))

@@ -46,6 +46,7 @@ from .results_dock import alive, results_dock
 
 if TYPE_CHECKING:
     from ..forest import QualityForest
+    from ..ranking import RankedFrame
     from ..training_set import TrainingSet
 
 SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
@@ -93,6 +94,9 @@ class TrainingWidget(Step):
         list_rows_high(self.frame_list, LIST_ROWS)
         self.iou = FloatSpinBox(label="IoU threshold", value=0.1, min=0.0, max=1.0, step=0.05)
         self.score_button = PushButton(text="Score labeled frames")
+        self.rank_button = PushButton(text="Label next…")
+        self.rank_button.tooltip = ("rank the frames not yet labeled by how much correcting them is expected to help; "
+                                    "the list opens under the canvas, a click goes to the frame")
         self.score_table = QTableWidget(0, len(SCORE_COLUMNS))
         self.score_table.setHorizontalHeaderLabels([SCORE_HEADERS[c] for c in SCORE_COLUMNS])
         self.score_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -111,7 +115,7 @@ class TrainingWidget(Step):
         self.add_section("Ground truth", row(self.seed_button, self.coco_button),
                          row(self.reviewed_button, self.empty_button), self.outline_predictions,
                          QLabel("labeled frames (click to go there):"), self.frame_list)
-        self.add_section("True quality", self.iou, self.score_button, self.score_table)
+        self.add_section("True quality", self.iou, row(self.score_button, self.rank_button), self.score_table)
         self.add_section("Refit forest", self.mode, self.refit_button, self.metrics)
         self.add_section("Files", row(self.save_forest_button, self.load_forest_button),
                          row(self.save_set_button, self.load_set_button))
@@ -128,6 +132,8 @@ class TrainingWidget(Step):
         self.reviewed_button.changed.connect(lambda: self.mark_reviewed(self.current_frame()))
         self.empty_button.changed.connect(lambda: self.mark_empty(self.current_frame()))
         self.frame_list.itemClicked.connect(lambda item: self.go_to_frame(item.data(256)))
+        self.rank_button.changed.connect(self.rank_next)
+        self.ranked: list[RankedFrame] = []
         self.score_button.changed.connect(self.score_labeled_frames)
         self.refit_button.changed.connect(self.refit)
         self.save_forest_button.changed.connect(self._ask_save_forest)
@@ -153,6 +159,14 @@ class TrainingWidget(Step):
         layout.addWidget(self.parity_text, 1)
         return page
 
+    @cached_property
+    def next_list(self) -> QListWidget:
+        """The "Label next" list in the results dock (best first; a click goes to the frame), built
+        when first shown."""
+        frames = QListWidget()
+        frames.itemClicked.connect(lambda item: self.go_to_frame(item.data(256)))
+        return frames
+
     def _on_detections(self, masks, boxes, _finished: bool) -> None:
         self.masks.value, self.boxes.value = masks, boxes
 
@@ -164,7 +178,7 @@ class TrainingWidget(Step):
         return int(self.viewer.dims.current_step[0])
 
     def go_to_frame(self, frame: int) -> None:
-        layer = self.ground_truth.value
+        layer = self.ground_truth.value or self.masks.value
         if layer is not None and np.ndim(layer.data) == 3:
             self.viewer.dims.set_current_step(0, int(frame))
 
@@ -361,6 +375,43 @@ class TrainingWidget(Step):
                              + (f", mean predicted {scores['predicted_f1'].mean():.2f}" if forest else ""))
         return scores
 
+    # -- label next --------------------------------------------------------------------------------
+    def rank_next(self) -> None:
+        """Order the frames not yet labelled by the value of labelling them (``ranking``), in the
+        background; the list fills when done."""
+        try:
+            stack = detections_from_layers(self.masks.value, self.boxes.value)
+        except (ValueError, AttributeError) as exc:
+            self.status.error(f"pick the predicted masks and boxes to rank frames: {exc}")
+            return
+        if len(stack) < 2:
+            self.status.warn("a single image: nothing to rank")
+            return
+        labeled = [f.frame for f in self.labeled()]
+        self.rank_button.enabled = False
+        self.status.value = f"ranking {len(stack) - len(labeled)} frame(s)…"
+        self.work.run(label_next_job, stack, self.base_forest(), self._stored_signals(len(stack)), labeled,
+                      returned=self._show_ranked, errored=self._on_rank_error, finished=self._on_rank_finished)
+
+    def _show_ranked(self, ranked: list[RankedFrame]) -> None:
+        if not alive(self.next_list):
+            return  # the viewer closed while the worker ran
+        self.ranked = ranked
+        results_dock(self.viewer).show_page(self.next_list, "Label next", front=True)
+        self.next_list.clear()
+        for item in ranked:
+            self.next_list.addItem(f"frame {item.frame}: {item.reason}")
+            self.next_list.item(self.next_list.count() - 1).setData(256, item.frame)
+            self.next_list.item(self.next_list.count() - 1).setToolTip(item.reason)
+        self.status.value = (f"label frame {ranked[0].frame} next ({len(ranked)} ranked)" if ranked
+                             else "every frame is labelled")
+
+    def _on_rank_error(self, exc: Exception) -> None:
+        self.status.error(f"ranking failed: {exc}")
+
+    def _on_rank_finished(self) -> None:
+        self.rank_button.enabled = True
+
     # -- refit -------------------------------------------------------------------------------------
     def base_forest(self) -> QualityForest | str:
         """The forest to extend: the one trained here, else the Quality step's, else (the name of,
@@ -488,6 +539,18 @@ class TrainingWidget(Step):
     def _ask_load_set(self):
         if path := self._ask(False, "Load training set", "CSV (*.csv)"):
             self.load_training_set(path)
+
+
+def label_next_job(stack, forest, signals, labeled: list[int]) -> list[RankedFrame]:
+    """Worker body: predicted quality of every frame (the forest loaded here when given by name),
+    then the label-next order of the frames not yet labelled."""
+    from ..ranking import rank_by_features
+    from ..scoring import predicted_quality
+
+    if isinstance(forest, str):
+        forest = load_forest(forest)
+    quality, features = predicted_quality(stack, forest, signals)
+    return rank_by_features(quality, features, exclude=labeled)
 
 
 @dataclass
