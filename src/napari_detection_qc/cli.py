@@ -525,7 +525,9 @@ def run_finetune(args) -> int:
     from .io.atomic import remove_stale_temporary_files
     from .validation import list_regular_inputs
 
-    inputs = [path for item in (*args.images, args.ground_truth) if Path(item).exists() for path in list_regular_inputs(item)]
+    inputs = [path for item in args.images if Path(item).exists() for path in list_regular_inputs(item)]
+    truth = Path(args.ground_truth)  # a label folder, or a COCO file
+    inputs += list_regular_inputs(truth) if truth.is_dir() else [truth]
     check_outputs([args.out, companion_forest_path(args.out), *curve_paths(args.out)], [*inputs, *model_files(args)])
     if args.out.parent.is_dir():
         remove_stale_temporary_files(args.out.parent)  # what a killed earlier run left half written
