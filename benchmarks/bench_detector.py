@@ -65,13 +65,17 @@ def family_scores(detector, frames) -> dict:
     return {
         "frames": len(matches),
         "mean_f1": float(np.mean([m.f1 for m in matches])),
-        "f1_standard_error": float(np.std([m.f1 for m in matches], ddof=1) / np.sqrt(len(matches))) if len(matches) > 1 else 0.0,
+        "f1_standard_error": float(np.std([m.f1 for m in matches], ddof=1) / np.sqrt(len(matches)))
+        if len(matches) > 1
+        else 0.0,
         "mean_precision": float(np.mean([m.precision for m in matches])),
         "mean_recall": float(np.mean([m.recall for m in matches])),
         "pooled_f1": 2 * tp / max(2 * tp + fp + fn, 1),
         "frames_with_cavities_but_no_detection": missed,
         "frames_with_objects": int(sum(holds_objects)),
-        "mean_f1_with_objects": float(np.mean([m.f1 for m, held in zip(matches, holds_objects) if held] or [np.nan])),
+        "mean_f1_with_objects": float(
+            np.mean([m.f1 for m, held in zip(matches, holds_objects) if held] or [np.nan])
+        ),
         "seconds_per_megapixel": seconds / (pixels / 1e6),
     }
 
@@ -79,13 +83,23 @@ def family_scores(detector, frames) -> dict:
 def empty_frame_scores(detector, count: int) -> dict:
     """Held-out frames without any cavity (``EMPTY_FRAME_FAMILIES`` in turn): the share that keeps
     a detection (each such frame has F1 0 by the paper's definition) and false detections per frame."""
-    counts = np.array([
-        detector.predict(
-            make_realistic_frame(HELD_OUT_SEED + index, EMPTY_FRAME_FAMILIES[index % len(EMPTY_FRAME_FAMILIES)], without_cavities=True)[0]
-        ).count
-        for index in range(count)
-    ])
-    return {"frames": count, "share_with_detections": float((counts > 0).mean()), "mean_false_detections": float(counts.mean())}
+    counts = np.array(
+        [
+            detector.predict(
+                make_realistic_frame(
+                    HELD_OUT_SEED + index,
+                    EMPTY_FRAME_FAMILIES[index % len(EMPTY_FRAME_FAMILIES)],
+                    without_cavities=True,
+                )[0]
+            ).count
+            for index in range(count)
+        ]
+    )
+    return {
+        "frames": count,
+        "share_with_detections": float((counts > 0).mean()),
+        "mean_false_detections": float(counts.mean()),
+    }
 
 
 def time_frames(detector, sides=(1024, 2048, 4096), repeats: int = 2) -> dict:
@@ -133,10 +147,14 @@ def score_rows(scores: dict) -> str:
 def inference_note(arch: dict) -> str:
     """The card's line on the inference shortcuts an architecture takes (low-rank 3x3 convolutions,
     RPN proposals dropped below an objectness)."""
-    parts = [f"{site} 3x3 conv through rank {rank} (`scripts/compress_default_detector.py`)"
-             for site, rank in arch.get("low_rank", {}).items()]
+    parts = [
+        f"{site} 3x3 conv through rank {rank} (`scripts/compress_default_detector.py`)"
+        for site, rank in arch.get("low_rank", {}).items()
+    ]
     if arch["rpn"].get("score_thresh_test"):
-        parts.append(f"RPN proposals under objectness {arch['rpn']['score_thresh_test']:g} dropped before their NMS")
+        parts.append(
+            f"RPN proposals under objectness {arch['rpn']['score_thresh_test']:g} dropped before their NMS"
+        )
     return ("Inference: " + "; ".join(parts) + ".") if parts else ""
 
 
@@ -145,12 +163,16 @@ def verifier_note(header: dict) -> str:
     verifier = header.get("verifier")
     if verifier is None:
         return ""
-    return ("\n- Detection verifier (`engines/detection_verifier.py`): boosted trees over each detection's surroundings drop "
-            f"detections below probability {verifier['min_probability']:g}; fitted by `benchmarks/bench_verifier.py --write` "
-            f"on {verifier['fitted_on']['detections']} detections of frames this card does not score.")
+    return (
+        "\n- Detection verifier (`engines/detection_verifier.py`): boosted trees over each detection's surroundings drop "
+        f"detections below probability {verifier['min_probability']:g}; fitted by `benchmarks/bench_verifier.py --write` "
+        f"on {verifier['fitted_on']['detections']} detections of frames this card does not score."
+    )
 
 
-def model_card(path: Path, scores: dict, empty: dict, real: dict, timings: dict, threads: int, bfloat16: bool) -> str:
+def model_card(
+    path: Path, scores: dict, empty: dict, real: dict, timings: dict, threads: int, bfloat16: bool
+) -> str:
     header, _ = load_checkpoint(path)
     arch, training, scale = header["architecture"], header["training"], header["input"]["object_size"]
     threshold = header.get("score_threshold", 0.1)
@@ -158,11 +180,14 @@ def model_card(path: Path, scores: dict, empty: dict, real: dict, timings: dict,
     if chosen and "command" in chosen:
         choice = f": {chosen['rule']}, `{chosen['command']}`"
     elif chosen:
-        choice = (f", chosen by `scripts/choose_score_threshold.py` on validation seeds {chosen['validation_seeds']}: "
-                  f"mean F1 over sources {chosen['mean_f1_at_0.1']:.3f} at 0.1, {chosen['mean_f1']:.3f} at {threshold:g}")
+        choice = (
+            f", chosen by `scripts/choose_score_threshold.py` on validation seeds {chosen['validation_seeds']}: "
+            f"mean F1 over sources {chosen['mean_f1_at_0.1']:.3f} at 0.1, {chosen['mean_f1']:.3f} at {threshold:g}"
+        )
     else:
         choice = ""
-    real_section = f"""
+    real_section = (
+        f"""
 ## Real EM images: EMPS (particles, not cavities; the detector never trained on them)
 The same scores on the EMPS images in `../shared/real-data/emps` (an unseen domain: the detector was
 trained on synthetic cavities only; fine-tune it on such images to do better). The size chooser in
@@ -173,8 +198,12 @@ and `benchmarks/bench_verifier.py` score them on papers they never saw. Reproduc
 | images | frames | mean F1 ± s.e. | mean precision | mean recall | pooled F1 | frames with objects, no detection | frames with objects: their mean F1 |
 |---|---|---|---|---|---|---|---|
 {score_rows(real)}
-""" if real else ""
-    empty_section = f"""
+"""
+        if real
+        else ""
+    )
+    empty_section = (
+        f"""
 ## Held-out frames without cavities
 Frames of the same seeds and families ({", ".join(EMPTY_FRAME_FAMILIES)}, in turn) rendered without any
 cavity (`make_realistic_frame(..., without_cavities=True)`): any detection is a false positive, and
@@ -183,7 +212,10 @@ makes the frame's F1 0. Reproduce: `{COMMAND}`.
 | frames | share with any detection | false detections per frame |
 |---|---|---|
 | {empty["frames"]} | {empty["share_with_detections"]:.2f} | {empty["mean_false_detections"]:.1f} |
-""" if empty else ""
+"""
+        if empty
+        else ""
+    )
     speed = "\n".join(
         f"| {k} | {t['median_s']:.2f} | {t['detections']} | {t['true_cavities']} | "
         f"{t['object_size_px'] or 0:.1f} | {t['true_diameter_px'] or 0:.1f} |"
@@ -233,7 +265,9 @@ are the older named presets (512 x 512). Reproduce: `{COMMAND}`.
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spec", default="default", help="detector spec for load_detector")
     parser.add_argument("--frames", type=int, default=30, help="held-out frames per family (0: skip F1)")
     parser.add_argument("--threads", type=int, default=2)
@@ -246,15 +280,20 @@ def main(argv=None) -> None:
     detector = load_detector(args.spec, device="cpu")
     scores = {}
     if args.frames:
-        print(f"{'family':16s} {'mean F1':>8s} {'s.e.':>6s} {'precision':>9s} {'recall':>7s} {'pooled F1':>9s} {'missed':>6s} with objects: F1")
+        print(
+            f"{'family':16s} {'mean F1':>8s} {'s.e.':>6s} {'precision':>9s} {'recall':>7s} {'pooled F1':>9s} {'missed':>6s} with objects: F1"
+        )
         for source in (*REALISTIC_FAMILIES, *PRESETS):
             count = min(args.frames, SLOW_FAMILIES.get(source, args.frames))
             scores[source] = family_scores(detector, held_out_frames(source, count))
             print_scores(source, scores[source])
     empty = empty_frame_scores(detector, args.empty) if args.empty else {}
     if empty:
-        print(f"frames without cavities: {empty['share_with_detections']:.2f} keep a detection, "
-              f"{empty['mean_false_detections']:.1f} false detections per frame", flush=True)
+        print(
+            f"frames without cavities: {empty['share_with_detections']:.2f} keep a detection, "
+            f"{empty['mean_false_detections']:.1f} false detections per frame",
+            flush=True,
+        )
     real = {}
     stems = emps_sources()["stem"][: args.emps]
     if len(stems):
@@ -262,20 +301,28 @@ def main(argv=None) -> None:
         print_scores("EMPS (real)", real["EMPS"])
     timings = time_frames(detector, repeats=args.repeats)
     for name, t in timings.items():
-        print(f"{name}: {t['median_s']:.2f} s median, {t['detections']} detections / {t['true_cavities']} true", flush=True)
+        print(
+            f"{name}: {t['median_s']:.2f} s median, {t['detections']} detections / {t['true_cavities']} true",
+            flush=True,
+        )
     print(json.dumps({"held_out": scores, "empty": empty, "real": real, "timing": timings}))
     print(f"reproduce: {COMMAND}")
     if args.write_card and args.spec == "default":
         path = default_weights_path()
-        card = model_card(path, scores, empty, real, timings, args.threads, getattr(detector, "bfloat16", False))
+        card = model_card(
+            path, scores, empty, real, timings, args.threads, getattr(detector, "bfloat16", False)
+        )
         path.with_suffix(".md").write_text(card)
         print(f"wrote {path.with_suffix('.md')}")
 
 
 def print_scores(name: str, s: dict) -> None:
-    print(f"{name:16s} {s['mean_f1']:8.3f} ±{s['f1_standard_error']:.3f} {s['mean_precision']:9.3f} {s['mean_recall']:7.3f} "
-          f"{s['pooled_f1']:9.3f} {s['frames_with_cavities_but_no_detection']:6d} "
-          f"{s['frames_with_objects']:4d}: {s['mean_f1_with_objects']:.3f}", flush=True)
+    print(
+        f"{name:16s} {s['mean_f1']:8.3f} ±{s['f1_standard_error']:.3f} {s['mean_precision']:9.3f} {s['mean_recall']:7.3f} "
+        f"{s['pooled_f1']:9.3f} {s['frames_with_cavities_but_no_detection']:6d} "
+        f"{s['frames_with_objects']:4d}: {s['mean_f1_with_objects']:.3f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

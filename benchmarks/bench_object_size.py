@@ -31,21 +31,32 @@ COMMAND = "PYTHONPATH=src python benchmarks/bench_object_size.py"
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=6, help="frames per family")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--emps", type=int, default=366, help="EMPS images (0: none)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     detector = load_detector("default", device="cpu")
-    print(f"{'family':16s} {'within 1.6x':>11s} {'median |log2 error|':>19s} {'s/frame':>8s}  true -> estimate (px)")
+    print(
+        f"{'family':16s} {'within 1.6x':>11s} {'median |log2 error|':>19s} {'s/frame':>8s}  true -> estimate (px)"
+    )
     every = []
     for family in (*(f for f in REALISTIC_FAMILIES if f != "large_frames"), "clean", "overfocus"):
-        every += report(family, detector, (family_frame(family, HELD_OUT_SEED + i) for i in range(args.frames)), show=True)
+        every += report(
+            family, detector, (family_frame(family, HELD_OUT_SEED + i) for i in range(args.frames)), show=True
+        )
     print(f"all families: {np.mean(every):.2f} of {len(every)} estimates within {TOLERANCE}x")
     stems = emps_sources()["stem"][: args.emps]
     if len(stems):
-        report("EMPS (real; the size chooser was fitted on these)", detector, (emps_frame(stem) for stem in stems), show=False)
+        report(
+            "EMPS (real; the size chooser was fitted on these)",
+            detector,
+            (emps_frame(stem) for stem in stems),
+            show=False,
+        )
     print(f"reproduce: {COMMAND} --frames {args.frames} --threads {args.threads} --emps {args.emps}")
 
 
@@ -62,9 +73,16 @@ def report(name: str, detector, frames, show: bool) -> list[bool]:
         pairs.append((truth, estimate))
     ok = [e is not None and abs(np.log(e / t)) <= np.log(TOLERANCE) for t, e in pairs]
     errors = [abs(np.log2(e / t)) for t, e in pairs if e is not None]
-    shown = ", ".join(f"{t:.0f}->{'none' if e is None else f'{e:.0f}'}" for t, e in pairs) if show else f"{len(pairs)} images"
-    print(f"{name:16s} {np.mean(ok):11.2f} {np.median(errors) if errors else float('nan'):19.2f} "
-          f"{seconds / max(len(pairs), 1):8.2f}  {shown}", flush=True)
+    shown = (
+        ", ".join(f"{t:.0f}->{'none' if e is None else f'{e:.0f}'}" for t, e in pairs)
+        if show
+        else f"{len(pairs)} images"
+    )
+    print(
+        f"{name:16s} {np.mean(ok):11.2f} {np.median(errors) if errors else float('nan'):19.2f} "
+        f"{seconds / max(len(pairs), 1):8.2f}  {shown}",
+        flush=True,
+    )
     return ok
 
 

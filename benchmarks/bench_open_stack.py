@@ -70,26 +70,38 @@ def write_stack(path: Path, frames: int, size: int, compression: str | None) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--compression", default=None, help="e.g. zlib (default: uncompressed, as microscopes write)")
+    parser.add_argument(
+        "--compression", default=None, help="e.g. zlib (default: uncompressed, as microscopes write)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "stack.tif"
         start = time.perf_counter()
         write_stack(path, args.frames, args.size, args.compression)
         written = time.perf_counter() - start
-        result = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, check=True
+        )
         numbers = json.loads(result.stdout.strip().splitlines()[-1])
         size_gb = path.stat().st_size / 1e9
-    print(f"stack: {args.frames} x {args.size} x {args.size} uint16, {size_gb:.2f} GB on disk, "
-          f"compression {args.compression or 'none'} (written in {written:.1f} s)")
-    print(f"open (napari reader): {numbers['open_s']:.2f} s, +{numbers['open_extra_mb']:.0f} MB resident "
-          f"({numbers['type']}, one chunk per frame: {numbers['chunks_per_frame']}, "
-          f"pixel size {numbers['pixel_size_nm']} nm)")
-    print(f"first frame: {numbers['first_frame_s'] * 1e3:.0f} ms, last frame: {numbers['last_frame_s'] * 1e3:.0f} ms, "
-          f"+{numbers['extra_mb_after_two_frames']:.0f} MB resident after both")
+    print(
+        f"stack: {args.frames} x {args.size} x {args.size} uint16, {size_gb:.2f} GB on disk, "
+        f"compression {args.compression or 'none'} (written in {written:.1f} s)"
+    )
+    print(
+        f"open (napari reader): {numbers['open_s']:.2f} s, +{numbers['open_extra_mb']:.0f} MB resident "
+        f"({numbers['type']}, one chunk per frame: {numbers['chunks_per_frame']}, "
+        f"pixel size {numbers['pixel_size_nm']} nm)"
+    )
+    print(
+        f"first frame: {numbers['first_frame_s'] * 1e3:.0f} ms, last frame: {numbers['last_frame_s'] * 1e3:.0f} ms, "
+        f"+{numbers['extra_mb_after_two_frames']:.0f} MB resident after both"
+    )
     ok = numbers["open_s"] < 5 and numbers["open_extra_mb"] < 500
     print(f"targets (open < 5 s, < 500 MB extra): {'met' if ok else 'NOT met'}")
 

@@ -53,7 +53,9 @@ def kernel_times(repeats: int) -> dict:
                 output = call()
             row[f"{kernel}_ms"] = (time.perf_counter() - start) / repeats * 1000
             row[f"{kernel}_output"] = output
-        row["max_abs_difference"] = float((row.pop("torchvision_output") - row.pop("gather_output")).abs().max())
+        row["max_abs_difference"] = float(
+            (row.pop("torchvision_output") - row.pop("gather_output")).abs().max()
+        )
         results[name] = row
     return results
 
@@ -63,7 +65,9 @@ def torchvision_kernel():
     return mock.patch.object(
         engine,
         "fast_roi_align",
-        lambda feature, rois, size, scale, ratio: engine.threaded_roi_align(feature.contiguous(), rois, size, scale, ratio),
+        lambda feature, rois, size, scale, ratio: engine.threaded_roi_align(
+            feature.contiguous(), rois, size, scale, ratio
+        ),
     )
 
 
@@ -77,19 +81,27 @@ def detection_difference(detector, image) -> dict:
         "detections": [reference.count, gathered.count],
         "max_box_shift_px": float(np.abs(gathered.boxes - reference.boxes).max()) if same_count else None,
         "max_score_change": float(np.abs(gathered.scores - reference.scores).max()) if same_count else None,
-        "share_of_pixels_relabelled": float((gathered.labels != reference.labels).mean()) if same_count else None,
+        "share_of_pixels_relabelled": float((gathered.labels != reference.labels).mean())
+        if same_count
+        else None,
     }
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     kernels = kernel_times(10)
     for name, row in kernels.items():
-        print(name, {key: round(value, 7 if "difference" in key else 1) for key, value in row.items()}, flush=True)
+        print(
+            name,
+            {key: round(value, 7 if "difference" in key else 1) for key, value in row.items()},
+            flush=True,
+        )
     detector = load_detector("default", device="cpu")
     arithmetics = ["bfloat16", "float32"] if getattr(detector, "bfloat16", False) else ["float32"]
     frames = {}
@@ -116,7 +128,9 @@ def report(kernels: dict, frames: dict, difference: dict, args) -> str:
     )
     columns = [arithmetic for arithmetic in ("bfloat16", "float32") if arithmetic in frames]
     frame_rows = "\n".join(
-        f"| {side} | " + " | ".join(f"{frames[a][side][0]:.2f} s -> {frames[a][side][1]:.2f} s" for a in columns) + " |"
+        f"| {side} | "
+        + " | ".join(f"{frames[a][side][0]:.2f} s -> {frames[a][side][1]:.2f} s" for a in columns)
+        + " |"
         for side in next(iter(frames.values()))
     )
     return f"""<!-- roi_align:start -->
@@ -137,9 +151,9 @@ bin as `F.embedding_bag` over the channels-last rows of its taps, with the kerne
 |---|{"---|" * len(columns)}
 {frame_rows}
 
-The 2048 px card frame ({columns[0]}) keeps its {difference['detections'][0]} detections; boxes move at most
-{difference['max_box_shift_px']:.1e} px, scores {difference['max_score_change']:.1e}, and a share
-{difference['share_of_pixels_relabelled']:.1e} of the instance image's pixels changes label (float rounding;
+The 2048 px card frame ({columns[0]}) keeps its {difference["detections"][0]} detections; boxes move at most
+{difference["max_box_shift_px"]:.1e} px, scores {difference["max_score_change"]:.1e}, and a share
+{difference["share_of_pixels_relabelled"]:.1e} of the instance image's pixels changes label (float rounding;
 `tests/test_engines.py` checks the kernel against torchvision's at the border, on sub-pixel boxes and in batches).
 <!-- roi_align:end -->"""
 

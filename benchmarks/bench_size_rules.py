@@ -54,8 +54,11 @@ VALIDATION_SEED = 2_000_000
 VALIDATION_FRAMES = 40
 """Per realistic family (large frames left out: seconds each), for fitting the chooser only."""
 CARD, FURTHER, STUDY, VALIDATION, EMPS = (
-    "model card frames (seeds 0-29)", "further held-out frames (seeds 30-89)", "forest study frames",
-    "validation frames (seeds 2000000-2000039)", "EMPS (real)",
+    "model card frames (seeds 0-29)",
+    "further held-out frames (seeds 30-89)",
+    "forest study frames",
+    "validation frames (seeds 2000000-2000039)",
+    "EMPS (real)",
 )
 RULES = {
     "hand-set rule (shipped before)": {},
@@ -66,6 +69,7 @@ CHOOSER = "learned size chooser (shipped)"
 
 def frame_sets() -> dict[str, Iterable]:
     """Name -> lazy (image, labels) frames (made only where a set's ladders are not cached yet)."""
+
     def family_frames(first: int, count: int) -> Iterable:
         sources = (*REALISTIC_FAMILIES, *PRESETS)
         return chain.from_iterable(
@@ -75,10 +79,15 @@ def frame_sets() -> dict[str, Iterable]:
     sets = {
         CARD: family_frames(0, 30),
         FURTHER: family_frames(30, 60),
-        STUDY: (study_frame(row.domain, row.severity, row.seed) for row in frame_plan(STUDY_FRAMES_PER_DOMAIN).itertuples()),
+        STUDY: (
+            study_frame(row.domain, row.severity, row.seed)
+            for row in frame_plan(STUDY_FRAMES_PER_DOMAIN).itertuples()
+        ),
         VALIDATION: (
             family_frame(family, VALIDATION_SEED + index)
-            for family in REALISTIC_FAMILIES if family not in SLOW_FAMILIES for index in range(VALIDATION_FRAMES)
+            for family in REALISTIC_FAMILIES
+            if family not in SLOW_FAMILIES
+            for index in range(VALIDATION_FRAMES)
         ),
     }
     stems = emps_sources()["stem"]
@@ -94,7 +103,12 @@ def frame_ladders(detector, frames: Iterable) -> list[dict]:
         truth = boxes_from_labels(labels)[0]
         image = scale_to_255(as_grayscale(image), detector.normalisation)
         if len(truth) and image is not None:
-            rows.append({"true_diameter": float(np.median(box_diameters(truth))), "ladder": detector.size_ladder(image)})
+            rows.append(
+                {
+                    "true_diameter": float(np.median(box_diameters(truth))),
+                    "ladder": detector.size_ladder(image),
+                }
+            )
     return rows
 
 
@@ -128,7 +142,14 @@ def rung_examples(rule, rows: list[dict]) -> tuple[list[np.ndarray], list[np.nda
         rungs = rung_evidence(row["ladder"], rule)
         if rungs:
             evidence.append(np.array([rung.features for rung in rungs]))
-            right.append(np.array([factor_error(rule, rung.diameter, row["true_diameter"]) < np.log(WITHIN) for rung in rungs]))
+            right.append(
+                np.array(
+                    [
+                        factor_error(rule, rung.diameter, row["true_diameter"]) < np.log(WITHIN)
+                        for rung in rungs
+                    ]
+                )
+            )
     return evidence, right
 
 
@@ -144,8 +165,10 @@ def fit_chooser(rule, training: dict[str, list[dict]]) -> SizeChooser:
 def chooser_sizes(rule, ladders: dict[str, list[dict]], shipped: SizeChooser) -> dict[str, list]:
     """Each set's sizes by a chooser that never saw it (see the module docstring)."""
     fitting = [name for name in (STUDY, VALIDATION, EMPS) if name in ladders]
-    sizes = {name: [size_from_ladder(row["ladder"], rule, chooser=shipped) for row in ladders[name]]
-             for name in (CARD, FURTHER)}
+    sizes = {
+        name: [size_from_ladder(row["ladder"], rule, chooser=shipped) for row in ladders[name]]
+        for name in (CARD, FURTHER)
+    }
     held_out = {STUDY: KFold(5, shuffle=True, random_state=0).split(ladders[STUDY])}
     if EMPS in ladders:
         held_out[EMPS] = GroupKFold(5).split(ladders[EMPS], groups=emps_sources()["doi"].to_numpy())
@@ -166,29 +189,49 @@ def emps_mean_f1(detector, sizes: list) -> float:
     scores = []
     for stem, size in zip(stems, sizes):
         image, labels = emps_frame(stem)
-        scores.append(match_frame(detector.predict(image, object_size=size).boxes, boxes_from_labels(labels)[0]).f1)
+        scores.append(
+            match_frame(detector.predict(image, object_size=size).boxes, boxes_from_labels(labels)[0]).f1
+        )
     return float(np.mean(scores))
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--write", action="store_true", help="store the chooser fitted on all fitting sets in the bundled detector")
-    parser.add_argument("--emps-f1", action="store_true",
-                        help="also detect every EMPS image at the hand-set rule's size and at the size of a chooser "
-                             "that never saw its paper (mean F1; a few minutes)")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="store the chooser fitted on all fitting sets in the bundled detector",
+    )
+    parser.add_argument(
+        "--emps-f1",
+        action="store_true",
+        help="also detect every EMPS image at the hand-set rule's size and at the size of a chooser "
+        "that never saw its paper (mean F1; a few minutes)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     detector = load_detector("default", device="cpu")
     rule = detector.scale_rule
     ladders = {name: cached_ladders(detector, name, frames) for name, frames in frame_sets().items()}
     scored = [name for name in (CARD, FURTHER, STUDY, EMPS) if name in ladders]
-    sizes = {rule_name: {name: [size_from_ladder(row["ladder"], rule, **weights) for row in ladders[name]] for name in scored}
-             for rule_name, weights in RULES.items()}
-    shipped = fit_chooser(rule, {name: ladders[name] for name in (STUDY, VALIDATION, EMPS) if name in ladders})
+    sizes = {
+        rule_name: {
+            name: [size_from_ladder(row["ladder"], rule, **weights) for row in ladders[name]]
+            for name in scored
+        }
+        for rule_name, weights in RULES.items()
+    }
+    shipped = fit_chooser(
+        rule, {name: ladders[name] for name in (STUDY, VALIDATION, EMPS) if name in ladders}
+    )
     sizes[CHOOSER] = chooser_sizes(rule, ladders, shipped)
-    scores = {rule_name: {name: mis_sized(rule, by_set[name], ladders[name]) for name in scored}
-              for rule_name, by_set in sizes.items()}
+    scores = {
+        rule_name: {name: mis_sized(rule, by_set[name], ladders[name]) for name in scored}
+        for rule_name, by_set in sizes.items()
+    }
     for rule_name, cells in scores.items():
         print(f"{rule_name:60s}", "  ".join(" / ".join(f"{n:3d}" for n in cell) for cell in cells.values()))
     emps_f1 = {}
@@ -205,12 +248,18 @@ def main(argv=None) -> None:
         print(f"wrote the size chooser ({shipped.fitted_on}) into {path}")
     emps_sentence = (
         f"\nDetected at these sizes (`--emps-f1`), the EMPS images' mean F1 is {emps_f1[next(iter(RULES))]:.3f} with the "
-        f"hand-set rule and {emps_f1[CHOOSER]:.3f} with choosers that never saw the image's paper.\n" if emps_f1 else ""
+        f"hand-set rule and {emps_f1[CHOOSER]:.3f} with choosers that never saw the image's paper.\n"
+        if emps_f1
+        else ""
     )
     header = " | ".join(f"{name} ({len(ladders[name])})" for name in scored)
-    rows = "\n".join(f"| {rule_name} | " + " | ".join(" / ".join(map(str, cell)) for cell in cells.values()) + " |"
-                     for rule_name, cells in scores.items())
-    write_section("size_rules", f"""<!-- size_rules:start -->
+    rows = "\n".join(
+        f"| {rule_name} | " + " | ".join(" / ".join(map(str, cell)) for cell in cells.values()) + " |"
+        for rule_name, cells in scores.items()
+    )
+    write_section(
+        "size_rules",
+        f"""<!-- size_rules:start -->
 ## The automatic object size: hand-set rule against a learned chooser, on frames neither was tuned on
 
 Why: every session that looked at failing frames found size-estimate catastrophes (tiny dense
@@ -237,7 +286,8 @@ lifted realistic 0.811 -> 0.833, tiny_dense 0.863 -> 0.892 and tiny_cavities 0.8
 but sized 7 of the 17 EMPS images it changed to their texture (to F1 0; none better; EMPS
 0.665 -> 0.652): `PYTHONPATH=src python benchmarks/bench_detector.py --above-max-factor-weight 0.5 --repeats 1 --empty 0`
 at commit 3d7c22f. A larger few-objects weight sized EMPS better and synthetic frames worse (table).
-<!-- size_rules:end -->""")
+<!-- size_rules:end -->""",
+    )
 
 
 if __name__ == "__main__":

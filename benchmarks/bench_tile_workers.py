@@ -67,16 +67,23 @@ def peak_memory_mb(threads: int) -> tuple[int, int]:
         path = Path(folder) / "frame.npy"
         np.save(path, image)
         output = subprocess.run(
-            [sys.executable, "-c", PEAK_MEMORY, str(path), str(threads)], capture_output=True, text=True, check=True
+            [sys.executable, "-c", PEAK_MEMORY, str(path), str(threads)],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
     return int(output[-2]), int(output[-1])
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--float32", action="store_true", help="no bfloat16 convolutions, even where the CPU has them")
+    parser.add_argument(
+        "--float32", action="store_true", help="no bfloat16 convolutions, even where the CPU has them"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,7 +91,9 @@ def main(argv=None) -> None:
     if args.float32:
         detector.bfloat16 = False
     arithmetic = "bfloat16" if getattr(detector, "bfloat16", False) else "float32"
-    print(f"{cpu_name()}, {args.threads} threads, {arithmetic}; median of {args.repeats} runs, object size auto")
+    print(
+        f"{cpu_name()}, {args.threads} threads, {arithmetic}; median of {args.repeats} runs, object size auto"
+    )
     results = {}
     for mode, setting in (("one tile at a time", tiles_one_at_a_time), ("tiles on all threads", nullcontext)):
         with setting():

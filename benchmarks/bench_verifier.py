@@ -99,7 +99,9 @@ def frame_examples(detector, image: np.ndarray, labels: np.ndarray) -> dict | No
     resampled, found = detector.detect_resampled(scaled)
     ratio = np.array([resampled.shape[0] / scaled.shape[0], resampled.shape[1] / scaled.shape[1]] * 2)
     truth = boxes_from_labels(labels)[0] * ratio
-    evidence = detection_evidence(resampled, found.boxes, found.scores, found.mask_probs, detector.scale_rule.target_px)
+    evidence = detection_evidence(
+        resampled, found.boxes, found.scores, found.mask_probs, detector.scale_rule.target_px
+    )
     true = greedy_matches(box_iou_matrix(truth, found.boxes), PAPER_IOU_THRESHOLD)
     return {"evidence": evidence, "true": true, "boxes": found.boxes, "truth": truth}
 
@@ -123,16 +125,22 @@ def cached_examples(detector) -> list[dict]:
 def fit(rows: list[dict], cut: float) -> DetectionVerifier:
     evidence = np.vstack([row["evidence"] for row in rows])
     true = np.concatenate([row["true"] for row in rows])
-    weight = np.concatenate([np.full(len(row["true"]), EMPS_WEIGHT if row["source"] == EMPS else 1.0) for row in rows])
+    weight = np.concatenate(
+        [np.full(len(row["true"]), EMPS_WEIGHT if row["source"] == EMPS else 1.0) for row in rows]
+    )
     frames = pd.Series([row["source"] for row in rows]).value_counts().to_dict()
-    return DetectionVerifier.fit_evidence(evidence, true, {"frames": frames, "emps_weight": EMPS_WEIGHT}, cut, weight)
+    return DetectionVerifier.fit_evidence(
+        evidence, true, {"frames": frames, "emps_weight": EMPS_WEIGHT}, cut, weight
+    )
 
 
 def synthetic_folds(rows: list[dict]) -> list[list[int]]:
     """Row indices of the synthetic frames in 5 folds (one frame per group)."""
     synthetic = [i for i, row in enumerate(rows) if row["source"] != EMPS]
-    return [[synthetic[i] for i in test]
-            for _, test in GroupKFold(5).split(synthetic, groups=[rows[i]["name"] for i in synthetic])]
+    return [
+        [synthetic[i] for i in test]
+        for _, test in GroupKFold(5).split(synthetic, groups=[rows[i]["name"] for i in synthetic])
+    ]
 
 
 def emps_folds(rows: list[dict]) -> list[list[int]]:
@@ -142,7 +150,10 @@ def emps_folds(rows: list[dict]) -> list[list[int]]:
         return []
     sources = emps_sources()
     doi = dict(zip(sources["stem"], sources["doi"]))
-    return [[real[i] for i in test] for _, test in GroupKFold(5).split(real, groups=[doi[rows[i]["name"]] for i in real])]
+    return [
+        [real[i] for i in test]
+        for _, test in GroupKFold(5).split(real, groups=[doi[rows[i]["name"]] for i in real])
+    ]
 
 
 def held_out_probabilities(rows: list[dict], workers: int = 1) -> list[np.ndarray]:
@@ -154,7 +165,9 @@ def held_out_probabilities(rows: list[dict], workers: int = 1) -> list[np.ndarra
         fitted = pool.map(partial(_fit_without, rows), [set(fold) for fold in folds])
         for number, (fold, verifier) in enumerate(zip(folds, fitted), 1):
             for i in fold:
-                probabilities[i] = verifier.probabilities(rows[i]["evidence"]) if len(rows[i]["true"]) else np.zeros(0)
+                probabilities[i] = (
+                    verifier.probabilities(rows[i]["evidence"]) if len(rows[i]["true"]) else np.zeros(0)
+                )
             print(f"fold {number}/{len(folds)} fitted", flush=True)
     return probabilities
 
@@ -170,7 +183,9 @@ def f1_table(rows: list[dict], probabilities: list[np.ndarray]) -> pd.DataFrame:
     for row, probability in zip(rows, probabilities):
         record = {"source": row["source"], "none": match_frame(row["boxes"], row["truth"]).f1}
         for cut in CUTS:
-            record[cut] = match_frame(row["boxes"][kept_detections(probability, cut, KEEP_BEST_ABOVE)], row["truth"]).f1
+            record[cut] = match_frame(
+                row["boxes"][kept_detections(probability, cut, KEEP_BEST_ABOVE)], row["truth"]
+            ).f1
         records.append(record)
     return pd.DataFrame(records).groupby("source", sort=False).mean()
 
@@ -181,12 +196,14 @@ def frames_left_empty(rows: list[dict], probabilities: list[np.ndarray], cut: fl
     records = []
     for row, probability in zip(rows, probabilities):
         if len(row["truth"]):
-            records.append({
-                "source": row["source"],
-                "none": not len(row["boxes"]),
-                "shipped": not kept_detections(probability, cut, KEEP_BEST_ABOVE).any(),
-                "without keeping the best": not kept_detections(probability, cut, np.inf).any(),
-            })
+            records.append(
+                {
+                    "source": row["source"],
+                    "none": not len(row["boxes"]),
+                    "shipped": not kept_detections(probability, cut, KEEP_BEST_ABOVE).any(),
+                    "without keeping the best": not kept_detections(probability, cut, np.inf).any(),
+                }
+            )
     return pd.DataFrame(records).groupby("source", sort=False).sum().astype(int)
 
 
@@ -198,13 +215,22 @@ def chosen_cut(table: pd.DataFrame) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="verifier fits at once (processes)")
-    parser.add_argument("--write", action="store_true", help="store the verifier fitted on every frame in the bundled detector")
-    parser.add_argument("--score-threshold", type=float,
-                        help="the detector's candidate threshold (default: the model's own); with --write it becomes "
-                             "the model's own")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="store the verifier fitted on every frame in the bundled detector",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        help="the detector's candidate threshold (default: the model's own); with --write it becomes "
+        "the model's own",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     detector = load_detector("default", device="cpu", score_threshold=args.score_threshold)
@@ -225,18 +251,27 @@ def main(argv=None) -> None:
             header["score_threshold"] = args.score_threshold
             header["score_threshold_choice"] = {
                 "rule": "the detection verifier's candidate threshold (the detector proposes down to it, the "
-                        f"verifier decides), chosen on the verifier benchmark's held-out F1 ({CANDIDATE_THRESHOLDS_TRIED})",
+                f"verifier decides), chosen on the verifier benchmark's held-out F1 ({CANDIDATE_THRESHOLDS_TRIED})",
                 "command": f"{COMMAND} --score-threshold {args.score_threshold:g} --write",
             }
         save_checkpoint(path, header, state_dict)
         print(f"wrote the detection verifier ({shipped.fitted_on}) into {path}")
     counts = pd.Series([row["source"] for row in rows]).value_counts()
-    lines = "\n".join(f"| {source} ({counts[source]}) | {values['none']:.3f} | {values[cut]:.3f} | "
-                      + " | ".join(f"{values[c]:.3f}" for c in CUTS) + " |" for source, values in table.iterrows())
+    lines = "\n".join(
+        f"| {source} ({counts[source]}) | {values['none']:.3f} | {values[cut]:.3f} | "
+        + " | ".join(f"{values[c]:.3f}" for c in CUTS)
+        + " |"
+        for source, values in table.iterrows()
+    )
     with_objects = pd.Series([row["source"] for row in rows if len(row["truth"])]).value_counts()
-    empty_lines = "\n".join(f"| {source} | {with_objects[source]} | " + " | ".join(str(v) for v in values) + " |"
-                             for source, values in left_empty.iterrows() if values.any())
-    write_section("verifier", f"""<!-- verifier:start -->
+    empty_lines = "\n".join(
+        f"| {source} | {with_objects[source]} | " + " | ".join(str(v) for v in values) + " |"
+        for source, values in left_empty.iterrows()
+        if values.any()
+    )
+    write_section(
+        "verifier",
+        f"""<!-- verifier:start -->
 ## The detection verifier: F1 on frames its fit never saw
 
 Why: on the model card's frames without cavities the compact detector kept a false detection on
@@ -295,7 +330,8 @@ most probable if its probability is at least {KEEP_BEST_ABOVE:g} (`KEEP_BEST_ABO
 | source | frames with objects | no verifier | shipped | dropping all allowed |
 |---|---|---|---|---|
 {empty_lines}
-<!-- verifier:end -->""")
+<!-- verifier:end -->""",
+    )
 
 
 if __name__ == "__main__":

@@ -85,9 +85,10 @@ def detect_to_quality(app, path: Path, errors: list) -> None:
     quality = dock.quality
     busy_shows = []
     show = quality._show
-    quality._show = lambda result, *a: (busy_shows.append(quality.session.is_busy(quality.masks.value,
-                                                                                  quality.boxes.value)),
-                                        show(result, *a))
+    quality._show = lambda result, *a: (
+        busy_shows.append(quality.session.is_busy(quality.masks.value, quality.boxes.value)),
+        show(result, *a),
+    )
     wait(app, lambda: time.perf_counter() - started > USER_SECONDS)  # the user reads the dock's settings
     errors.clear()
     watch = LoopWatch()
@@ -98,10 +99,12 @@ def detect_to_quality(app, path: Path, errors: list) -> None:
     wait(app, lambda: quality.table is not None and quality.worker is None)
     watch.stop()
     shape = viewer.layers[0].data.shape
-    print(f"{path.name} {shape}: dock added in {dock_seconds:.2f} s of UI time (target < 1 s); Detect -> quality "
-          f"table {time.perf_counter() - started:.1f} s, longest event-loop gap {watch.longest:.2f} s (target < 0.5 s, "
-          f"1 s loaded), {len(errors)} error notification(s), {sum(busy_shows)} result(s) shown while detecting "
-          f"(targets 0); mean predicted F1 {quality.table['f1'].mean():.2f}")
+    print(
+        f"{path.name} {shape}: dock added in {dock_seconds:.2f} s of UI time (target < 1 s); Detect -> quality "
+        f"table {time.perf_counter() - started:.1f} s, longest event-loop gap {watch.longest:.2f} s (target < 0.5 s, "
+        f"1 s loaded), {len(errors)} error notification(s), {sum(busy_shows)} result(s) shown while detecting "
+        f"(targets 0); mean predicted F1 {quality.table['f1'].mean():.2f}"
+    )
     viewer.close()
 
 
@@ -124,8 +127,10 @@ def refit_50(app) -> None:
     started = time.perf_counter()
     training.refit_button.native.click()
     wait(app, lambda: training.worker is None)
-    print(f"refit in the Training step with 50 labeled frames: {time.perf_counter() - started:.1f} s "
-          f"(target <= 10 s on 2 cores; includes the features of the labeled frames); {training.metrics.text()[:80]}")
+    print(
+        f"refit in the Training step with 50 labeled frames: {time.perf_counter() - started:.1f} s "
+        f"(target <= 10 s on 2 cores; includes the features of the labeled frames); {training.metrics.text()[:80]}"
+    )
     viewer.close()
 
 
@@ -158,8 +163,10 @@ def close_during_finetune() -> None:
         script.write_text(CLOSE_DURING_FINETUNE)
         result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
-    print(f"closing the viewer mid fine-tune: exit code {result.returncode}, {output.count('Traceback')} "
-          "exception(s) (targets 0 and 0)")
+    print(
+        f"closing the viewer mid fine-tune: exit code {result.returncode}, {output.count('Traceback')} "
+        "exception(s) (targets 0 and 0)"
+    )
 
 
 def main(argv=None) -> None:
@@ -175,7 +182,8 @@ def main(argv=None) -> None:
     app = QApplication.instance() or QApplication([])
     errors: list[str] = []
     notification_manager.notification_ready.connect(
-        lambda n: errors.append(n.message) if n.severity >= NotificationSeverity.ERROR else None)
+        lambda n: errors.append(n.message) if n.severity >= NotificationSeverity.ERROR else None
+    )
     frames = emps_frames(args.size, 4)
     with tempfile.TemporaryDirectory() as folder:
         single = Path(folder) / "emps_frame.png"

@@ -64,7 +64,9 @@ def main(argv=None) -> None:
     viewer = napari.Viewer()  # shown (under Xvfb): progress is measured by when it is painted
     app = QApplication.instance()
     presets = list(PRESETS)
-    images, _ = make_stack(1, args.frames, (512, 512), [presets[t % len(presets)] for t in range(args.frames)])
+    images, _ = make_stack(
+        1, args.frames, (512, 512), [presets[t % len(presets)] for t in range(args.frames)]
+    )
     layer = viewer.add_image(images, name="stack")
 
     detection = DetectionWidget(viewer)
@@ -87,10 +89,12 @@ def main(argv=None) -> None:
     total = time.perf_counter() - start
     n_boxes = len(viewer.layers["stack boxes"].data)
     gaps = np.diff([start] + frame_times)
-    print(f"detection: progress ({detection.progress.total} frames) in the dock {progress_shown * 1000:.0f} ms "
-          f"after Detect; {args.frames} frames in {total:.1f} s ({total / args.frames:.2f} s/frame, "
-          f"first frame shown after {frame_times[0] - start:.1f} s, max gap between frames {gaps.max():.2f} s), "
-          f"{n_boxes} boxes")
+    print(
+        f"detection: progress ({detection.progress.total} frames) in the dock {progress_shown * 1000:.0f} ms "
+        f"after Detect; {args.frames} frames in {total:.1f} s ({total / args.frames:.2f} s/frame, "
+        f"first frame shown after {frame_times[0] - start:.1f} s, max gap between frames {gaps.max():.2f} s), "
+        f"{n_boxes} boxes"
+    )
 
     quality = QualityWidget(viewer)
     quality.auto_update.value = False
@@ -105,8 +109,10 @@ def main(argv=None) -> None:
     wait(app, lambda: quality.table is not None)
     app.processEvents()  # the plot's pending draw
     shown = time.perf_counter()
-    print(f"quality widget: {args.frames}-frame table and plot shown {shown - start:.2f} s after compute "
-          f"(features + forest in the worker {returned[0] - start:.2f} s, table and plot {shown - returned[0]:.2f} s)")
+    print(
+        f"quality widget: {args.frames}-frame table and plot shown {shown - start:.2f} s after compute "
+        f"(features + forest in the worker {returned[0] - start:.2f} s, table and plot {shown - returned[0]:.2f} s)"
+    )
     wait(app, lambda: quality.worker is None)
 
     boxes = viewer.layers["stack boxes"]
@@ -117,17 +123,26 @@ def main(argv=None) -> None:
     boxes.remove_selected()
     wait(app, lambda: int(quality.table["count"].sum()) == before - 1)
     app.processEvents()
-    print(f"quality widget: recomputed {time.perf_counter() - start:.2f} s after a box was deleted "
-          f"(includes the {300} ms debounce)")
+    print(
+        f"quality widget: recomputed {time.perf_counter() - start:.2f} s after a box was deleted "
+        f"(includes the {300} ms debounce)"
+    )
 
     rng = np.random.default_rng(0)
     corner = rng.uniform(0, 480, size=(10_000, 2))
     frames = rng.integers(0, args.frames, 10_000)
-    rects = [np.array([[t, y, x], [t, y, x + 20], [t, y + 20, x + 20], [t, y + 20, x]], float)
-             for t, (y, x) in zip(frames, corner)]
+    rects = [
+        np.array([[t, y, x], [t, y, x + 20], [t, y + 20, x + 20], [t, y + 20, x]], float)
+        for t, (y, x) in zip(frames, corner)
+    ]
     start = time.perf_counter()
-    viewer.add_shapes((rects, ["rectangle"] * len(rects)), name="10k", face_color="transparent",
-                      features={"score": rng.uniform(0.1, 1, 10_000)}, edge_color="score")
+    viewer.add_shapes(
+        (rects, ["rectangle"] * len(rects)),
+        name="10k",
+        face_color="transparent",
+        features={"score": rng.uniform(0.1, 1, 10_000)},
+        edge_color="score",
+    )
     app.processEvents()
     print(f"10,000 boxes: Shapes layer built and shown in {time.perf_counter() - start:.2f} s")
     viewer.close()

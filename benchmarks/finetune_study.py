@@ -67,8 +67,14 @@ def score_on_test(detector, test: list[str], forest=None) -> pd.DataFrame:
         image, labels = emps_frame(stem)
         found = detector.predict(image)
         truth = match_frame(found.boxes, boxes_from_labels(labels)[0])
-        row = {"stem": stem, "f1": truth.f1, "precision": truth.precision, "recall": truth.recall,
-               "detections": found.count, **{f"feature_{k}": v for k, v in detections_features(found).items()}}
+        row = {
+            "stem": stem,
+            "f1": truth.f1,
+            "precision": truth.precision,
+            "recall": truth.recall,
+            "detections": found.count,
+            **{f"feature_{k}": v for k, v in detections_features(found).items()},
+        }
         rows.append(row)
     table = pd.DataFrame(rows)
     if forest is not None:
@@ -84,13 +90,23 @@ def forest_quality(table: pd.DataFrame) -> dict[str, float]:
     inside = (table["f1"] >= table["predicted_f1_low"]) & (table["f1"] <= table["predicted_f1_high"])
     poor = table["f1"] < 0.5
     caught = float((table.loc[poor, "predicted_f1"] < 0.5).mean()) if poor.any() else float("nan")
-    return {"mae": metrics["mae"], "r2": metrics["r2"], "coverage": float(inside.mean()),
-            "caught_poor": caught, "n_poor": int(poor.sum()), "in_domain": float(table["predicted_in_domain"].mean())}
+    return {
+        "mae": metrics["mae"],
+        "r2": metrics["r2"],
+        "coverage": float(inside.mean()),
+        "caught_poor": caught,
+        "n_poor": int(poor.sum()),
+        "in_domain": float(table["predicted_in_domain"].mean()),
+    }
 
 
 def summary(table: pd.DataFrame) -> dict[str, float]:
-    return {"f1": float(table["f1"].mean()), "median_f1": float(table["f1"].median()),
-            "precision": float(table["precision"].mean()), "recall": float(table["recall"].mean())}
+    return {
+        "f1": float(table["f1"].mean()),
+        "median_f1": float(table["f1"].median()),
+        "precision": float(table["precision"].mean()),
+        "recall": float(table["recall"].mean()),
+    }
 
 
 def from_scratch(parent: TorchvisionDetector, seed: int) -> TorchvisionDetector:
@@ -98,7 +114,11 @@ def from_scratch(parent: TorchvisionDetector, seed: int) -> TorchvisionDetector:
     would start from without the bundled training."""
     torch.manual_seed(seed)
     state = build_maskrcnn(parent.architecture).state_dict()
-    header = {k: v for k, v in parent.header.items() if k not in ("sha256", "score_threshold", "score_threshold_choice")}
+    header = {
+        k: v
+        for k, v in parent.header.items()
+        if k not in ("sha256", "score_threshold", "score_threshold_choice")
+    }
     header.update(name=f"{parent.name} architecture, from scratch", sha256=state_dict_sha256(state))
     return TorchvisionDetector(header, state, device="cpu")
 
@@ -114,24 +134,39 @@ def run_point(args, k: int, minutes: float, scratch: bool, train: list[str], tes
     pairs = [emps_frame(s) for s in stems]
     print(f"k={k}: fine-tuning for <= {minutes} min on {len(stems)} images", flush=True)
     start = time.monotonic()
-    result = finetune(parent, [p[0] for p in pairs], [p[1] for p in pairs], minutes=minutes, device="cpu",
-                      seed=args.seed)
+    result = finetune(
+        parent, [p[0] for p in pairs], [p[1] for p in pairs], minutes=minutes, device="cpu", seed=args.seed
+    )
     train_minutes = (time.monotonic() - start) / 60
-    print(f"  {result.header['finetune']['steps']} steps in {train_minutes:.1f} min "
-          f"({result.header['finetune']['stopped']}); held-out-frame F1 {result.before} -> {result.after}", flush=True)
+    print(
+        f"  {result.header['finetune']['steps']} steps in {train_minutes:.1f} min "
+        f"({result.header['finetune']['stopped']}); held-out-frame F1 {result.before} -> {result.after}",
+        flush=True,
+    )
     start = time.monotonic()
-    forest = fit_detector_forest(result.detector, [p[0] for p in pairs], [p[1] for p in pairs],
-                                 frames_per_domain=args.synthetic_frames)
+    forest = fit_detector_forest(
+        result.detector, [p[0] for p in pairs], [p[1] for p in pairs], frames_per_domain=args.synthetic_frames
+    )
     forest_minutes = (time.monotonic() - start) / 60
     table = score_on_test(result.detector, test, forest)
-    point = {"k": k, "from_scratch": scratch, "budget_minutes": minutes, "train_minutes": train_minutes, "forest_minutes": forest_minutes,
-             "steps": result.header["finetune"]["steps"], "stopped": result.header["finetune"]["stopped"],
-             "score_threshold": result.score_threshold, **summary(table), "forest": forest_quality(table)}
+    point = {
+        "k": k,
+        "from_scratch": scratch,
+        "budget_minutes": minutes,
+        "train_minutes": train_minutes,
+        "forest_minutes": forest_minutes,
+        "steps": result.header["finetune"]["steps"],
+        "stopped": result.header["finetune"]["stopped"],
+        "score_threshold": result.score_threshold,
+        **summary(table),
+        "forest": forest_quality(table),
+    }
     print(f"  test: {point}", flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     table.to_csv(CACHE / f"k{k}_m{minutes:g}_{args.tag}_test.csv", index=False)
     forest.training_features.join(forest.training_targets).assign(group=forest.training_groups).to_csv(
-        CACHE / f"k{k}_m{minutes:g}_{args.tag}_forest_rows.csv", index=False)
+        CACHE / f"k{k}_m{minutes:g}_{args.tag}_forest_rows.csv", index=False
+    )
     path.write_text(json.dumps(point, indent=1))
     return point
 
@@ -173,21 +208,30 @@ def report(args, base: dict, points: list[dict], n_train: int, n_test: int, comm
             f"| {p['k']}{' (from scratch)' if p.get('from_scratch') else ''} | {p['budget_minutes']:g} | {p['train_minutes']:.1f} | {p['steps']} | {p['stopped']} | "
             f"{p['score_threshold']:g} | {p['f1']:.3f} | {p['median_f1']:.3f} | {p['precision']:.3f} | "
             f"{p['recall']:.3f} | {f['mae']:.3f} | {f['r2']:.2f} | {f['coverage']:.2f} | {f['caught_poor']:.2f} "
-            f"({f['n_poor']}) | {f['in_domain']:.2f} | {p['forest_minutes']:.1f} |")
+            f"({f['n_poor']}) | {f['in_domain']:.2f} | {p['forest_minutes']:.1f} |"
+        )
     missing = [] if any(p["k"] == n_train for p in points) else [f"k = all ({n_train} images)"]
     if not any(p.get("from_scratch") for p in points):
         missing.append("training from scratch")
-    lines += ["", "Targets: " + "; ".join(f"{k}: F1 >= {v}" for k, v in TARGETS.items())
-              + "; forest MAE <= 0.12 and coverage >= 0.80." + (f" Not run here: {', '.join(missing)}." if missing else ""),
-              "<!-- finetune_study:end -->"]
+    lines += [
+        "",
+        "Targets: "
+        + "; ".join(f"{k}: F1 >= {v}" for k, v in TARGETS.items())
+        + "; forest MAE <= 0.12 and coverage >= 0.80."
+        + (f" Not run here: {', '.join(missing)}." if missing else ""),
+        "<!-- finetune_study:end -->",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", default="5:3,10:5,20:10,50:12",
-                        help="k:minutes[:scratch],... (k=all for every image; scratch: from freshly initialised "
-                             "weights of the parent's architecture instead of its trained weights)")
+    parser.add_argument(
+        "--points",
+        default="5:3,10:5,20:10,50:12",
+        help="k:minutes[:scratch],... (k=all for every image; scratch: from freshly initialised "
+        "weights of the parent's architecture instead of its trained weights)",
+    )
     parser.add_argument("--model", default="default")
     parser.add_argument("--test-images", type=int, default=30)
     parser.add_argument("--synthetic-frames", type=int, default=3, help="per domain, for each forest")
@@ -205,8 +249,16 @@ def main(argv=None) -> None:
     points = []
     for item in args.points.split(","):
         k, minutes, *scratch = item.split(":")
-        points.append(run_point(args, len(train) if k == "all" else int(k), float(minutes), scratch == ["scratch"],
-                                train, test))
+        points.append(
+            run_point(
+                args,
+                len(train) if k == "all" else int(k),
+                float(minutes),
+                scratch == ["scratch"],
+                train,
+                test,
+            )
+        )
     given = sys.argv[1:] if argv is None else argv
     command = "PYTHONPATH=src nice -n 15 python benchmarks/finetune_study.py " + " ".join(given)
     write_section("finetune_study", report(args, base, points, len(train), len(test), command.strip()))

@@ -37,7 +37,9 @@ def describe(info: dict) -> str:
 
 def draw(seed: int, out: Path) -> None:
     n_cols = EXAMPLES_PER_FAMILY + 1
-    fig, axes = plt.subplots(len(DEFECT_FAMILIES), n_cols, figsize=(3.2 * n_cols, 3.7 * len(DEFECT_FAMILIES)), dpi=75)
+    fig, axes = plt.subplots(
+        len(DEFECT_FAMILIES), n_cols, figsize=(3.2 * n_cols, 3.7 * len(DEFECT_FAMILIES)), dpi=75
+    )
     for row, family in enumerate(DEFECT_FAMILIES):
         for example in range(EXAMPLES_PER_FAMILY):
             image, labels, info = make_defect_frame(seed + example, family)
@@ -51,7 +53,9 @@ def draw(seed: int, out: Path) -> None:
                 else:
                     ax.set_title(f"{family} #{seed + example}\n{describe(info)}", fontsize=9)
                 ax.axis("off")
-    fig.suptitle(f"Synthetic defect families, 512 x 512 (seeds {seed}-{seed + EXAMPLES_PER_FAMILY - 1})", fontsize=13)
+    fig.suptitle(
+        f"Synthetic defect families, 512 x 512 (seeds {seed}-{seed + EXAMPLES_PER_FAMILY - 1})", fontsize=13
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_with_palette(fig, out)

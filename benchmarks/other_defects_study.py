@@ -81,14 +81,21 @@ COMMAND = "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/other_defects_stud
 def frame_specs(frames: int, emps: int) -> list[dict]:
     """Which frames: ``frames`` of each defect family and of the cavity control, ``emps`` EMPS
     images spread over the source papers (every k-th in stem order)."""
-    specs = [{"family": family, "key": str(DEFECT_SEED + i), "seed": DEFECT_SEED + i}
-             for family in DEFECT_FAMILIES for i in range(frames)]
-    specs += [{"family": CONTROL, "key": str(CONTROL_SEED + i), "seed": CONTROL_SEED + i} for i in range(frames)]
+    specs = [
+        {"family": family, "key": str(DEFECT_SEED + i), "seed": DEFECT_SEED + i}
+        for family in DEFECT_FAMILIES
+        for i in range(frames)
+    ]
+    specs += [
+        {"family": CONTROL, "key": str(CONTROL_SEED + i), "seed": CONTROL_SEED + i} for i in range(frames)
+    ]
     sources = emps_sources()
     if emps and len(sources):
         chosen = sources.iloc[np.linspace(0, len(sources) - 1, min(emps, len(sources))).round().astype(int)]
-        specs += [{"family": "EMPS (real particles)", "key": row.stem, "stem": row.stem, "doi": row.doi}
-                  for row in chosen.itertuples()]
+        specs += [
+            {"family": "EMPS (real particles)", "key": row.stem, "stem": row.stem, "doi": row.doi}
+            for row in chosen.itertuples()
+        ]
     return specs
 
 
@@ -111,8 +118,14 @@ def detections(detector, spec: dict) -> tuple[FrameDetections, np.ndarray]:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.stem + ".tmp.npz")
         embedding = np.asarray(frame.signals.get(EMBEDDING, np.zeros(0)), dtype=np.float32)
-        np.savez_compressed(temporary, boxes=frame.boxes, scores=frame.scores, labels=frame.labels,
-                            embedding=embedding, shape=np.asarray(image.shape[:2]))
+        np.savez_compressed(
+            temporary,
+            boxes=frame.boxes,
+            scores=frame.scores,
+            labels=frame.labels,
+            embedding=embedding,
+            shape=np.asarray(image.shape[:2]),
+        )
         temporary.replace(path)
     with np.load(path) as saved:
         signals = {EMBEDDING: saved["embedding"]} if len(saved["embedding"]) else {}
@@ -121,7 +134,9 @@ def detections(detector, spec: dict) -> tuple[FrameDetections, np.ndarray]:
 
 
 # -- one frame --------------------------------------------------------------------------------------
-def frame_row(forest: QualityForest, frame: FrameDetections, labels: np.ndarray, diagnose: bool = True) -> dict:
+def frame_row(
+    forest: QualityForest, frame: FrameDetections, labels: np.ndarray, diagnose: bool = True
+) -> dict:
     """True quality, the forest's answer (as the CLI scores it) and, with ``diagnose``, what its
     domain flag is made of (two more forest passes)."""
     stack = StackDetections.from_frames([frame])
@@ -131,11 +146,16 @@ def frame_row(forest: QualityForest, frame: FrameDetections, labels: np.ndarray,
     true_boxes, _ = boxes_from_labels(labels)
     matched = greedy_matches(box_iou_matrix(true_boxes, frame.boxes), PAPER_IOU_THRESHOLD)
     row = {
-        "n_true": int(truth["n_true"]), "n_pred": int(truth["n_pred"]), "true_f1": float(truth["f1"]),
-        "true_precision": float(truth["precision"]), "true_recall": float(truth["recall"]),
+        "n_true": int(truth["n_true"]),
+        "n_pred": int(truth["n_pred"]),
+        "true_f1": float(truth["f1"]),
+        "true_precision": float(truth["precision"]),
+        "true_recall": float(truth["recall"]),
         "high_score_fp": int(np.sum(~matched & (frame.scores >= HIGH_SCORE))),
-        "predicted_f1": float(predicted["f1"]), "f1_low": float(predicted["f1_low"]),
-        "f1_high": float(predicted["f1_high"]), "in_domain": bool(predicted["in_domain"]),
+        "predicted_f1": float(predicted["f1"]),
+        "f1_low": float(predicted["f1_low"]),
+        "f1_high": float(predicted["f1_high"]),
+        "in_domain": bool(predicted["in_domain"]),
         **{name: float(features[name].iloc[0]) for name in PAPER_FEATURES},
     }
     if not diagnose:
@@ -144,8 +164,14 @@ def frame_row(forest: QualityForest, frame: FrameDetections, labels: np.ndarray,
     embeddings = frame.signals[EMBEDDING][None].astype(np.float64) if EMBEDDING in frame.signals else None
     rows = features.drop(columns=["novelty"], errors="ignore")
     parts = forest.predict(rows, embeddings).iloc[0]
-    assert np.isclose(parts["f1"], predicted["f1"]) and bool(parts["in_domain"]) == bool(predicted["in_domain"])
-    reference = parts if forest.reference_forest is None else forest.reference_forest.predict(rows, embeddings).iloc[0]
+    assert np.isclose(parts["f1"], predicted["f1"]) and bool(parts["in_domain"]) == bool(
+        predicted["in_domain"]
+    )
+    reference = (
+        parts
+        if forest.reference_forest is None
+        else forest.reference_forest.predict(rows, embeddings).iloc[0]
+    )
     threshold = forest.novelty_model.threshold if forest.novelty_model is not None else np.inf
     return {
         **row,
@@ -166,8 +192,14 @@ def collect(detector, forests: dict[str, QualityForest], specs: list[dict]) -> p
     for i, spec in enumerate(specs):
         frame, labels = detections(detector, spec)
         for name, forest in forests.items():
-            rows.append({"forest": name, "family": spec["family"], "key": spec["key"],
-                         **frame_row(forest, frame, labels, diagnose=name == BUNDLED)})
+            rows.append(
+                {
+                    "forest": name,
+                    "family": spec["family"],
+                    "key": spec["key"],
+                    **frame_row(forest, frame, labels, diagnose=name == BUNDLED),
+                }
+            )
         if (i + 1) % 20 == 0:
             print(f"  {i + 1}/{len(specs)} frames ({time.perf_counter() - start:.0f} s)", flush=True)
     return pd.DataFrame(rows)
@@ -195,10 +227,15 @@ def tta_report(frames: pd.DataFrame) -> list[str]:
     on the defect frames pooled and on the black dots, and the signals of the missed frames."""
     from sklearn.metrics import roc_auc_score
 
-    lines = ["| signal | AUROC, defect families pooled | AUROC, black dots | AUROC, defects + control |",
-             "|---|---|---|---|"]
-    subsets = (frames["family"].isin(DEFECT_FAMILIES), frames["family"] == "black_dots",
-               frames["family"].isin((*DEFECT_FAMILIES, CONTROL)))
+    lines = [
+        "| signal | AUROC, defect families pooled | AUROC, black dots | AUROC, defects + control |",
+        "|---|---|---|---|",
+    ]
+    subsets = (
+        frames["family"].isin(DEFECT_FAMILIES),
+        frames["family"] == "black_dots",
+        frames["family"].isin((*DEFECT_FAMILIES, CONTROL)),
+    )
     for name in TTA_SIGNALS:
         cells = []
         for subset in subsets:
@@ -210,13 +247,24 @@ def tta_report(frames: pd.DataFrame) -> list[str]:
             auroc = roc_auc_score(failing, part[name])
             cells.append(f"{max(auroc, 1 - auroc):.2f} ({'higher' if auroc >= 0.5 else 'lower'} on failing)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    missed = frames[(frames["true_f1"] < FAILING_F1) & (frames["predicted_f1"] >= FAILING_F1) & frames["in_domain"]]
+    missed = frames[
+        (frames["true_f1"] < FAILING_F1) & (frames["predicted_f1"] >= FAILING_F1) & frames["in_domain"]
+    ]
     passing = frames[(frames["family"] == "black_dots") & (frames["true_f1"] >= FAILING_F1)]
-    lines += ["", "TTA signals of the missed frames: " + "; ".join(
-        f"{row.family} {row.key}: " + ", ".join(f"{name} {getattr(row, name):.2f}" for name in TTA_SIGNALS)
-        for row in missed.itertuples()) + ("." if len(missed) else "none."),
+    lines += [
+        "",
+        "TTA signals of the missed frames: "
+        + "; ".join(
+            f"{row.family} {row.key}: "
+            + ", ".join(f"{name} {getattr(row, name):.2f}" for name in TTA_SIGNALS)
+            for row in missed.itertuples()
+        )
+        + ("." if len(missed) else "none."),
         f"Black-dot frames that do not fail: tta_count_change {passing['tta_count_change'].min():.2f}-"
-        f"{passing['tta_count_change'].max():.2f}." if len(passing) else ""]
+        f"{passing['tta_count_change'].max():.2f}."
+        if len(passing)
+        else "",
+    ]
     return lines
 
 
@@ -233,8 +281,13 @@ def defect_training_rows(detector, frames: int) -> tuple[pd.DataFrame, np.ndarra
                 continue
             stack = StackDetections.from_frames([frame])
             truth = true_quality(stack, labels).iloc[0]
-            rows.append({"family": family, **stack_features(stack).iloc[0].to_dict(),
-                         **{target: float(truth[target]) for target in TARGETS}})
+            rows.append(
+                {
+                    "family": family,
+                    **stack_features(stack).iloc[0].to_dict(),
+                    **{target: float(truth[target]) for target in TARGETS},
+                }
+            )
             embeddings.append(frame.signals[EMBEDDING])
     return pd.DataFrame(rows), np.stack(embeddings)
 
@@ -244,10 +297,15 @@ def refit_with(bundled: QualityForest, extra: pd.DataFrame, extra_embeddings: np
     the EMPS images as the other kind (outside the novelty reference)."""
     features = pd.concat([bundled.training_features, extra[list(bundled.features)]], ignore_index=True)
     targets = pd.concat([bundled.training_targets, extra[list(TARGETS)]], ignore_index=True)
-    groups = [*(bundled.training_groups or ["training"] * bundled.n_training), *("defects:" + extra["family"])]
+    groups = [
+        *(bundled.training_groups or ["training"] * bundled.n_training),
+        *("defects:" + extra["family"]),
+    ]
     reference = np.concatenate([bundled.novelty_reference, np.zeros(len(extra), dtype=bool)])
     embeddings = np.concatenate([bundled.training_embeddings, extra_embeddings])
-    return bundled._clone().fit(features, targets, groups=groups, embeddings=embeddings, novelty_reference=reference)
+    return bundled._clone().fit(
+        features, targets, groups=groups, embeddings=embeddings, novelty_reference=reference
+    )
 
 
 def candidate_forests(detector, bundled: QualityForest, frames: int) -> dict[str, QualityForest]:
@@ -255,14 +313,17 @@ def candidate_forests(detector, bundled: QualityForest, frames: int) -> dict[str
     if not frames:
         return {}
     if bundled.training_embeddings is None or bundled.novelty_reference is None:
-        print("  the bundled forest carries no embeddings or novelty reference: no candidate refit", flush=True)
+        print(
+            "  the bundled forest carries no embeddings or novelty reference: no candidate refit", flush=True
+        )
         return {}
     rows, embeddings = defect_training_rows(detector, frames)
     forests = {"+ defect frames (all 3 families)": refit_with(bundled, rows, embeddings)}
     for family in DEFECT_FAMILIES:
         keep = (rows["family"] != family).to_numpy()
         forests[f"+ defect frames without {family}"] = refit_with(
-            bundled, rows[keep].reset_index(drop=True), embeddings[keep])
+            bundled, rows[keep].reset_index(drop=True), embeddings[keep]
+        )
     return forests
 
 
@@ -275,19 +336,30 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
         passing = group[group["true_f1"] >= FAILING_F1]
         caught = (failing["predicted_f1"] < FAILING_F1) | ~failing["in_domain"]
         alarm = (passing["predicted_f1"] < FAILING_F1) | ~passing["in_domain"]
-        rows.append({
-            "family": family, "n": len(group), "objects/frame": group["n_true"].mean(),
-            "detections/frame": group["n_pred"].mean(), "true F1": group["true_f1"].mean(),
-            "true P": group["true_precision"].mean(), "true R": group["true_recall"].mean(),
-            "failing": len(failing), "caught": caught.mean() if len(failing) else np.nan,
-            "missed": int((~caught).sum()), "false alarm": alarm.mean() if len(passing) else np.nan,
-            "predicted F1": group["predicted_f1"].mean(), "in domain": group["in_domain"].mean(),
-            "far": group["far"].mean(), "novel": group["novel"].mean(), "disagree": group["disagree"].mean(),
-            "wide": group["wide"].mean(),
-            "detections >= 0.9/frame": (group["frac_score_0.9"] * group["n_pred"]).mean(),
-            "high-score FP/frame": group["high_score_fp"].mean(),
-            "frames with high-score FP": (group["high_score_fp"] > 0).mean(),
-        })
+        rows.append(
+            {
+                "family": family,
+                "n": len(group),
+                "objects/frame": group["n_true"].mean(),
+                "detections/frame": group["n_pred"].mean(),
+                "true F1": group["true_f1"].mean(),
+                "true P": group["true_precision"].mean(),
+                "true R": group["true_recall"].mean(),
+                "failing": len(failing),
+                "caught": caught.mean() if len(failing) else np.nan,
+                "missed": int((~caught).sum()),
+                "false alarm": alarm.mean() if len(passing) else np.nan,
+                "predicted F1": group["predicted_f1"].mean(),
+                "in domain": group["in_domain"].mean(),
+                "far": group["far"].mean(),
+                "novel": group["novel"].mean(),
+                "disagree": group["disagree"].mean(),
+                "wide": group["wide"].mean(),
+                "detections >= 0.9/frame": (group["frac_score_0.9"] * group["n_pred"]).mean(),
+                "high-score FP/frame": group["high_score_fp"].mean(),
+                "frames with high-score FP": (group["high_score_fp"] > 0).mean(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -306,9 +378,24 @@ def markdown(frame: pd.DataFrame, digits: int = 2) -> str:
 
 def missed_frames(table: pd.DataFrame) -> pd.DataFrame:
     """The failing frames the forest calls in domain with predicted F1 >= 0.5, and why."""
-    missed = table[(table["true_f1"] < FAILING_F1) & (table["predicted_f1"] >= FAILING_F1) & table["in_domain"]]
-    columns = ["family", "key", "n_true", "n_pred", "true_f1", "predicted_f1", "f1_low", "f1_high",
-               "reference_f1", "domain_distance", "novelty", "high_score_fp", *PAPER_FEATURES]
+    missed = table[
+        (table["true_f1"] < FAILING_F1) & (table["predicted_f1"] >= FAILING_F1) & table["in_domain"]
+    ]
+    columns = [
+        "family",
+        "key",
+        "n_true",
+        "n_pred",
+        "true_f1",
+        "predicted_f1",
+        "f1_low",
+        "f1_high",
+        "reference_f1",
+        "domain_distance",
+        "novelty",
+        "high_score_fp",
+        *PAPER_FEATURES,
+    ]
     return missed.loc[:, columns]
 
 
@@ -320,17 +407,26 @@ def candidate_summary(table: pd.DataFrame) -> pd.DataFrame:
         failing = group[group["true_f1"] < FAILING_F1]
         passing = group[group["true_f1"] >= FAILING_F1]
         seen = family in DEFECT_FAMILIES and name.startswith("+") and family not in name
-        rows.append({
-            "forest": name, "family": family + (" (seen)" if seen else ""), "failing": len(failing),
-            "caught": ((failing["predicted_f1"] < FAILING_F1) | ~failing["in_domain"]).mean() if len(failing)
-            else np.nan,
-            "false alarm": ((passing["predicted_f1"] < FAILING_F1) | ~passing["in_domain"]).mean()
-            if len(passing) else np.nan,
-            "in domain": group["in_domain"].mean(),
-            "F1 MAE": (group["predicted_f1"] - group["true_f1"]).abs().mean(),
-            "in-domain F1 MAE": (group["predicted_f1"] - group["true_f1"])[group["in_domain"]].abs().mean()
-            if group["in_domain"].any() else np.nan,
-        })
+        rows.append(
+            {
+                "forest": name,
+                "family": family + (" (seen)" if seen else ""),
+                "failing": len(failing),
+                "caught": ((failing["predicted_f1"] < FAILING_F1) | ~failing["in_domain"]).mean()
+                if len(failing)
+                else np.nan,
+                "false alarm": ((passing["predicted_f1"] < FAILING_F1) | ~passing["in_domain"]).mean()
+                if len(passing)
+                else np.nan,
+                "in domain": group["in_domain"].mean(),
+                "F1 MAE": (group["predicted_f1"] - group["true_f1"]).abs().mean(),
+                "in-domain F1 MAE": (group["predicted_f1"] - group["true_f1"])[group["in_domain"]]
+                .abs()
+                .mean()
+                if group["in_domain"].any()
+                else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -351,12 +447,16 @@ def report(everything: pd.DataFrame, forest: QualityForest, detector, args, seco
         "<!-- other_defects_study:start -->",
         "## Other defect types: does the bundled forest say so?",
         "",
-        f"Command: `{COMMAND}" + ("" if (args.frames, args.emps, args.candidate_frames) == (20, 80, 20) else
-                                   f" --frames {args.frames} --emps {args.emps} "
-                                   f"--candidate-frames {args.candidate_frames}") + "`"
+        f"Command: `{COMMAND}"
+        + (
+            ""
+            if (args.frames, args.emps, args.candidate_frames) == (20, 80, 20)
+            else f" --frames {args.frames} --emps {args.emps} --candidate-frames {args.candidate_frames}"
+        )
+        + "`"
         + f" ({seconds / 60:.1f} min on 2 shared cores, detections cached). Detector "
-        f"`{detector.name}` (weights {detector.weights_sha256[:12]}), signals \"cheap\"; forest "
-        f"`QualityForest.load(\"default\")` ({len(forest.features)} features, scored with "
+        f'`{detector.name}` (weights {detector.weights_sha256[:12]}), signals "cheap"; forest '
+        f'`QualityForest.load("default")` ({len(forest.features)} features, scored with '
         "`scoring.predicted_quality` as `score` and the viewer do).",
         "",
         "Frames: synthetic defect families (`synthetic.defect_frame`, 512 x 512, exact masks; never seen by "
@@ -381,9 +481,13 @@ def report(everything: pd.DataFrame, forest: QualityForest, detector, args, seco
         "",
     ]
     if len(missed):
-        lines += ["Missed failing frames (called in domain, predicted F1 >= 0.5); domain distance and novelty "
-                  "are in units of their thresholds (above 1 flags); sizes are fractions of the frame:", "",
-                  markdown(missed, digits=3), ""]
+        lines += [
+            "Missed failing frames (called in domain, predicted F1 >= 0.5); domain distance and novelty "
+            "are in units of their thresholds (above 1 flags); sizes are fractions of the frame:",
+            "",
+            markdown(missed, digits=3),
+            "",
+        ]
     candidates = everything[everything["forest"] != BUNDLED]
     if len(candidates):
         lines += [
@@ -392,19 +496,27 @@ def report(everything: pd.DataFrame, forest: QualityForest, detector, args, seco
             "",
             "Each candidate is the bundled forest's own training set and settings (from its file) plus defect "
             f"frames of other seeds (from {CANDIDATE_SEED}) as frames of the other kind beside EMPS, targets "
-            "their true F1/precision/recall. \"(seen)\": that family was in the candidate's fit (other seeds); "
+            'their true F1/precision/recall. "(seen)": that family was in the candidate\'s fit (other seeds); '
             "the leave-one-family-out rows show a defect type the forest has not seen. EMPS rows stay in-sample.",
             "",
             markdown(candidate_summary(everything)),
             "",
-            "Pooled caught on the defect families: " + "; ".join(
-                f"{name}: {c}/{n}" for name, group in everything.groupby("forest", sort=False)
-                for c, n in [pooled_caught(group)]) + ".",
+            "Pooled caught on the defect families: "
+            + "; ".join(
+                f"{name}: {c}/{n}"
+                for name, group in everything.groupby("forest", sort=False)
+                for c, n in [pooled_caught(group)]
+            )
+            + ".",
             "",
         ]
     if args.tta_frames is not None and len(args.tta_frames):
-        lines += ["### The detector's TTA signals on these frames (`signals=\"all\"`, not used by the default forest)",
-                  "", *tta_report(args.tta_frames), ""]
+        lines += [
+            '### The detector\'s TTA signals on these frames (`signals="all"`, not used by the default forest)',
+            "",
+            *tta_report(args.tta_frames),
+            "",
+        ]
     lines.append("<!-- other_defects_study:end -->")
     return "\n".join(lines)
 
@@ -413,10 +525,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20, help="frames per defect family and of the control")
     parser.add_argument("--emps", type=int, default=80, help="EMPS images (0: none)")
-    parser.add_argument("--candidate-frames", type=int, default=20,
-                        help="frames per defect family for the candidate refits (0: none)")
-    parser.add_argument("--no-tta", dest="tta", action="store_false",
-                        help="skip the TTA-signal check (a second detection of each synthetic frame)")
+    parser.add_argument(
+        "--candidate-frames",
+        type=int,
+        default=20,
+        help="frames per defect family for the candidate refits (0: none)",
+    )
+    parser.add_argument(
+        "--no-tta",
+        dest="tta",
+        action="store_false",
+        help="skip the TTA-signal check (a second detection of each synthetic frame)",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only; do not write RESULTS.md")
     parser.add_argument("--table", type=Path, help="also write the per-frame table (CSV) here")
     args = parser.parse_args(argv)

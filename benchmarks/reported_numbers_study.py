@@ -58,14 +58,28 @@ def frame_specs(frames_per_domain: int, realistic_per_family: int, emps_count: i
     for d, domain in enumerate(PRESETS):
         for i in range(frames_per_domain):
             severity = 0.0 if domain == "clean" else float(rng.uniform(0.3, 1.0))
-            specs.append({"kind": "preset", "domain": domain, "severity": severity,
-                          "seed": PRESET_SEED + 10_000 * d + i, "group": domain})
+            specs.append(
+                {
+                    "kind": "preset",
+                    "domain": domain,
+                    "severity": severity,
+                    "seed": PRESET_SEED + 10_000 * d + i,
+                    "group": domain,
+                }
+            )
     for f, family in enumerate(REALISTIC_FAMILIES):
         if family == "large_frames":  # 2-4k px frames: minutes each on a shared CPU
             continue
         for i in range(realistic_per_family):
-            specs.append({"kind": "realistic", "domain": f"realistic:{family}", "family": family,
-                          "seed": REALISTIC_SEED + 10_000 * f + i, "group": f"realistic:{family}"})
+            specs.append(
+                {
+                    "kind": "realistic",
+                    "domain": f"realistic:{family}",
+                    "family": family,
+                    "seed": REALISTIC_SEED + 10_000 * f + i,
+                    "group": f"realistic:{family}",
+                }
+            )
     if emps_count:
         for row in emps_sources().head(emps_count).itertuples():
             specs.append({"kind": "emps", "domain": "emps", "stem": row.stem, "group": str(row.doi)})
@@ -100,9 +114,16 @@ def collect(detector, specs: list[dict]) -> tuple[pd.DataFrame, np.ndarray, pd.D
             true_boxes = boxes_from_labels(labels)[0]
             truth = match_frame(frame.boxes, true_boxes)
             tp = greedy_matches(box_iou_matrix(true_boxes, frame.boxes), 0.1)
-            row = {**spec, "height": image.shape[0], "width": image.shape[1], "n_true": len(true_boxes),
-                   **detections_features(frame), "f1": truth.f1, "precision": truth.precision,
-                   "recall": truth.recall}
+            row = {
+                **spec,
+                "height": image.shape[0],
+                "width": image.shape[1],
+                "n_true": len(true_boxes),
+                **detections_features(frame),
+                "f1": truth.f1,
+                "precision": truth.precision,
+                "recall": truth.recall,
+            }
             embedding = frame.signals.get(EMBEDDING)
             embedding = np.full(0, np.nan, np.float32) if embedding is None else embedding
             path.parent.mkdir(parents=True, exist_ok=True)

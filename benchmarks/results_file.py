@@ -22,7 +22,7 @@ def write_section(marker: str, text: str) -> None:
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if start in current and end in current:
-        current = current[: current.index(start)] + text + current[current.index(end) + len(end):]
+        current = current[: current.index(start)] + text + current[current.index(end) + len(end) :]
     else:
         current = current.rstrip() + "\n\n" + text + "\n"
     RESULTS.write_text(current)
@@ -34,11 +34,17 @@ def detector_cache(root: Path, detector, verified: bool = True) -> Path:
     estimate and of the tile layout, and (``verified``: outputs after it) its detection verifier."""
     rpn_cut = getattr(detector, "architecture", {}).get("rpn", {}).get("score_thresh_test", 0.0)
     verifier = getattr(detector, "verifier", None) if verified else None
-    verifier_key = "" if verifier is None else "_verifier" + hashlib.sha256(
-        json.dumps(verifier.to_header(), sort_keys=True).encode()).hexdigest()[:8]
-    return root / (f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
-                   f"_tiles{TILING_REVISION}{f'_rpn{rpn_cut:g}' if rpn_cut else ''}"
-                   f"_max{detector.max_detections}{'_bf16' if getattr(detector, 'bfloat16', False) else ''}{verifier_key}")
+    verifier_key = (
+        ""
+        if verifier is None
+        else "_verifier"
+        + hashlib.sha256(json.dumps(verifier.to_header(), sort_keys=True).encode()).hexdigest()[:8]
+    )
+    return root / (
+        f"{detector.weights_sha256[:16]}_t{detector.score_threshold:g}_size{ESTIMATE_REVISION}"
+        f"_tiles{TILING_REVISION}{f'_rpn{rpn_cut:g}' if rpn_cut else ''}"
+        f"_max{detector.max_detections}{'_bf16' if getattr(detector, 'bfloat16', False) else ''}{verifier_key}"
+    )
 
 
 def emps_sources() -> pd.DataFrame:

@@ -19,8 +19,13 @@ from napari_detection_qc.signals import TTA_SIGNALS, SubspaceNovelty, score_hist
 
 FAIL_F1 = 0.5
 SIGNAL_AUROC = {  # signal -> +1 when a high value means "fails", -1 when a low value does
-    "tta_iou": -1, "tta_share": -1, "tta_count_change": 1, "score_hist_distance": 1, "novelty": 1,
-    "predicted_f1_before": -1, "predicted_f1_after": -1,
+    "tta_iou": -1,
+    "tta_share": -1,
+    "tta_count_change": 1,
+    "score_hist_distance": 1,
+    "novelty": 1,
+    "predicted_f1_before": -1,
+    "predicted_f1_after": -1,
 }
 
 
@@ -31,20 +36,34 @@ def configs(default_features: tuple[str, ...]) -> list[tuple[str, tuple[str, ...
     tta = default_features + TTA_SIGNALS
     return [
         ("before", default_features, False, False, False),
-        ("after: shipped (+ novelty, cheap signals, real EMPS frames, synthetic-only second forest)",
-         default_features, True, True, True),
+        (
+            "after: shipped (+ novelty, cheap signals, real EMPS frames, synthetic-only second forest)",
+            default_features,
+            True,
+            True,
+            True,
+        ),
         ("after: without the second forest (shipped before)", default_features, True, True, False),
         ("after: synthetic frames only (+ novelty, cheap signals)", default_features, True, False, False),
         ("after: shipped + TTA", tta, True, True, True),
-        ("after: shipped + TTA + histogram + novelty", tta + ("score_hist_distance", "novelty"), True, True, True),
+        (
+            "after: shipped + TTA + histogram + novelty",
+            tta + ("score_hist_distance", "novelty"),
+            True,
+            True,
+            True,
+        ),
     ]
 
 
 def fit_predict(features, with_embeddings, second_forest, table, embeddings, train, test) -> pd.DataFrame:
     forest = QualityForest(features=features)
-    forest.fit(table.iloc[train], table.iloc[train][list(TARGETS)],
-               embeddings=embeddings[train] if with_embeddings else None,
-               novelty_reference=table["kind"].to_numpy()[train] != "emps")  # as the shipped forest
+    forest.fit(
+        table.iloc[train],
+        table.iloc[train][list(TARGETS)],
+        embeddings=embeddings[train] if with_embeddings else None,
+        novelty_reference=table["kind"].to_numpy()[train] != "emps",
+    )  # as the shipped forest
     if not second_forest:
         forest.reference_forest = None  # the recipe before forest_committee.py
     predicted = forest.predict(table.iloc[test], embeddings[test] if with_embeddings else None)
@@ -61,13 +80,22 @@ def summarise(part: pd.DataFrame) -> dict:
     covered = (truth >= part["f1_low"]) & (truth <= part["f1_high"])
     fails = truth < FAIL_F1
     caught = (predicted < FAIL_F1) | ~inside
-    metrics = regression_metrics(truth, predicted) if len(part) > 1 else {"mae": abs(truth - predicted).mean(), "r2": np.nan}
+    metrics = (
+        regression_metrics(truth, predicted)
+        if len(part) > 1
+        else {"mae": abs(truth - predicted).mean(), "r2": np.nan}
+    )
     return {
-        "n": len(part), "true_f1": truth.mean(), "mae": metrics["mae"], "r2": metrics["r2"],
-        "coverage": covered.mean(), "in_domain": inside.mean(),
+        "n": len(part),
+        "true_f1": truth.mean(),
+        "mae": metrics["mae"],
+        "r2": metrics["r2"],
+        "coverage": covered.mean(),
+        "in_domain": inside.mean(),
         "mae_in": np.abs(truth - predicted)[inside].mean() if inside.any() else np.nan,
         "coverage_in": covered[inside].mean() if inside.any() else np.nan,
-        "n_fail": int(fails.sum()), "n_missed": int((fails & ~caught).sum()),
+        "n_fail": int(fails.sum()),
+        "n_missed": int((fails & ~caught).sum()),
         "caught": caught[fails].mean() if fails.any() else np.nan,
         "false_alarm": caught[~fails].mean() if (~fails).any() else np.nan,
         "width": (part["f1_high"] - part["f1_low"]).mean(),
@@ -94,13 +122,17 @@ class SeedTypicality:
 
         self._mean, self._scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
         z = (x - self._mean) / self._scale
-        self._axes = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)[2][: min(self.n_components, len(x) - 1)]
+        self._axes = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)[2][
+            : min(self.n_components, len(x) - 1)
+        ]
         self._reference = z @ self._axes.T
         raw = self._raw(self._reference)
         np.fill_diagonal(raw, np.inf)
         self._radius = np.sort(raw, axis=1)[:, self.k - 1]
         stats = self._stats(raw)
-        self._mixture = GaussianMixture(max(1, min(3, len(x) // 20)), reg_covar=1e-3, random_state=0).fit(stats)
+        self._mixture = GaussianMixture(max(1, min(3, len(x) // 20)), reg_covar=1e-3, random_state=0).fit(
+            stats
+        )
         self.reference_novelty = -self._mixture.score_samples(stats)
         self.threshold = float(np.quantile(self.reference_novelty, 0.99))
         return self
@@ -112,7 +144,9 @@ class SeedTypicality:
         ordered = np.sort(raw, axis=1)
         ratio = ordered[:, 0] / np.maximum(self._radius[raw.argmin(axis=1)], 1e-9)
         inside = (raw <= self._radius[None, :]).sum(axis=1) / self.k
-        return np.column_stack([np.log1p(ordered[:, 0]), np.log1p(ordered[:, : self.k].mean(axis=1)), np.log1p(ratio), inside])
+        return np.column_stack(
+            [np.log1p(ordered[:, 0]), np.log1p(ordered[:, : self.k].mean(axis=1)), np.log1p(ratio), inside]
+        )
 
     def novelty(self, x: np.ndarray) -> np.ndarray:
         points = ((x - self._mean) / self._scale) @ self._axes.T
@@ -126,7 +160,10 @@ def novelty_comparison(table: pd.DataFrame, embeddings: np.ndarray) -> list[str]
     emps = np.flatnonzero(table["kind"] == "emps")
     domains = table["domain"].to_numpy()
     rows = []
-    for name, make in (("seed 002 typicality (before)", SeedTypicality), ("subspace residual + k-NN (after)", SubspaceNovelty)):
+    for name, make in (
+        ("seed 002 typicality (before)", SeedTypicality),
+        ("subspace residual + k-NN (after)", SubspaceNovelty),
+    ):
         scores, flagged = np.zeros(len(synthetic)), np.zeros(len(synthetic), dtype=bool)
         for domain in dict.fromkeys(domains[synthetic]):
             test = synthetic[domains[synthetic] == domain]
@@ -137,7 +174,9 @@ def novelty_comparison(table: pd.DataFrame, embeddings: np.ndarray) -> list[str]
         model = make().fit(embeddings[synthetic].astype(np.float64))
         unseen = model.novelty(embeddings[emps].astype(np.float64))
         auc = roc_auc_score(np.r_[np.zeros(len(synthetic)), np.ones(len(emps))], np.r_[scores, unseen])
-        rows.append(f"| {name} | {auc:.2f} | {flagged.mean():.3f} | {(unseen > model.threshold).mean():.2f} |")
+        rows.append(
+            f"| {name} | {auc:.2f} | {flagged.mean():.3f} | {(unseen > model.threshold).mean():.2f} |"
+        )
     return rows
 
 
@@ -164,8 +203,10 @@ def labelled_domain_rows(table: pd.DataFrame, embeddings: np.ndarray, features: 
     for count, pieces in parts.items():
         s = summarise(pd.concat(pieces, ignore_index=True))
         label = "all (~290)" if count is None else str(count)
-        rows.append(f"| {label} | {fmt(s['mae'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} "
-                    f"| {fmt(s['caught'])} | {fmt(s['false_alarm'])} |")
+        rows.append(
+            f"| {label} | {fmt(s['mae'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} "
+            f"| {fmt(s['caught'])} | {fmt(s['false_alarm'])} |"
+        )
     return rows
 
 
@@ -179,8 +220,10 @@ def shipped_forest_rows(forest: QualityForest, table: pd.DataFrame, embeddings: 
     part = forest.predict(table.iloc[chosen], embeddings[chosen]).reset_index(drop=True)
     part["true_f1"] = table["f1"].to_numpy()[chosen]
     s = summarise(part)
-    return [f"| synthetic realistic families, 512 px | {s['n']} | {s['true_f1']:.2f} | {s['n_fail']} | {fmt(s['caught'])} | "
-            f"{s['n_missed']} | {fmt(s['false_alarm'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} |"]
+    return [
+        f"| synthetic realistic families, 512 px | {s['n']} | {s['true_f1']:.2f} | {s['n_fail']} | {fmt(s['caught'])} | "
+        f"{s['n_missed']} | {fmt(s['false_alarm'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} |"
+    ]
 
 
 def evaluate_and_report(table: pd.DataFrame, embeddings: np.ndarray, detector, args) -> None:
@@ -201,14 +244,22 @@ def evaluate_and_report(table: pd.DataFrame, embeddings: np.ndarray, detector, a
             test = synthetic[table.loc[synthetic, "domain"].to_numpy() == domain]
             held_out.append(predict(np.r_[np.setdiff1d(synthetic, test), real], test))
         held_out = pd.concat(held_out, ignore_index=True)
-        random_cv = pd.concat([predict(np.r_[synthetic[train], real], synthetic[test])
-                               for train, test in KFold(5, shuffle=True, random_state=0).split(synthetic)],
-                              ignore_index=True)
+        random_cv = pd.concat(
+            [
+                predict(np.r_[synthetic[train], real], synthetic[test])
+                for train, test in KFold(5, shuffle=True, random_state=0).split(synthetic)
+            ],
+            ignore_index=True,
+        )
         unseen = None
         if len(emps) and with_real:  # EMPS papers held out in turn: the rest are in training
-            unseen = pd.concat([predict(np.r_[synthetic, emps[train]], emps[test])
-                                for train, test in GroupKFold(5).split(emps, groups=table["group"].to_numpy()[emps])],
-                               ignore_index=True)
+            unseen = pd.concat(
+                [
+                    predict(np.r_[synthetic, emps[train]], emps[test])
+                    for train, test in GroupKFold(5).split(emps, groups=table["group"].to_numpy()[emps])
+                ],
+                ignore_index=True,
+            )
         elif len(emps):
             unseen = predict(synthetic, emps)
         results[name] = {"held_out": held_out, "random": random_cv, "emps": unseen}
@@ -220,8 +271,13 @@ def evaluate_and_report(table: pd.DataFrame, embeddings: np.ndarray, detector, a
                 part["domain"] = table["domain"].to_numpy()[part["row"]]
                 for signal in TTA_SIGNALS:
                     part[signal] = table[signal].to_numpy()[part["row"]]
-    command = "nice -n 15 python benchmarks/signals_study.py" + (f" --emps {args.emps}" if args.emps != 366 else "")
-    extra = {"novelty": novelty_comparison(table, embeddings), "shipped": shipped_forest_rows(default, table, embeddings)}
+    command = "nice -n 15 python benchmarks/signals_study.py" + (
+        f" --emps {args.emps}" if args.emps != 366 else ""
+    )
+    extra = {
+        "novelty": novelty_comparison(table, embeddings),
+        "shipped": shipped_forest_rows(default, table, embeddings),
+    }
     if (table["kind"] == "emps").any():
         extra["labelled"] = labelled_domain_rows(table, embeddings, compared[1][1])
     seconds = time.perf_counter() - start
@@ -247,65 +303,97 @@ def report(table, results, compared, detector, seconds, command, extra) -> str:
     synthetic = table[table["kind"] != "emps"]
     lines = [
         "<!-- signals_study:start -->",
-        "## Knowing when it does not know: detector signals, before and after", "",
+        "## Knowing when it does not know: detector signals, before and after",
+        "",
         f"Command: `{command}` with detector `{detector.name}` "
         f"(weights {detector.weights_sha256[:12]}); {len(synthetic)} synthetic frames "
         f"({synthetic['domain'].nunique()} domains: presets at random severity, realistic families at 512x512), "
         f"{int((table['kind'] == 'emps').sum())} EMPS images. Evaluation {seconds / 60:.1f} min on 2 shared cores "
-        "(detections and signals cached).", "",
+        "(detections and signals cached).",
+        "",
         f"Detection time per frame (1 thread): {table['detect_seconds'].mean():.2f} s without signals; the signals "
         f"(3 TTA views + backbone embedding) add {table['signals_seconds'].mean():.2f} s "
-        f"({table['signals_seconds'].sum() / table['detect_seconds'].sum():.1f}x). `signals=\"cheap\"` (embedding only) "
-        "adds about one backbone pass.", "",
+        f'({table["signals_seconds"].sum() / table["detect_seconds"].sum():.1f}x). `signals="cheap"` (embedding only) '
+        "adds about one backbone pass.",
+        "",
         "Forests compared (fit per fold; before = the bundled default forest's features with the feature-row "
         "domain flag and global intervals; after = the same fit with the frames' backbone embeddings "
-        "(`signals=\"cheap\"`, the detection default): novelty-weighted intervals and the combined flag, out of "
+        '(`signals="cheap"`, the detection default): novelty-weighted intervals and the combined flag, out of '
         "domain when the feature row is far from the training rows, the frame's novelty is above its threshold, or "
         "its F1 interval spans all of 0-1. The shipped recipe also trains on the real EMPS images: each synthetic "
         "fold adds all of them, and EMPS is scored in five folds grouped by source paper (the images of held-out "
         "papers, with the other papers' images in training). With real frames in training, a second forest is fit "
         "on the synthetic frames alone (`forest_committee.py`): each frame's prediction blends the two by the "
         "probability that its embedding is a real image's, its interval spans both, and a frame on which they "
-        "disagree by more than 0.15 in F1 is not called in domain. Before and \"synthetic frames only\" score EMPS "
+        'disagree by more than 0.15 in F1 is not called in domain. Before and "synthetic frames only" score EMPS '
         "with a forest fit on the synthetic frames alone. Per-domain rows and AUROCs compare before with the "
-        "shipped after:", "",
+        "shipped after:",
+        "",
     ]
     for name, features, *_ in compared:
         lines.append(f"- **{name}**: {', '.join(features)}")
-    lines += ["", "### Per held-out domain (leave-one-domain-out), F1", "",
-              "Caught: share of frames with true F1 < 0.5 predicted < 0.5 or flagged out of domain. False alarm: "
-              "the same for frames with true F1 >= 0.5. In-domain MAE / coverage: frames the forest calls in domain. "
-              "Targets: in-domain MAE <= 0.10, in-domain coverage >= 0.80, caught >= 0.90.", "",
-              "| held-out domain | n | true F1 | forest | MAE | R2 | in-domain rate | in-domain MAE | in-domain coverage "
-              "| failing | caught | false alarm | mean width |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "### Per held-out domain (leave-one-domain-out), F1",
+        "",
+        "Caught: share of frames with true F1 < 0.5 predicted < 0.5 or flagged out of domain. False alarm: "
+        "the same for frames with true F1 >= 0.5. In-domain MAE / coverage: frames the forest calls in domain. "
+        "Targets: in-domain MAE <= 0.10, in-domain coverage >= 0.80, caught >= 0.90.",
+        "",
+        "| held-out domain | n | true F1 | forest | MAE | R2 | in-domain rate | in-domain MAE | in-domain coverage "
+        "| failing | caught | false alarm | mean width |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for domain in dict.fromkeys(synthetic["domain"]):
         for name in (before, after):
             part = results[name]["held_out"]
             s = summarise(part[part["domain"] == domain])
-            lines.append(f"| {domain} | {s['n']} | {s['true_f1']:.2f} | {name.split(':')[0]} | {fmt(s['mae'])} | "
-                         f"{fmt(s['r2'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} | "
-                         f"{s['n_fail']} | {fmt(s['caught'])} | {fmt(s['false_alarm'])} | {fmt(s['width'])} |")
-    lines += ["", "### All forests, pooled", "",
-              "| forest | random 5-fold F1 MAE | random 5-fold in-domain rate | held-out MAE | held-out in-domain MAE | held-out in-domain coverage "
-              "| held-out caught | held-out false alarm | EMPS MAE | EMPS in-domain rate | EMPS in-domain MAE "
-              "| EMPS in-domain coverage | EMPS caught | EMPS false alarm |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {domain} | {s['n']} | {s['true_f1']:.2f} | {name.split(':')[0]} | {fmt(s['mae'])} | "
+                f"{fmt(s['r2'])} | {fmt(s['in_domain'])} | {fmt(s['mae_in'])} | {fmt(s['coverage_in'])} | "
+                f"{s['n_fail']} | {fmt(s['caught'])} | {fmt(s['false_alarm'])} | {fmt(s['width'])} |"
+            )
+    lines += [
+        "",
+        "### All forests, pooled",
+        "",
+        "| forest | random 5-fold F1 MAE | random 5-fold in-domain rate | held-out MAE | held-out in-domain MAE | held-out in-domain coverage "
+        "| held-out caught | held-out false alarm | EMPS MAE | EMPS in-domain rate | EMPS in-domain MAE "
+        "| EMPS in-domain coverage | EMPS caught | EMPS false alarm |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         r = results[name]
         random_mae = regression_metrics(r["random"]["true_f1"], r["random"]["f1"])["mae"]
         h = summarise(r["held_out"])
-        e = summarise(r["emps"]) if r["emps"] is not None else {k: np.nan for k in h}
-        lines.append(f"| {name} | {random_mae:.3f} | {r['random']['in_domain'].mean():.2f} | {fmt(h['mae'])} | {fmt(h['mae_in'])} | {fmt(h['coverage_in'])} | "
-                     f"{fmt(h['caught'])} | {fmt(h['false_alarm'])} | {fmt(e['mae'])} | {fmt(e['in_domain'])} | "
-                     f"{fmt(e['mae_in'])} | {fmt(e['coverage_in'])} | {fmt(e['caught'])} | {fmt(e['false_alarm'])} |")
-    lines += ["", "### The bundled forest file (`QualityForest.load(\"default\")`) on frames outside its training", "",
-              "What users get: the shipped forest (fit by `forest_study.py` on 650 other synthetic frames and the "
-              "EMPS images), not refit per fold. Missed: failing frames predicted >= 0.5 and called in domain.", "",
-              "| frames | n | true F1 | failing | caught | missed | false alarm | in-domain rate | in-domain MAE "
-              "| in-domain coverage |", "|---|---|---|---|---|---|---|---|---|---|", *extra["shipped"]]
-    lines += ["", "### AUROC of each signal for \"this frame fails\" (true F1 < 0.5)", "",
-              "Novelty and the histogram distance are against the training frames of each fold; predicted F1 is "
-              "each forest's out-of-fold prediction.", "",
-              "| signal | synthetic held-out (pooled) | EMPS |", "|---|---|---|"]
+        e = summarise(r["emps"]) if r["emps"] is not None else dict.fromkeys(h, np.nan)
+        lines.append(
+            f"| {name} | {random_mae:.3f} | {r['random']['in_domain'].mean():.2f} | {fmt(h['mae'])} | {fmt(h['mae_in'])} | {fmt(h['coverage_in'])} | "
+            f"{fmt(h['caught'])} | {fmt(h['false_alarm'])} | {fmt(e['mae'])} | {fmt(e['in_domain'])} | "
+            f"{fmt(e['mae_in'])} | {fmt(e['coverage_in'])} | {fmt(e['caught'])} | {fmt(e['false_alarm'])} |"
+        )
+    lines += [
+        "",
+        '### The bundled forest file (`QualityForest.load("default")`) on frames outside its training',
+        "",
+        "What users get: the shipped forest (fit by `forest_study.py` on 650 other synthetic frames and the "
+        "EMPS images), not refit per fold. Missed: failing frames predicted >= 0.5 and called in domain.",
+        "",
+        "| frames | n | true F1 | failing | caught | missed | false alarm | in-domain rate | in-domain MAE "
+        "| in-domain coverage |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *extra["shipped"],
+    ]
+    lines += [
+        "",
+        '### AUROC of each signal for "this frame fails" (true F1 < 0.5)',
+        "",
+        "Novelty and the histogram distance are against the training frames of each fold; predicted F1 is "
+        "each forest's out-of-fold prediction.",
+        "",
+        "| signal | synthetic held-out (pooled) | EMPS |",
+        "|---|---|---|",
+    ]
     pooled = results[after]["held_out"].copy()
     pooled["predicted_f1_after"] = pooled["f1"]
     pooled["predicted_f1_before"] = same_rows(results[before]["held_out"], pooled)
@@ -315,17 +403,32 @@ def report(table, results, compared, detector, seconds, command, extra) -> str:
         unseen["predicted_f1_after"] = unseen["f1"]
         unseen["predicted_f1_before"] = same_rows(results[before]["emps"], unseen)  # folds differ in order
     for signal in SIGNAL_AUROC:
-        lines.append(f"| {signal} | {fmt(auroc(pooled, signal))} | {fmt(auroc(unseen, signal) if unseen is not None else None)} |")
+        lines.append(
+            f"| {signal} | {fmt(auroc(pooled, signal))} | {fmt(auroc(unseen, signal) if unseen is not None else None)} |"
+        )
     if (table["kind"] == "emps").any():
-        lines += ["", "### Novelty models: EMPS (unseen) against held-out synthetic domains", "",
-                  "Each synthetic domain scored by a model fitted on the other domains; EMPS by one fitted on all of them. "
-                  "Flagged: novelty above the model's threshold (both aim at 1% of in-domain frames).", "",
-                  "| novelty model | AUROC, EMPS vs held-out synthetic | synthetic held-out flagged | EMPS flagged |",
-                  "|---|---|---|---|", *extra["novelty"]]
-        lines += ["", "### EMPS after labelling frames of other papers and refitting (default features, novelty, cheap signals)", "",
-                  "Five folds grouped by source paper: each fold's papers are scored by a forest fit on the synthetic "
-                  "frames plus N labelled EMPS frames drawn from the other papers (the Training step's refit).", "",
-                  "| labelled EMPS frames | MAE | in-domain rate | in-domain MAE | in-domain coverage | caught "
-                  "| false alarm |", "|---|---|---|---|---|---|---|", *extra["labelled"]]
+        lines += [
+            "",
+            "### Novelty models: EMPS (unseen) against held-out synthetic domains",
+            "",
+            "Each synthetic domain scored by a model fitted on the other domains; EMPS by one fitted on all of them. "
+            "Flagged: novelty above the model's threshold (both aim at 1% of in-domain frames).",
+            "",
+            "| novelty model | AUROC, EMPS vs held-out synthetic | synthetic held-out flagged | EMPS flagged |",
+            "|---|---|---|---|",
+            *extra["novelty"],
+        ]
+        lines += [
+            "",
+            "### EMPS after labelling frames of other papers and refitting (default features, novelty, cheap signals)",
+            "",
+            "Five folds grouped by source paper: each fold's papers are scored by a forest fit on the synthetic "
+            "frames plus N labelled EMPS frames drawn from the other papers (the Training step's refit).",
+            "",
+            "| labelled EMPS frames | MAE | in-domain rate | in-domain MAE | in-domain coverage | caught "
+            "| false alarm |",
+            "|---|---|---|---|---|---|---|",
+            *extra["labelled"],
+        ]
     lines += ["<!-- signals_study:end -->"]
     return "\n".join(lines)

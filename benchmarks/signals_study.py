@@ -47,12 +47,22 @@ def frame_specs(frames_per_domain: int, realistic_per_family: int, emps_count: i
     from napari_detection_qc.study_frames import frame_plan
     from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES
 
-    specs = [{"kind": "preset", "domain": r.domain, "severity": r.severity, "seed": int(r.seed), "group": r.domain}
-             for r in frame_plan(frames_per_domain).itertuples() if r.domain in PRESETS]
+    specs = [
+        {"kind": "preset", "domain": r.domain, "severity": r.severity, "seed": int(r.seed), "group": r.domain}
+        for r in frame_plan(frames_per_domain).itertuples()
+        if r.domain in PRESETS
+    ]
     for f, family in enumerate(REALISTIC_FAMILIES):
         for i in range(realistic_per_family):
-            specs.append({"kind": "realistic", "domain": f"realistic:{family}", "family": family,
-                          "seed": REALISTIC_SEED + 10_000 * f + i, "group": f"realistic:{family}"})
+            specs.append(
+                {
+                    "kind": "realistic",
+                    "domain": f"realistic:{family}",
+                    "family": family,
+                    "seed": REALISTIC_SEED + 10_000 * f + i,
+                    "group": f"realistic:{family}",
+                }
+            )
     if emps_count:
         for row in emps_sources().head(emps_count).itertuples():
             specs.append({"kind": "emps", "domain": "emps", "stem": row.stem, "group": str(row.doi)})
@@ -90,11 +100,19 @@ def collect(detector, specs: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
             frame = detector.predict(image, signals="all")
             with_signals = time.perf_counter() - t0
             truth = match_frame(frame.boxes, boxes_from_labels(labels)[0])
-            row = {**spec, "height": image.shape[0], "width": image.shape[1], "n_true": int(labels.max()),
-                   **detections_features(frame), **{k: frame.signals[k] for k in TTA_SIGNALS},
-                   "f1": truth.f1, "precision": truth.precision, "recall": truth.recall,
-                   "detect_seconds": with_signals - frame.signals[SIGNAL_SECONDS],
-                   "signals_seconds": frame.signals[SIGNAL_SECONDS]}
+            row = {
+                **spec,
+                "height": image.shape[0],
+                "width": image.shape[1],
+                "n_true": int(labels.max()),
+                **detections_features(frame),
+                **{k: frame.signals[k] for k in TTA_SIGNALS},
+                "f1": truth.f1,
+                "precision": truth.precision,
+                "recall": truth.recall,
+                "detect_seconds": with_signals - frame.signals[SIGNAL_SECONDS],
+                "signals_seconds": frame.signals[SIGNAL_SECONDS],
+            }
             embedding = frame.signals.get(EMBEDDING, np.zeros(0, np.float32))
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_name(path.stem + ".tmp.npz")

@@ -54,12 +54,16 @@ def source_f1(detector, source: str, count: int) -> tuple[np.ndarray, np.ndarray
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spec", default="default", help="detector weights (default: the bundled model)")
     parser.add_argument("--frames", type=int, default=8, help="validation frames per source")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tolerance", type=float, default=0.02, help="F1 given up for a lower threshold")
-    parser.add_argument("--write", action="store_true", help="store the chosen threshold in the weights' header")
+    parser.add_argument(
+        "--write", action="store_true", help="store the chosen threshold in the weights' header"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     detector = load_detector(args.spec, device="cpu", score_threshold=float(THRESHOLD_CANDIDATES[0]))
@@ -67,7 +71,9 @@ def main(argv=None) -> None:
     sources = (*REALISTIC_FAMILIES, *PRESETS)
     table, missed = {}, np.zeros(len(THRESHOLD_CANDIDATES), dtype=int)
     for source in sources:
-        table[source], empty = source_f1(detector, source, min(args.frames, SLOW_SOURCES.get(source, args.frames)))
+        table[source], empty = source_f1(
+            detector, source, min(args.frames, SLOW_SOURCES.get(source, args.frames))
+        )
         missed += empty
         print(f"{source:16s} " + " ".join(f"{v:.2f}" for v in table[source]), flush=True)
     macro = np.mean([table[s] for s in sources], axis=0)
@@ -77,10 +83,14 @@ def main(argv=None) -> None:
     print(f"{'thresholds':16s} " + " ".join(f"{t:.2f}" for t in THRESHOLD_CANDIDATES))
     print(f"{'mean over sources':16s} " + " ".join(f"{v:.2f}" for v in macro))
     print(f"{'frames missed':16s} " + " ".join(f"{v:4d}" for v in missed))
-    print(f"chosen threshold {threshold:.2f}: mean F1 {macro[best]:.3f} (at 0.10: {macro[0]:.3f}); "
-          f"{time.perf_counter() - start:.0f} s")
-    print(f"reproduce: PYTHONPATH=src python scripts/choose_score_threshold.py --frames {args.frames} "
-          f"--tolerance {args.tolerance} --write")
+    print(
+        f"chosen threshold {threshold:.2f}: mean F1 {macro[best]:.3f} (at 0.10: {macro[0]:.3f}); "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    print(
+        f"reproduce: PYTHONPATH=src python scripts/choose_score_threshold.py --frames {args.frames} "
+        f"--tolerance {args.tolerance} --write"
+    )
     if args.write:
         path = default_weights_path() if args.spec == "default" else args.spec
         header, state = load_checkpoint(path)

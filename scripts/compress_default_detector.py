@@ -41,7 +41,9 @@ CROP_PX = 1024
 """Each frame's top-left crop at trained scale: one inference tile."""
 
 
-def compress(source: Path, ranks: dict[str, int], frames: int, min_objectness: float) -> tuple[torch.nn.Module, dict, dict]:
+def compress(
+    source: Path, ranks: dict[str, int], frames: int, min_objectness: float
+) -> tuple[torch.nn.Module, dict, dict]:
     """(compressed model, its header, variance lost per site)."""
     detector = TorchvisionDetector.from_checkpoint(source, device="cpu")
     if detector.architecture.get("low_rank"):
@@ -68,11 +70,16 @@ def compress(source: Path, ranks: dict[str, int], frames: int, min_objectness: f
     model.load_state_dict(state)
     header = {k: v for k, v in detector.header.items() if k not in ("sha256", "format", "format_version")}
     header["architecture"] = architecture
-    training = dict(header["training"]) if isinstance(header["training"], dict) else {"notes": header["training"]}
+    training = (
+        dict(header["training"]) if isinstance(header["training"], dict) else {"notes": header["training"]}
+    )
     low_rank = (
-        ", ".join(f"{site} rank {rank} ({lost[site]:.1%} of output variance lost)" for site, rank in ranks.items())
+        ", ".join(
+            f"{site} rank {rank} ({lost[site]:.1%} of output variance lost)" for site, rank in ranks.items()
+        )
         + f" by output principal components on training frames 0..{frames - 1} ({CROP_PX} px crops, float32); "
-        if ranks else ""
+        if ranks
+        else ""
     )
     training["compressed"] = (
         f"scripts/compress_default_detector.py from weights sha256 {detector.weights_sha256[:12]}: {low_rank}"
@@ -83,17 +90,30 @@ def compress(source: Path, ranks: dict[str, int], frames: int, min_objectness: f
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, required=True, help="full-rank default-architecture checkpoint")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--source", type=Path, required=True, help="full-rank default-architecture checkpoint"
+    )
     parser.add_argument("--frames", type=int, default=40, help="training-stream frames to collect outputs on")
-    parser.add_argument("--rpn-rank", type=int, default=COMPACT_FPN.get("low_rank", {}).get("rpn_conv", 0), help="0: full")
-    parser.add_argument("--fpn-rank", type=int, default=COMPACT_FPN.get("low_rank", {}).get("fpn_p2_output", 0), help="0: full")
+    parser.add_argument(
+        "--rpn-rank", type=int, default=COMPACT_FPN.get("low_rank", {}).get("rpn_conv", 0), help="0: full"
+    )
+    parser.add_argument(
+        "--fpn-rank",
+        type=int,
+        default=COMPACT_FPN.get("low_rank", {}).get("fpn_p2_output", 0),
+        help="0: full",
+    )
     parser.add_argument("--min-objectness", type=float, default=COMPACT_FPN["rpn"]["score_thresh_test"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=default_weights_path())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    ranks = {site: rank for site, rank in (("rpn_conv", args.rpn_rank), ("fpn_p2_output", args.fpn_rank)) if rank}
+    ranks = {
+        site: rank for site, rank in (("rpn_conv", args.rpn_rank), ("fpn_p2_output", args.fpn_rank)) if rank
+    }
     model, header, lost = compress(args.source, ranks, args.frames, args.min_objectness)
     saved = save_model(args.out, model, header, half=True)
     TorchvisionDetector.from_checkpoint(args.out, device="cpu")  # it loads

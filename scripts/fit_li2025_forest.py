@@ -56,7 +56,9 @@ def cv_summary(forest: QualityForest, features, targets, info, repeats: int) -> 
     for name, kwargs in schemes.items():
         result = forest.cross_validate(features, targets, **kwargs)
         predictions = result.predictions
-        covered = (predictions["true_f1"] >= predictions["f1_low"]) & (predictions["true_f1"] <= predictions["f1_high"])
+        covered = (predictions["true_f1"] >= predictions["f1_low"]) & (
+            predictions["true_f1"] <= predictions["f1_high"]
+        )
         out[name] = {
             "f1_mae": round(float(result.summary.loc["f1", "mae"]), 4),
             "f1_rmse": round(float(result.summary.loc["f1", "rmse"]), 4),

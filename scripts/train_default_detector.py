@@ -70,6 +70,8 @@ def use_target_px(target_px: float) -> None:
     global SCALE_RULE
     SCALE_RULE = ScaleRule(float(target_px), SCALE_RULE.min_factor, SCALE_RULE.max_factor)
     NORMALISATION["object_size"] = SCALE_RULE.to_header()
+
+
 TRAINING_MIX = {
     "realistic": 0.40,
     "big": 0.10,
@@ -121,7 +123,9 @@ def training_frame(seed: int, mix: dict[str, float] = TRAINING_MIX) -> tuple[np.
     rng = np.random.default_rng([seed, 17])
     source = rng.choice(list(mix), p=list(mix.values()))
     if source == "empty":
-        raw, labels, _ = make_realistic_frame(seed, str(rng.choice(EMPTY_FRAME_FAMILIES)), without_cavities=True)
+        raw, labels, _ = make_realistic_frame(
+            seed, str(rng.choice(EMPTY_FRAME_FAMILIES)), without_cavities=True
+        )
         image = normalised(raw)
         low = max(SCALE_RULE.min_factor, min(1.0, MIN_EMPTY_VIEW_PX / min(raw.shape)))
         factor = float(np.exp(rng.uniform(np.log(low), np.log(SCALE_RULE.max_factor))))
@@ -245,7 +249,10 @@ def header(args, steps: int, next_seed: int, minutes: float | None = None) -> di
     if minutes is not None:
         training["minutes_this_run"] = round(minutes, 1)
     return new_checkpoint_header(
-        args.architecture, name="default-compact-cavity-maskrcnn", normalisation=NORMALISATION, training=training
+        args.architecture,
+        name="default-compact-cavity-maskrcnn",
+        normalisation=NORMALISATION,
+        training=training,
     )
 
 
@@ -260,7 +267,9 @@ def initial_model(args) -> tuple[torch.nn.Module, int, int]:
         model.load_state_dict(float32_weights(state))
         training = saved_header["training"]
         if training.get("seed") != args.seed:
-            raise SystemExit(f"{args.resume} was trained with --seed {training.get('seed')}; resume with the same seed")
+            raise SystemExit(
+                f"{args.resume} was trained with --seed {training.get('seed')}; resume with the same seed"
+            )
         if training.get("total_steps") != args.steps:  # a shorter or longer cosine from here on
             args.schedule_note = (
                 f"{training.get('schedule', '')} {training.get('total_steps')}-step schedule until step "
@@ -311,7 +320,9 @@ def deepened(args, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     for stage, (old, new) in enumerate(zip(old_blocks, args.deepen), start=1):
         for block in list(getattr(body, f"layer{stage}"))[old:new]:
             torch.nn.init.zeros_(block.bn2.weight)
-    args.init_note += f", deepened from blocks {old_blocks} to {list(args.deepen)} (new blocks start as the identity)"
+    args.init_note += (
+        f", deepened from blocks {old_blocks} to {list(args.deepen)} (new blocks start as the identity)"
+    )
     return model
 
 
@@ -327,10 +338,21 @@ def main(argv=None) -> None:
         "--init", type=Path, default=None, help="start from these weights (and their architecture)"
     )
     parser.add_argument("--resume", type=Path, default=None, help="continue a run from its resume checkpoint")
-    parser.add_argument("--deepen", type=lambda text: [int(n) for n in text.split(",")], default=None,
-                        help='with --init: BasicBlocks per backbone stage, e.g. "1,2,2,1"')
-    parser.add_argument("--mix", type=parse_mix, default=TRAINING_MIX, help='source shares, e.g. "realistic=0.4,big=0.1,..."')
-    parser.add_argument("--first-seed", type=int, default=0, help="first frame seed of a new run (a later stage: past the last)")
+    parser.add_argument(
+        "--deepen",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=None,
+        help='with --init: BasicBlocks per backbone stage, e.g. "1,2,2,1"',
+    )
+    parser.add_argument(
+        "--mix", type=parse_mix, default=TRAINING_MIX, help='source shares, e.g. "realistic=0.4,big=0.1,..."'
+    )
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="first frame seed of a new run (a later stage: past the last)",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-size", type=int, default=320)
     parser.add_argument("--pool-size", type=int, default=48)
@@ -340,8 +362,12 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=float, default=0.03, help="fraction of the steps")
     parser.add_argument("--clip", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-px", type=float, default=SCALE_RULE.target_px,
-                        help="typical object diameter frames are resampled to (a resumed run keeps its own)")
+    parser.add_argument(
+        "--target-px",
+        type=float,
+        default=SCALE_RULE.target_px,
+        help="typical object diameter frames are resampled to (a resumed run keeps its own)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-every-minutes", type=float, default=5.0)
     parser.add_argument("--resume-out", type=Path, default=REPO / "scratch" / "detector" / "last.pt")
@@ -367,7 +393,8 @@ def main(argv=None) -> None:
     TorchvisionDetector.from_checkpoint(args.out, device="cpu")  # it loads
     print(json.dumps(saved["training"], indent=1), flush=True)
     print(
-        f"wrote {args.out}; run scripts/choose_score_threshold.py --write, then benchmarks/bench_detector.py --write-card", flush=True
+        f"wrote {args.out}; run scripts/choose_score_threshold.py --write, then benchmarks/bench_detector.py --write-card",
+        flush=True,
     )
 
 

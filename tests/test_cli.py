@@ -128,7 +128,9 @@ def test_detect_stores_what_the_detector_finds(detected, tiny_model, stack):
     assert list(table.columns) == [*DETECTION_COLUMNS, "p_true"]
     assert len(table) == stored.total_count
     for t, frame in enumerate(stored):  # one frame's p_true depends on its own detections only
-        np.testing.assert_allclose(table.loc[table.frame == t, "p_true"], detection_p_true(frame.scores), rtol=1e-12)
+        np.testing.assert_allclose(
+            table.loc[table.frame == t, "p_true"], detection_p_true(frame.scores), rtol=1e-12
+        )
     first = stored[0]
     np.testing.assert_allclose(
         table.loc[table.frame == 0, "circularity"],
@@ -153,10 +155,11 @@ def test_frames_table_keeps_each_frames_object_size_and_names_the_odd_one(tmp_pa
     assert list(pd.read_csv(store.frames_table_path)["detections"]) == [0] * 6
 
 
-
 def test_detect_reports_inputs_whose_frames_are_sized_apart(tmp_path, tiny_model, stack, monkeypatch, capsys):
     seen = []
-    monkeypatch.setattr(run_detect_module, "outlier_warning", lambda sizes: seen.append(sizes) or "sized apart")
+    monkeypatch.setattr(
+        run_detect_module, "outlier_warning", lambda sizes: seen.append(sizes) or "sized apart"
+    )
     assert main(detect_args([stack[0]], tmp_path / "out", tiny_model)) == 0
     assert f"warning: {stack[0]}: sized apart" in capsys.readouterr().err and list(seen[0]) == [0, 1, 2]
     assert main(detect_args([stack[0]], tmp_path / "again", tiny_model, "--object-size", "20")) == 0
@@ -207,10 +210,9 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "table.csv"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as temporary:
-            temporary.write_text("half")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("crash")
     assert target.read_text() == "old" and all_files(tmp_path) == [target]
 
 
@@ -255,7 +257,9 @@ def test_dask_cluster_gives_the_serial_results(tmp_path, detected, tiny_model, s
         assert (out / "series" / name).read_bytes() == (detected / name).read_bytes()
 
 
-def test_detect_reads_microscope_formats_frame_by_frame_with_their_pixel_size(tmp_path, detected, tiny_model, stack):
+def test_detect_reads_microscope_formats_frame_by_frame_with_their_pixel_size(
+    tmp_path, detected, tiny_model, stack
+):
     """The same frames as an MRC stack (0.4 nm in its header) and a zarr folder give the same
     detections as the .npy; the MRC's pixel size reaches the store and its calibrated masks.tif."""
     mrcfile = pytest.importorskip("mrcfile")
@@ -273,10 +277,13 @@ def test_detect_reads_microscope_formats_frame_by_frame_with_their_pixel_size(tm
     for name, pixel_size in (("series_mrc", 0.4), ("series_zarr", None)):
         np.testing.assert_array_equal(np.load(out / name / "masks.npy"), expected)
         assert json.loads((out / name / "meta.json").read_text())["pixel_size_nm"] == (
-            pytest.approx(pixel_size) if pixel_size else None)
+            pytest.approx(pixel_size) if pixel_size else None
+        )
     with tifffile.TiffFile(out / "series_mrc" / "masks.tif") as tif:
         assert tif.imagej_metadata["unit"] == "nm"
-        assert tif.pages[0].tags["XResolution"].value[1] / tif.pages[0].tags["XResolution"].value[0] == pytest.approx(0.4)
+        assert tif.pages[0].tags["XResolution"].value[1] / tif.pages[0].tags["XResolution"].value[
+            0
+        ] == pytest.approx(0.4)
 
 
 def test_workers_option_gives_the_serial_results(tmp_path, detected, tiny_model, stack):
@@ -525,7 +532,9 @@ def test_damaged_signals_of_a_store_are_an_input_error(tmp_path):
     np.savez(store.signals_path, tta_iou=np.array([0.5, np.nan]), embedding=np.zeros((3, 4)))
     with pytest.raises(InputError, match="damaged signals: embedding"):
         store.read_signals(2)
-    np.savez(store.signals_path, tta_iou=np.array([0.5, np.nan]), embedding=np.array([[0.0, 1.0], [np.nan, 0.0]]))
+    np.savez(
+        store.signals_path, tta_iou=np.array([0.5, np.nan]), embedding=np.array([[0.0, 1.0], [np.nan, 0.0]])
+    )
     first, second = store.read_signals(2)
     assert first["tta_iou"] == 0.5 and "tta_iou" not in second and EMBEDDING not in second
 

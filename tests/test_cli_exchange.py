@@ -36,14 +36,30 @@ def detected(tmp_path_factory, tiny_checkpoint):
     images, truth = make_stack(2, 2, (128, 128), "dense")
     np.save(root / "series.npy", images.astype(np.uint8))
     tifffile.imwrite(
-        root / "single.tif", images[0].astype(np.uint8), imagej=True,
-        resolution=(1 / 0.4, 1 / 0.4), metadata={"unit": "nm"},
+        root / "single.tif",
+        images[0].astype(np.uint8),
+        imagej=True,
+        resolution=(1 / 0.4, 1 / 0.4),
+        metadata={"unit": "nm"},
     )
     (root / "sizes.tsv").write_text("image\tnm_per_pixel\nseries\t0.25\n")
     out = root / "out"
-    args = ["detect", str(root / "series.npy"), str(root / "single.tif"), "--out", str(out),
-            "--model", str(tiny_checkpoint), "--device", "cpu", "--max-detections", "30", "--no-progress",
-            "--pixel-sizes", str(root / "sizes.tsv")]
+    args = [
+        "detect",
+        str(root / "series.npy"),
+        str(root / "single.tif"),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--max-detections",
+        "30",
+        "--no-progress",
+        "--pixel-sizes",
+        str(root / "sizes.tsv"),
+    ]
     assert main(args) == 0
     return root, out, truth, args
 
@@ -69,7 +85,8 @@ def test_pixel_size_table_formats_and_errors(tmp_path):
             read_pixel_size_table(bad)
     sources = [tmp_path / "img_01.tif", tmp_path / "img_02.png"]
     assert match_pixel_sizes({"img_01.tif": 0.4, "img_02": 2.0}, sources, "t") == {
-        sources[0]: 0.4, sources[1]: 2.0
+        sources[0]: 0.4,
+        sources[1]: 2.0,
     }
     assert match_pixel_sizes({"img_02.tif": 2.0}, sources, "t") == {sources[1]: 2.0}  # by stem
     with pytest.raises(InputError, match="t: no input image named img_03.tif"):
@@ -98,9 +115,23 @@ def truth_as_detections(truth: np.ndarray) -> StackDetections:
 def test_evaluate_with_coco_ground_truth_equals_labels_file(detected, tmp_path):
     root, out, truth, _ = detected
     np.save(tmp_path / "series.npy", truth)
-    coco = write_coco(tmp_path / "truth.json", detections_to_coco([("series.png", truth_as_detections(truth))]))
+    coco = write_coco(
+        tmp_path / "truth.json", detections_to_coco([("series.png", truth_as_detections(truth))])
+    )
     store = str(out / "series")
-    assert main(["evaluate", store, "--ground-truth", str(tmp_path / "series.npy"), "--out", str(tmp_path / "a.csv")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                store,
+                "--ground-truth",
+                str(tmp_path / "series.npy"),
+                "--out",
+                str(tmp_path / "a.csv"),
+            ]
+        )
+        == 0
+    )
     assert main(["evaluate", store, "--ground-truth", str(coco), "--out", str(tmp_path / "b.csv")]) == 0
     from_labels, from_coco = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     assert from_labels["n_true"].sum() > 0
@@ -115,7 +146,9 @@ def test_export_coco_holds_the_stored_detections(detected, tmp_path, capsys):
     assert main(["export-coco", str(out), "--out", str(path)]) == 0
     data = json.loads(path.read_text())
     assert [(i["file_name"], i.get("frame")) for i in data["images"]] == [
-        ("series.npy", 0), ("series.npy", 1), ("single.tif", None)
+        ("series.npy", 0),
+        ("series.npy", 1),
+        ("single.tif", None),
     ]
     table = pd.read_csv(out / "series" / "detections.csv")
     scores = [a["score"] for a in data["annotations"] if a["image_id"] in (1, 2)]

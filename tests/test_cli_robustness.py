@@ -51,7 +51,7 @@ def detect(inputs, out, model, *extra):
 
 
 def files_under(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
+    return set(root.rglob("*"))
 
 
 def errors(captured) -> list[str]:
@@ -158,9 +158,7 @@ def unshare_available() -> bool:
 
 
 @pytest.mark.skipif(not unshare_available(), reason="needs unshare to mount a small tmpfs")
-def test_disk_full_while_assembling_masks_is_exit_3_and_leaves_no_temporary_file(
-    tmp_path, tiny_checkpoint
-):
+def test_disk_full_while_assembling_masks_is_exit_3_and_leaves_no_temporary_file(tmp_path, tiny_checkpoint):
     images = np.zeros((4, 400, 400), np.uint8)
     images[:, 100:140, 100:140] = 200
     np.save(tmp_path / "big.npy", images)
@@ -173,7 +171,7 @@ def test_disk_full_while_assembling_masks_is_exit_3_and_leaves_no_temporary_file
         "'--no-progress']))"
     )
     shell = (
-        f"mount -t tmpfs -o size=400k tmpfs {disk} && {sys.executable} -c \"{script}\"; "
+        f'mount -t tmpfs -o size=400k tmpfs {disk} && {sys.executable} -c "{script}"; '
         f"code=$?; find {disk} -name '*.tmp'; exit $code"
     )
     env = {**os.environ, "PYTHONPATH": SRC}
@@ -210,7 +208,9 @@ def test_evaluate_joins_detections_by_frame_not_by_row_order(tmp_path, tiny_chec
     assert table["frame"].nunique() == 2
     table.iloc[::-1].to_csv(table_path, index=False)
     assert main([*evaluate, "--out", str(tmp_path / "shuffled.csv")]) == 0
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "shuffled.csv"), pd.read_csv(tmp_path / "sorted.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "shuffled.csv"), pd.read_csv(tmp_path / "sorted.csv")
+    )
 
 
 # 7 ------------------------------------------------------------------------------------------------
@@ -251,7 +251,9 @@ def test_malformed_checkpoint_headers_are_one_line_errors(tmp_path, images, caps
         assert "Traceback" not in captured.err and name in errors(captured)[0]
 
 
-def test_out_of_memory_is_exit_3_or_skipped_with_keep_going(tmp_path, tiny_checkpoint, images, monkeypatch, capsys):
+def test_out_of_memory_is_exit_3_or_skipped_with_keep_going(
+    tmp_path, tiny_checkpoint, images, monkeypatch, capsys
+):
     from napari_detection_qc.engines.torchvision_maskrcnn import TorchvisionDetector
 
     np.save(tmp_path / "a_big.npy", images)
@@ -450,7 +452,12 @@ def test_version_and_help_show_every_default(capsys):
     assert napari_detection_qc.__version__ in capsys.readouterr().out
     assert main(["detect", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: auto)", "else 0.1 as the forests were trained)", "(default: 5000)", "(default: 1)"):
+    for default in (
+        "(default: auto)",
+        "else 0.1 as the forests were trained)",
+        "(default: 5000)",
+        "(default: 1)",
+    ):
         assert default in text
 
 

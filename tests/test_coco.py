@@ -77,12 +77,15 @@ def test_polygon_rle_and_box_annotations_become_labels(tmp_path):
     square = [2, 1, 6, 1, 6, 4, 2, 4]  # x, y pairs: pixels whose centres are inside: rows 1-3, cols 2-5
     triangle = [0, 0, 4, 0, 0, 3]  # 3x + 4y < 12 at pixel centres (c + .5, r + .5)
     rle = {"size": [6, 8], "counts": [6 * 7 + 4, 2, 0]}  # column 7, rows 4 and 5
-    path = coco_file(tmp_path, [
-        {"id": 1, "image_id": 7, "category_id": 1, "segmentation": [square]},
-        {"id": 2, "image_id": 7, "category_id": 1, "segmentation": [triangle]},
-        {"id": 3, "image_id": 7, "category_id": 1, "segmentation": rle, "iscrowd": 1},
-        {"id": 4, "image_id": 7, "category_id": 1, "segmentation": [], "bbox": [6.0, 0.0, 2.0, 1.5]},
-    ])
+    path = coco_file(
+        tmp_path,
+        [
+            {"id": 1, "image_id": 7, "category_id": 1, "segmentation": [square]},
+            {"id": 2, "image_id": 7, "category_id": 1, "segmentation": [triangle]},
+            {"id": 3, "image_id": 7, "category_id": 1, "segmentation": rle, "iscrowd": 1},
+            {"id": 4, "image_id": 7, "category_id": 1, "segmentation": [], "bbox": [6.0, 0.0, 2.0, 1.5]},
+        ],
+    )
     labels = CocoGroundTruth.load(path).stack_labels("frame.png", 1, (6, 8))[0]
     expected = np.zeros((6, 8), np.uint8)
     expected[1:4, 2:6] = 1
@@ -172,6 +175,8 @@ def test_round_trip_keeps_masks_and_true_f1(tmp_path):
     single = detections_to_coco([("one.png", StackDetections.from_frames([truth_stack[1]], is_2d=True))])
     assert "frame" not in single["images"][0]
     np.testing.assert_array_equal(
-        CocoGroundTruth.load(write_coco(tmp_path / "one.json", single)).stack_labels("one.png", 1, (160, 128))[0],
+        CocoGroundTruth.load(write_coco(tmp_path / "one.json", single)).stack_labels(
+            "one.png", 1, (160, 128)
+        )[0],
         truth_stack[1].labels,
     )

@@ -22,25 +22,37 @@ from napari_detection_qc.ranking import rank_frames, ranked_table
 
 def quality(count, p, r, p_width=0.1, r_width=0.1, in_domain=True) -> pd.DataFrame:
     count, p, r = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (count, p, r))
-    return pd.DataFrame({
-        "frame": np.arange(len(count)), "count": count, "f1": 2 * p * r / np.maximum(p + r, 1e-9),
-        "precision": p, "precision_low": np.clip(p - p_width, 0, 1), "precision_high": np.clip(p + p_width, 0, 1),
-        "recall": r, "recall_low": np.clip(r - r_width, 0, 1), "recall_high": np.clip(r + r_width, 0, 1),
-        "in_domain": np.broadcast_to(in_domain, count.shape),
-    })
+    return pd.DataFrame(
+        {
+            "frame": np.arange(len(count)),
+            "count": count,
+            "f1": 2 * p * r / np.maximum(p + r, 1e-9),
+            "precision": p,
+            "precision_low": np.clip(p - p_width, 0, 1),
+            "precision_high": np.clip(p + p_width, 0, 1),
+            "recall": r,
+            "recall_low": np.clip(r - r_width, 0, 1),
+            "recall_high": np.clip(r + r_width, 0, 1),
+            "in_domain": np.broadcast_to(in_domain, count.shape),
+        }
+    )
 
 
 def test_estimate_is_count_times_precision_over_recall_inside_its_interval():
     got = count_estimates(quality([40, 10], [0.5, 1.0], [0.8, 1.0]))
     np.testing.assert_allclose(got["count_estimate"], [25.0, 10.0])
-    assert (got["count_low"] < got["count_estimate"]).all() and (got["count_estimate"] < got["count_high"]).all()
+    assert (got["count_low"] < got["count_estimate"]).all() and (
+        got["count_estimate"] < got["count_high"]
+    ).all()
     assert (got["count_note"] == "").all()
 
 
 def test_interval_widens_with_the_forests_uncertainty_and_with_the_scale():
     narrow = count_estimates(quality(40, 0.8, 0.8, 0.02, 0.02))
     wide = count_estimates(quality(40, 0.8, 0.8, 0.2, 0.2))
-    assert (wide["count_high"] - wide["count_low"]).item() > (narrow["count_high"] - narrow["count_low"]).item()
+    assert (wide["count_high"] - wide["count_low"]).item() > (
+        narrow["count_high"] - narrow["count_low"]
+    ).item()
     scaled = count_estimates(quality(40, 0.8, 0.8, 0.2, 0.2), CountCalibration(scale=2.0))
     assert scaled["count_high"].item() > wide["count_high"].item()
 
@@ -49,7 +61,10 @@ def test_recall_near_zero_widens_without_blowing_up():
     got = count_estimates(quality(20, 0.9, 0.0, 0.05, 0.0))
     assert np.isfinite(got[["count_estimate", "count_low", "count_high"]].to_numpy()).all()
     assert got["count_estimate"].item() == pytest.approx(20 * 0.9 / 0.05)
-    assert got["count_high"].item() > got["count_estimate"].item() and "recall near 0" in got["count_note"].item()
+    assert (
+        got["count_high"].item() > got["count_estimate"].item()
+        and "recall near 0" in got["count_note"].item()
+    )
 
 
 def test_frame_without_detections_is_estimated_from_recall_alone():
@@ -69,8 +84,18 @@ def test_out_of_domain_frames_say_so_and_missing_precision_recall_gives_no_estim
 
 def test_nonconformity_is_zero_at_the_estimate_and_one_at_the_raw_bounds():
     table = quality([40], [0.5], [0.8])
-    args = [table[c].to_numpy() for c in ("count", "precision", "precision_low", "precision_high", "recall",
-                                           "recall_low", "recall_high")]
+    args = [
+        table[c].to_numpy()
+        for c in (
+            "count",
+            "precision",
+            "precision_low",
+            "precision_high",
+            "recall",
+            "recall_low",
+            "recall_high",
+        )
+    ]
     bounds = count_estimates(table, CountCalibration(scale=1.0))
     assert count_nonconformity([25], *args)[0] == 0
     np.testing.assert_allclose(count_nonconformity(bounds["count_high"], *args), [1.0])
@@ -103,7 +128,7 @@ def test_p_true_is_calibrated_where_the_score_is_not():
     assert abs(p.mean() - y.mean()) < 0.05
     assert np.mean((p - y) ** 2) < np.mean((np.concatenate(scores) - y) ** 2)
     assert detection_p_true(np.zeros(0)).shape == (0,)
-    assert ((0 <= detection_p_true([0.3, 0.99])) & (detection_p_true([0.3, 0.99]) <= 1)).all()
+    assert ((detection_p_true([0.3, 0.99]) >= 0) & (detection_p_true([0.3, 0.99]) <= 1)).all()
     assert SHIPPED.fitted_on
 
 
@@ -123,5 +148,7 @@ def test_rank_puts_failing_and_unknown_frames_first_and_spreads_over_variety():
     order = [r.frame for r in ranked]
     assert order[0] == 1 and order.index(2) > order.index(5)  # the look-alike waits
     assert "out of domain" in ranked[order.index(4)].reason
-    assert list(ranked_table(ranked).columns) == ["source", "frame", "reason"] and sorted(order) == list(range(6))
+    assert list(ranked_table(ranked).columns) == ["source", "frame", "reason"] and sorted(order) == list(
+        range(6)
+    )
     assert rank_frames(table.iloc[:0]) == []

@@ -24,8 +24,16 @@ COLUMN = {name: index for index, name in enumerate(EVIDENCE)}
 
 def constant_verifier(log_odds: float, min_probability: float = 0.5) -> DetectionVerifier:
     """One leaf: every detection gets the same probability."""
-    leaf = {key: np.array([value]) for key, value in
-            {"feature": -2, "threshold": -2.0, "left": -1, "right": -1, "value": log_odds}.items()}
+    leaf = {
+        key: np.array([value])
+        for key, value in {
+            "feature": -2,
+            "threshold": -2.0,
+            "left": -1,
+            "right": -1,
+            "value": log_odds,
+        }.items()
+    }
     return DetectionVerifier(len(EVIDENCE), (leaf,), 0.0, 1.0, {"test": True}, min_probability)
 
 
@@ -54,7 +62,10 @@ def test_evidence_tells_an_object_from_flat_background():
     assert disk[COLUMN["log_size"]] == pytest.approx(np.log(26 / 22))
     assert disk[COLUMN["score_rank"]] == 0 and flat[COLUMN["score_rank"]] == 1
     assert disk[COLUMN["mask_fill"]] == pytest.approx(400 / 784)
-    assert detection_evidence(image, np.zeros((0, 4)), np.zeros(0), torch.zeros((0, 28, 28)), 22.0).shape == (0, len(EVIDENCE))
+    assert detection_evidence(image, np.zeros((0, 4)), np.zeros(0), torch.zeros((0, 28, 28)), 22.0).shape == (
+        0,
+        len(EVIDENCE),
+    )
 
 
 def test_fitted_verifier_scores_as_scikit_learn_does_and_survives_the_header():
@@ -67,9 +78,15 @@ def test_fitted_verifier_scores_as_scikit_learn_does_and_survives_the_header():
 
     reference = GradientBoostingClassifier(max_depth=TREE_DEPTH, n_estimators=200, random_state=0)
     reference.fit(evidence, true.astype(int), sample_weight=weight)
-    np.testing.assert_allclose(verifier.probabilities(evidence), reference.predict_proba(evidence)[:, 1], atol=1e-9)
+    np.testing.assert_allclose(
+        verifier.probabilities(evidence), reference.predict_proba(evidence)[:, 1], atol=1e-9
+    )
     restored = DetectionVerifier.from_model_header({"verifier": json.loads(json.dumps(verifier.to_header()))})
-    assert restored.min_probability == 0.3 and restored.fitted_on == {"frames": 40, "detections": 400, "seed": 0}
+    assert restored.min_probability == 0.3 and restored.fitted_on == {
+        "frames": 40,
+        "detections": 400,
+        "seed": 0,
+    }
     np.testing.assert_array_equal(restored.keep(evidence), verifier.probabilities(evidence) >= 0.3)
 
 
@@ -108,7 +125,10 @@ def test_the_bundled_detector_carries_its_verifier():
 
 def test_the_second_look_can_be_switched_off_and_says_so():
     image = make_frame(1_000_321, (256, 256), "clean")[0]
-    with_it, without = load_detector("default", device="cpu"), load_detector("default", device="cpu", second_look=False)
+    with_it, without = (
+        load_detector("default", device="cpu"),
+        load_detector("default", device="cpu", second_look=False),
+    )
     assert with_it.metadata()["second_look"] and not without.metadata()["second_look"]
     assert without.verifier is None
     assert without.predict(image).count >= with_it.predict(image).count

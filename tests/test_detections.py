@@ -72,6 +72,8 @@ def test_layer_data_errors():
     with pytest.raises(ValueError, match="frames outside"):
         StackDetections.from_layer_data(labels, rect, pd.DataFrame({"score": [0.5], "frame": [5]}))
     with pytest.raises(ValueError, match="dims"):
-        StackDetections.from_layer_data(np.zeros((2, 2, 10, 10), np.uint8), rect, pd.DataFrame({"score": [0.5]}))
+        StackDetections.from_layer_data(
+            np.zeros((2, 2, 10, 10), np.uint8), rect, pd.DataFrame({"score": [0.5]})
+        )
     with pytest.raises(ValueError, match="one shape"):
         StackDetections.from_frames([FrameDetections.empty((5, 5)), FrameDetections.empty((6, 6))])

@@ -55,8 +55,6 @@ def frame():
     return make_frame(1_000_321, FRAME_SHAPE, "clean")
 
 
-
-
 def assert_consistent(detections, shape, threshold=0.1):
     """The FrameDetections contract: id = box index + 1, masks inside their boxes, scores >= threshold."""
     assert detections.labels.shape == shape
@@ -89,7 +87,10 @@ def test_metadata_names_engine_weights_and_threshold(detector):
     meta = detector.metadata()
     assert meta["engine"] == "torchvision"
     # the bundled model carries its own threshold (bench_verifier.py --score-threshold); metadata reports it
-    assert meta["score_threshold"] == detector.header["score_threshold"] > 0.1 and meta["max_detections"] == DEFAULT_MAX_DETECTIONS
+    assert (
+        meta["score_threshold"] == detector.header["score_threshold"] > 0.1
+        and meta["max_detections"] == DEFAULT_MAX_DETECTIONS
+    )
     assert re.fullmatch("[0-9a-f]{64}", meta["weights_sha256"])
     assert detector.device.type in ("cpu", "cuda")
 
@@ -190,7 +191,9 @@ def test_inference_decodes_only_top_anchors_with_the_same_proposals(detector, fr
     (decode all anchors, then rank) on the bundled model."""
     rpn = detector.model.rpn
     with torch.inference_mode():
-        batch, _ = to_model_batch([frame[0].astype(np.float32)], detector.architecture, detector.normalisation, "cpu")
+        batch, _ = to_model_batch(
+            [frame[0].astype(np.float32)], detector.architecture, detector.normalisation, "cpu"
+        )
         features = detector.model.backbone(batch.tensors)
         fast, _ = rpn(batch, features)
         reference, _ = RegionProposalNetwork.forward(rpn, batch, features)
@@ -300,7 +303,9 @@ def test_cores_keep_only_centred_detections_with_the_same_masks(detector):
     inside = (centres[:, 0] >= 100) & (centres[:, 0] < 400) & (centres[:, 1] >= 50) & (centres[:, 1] < 300)
     assert 0 < inside.sum() < len(everything)
     np.testing.assert_allclose(kept.boxes, everything.boxes[inside], atol=1e-4)
-    torch.testing.assert_close(kept.mask_probs, everything.mask_probs[torch.from_numpy(inside)], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        kept.mask_probs, everything.mask_probs[torch.from_numpy(inside)], atol=1e-5, rtol=1e-4
+    )
 
 
 class RunsCode:

@@ -23,8 +23,14 @@ def square_labels(shape, squares):
 def test_names_and_paper_order():
     assert len(CANDIDATE_FEATURES) == 18
     assert PAPER_FEATURES == (
-        "frac_score_0.9", "count", "area_ratio", "image_confidence",
-        "mean_score", "mean_size", "std_score", "std_size",
+        "frac_score_0.9",
+        "count",
+        "area_ratio",
+        "image_confidence",
+        "mean_score",
+        "mean_size",
+        "std_score",
+        "std_size",
     )
     assert set(PAPER_FEATURES) <= set(CANDIDATE_FEATURES)
 

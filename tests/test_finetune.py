@@ -83,8 +83,15 @@ def test_cancel_stops_within_a_step_and_keeps_the_parent(tiny_checkpoint):
     images, truth = frames(2)
     steps = []
     with pytest.raises(FinetuneCancelled):
-        finetune(parent, images, truth, steps=50, device="cpu", progress=lambda r: steps.append(r.step),
-                 cancelled=lambda: len(steps) >= 1)
+        finetune(
+            parent,
+            images,
+            truth,
+            steps=50,
+            device="cpu",
+            progress=lambda r: steps.append(r.step),
+            cancelled=lambda: len(steps) >= 1,
+        )
     assert steps == [1] and weights_hash(parent) == before
 
 
@@ -151,15 +158,23 @@ def test_forest_for_the_new_detector_is_saved_beside_it_and_found_by_auto(tuned,
     _, result, _ = tuned
     images, truth = frames(3)
     seen = []
-    forest = fit_detector_forest(result.detector, images, truth, frames_per_domain=1,
-                                 progress=lambda done, total, what: seen.append((done, total)))
+    forest = fit_detector_forest(
+        result.detector,
+        images,
+        truth,
+        frames_per_domain=1,
+        progress=lambda done, total, what: seen.append((done, total)),
+    )
     total = len(frame_plan(1)) + 3  # one study frame per domain, then the 3 labelled frames
     assert seen[-1] == (total, total) and forest.n_training == total
     assert forest.uses_novelty and forest.training_embeddings.shape[0] == total  # the bundled forest's check
     assert forest.detector["weights_sha256"] == result.detector.weights_sha256
     model = tmp_path / "model.pt"
     written = save_finetuned(result, forest, model)
-    assert companion_forest_path(model) == tmp_path / "model.forest.skops" and written[1] == tmp_path / "model.forest.skops"
+    assert (
+        companion_forest_path(model) == tmp_path / "model.forest.skops"
+        and written[1] == tmp_path / "model.forest.skops"
+    )
     assert all(p.is_file() for p in written)
     meta = load_detector(model, device="cpu").metadata()
     assert forest_for_detector(meta) == str(tmp_path / "model.forest.skops") == forest_name("auto", meta)
@@ -187,16 +202,45 @@ def test_cli_finetune_end_to_end(tiny_checkpoint, tmp_path):
         tifffile.imwrite(tmp_path / "images" / f"f{i}.tif", image.astype(np.uint8))
         tifffile.imwrite(tmp_path / "labels" / f"f{i}.tif", labels)
     out = tmp_path / "out" / "model.pt"
-    code = cli.main(["finetune", str(tmp_path / "images"), "--ground-truth", str(tmp_path / "labels"),
-                     "--out", str(out), "--model", str(tiny_checkpoint), "--steps", "2",
-                     "--synthetic-frames", "1", "--device", "cpu", "--no-progress"])
+    code = cli.main(
+        [
+            "finetune",
+            str(tmp_path / "images"),
+            "--ground-truth",
+            str(tmp_path / "labels"),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_checkpoint),
+            "--steps",
+            "2",
+            "--synthetic-frames",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     for name in ("model.pt", "model.forest.skops", "model.curves.csv", "model.curves.png"):
         assert (out.parent / name).is_file(), name
     curves = pd.read_csv(out.parent / "model.curves.csv")
     assert list(curves["step"]) == [1, 2] and "loss_mask" in curves
-    assert cli.main(["finetune", str(tmp_path / "images"), "--ground-truth", str(tmp_path / "nowhere"),
-                     "--out", str(out), "--steps", "1"]) == cli.EXIT_ERROR
+    assert (
+        cli.main(
+            [
+                "finetune",
+                str(tmp_path / "images"),
+                "--ground-truth",
+                str(tmp_path / "nowhere"),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+            ]
+        )
+        == cli.EXIT_ERROR
+    )
 
 
 def test_label_folder_must_name_every_input(tmp_path):
@@ -228,9 +272,14 @@ def test_cli_finetune_from_coco_with_boxes_only(tiny_checkpoint, tmp_path, capsy
         coco["images"].append({"id": i + 1, "file_name": f"f{i}.tif", "height": 128, "width": 128})
         for label in range(1, int(labels.max()) + 1):
             ys, xs = np.nonzero(labels == label)
-            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1, "category_id": 1,
-                                        "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1,
-                                                 int(np.ptp(ys)) + 1]})
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
+                }
+            )
     (tmp_path / "boxes.json").write_text(json.dumps(coco))
     labelled = read_labelled_frames(tmp_path / "images", tmp_path / "boxes.json")
     assert labelled.names == ["f0", "f1"]
@@ -240,18 +289,48 @@ def test_cli_finetune_from_coco_with_boxes_only(tiny_checkpoint, tmp_path, capsy
     assert mask.sum() < box[2] * box[3]  # an ellipse, not the whole box
     ys, xs = np.nonzero(mask)
     assert (xs.min(), ys.min(), xs.max(), ys.max()) == pytest.approx(
-        (box[0], box[1], box[0] + box[2] - 1, box[1] + box[3] - 1), abs=1)  # touching the box's sides
+        (box[0], box[1], box[0] + box[2] - 1, box[1] + box[3] - 1), abs=1
+    )  # touching the box's sides
     assert "box-only" in labelled.notes[0] and "ellipse" in labelled.notes[0]
     out = tmp_path / "model.pt"
-    code = cli.main(["finetune", str(tmp_path / "images"), "--ground-truth", str(tmp_path / "boxes.json"),
-                     "--out", str(out), "--model", str(tiny_checkpoint), "--steps", "2",
-                     "--synthetic-frames", "1", "--device", "cpu", "--no-progress"])
+    code = cli.main(
+        [
+            "finetune",
+            str(tmp_path / "images"),
+            "--ground-truth",
+            str(tmp_path / "boxes.json"),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_checkpoint),
+            "--steps",
+            "2",
+            "--synthetic-frames",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0 and out.is_file()
     assert "ellipse inscribed" in capsys.readouterr().err  # messages go to stderr
     coco["images"][1]["file_name"] = "other.tif"  # annotations of an image that is not an input
     (tmp_path / "boxes.json").write_text(json.dumps(coco))
-    assert cli.main(["finetune", str(tmp_path / "images"), "--ground-truth", str(tmp_path / "boxes.json"),
-                     "--out", str(out), "--steps", "1"]) == cli.EXIT_ERROR
+    assert (
+        cli.main(
+            [
+                "finetune",
+                str(tmp_path / "images"),
+                "--ground-truth",
+                str(tmp_path / "boxes.json"),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+            ]
+        )
+        == cli.EXIT_ERROR
+    )
     assert "no image named f1.tif" in capsys.readouterr().err
 
 
@@ -272,7 +351,9 @@ def test_detectron2_weights_imported_into_torchvision_fine_tune(tmp_path):
     arch["fpn_channels"] = 16
     arch["roi"].update(box_head_dim=32, mask_head_widths=[16, 16])
     torch.manual_seed(1)
-    torch.save({"model": as_detectron2_state(build_maskrcnn(arch).state_dict())}, tmp_path / "model_final.pth")
+    torch.save(
+        {"model": as_detectron2_state(build_maskrcnn(arch).state_dict())}, tmp_path / "model_final.pth"
+    )
     (tmp_path / "config.yaml").write_text(
         "MODEL:\n  RESNETS: {DEPTH: 18, STRIDE_IN_1X1: false, RES2_OUT_CHANNELS: 64}\n  FPN: {OUT_CHANNELS: 16}\n"
         "  ROI_BOX_HEAD: {FC_DIM: 32}\n  ROI_MASK_HEAD: {CONV_DIM: 16, NUM_CONV: 2}\n"
@@ -301,7 +382,9 @@ def test_models_with_an_object_size_rule_train_at_the_scale_inference_uses(tmp_p
     rule = {"target_px": 22.0, "min_factor": 0.25, "max_factor": 1.5}
     normalisation = {**TINY_NORMALISATION, "intensity": "robust", "object_size": rule}
     torch.manual_seed(0)
-    header = new_checkpoint_header(TINY_ARCHITECTURE, name="tiny-sized", normalisation=normalisation, training="-")
+    header = new_checkpoint_header(
+        TINY_ARCHITECTURE, name="tiny-sized", normalisation=normalisation, training="-"
+    )
     save_model(tmp_path / "sized.pt", build_maskrcnn(TINY_ARCHITECTURE).eval(), header)
     parent = load_detector(tmp_path / "sized.pt", device="cpu")
     images, truth = frames(2, shape=(160, 160))

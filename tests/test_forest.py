@@ -117,18 +117,28 @@ def test_detector_mismatch_warning(fitted):
     assert "trained for detector A" in forest.detector_mismatch({"name": "B", "weights_sha256": "b" * 64})
     # no hash on one side (the authors' forest): compared by detector family
     forest.detector = {"name": "li2025-cavity-maskrcnn-r50fpn", "engine": "detectron2"}
-    assert forest.detector_mismatch({"detector": "detectron2:model_final.pth", "engine": "torchvision",
-                                     "weights_sha256": "c" * 64}) is None
+    assert (
+        forest.detector_mismatch(
+            {"detector": "detectron2:model_final.pth", "engine": "torchvision", "weights_sha256": "c" * 64}
+        )
+        is None
+    )
     assert forest.detector_mismatch({"detector": "default-compact", "engine": "torchvision"}) is not None
     # same weights, other score threshold: the features describe other detections
     forest.detector = {"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.5}
     assert forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.5}) is None
-    assert ">= 0.5" in forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.1})
+    assert ">= 0.5" in forest.detector_mismatch(
+        {"name": "A", "weights_sha256": "a" * 64, "score_threshold": 0.1}
+    )
     # same weights, the second look switched off: more (background) detections than it was fitted on
     forest.detector = {"name": "A", "weights_sha256": "a" * 64, "second_look": True}
     assert forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "second_look": True}) is None
-    assert forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64}) is None  # stored before the switch
-    assert "without it" in forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64, "second_look": False})
+    assert (
+        forest.detector_mismatch({"name": "A", "weights_sha256": "a" * 64}) is None
+    )  # stored before the switch
+    assert "without it" in forest.detector_mismatch(
+        {"name": "A", "weights_sha256": "a" * 64, "second_look": False}
+    )
 
 
 class RunsCode:

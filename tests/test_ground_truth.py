@@ -11,8 +11,10 @@ def test_seeded_layer_counts_only_reviewed_frames():
     data = np.ones((4, 8, 8), np.uint8)
     data[2] = 0
     record = GroundTruthRecord(seeded_from="tem masks", reviewed_frames={2, 3})
-    assert [(f.frame, f.n_objects, f.how) for f in labeled_frames(record, data)] == [(2, 0, "reviewed"),
-                                                                                      (3, 1, "reviewed")]
+    assert [(f.frame, f.n_objects, f.how) for f in labeled_frames(record, data)] == [
+        (2, 0, "reviewed"),
+        (3, 1, "reviewed"),
+    ]
 
 
 def test_drawn_layer_counts_frames_with_labels_too():
@@ -20,8 +22,10 @@ def test_drawn_layer_counts_frames_with_labels_too():
     data[1, 2:4, 2:4] = 1
     data[1, 5:7, 5:7] = 2
     record = GroundTruthRecord(reviewed_frames={3})
-    assert [(f.frame, f.n_objects, f.how) for f in labeled_frames(record, data)] == [(1, 2, "drawn"),
-                                                                                      (3, 0, "reviewed")]
+    assert [(f.frame, f.n_objects, f.how) for f in labeled_frames(record, data)] == [
+        (1, 2, "drawn"),
+        (3, 0, "reviewed"),
+    ]
     assert [f.frame for f in labeled_frames(GroundTruthRecord(), data[1])] == [0]
 
 

@@ -569,7 +569,8 @@ def test_hostile_training_tables_are_refused_by_fit_forest_and_training_sets(tmp
     if column == "count" and value == "150":
         value = "-1e400"  # a large count is a valid feature value; minus infinity is not
     rows = [
-        {"source": "a", **{f: 0.5 for f in PAPER_FEATURES}, **{t: 0.5 for t in TARGETS}} for _ in range(12)
+        {"source": "a", **dict.fromkeys(PAPER_FEATURES, 0.5), **dict.fromkeys(TARGETS, 0.5)}
+        for _ in range(12)
     ]
     table = pd.DataFrame(rows).astype(object)
     table.loc[3, column] = value

@@ -35,31 +35,71 @@ def test_zeiss_sem_tiff_pixel_size(tmp_path):
 
 def test_ome_tiff_pixel_size_in_its_unit_and_the_default_micrometre(tmp_path):
     in_nm = tmp_path / "nm.ome.tif"
-    tifffile.imwrite(in_nm, STACK, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.4, "PhysicalSizeXUnit": "nm",
-                                                         "PhysicalSizeY": 0.4, "PhysicalSizeYUnit": "nm"})
+    tifffile.imwrite(
+        in_nm,
+        STACK,
+        ome=True,
+        metadata={
+            "axes": "TYX",
+            "PhysicalSizeX": 0.4,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 0.4,
+            "PhysicalSizeYUnit": "nm",
+        },
+    )
     opened = open_micrograph(in_nm)
     assert opened.pixel_size.nm == pytest.approx(0.4) and opened.pixel_size.source == "OME metadata"
     assert opened.n_frames == 3
     default_unit = tmp_path / "um.ome.tif"
-    tifffile.imwrite(default_unit, STACK[0], ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.002,
-                                                                  "PhysicalSizeY": 0.002})
+    tifffile.imwrite(
+        default_unit,
+        STACK[0],
+        ome=True,
+        metadata={"axes": "YX", "PhysicalSizeX": 0.002, "PhysicalSizeY": 0.002},
+    )
     assert describe(default_unit).pixel_size_nm == pytest.approx(2.0)
     mixed_units = tmp_path / "mixed.ome.tif"
-    tifffile.imwrite(mixed_units, STACK[0], ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.4, "PhysicalSizeXUnit": "nm",
-                                                                 "PhysicalSizeY": 0.0004, "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(
+        mixed_units,
+        STACK[0],
+        ome=True,
+        metadata={
+            "axes": "YX",
+            "PhysicalSizeX": 0.4,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 0.0004,
+            "PhysicalSizeYUnit": "µm",
+        },
+    )
     assert describe(mixed_units).pixel_size_nm == pytest.approx(0.4)
 
 
 def test_two_different_pixel_sizes_leave_it_unknown_with_the_reason(tmp_path):
     path = tmp_path / "fiji_resaved.tif"
-    tifffile.imwrite(path, STACK[0], imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "nm"},
-                     extratags=[(FEI_TAG, "s", 0, fei_text(4e-10), True)])
+    tifffile.imwrite(
+        path,
+        STACK[0],
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"unit": "nm"},
+        extratags=[(FEI_TAG, "s", 0, fei_text(4e-10), True)],
+    )
     info = describe(path)
     assert info.pixel_size_nm is None
-    assert "contradictory" in info.pixel_size_note and "0.4" in info.pixel_size_note and "0.5" in info.pixel_size_note
+    assert (
+        "contradictory" in info.pixel_size_note
+        and "0.4" in info.pixel_size_note
+        and "0.5" in info.pixel_size_note
+    )
     agreeing = tmp_path / "agreeing.tif"
-    tifffile.imwrite(agreeing, STACK[0], imagej=True, resolution=(1 / 0.4, 1 / 0.4), metadata={"unit": "nm"},
-                     extratags=[(FEI_TAG, "s", 0, fei_text(4e-10), True)])
+    tifffile.imwrite(
+        agreeing,
+        STACK[0],
+        imagej=True,
+        resolution=(1 / 0.4, 1 / 0.4),
+        metadata={"unit": "nm"},
+        extratags=[(FEI_TAG, "s", 0, fei_text(4e-10), True)],
+    )
     opened = open_micrograph(agreeing)
     assert opened.pixel_size.nm == pytest.approx(0.4)
     assert "FEI" in opened.pixel_size.source and "ImageJ" in opened.pixel_size.source
@@ -69,7 +109,11 @@ def test_unknown_unit_and_non_square_pixels_leave_it_unknown(tmp_path):
     furlong = tmp_path / "odd_unit.tif"
     tifffile.imwrite(furlong, STACK[0], imagej=True, resolution=(2.0, 2.0), metadata={"unit": "furlong"})
     info = describe(furlong)
-    assert info.pixel_size_nm is None and "furlong" in info.pixel_size_note and "not a length" in info.pixel_size_note
+    assert (
+        info.pixel_size_nm is None
+        and "furlong" in info.pixel_size_note
+        and "not a length" in info.pixel_size_note
+    )
     stretched = tmp_path / "stretched.tif"
     tifffile.imwrite(stretched, STACK[0], imagej=True, resolution=(1 / 0.4, 1 / 0.8), metadata={"unit": "nm"})
     assert "not square" in describe(stretched).pixel_size_note
@@ -81,8 +125,10 @@ def test_unknown_unit_and_non_square_pixels_leave_it_unknown(tmp_path):
 
 def test_tiff_stacks_open_lazily_one_chunk_per_frame(tmp_path):
     da = pytest.importorskip("dask.array")
-    for name, options in (("plain.tif", {"photometric": "minisblack"}),
-                          ("zlib.tif", {"photometric": "minisblack", "compression": "zlib"})):
+    for name, options in (
+        ("plain.tif", {"photometric": "minisblack"}),
+        ("zlib.tif", {"photometric": "minisblack", "compression": "zlib"}),
+    ):
         path = tmp_path / name
         tifffile.imwrite(path, STACK, **options)
         opened = open_micrograph(path)
@@ -143,14 +189,22 @@ def test_read_only_formats_take_the_image_not_the_spectrum(tmp_path, monkeypatch
     """rosettasciio's readers for these formats have no writer: their output form stands in (a
     Velox file holding a spectrum image and an image series, in µm)."""
     module = pytest.importorskip(f"rsciio.{plugin}")
-    spectrum = {"data": np.zeros((4, 4, 32)), "axes": [
-        {"size": 4, "index_in_array": 0, "scale": 1.0, "units": "nm", "navigate": True},
-        {"size": 4, "index_in_array": 1, "scale": 1.0, "units": "nm", "navigate": True},
-        {"size": 32, "index_in_array": 2, "scale": 10.0, "units": "eV", "navigate": False}]}
-    series = {"data": STACK, "axes": [
-        {"size": 3, "index_in_array": 0, "scale": 0.5, "units": "s", "navigate": True},
-        {"size": 16, "index_in_array": 1, "scale": 0.0015, "units": "µm", "navigate": False},
-        {"size": 20, "index_in_array": 2, "scale": 0.0015, "units": "µm", "navigate": False}]}
+    spectrum = {
+        "data": np.zeros((4, 4, 32)),
+        "axes": [
+            {"size": 4, "index_in_array": 0, "scale": 1.0, "units": "nm", "navigate": True},
+            {"size": 4, "index_in_array": 1, "scale": 1.0, "units": "nm", "navigate": True},
+            {"size": 32, "index_in_array": 2, "scale": 10.0, "units": "eV", "navigate": False},
+        ],
+    }
+    series = {
+        "data": STACK,
+        "axes": [
+            {"size": 3, "index_in_array": 0, "scale": 0.5, "units": "s", "navigate": True},
+            {"size": 16, "index_in_array": 1, "scale": 0.0015, "units": "µm", "navigate": False},
+            {"size": 20, "index_in_array": 2, "scale": 0.0015, "units": "µm", "navigate": False},
+        ],
+    }
     monkeypatch.setattr(module, "file_reader", lambda filename, lazy=False, **options: [spectrum, series])
     path = tmp_path / f"microscope{suffix}"
     path.write_bytes(b"")
@@ -171,13 +225,23 @@ def test_zarr_array_and_ome_zarr_with_its_scale(tmp_path):
     np.testing.assert_array_equal(read_frame(plain, 2), STACK[2])
     ome = tmp_path / "image.ome.zarr"
     group = zarr.open_group(str(ome), mode="w")
-    group.create_array("0", data=STACK[None]) if hasattr(group, "create_array") else group.array("0", STACK[None])
-    group.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "c", "type": "channel"}, {"name": "t", "type": "time"},
-                 {"name": "y", "type": "space", "unit": "nanometer"}, {"name": "x", "type": "space", "unit": "nanometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.4, 0.4]}]}],
-    }]
+    group.create_array("0", data=STACK[None]) if hasattr(group, "create_array") else group.array(
+        "0", STACK[None]
+    )
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [
+                {"name": "c", "type": "channel"},
+                {"name": "t", "type": "time"},
+                {"name": "y", "type": "space", "unit": "nanometer"},
+                {"name": "x", "type": "space", "unit": "nanometer"},
+            ],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.4, 0.4]}]}
+            ],
+        }
+    ]
     opened = open_micrograph(ome)
     assert (opened.n_frames, opened.frame_shape) == (3, (16, 20))
     assert opened.pixel_size.nm == pytest.approx(0.4)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,8 +45,18 @@ def store(tmp_path):
     tifffile.imwrite(source, image, imagej=True, resolution=(1 / 0.4, 1 / 0.4), metadata={"unit": "nm"})
     root = tmp_path / "out" / "series"
     (root / "frames").mkdir(parents=True)
-    write_json(root / "meta.json", {"source": str(source), "n_frames": 2, "image_shape": [16, 20], "is_2d": False,
-                                    "pixel_size_nm": 0.4, "detector": DETECTOR, "score_threshold": 0.1})
+    write_json(
+        root / "meta.json",
+        {
+            "source": str(source),
+            "n_frames": 2,
+            "image_shape": [16, 20],
+            "is_2d": False,
+            "pixel_size_nm": 0.4,
+            "detector": DETECTOR,
+            "score_threshold": 0.1,
+        },
+    )
     store = Store(root)
     for t in range(2):
         write_frame(store.frame_path(t), frame_detections(t), object_size_px=7.0 + t)
@@ -78,7 +89,11 @@ def test_store_reopens_as_image_masks_and_boxes_with_the_detector_record(store):
     np.testing.assert_allclose(features["score"], [0.9, 0.35, 0.9, 0.45])
     record = mask_kwargs["metadata"]["detection_qc"]
     assert record == box_kwargs["metadata"]["detection_qc"]
-    assert record["detector"] == DETECTOR and record["image_layer"] == "series" and record["pixel_size_nm"] == 0.4
+    assert (
+        record["detector"] == DETECTOR
+        and record["image_layer"] == "series"
+        and record["pixel_size_nm"] == 0.4
+    )
     assert record["frames_done"] == [0, 1] and record[OBJECT_SIZES_KEY] == {"0": 7.0, "1": 8.0}
     assert record[SIGNALS_KEY]["1"]["tta_iou"] == pytest.approx(0.6)
     assert mask_kwargs["scale"] == (1.0, 0.4, 0.4) and mask_kwargs["units"] == ("pixel", "nm", "nm")
@@ -88,11 +103,16 @@ def test_reopened_layers_are_valid_napari_layers_and_a_pair(store):
     layers_module = pytest.importorskip("napari.layers")
     from napari_detection_qc.layer_pair import pair_problem
 
-    made = {kind: layers_module.Layer.create(data, kwargs, kind) for data, kwargs, kind in get_reader(str(store.root))(
-        str(store.root))}
+    made = {
+        kind: layers_module.Layer.create(data, kwargs, kind)
+        for data, kwargs, kind in get_reader(str(store.root))(str(store.root))
+    }
     masks, boxes = made["labels"], made["shapes"]
     assert len(boxes.data) == 4 and list(boxes.features["score"]) == pytest.approx([0.9, 0.35, 0.9, 0.45])
-    assert pair_problem(masks.name, masks.data.shape, masks.metadata, boxes.name, boxes.data, boxes.metadata) is None
+    assert (
+        pair_problem(masks.name, masks.data.shape, masks.metadata, boxes.name, boxes.data, boxes.metadata)
+        is None
+    )
 
 
 def test_damaged_store_opens_nothing(store):
@@ -119,7 +139,9 @@ def test_label_tiff_is_an_imagej_stack_with_calibration(tmp_path):
     info = describe(path)
     assert info.pixel_size_nm == pytest.approx(0.4) and info.n_frames == 3
     many = np.arange(16 * 20, dtype=np.uint32).reshape(16, 20) * 300  # ids past uint16: float32, exact
-    [written] = write_labels_tiff(str(tmp_path / "many.tif"), many, {"metadata": {}, "scale": (1, 1), "units": None})
+    [written] = write_labels_tiff(
+        str(tmp_path / "many.tif"), many, {"metadata": {}, "scale": (1, 1), "units": None}
+    )
     np.testing.assert_array_equal(tifffile.imread(written).astype(np.uint32), many)
     assert describe(written).pixel_size_nm is None
 
@@ -135,7 +157,7 @@ def test_coco_writer_keeps_scores_and_the_detector(tmp_path, store):
     layer_data = get_reader(str(store.root))(str(store.root))
     pair = [(data, kwargs, kind) for data, kwargs, kind in layer_data if kind in ("labels", "shapes")]
     [written] = write_detections_coco(str(tmp_path / "detections.json"), pair)
-    document = json.loads(open(written).read())
+    document = json.loads(Path(written).read_text())
     assert [image["frame"] for image in document["images"]] == [0, 1]
     assert {image["file_name"] for image in document["images"]} == {"series.tif"}
     assert sorted(a["score"] for a in document["annotations"]) == pytest.approx([0.35, 0.45, 0.9, 0.9])
@@ -171,11 +193,13 @@ def test_napari_opens_a_store_and_saves_through_the_plugin(make_napari_viewer, s
     masks, boxes = viewer.layers["series masks"], viewer.layers["series boxes"]
     assert list(boxes.features["score"]) == pytest.approx([0.9, 0.35, 0.9, 0.45])
     viewer.layers.selection = {masks}
-    [tiff] = viewer.layers.save(str(tmp_path / "saved_masks.tif"), selected=True, plugin="napari-detection-qc")
+    [tiff] = viewer.layers.save(
+        str(tmp_path / "saved_masks.tif"), selected=True, plugin="napari-detection-qc"
+    )
     assert describe(tiff).pixel_size_nm == pytest.approx(0.4)
     viewer.layers.selection = {masks, boxes}
     [coco] = viewer.layers.save(str(tmp_path / "saved.json"), selected=True, plugin="napari-detection-qc")
-    assert len(json.loads(open(coco).read())["annotations"]) == 4
+    assert len(json.loads(Path(coco).read_text())["annotations"]) == 4
 
 
 def test_coco_detections_reopen_with_image_scores_and_detector(tmp_path, store):
@@ -195,10 +219,14 @@ def test_coco_detections_reopen_with_image_scores_and_detector(tmp_path, store):
     vertices, box_kwargs = layers["shapes"]
     assert list(box_kwargs["features"]["score"]) == pytest.approx([0.9, 0.35, 0.9, 0.45])
     record = box_kwargs["metadata"]["detection_qc"]
-    assert record["detector"] == DETECTOR and record["pixel_size_nm"] == 0.4 and record["frames_done"] == [0, 1]
+    assert (
+        record["detector"] == DETECTOR and record["pixel_size_nm"] == 0.4 and record["frames_done"] == [0, 1]
+    )
     assert mask_kwargs["scale"] == (1.0, 0.4, 0.4)
     ground_truth = tmp_path / "truth.json"
-    ground_truth.write_text(json.dumps({"images": [], "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1]}]}))
+    ground_truth.write_text(
+        json.dumps({"images": [], "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1]}]})
+    )
     assert get_reader(str(ground_truth)) is None  # no scores: ground truth, for the Training step
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"images": [{"id": 1}], "annotations": [{"image_id": 1, "score": 0.5}]}))

@@ -38,12 +38,16 @@ def test_merge_replaces_only_the_redone_frames_and_keeps_manual_rows():
     assert list(merged.groupby("frame").size()) == [2, 5, 1]
     assert merged.loc[merged["frame"] == 2, "origin"].tolist() == ["manual"]
     assert len(merged_vertices) == len(merged) == 8
-    rebuilt = StackDetections.from_layer_data(np.stack([f.labels for f in stack.frames]), merged_vertices, merged)
+    rebuilt = StackDetections.from_layer_data(
+        np.stack([f.labels for f in stack.frames]), merged_vertices, merged
+    )
     assert [f.count for f in rebuilt.frames] == [2, 5, 1]
 
 
 def test_merge_into_empty_layer():
-    vertices, features = merge_frames([], pd.DataFrame({"score": [], "label": [], "frame": []}), {0: frame(2)}, True)
+    vertices, features = merge_frames(
+        [], pd.DataFrame({"score": [], "label": [], "frame": []}), {0: frame(2)}, True
+    )
     assert len(vertices) == 2 and features["origin"].tolist() == ["detector", "detector"]
     assert vertices[0].shape == (4, 2)
 
@@ -80,11 +84,17 @@ def test_a_rerun_replaces_only_its_frames_signals_and_the_record_stays_json():
     assert list(first) == ["0", "1"]  # a frame detected without signals has no entry
     again = merge_signals(json.loads(json.dumps(first)), {1: {}, 2: {"tta_iou": 0.9}})
     assert again == {"0": first["0"], "2": {"tta_iou": 0.9}}  # frame 1's old signals went with its detections
-    assert list(merge_signals(again, {10: {"tta_iou": 0.1}})) == ["0", "2", "10"]  # frame order, not text order
+    assert list(merge_signals(again, {10: {"tta_iou": 0.1}})) == [
+        "0",
+        "2",
+        "10",
+    ]  # frame order, not text order
 
 
 def test_stored_signals_give_every_frame_a_dict():
-    record = {SIGNALS_KEY: merge_signals(None, {0: {"tta_iou": 0.5, EMBEDDING: [1.0, 2.0]}, 2: {"tta_iou": 0.9}})}
+    record = {
+        SIGNALS_KEY: merge_signals(None, {0: {"tta_iou": 0.5, EMBEDDING: [1.0, 2.0]}, 2: {"tta_iou": 0.9}})
+    }
     signals = stored_signals(record, 3)
     assert [set(s) for s in signals] == [{"tta_iou", EMBEDDING}, set(), {"tta_iou"}]
     assert signals[0][EMBEDDING].dtype == np.float32 and list(signals[0][EMBEDDING]) == [1.0, 2.0]

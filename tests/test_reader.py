@@ -50,7 +50,9 @@ def test_dm_without_rosettasciio_says_which_extra_to_install(tmp_path, monkeypat
 def test_pixel_size_from_layer_metadata_then_scale_units():
     recorded = SimpleNamespace(metadata={"detection_qc": {"pixel_size_nm": 0.7}}, scale=(1, 1), units=None)
     assert pixel_size_from_layer(recorded) == pytest.approx(0.7)
-    in_microns = SimpleNamespace(metadata={}, scale=(1.0, 0.002, 0.002), units=("pixel", "micrometer", "micrometer"))
+    in_microns = SimpleNamespace(
+        metadata={}, scale=(1.0, 0.002, 0.002), units=("pixel", "micrometer", "micrometer")
+    )
     assert pixel_size_from_layer(in_microns) == pytest.approx(2.0)
     in_pixels = SimpleNamespace(metadata={}, scale=(1.0, 1.0), units=("pixel", "pixel"))
     assert pixel_size_from_layer(in_pixels) is None

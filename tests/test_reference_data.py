@@ -27,12 +27,31 @@ from napari_detection_qc.reference_data import (
 DATA = Path(__file__).parents[2] / "shared" / "reference-data"
 CORRECTED = DATA / "li2025_rf_training_table.csv"
 ORIGINAL = DATA / "li2025_rf_training_table_original.csv"
-needs_shared = pytest.mark.skipif(not CORRECTED.exists() or not ORIGINAL.exists(),
-                                  reason="the authors' table (../shared/reference-data) is not here")
+needs_shared = pytest.mark.skipif(
+    not CORRECTED.exists() or not ORIGINAL.exists(),
+    reason="the authors' table (../shared/reference-data) is not here",
+)
 
-CORRECTED_COLUMNS = ["names", "f1", "precision", "recall", "area_ratio", "image_confidence", "avg obj conf",
-                     "avg obj size", "stdev obj conf", "stdev obj size", "avg pred shape", "stdev pred shape",
-                     "range pred shape", "counts", "swell", "swell_frac", *SCORE_BIN_COLUMNS, "label"]
+CORRECTED_COLUMNS = [
+    "names",
+    "f1",
+    "precision",
+    "recall",
+    "area_ratio",
+    "image_confidence",
+    "avg obj conf",
+    "avg obj size",
+    "stdev obj conf",
+    "stdev obj size",
+    "avg pred shape",
+    "stdev pred shape",
+    "range pred shape",
+    "counts",
+    "swell",
+    "swell_frac",
+    *SCORE_BIN_COLUMNS,
+    "label",
+]
 
 
 # -- a frame whose table row is computed by hand --------------------------------------------------
@@ -46,17 +65,33 @@ def hand_computed_row(label="A:  over_over") -> dict:
     sides = np.array([d[2] for d in DETECTIONS], float)
     scores = np.array([d[3] for d in DETECTIONS])
     sizes = sides**2 / (IMAGE_SHAPE[0] * IMAGE_SHAPE[1])
-    row = {"names": "frame.png", "f1": 0.5, "precision": 0.5, "recall": 0.5,
-           "area_ratio": sizes.sum(), "image_confidence": (sizes * scores).sum() / sizes.sum(),
-           "avg obj conf": scores.mean(), "avg obj size": sizes.mean(),
-           "stdev obj conf": np.sqrt(np.mean((scores - scores.mean()) ** 2)),
-           "stdev obj size": np.sqrt(np.mean((sizes - sizes.mean()) ** 2)),
-           "avg pred shape": 2 / np.sqrt(np.pi), "stdev pred shape": 0.0, "range pred shape": 0.0,
-           "counts": len(scores), "swell": 0.0, "swell_frac": 0.0, "label": label}
+    row = {
+        "names": "frame.png",
+        "f1": 0.5,
+        "precision": 0.5,
+        "recall": 0.5,
+        "area_ratio": sizes.sum(),
+        "image_confidence": (sizes * scores).sum() / sizes.sum(),
+        "avg obj conf": scores.mean(),
+        "avg obj size": sizes.mean(),
+        "stdev obj conf": np.sqrt(np.mean((scores - scores.mean()) ** 2)),
+        "stdev obj size": np.sqrt(np.mean((sizes - sizes.mean()) ** 2)),
+        "avg pred shape": 2 / np.sqrt(np.pi),
+        "stdev pred shape": 0.0,
+        "range pred shape": 0.0,
+        "counts": len(scores),
+        "swell": 0.0,
+        "swell_frac": 0.0,
+        "label": label,
+    }
     # bins [0.1,0.2) ... [0.9,1.0]; 0.3 belongs to [0.3, 0.4)
     for column, tenth in zip(SCORE_BIN_COLUMNS, range(1, 10)):
-        row[column] = int(np.sum((scores >= tenth / 10 - 1e-12) & (scores < (tenth + 1) / 10 - 1e-12)
-                                 | ((tenth == 9) & (scores >= 0.9))))
+        row[column] = int(
+            np.sum(
+                (scores >= tenth / 10 - 1e-12) & (scores < (tenth + 1) / 10 - 1e-12)
+                | ((tenth == 9) & (scores >= 0.9))
+            )
+        )
     return row
 
 
@@ -164,15 +199,22 @@ def test_original_table_equals_corrected_after_repair():
     assert set(original.info["label"]) == set(corrected.info["label"])
 
     def sorted_rows(table):
-        frame = pd.concat([table.info[["names", "label"]], table.targets, table.features[list(PAPER_FEATURES)]],
-                          axis=1)
+        frame = pd.concat(
+            [table.info[["names", "label"]], table.targets, table.features[list(PAPER_FEATURES)]], axis=1
+        )
         return frame.sort_values(list(frame.columns)).reset_index(drop=True)
 
-    repaired = original._replace(**{k: v[~original.info["duplicate"] | (original.info["label"] != "A_A")]
-                                    for k, v in original._asdict().items()})
+    repaired = original._replace(
+        **{
+            k: v[~original.info["duplicate"] | (original.info["label"] != "A_A")]
+            for k, v in original._asdict().items()
+        }
+    )
     left, right = sorted_rows(repaired), sorted_rows(corrected)
     assert left[["names", "label"]].equals(right[["names", "label"]])
-    assert np.allclose(left.drop(columns=["names", "label"]), right.drop(columns=["names", "label"]), atol=1e-6)
+    assert np.allclose(
+        left.drop(columns=["names", "label"]), right.drop(columns=["names", "label"]), atol=1e-6
+    )
 
 
 # -- the bundled forest --------------------------------------------------------------------------

@@ -29,7 +29,9 @@ def test_add_extends_the_base_forest_frames_and_replace_needs_enough(base):
     mine = rows(3, 1, "mine")
     training = training_for_refit(RefitMode.ADD, mine, None, base)
     assert len(training) == 43 and training.sources[-3:] == mine.sources
-    again = training_for_refit(RefitMode.ADD, mine, training, base)  # same frames again: replaced, not doubled
+    again = training_for_refit(
+        RefitMode.ADD, mine, training, base
+    )  # same frames again: replaced, not doubled
     assert len(again) == 43
     with pytest.raises(ValueError, match="at least 5"):
         training_for_refit(RefitMode.REPLACE, mine, training, base)
@@ -53,8 +55,9 @@ def test_cv_report_scores_your_frames_from_the_same_out_of_fold_predictions(base
 def test_a_refit_keeps_the_novelty_check_only_when_every_frame_has_an_embedding(base, tmp_path):
     rng = np.random.default_rng(5)
     earlier = rows(40, 0, "earlier")
-    with_novelty = QualityForest(n_estimators=10).fit(earlier.features, earlier.targets,
-                                                      embeddings=rng.normal(0, 1, (40, 6)))
+    with_novelty = QualityForest(n_estimators=10).fit(
+        earlier.features, earlier.targets, embeddings=rng.normal(0, 1, (40, 6))
+    )
     mine = rows(4, 6, "mine")
     embedded = TrainingSet().add(mine.features, mine.targets, mine.sources, rng.normal(0, 1, (4, 6)))
     training = training_for_refit(RefitMode.ADD, embedded, None, with_novelty)
@@ -82,8 +85,9 @@ def test_a_refit_keeps_the_base_forests_novelty_reference(tmp_path):
     rng = np.random.default_rng(6)
     earlier = rows(40, 0, "earlier")
     reference = np.arange(40) < 30
-    base = QualityForest(n_estimators=10).fit(earlier.features, earlier.targets,
-                                              embeddings=rng.normal(0, 1, (40, 6)), novelty_reference=reference)
+    base = QualityForest(n_estimators=10).fit(
+        earlier.features, earlier.targets, embeddings=rng.normal(0, 1, (40, 6)), novelty_reference=reference
+    )
     mine = rows(4, 6, "mine")
     embedded = TrainingSet().add(mine.features, mine.targets, mine.sources, rng.normal(0, 1, (4, 6)))
     training = training_for_refit(RefitMode.ADD, embedded, None, base)

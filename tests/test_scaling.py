@@ -33,7 +33,9 @@ def threshold_boxes(images, cores=None):
     for image in images:
         labels, count = ndimage.label(image > 200)  # between matrix (128) and squares (255)
         slices = ndimage.find_objects(labels)
-        boxes = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in slices], float).reshape(-1, 4)
+        boxes = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in slices], float).reshape(
+            -1, 4
+        )
         results.append(BoxMasks(boxes, np.full(count, 0.9), torch.ones((count, 28, 28))))
     return results
 
@@ -100,7 +102,9 @@ def test_tiles_on_several_workers_give_the_same_detections_in_the_same_order():
 
 def test_work_on_cores_keeps_order_and_the_callers_thread_count_even_when_it_fails():
     previous = torch.get_num_threads()
-    assert map_on_cores(lambda item: (item, torch.get_num_threads()), range(5), workers=2) == [(i, 1) for i in range(5)]
+    assert map_on_cores(lambda item: (item, torch.get_num_threads()), range(5), workers=2) == [
+        (i, 1) for i in range(5)
+    ]
     assert torch.get_num_threads() == previous
 
     def fails(item):
@@ -160,7 +164,9 @@ def few_squares_frame(big_side, small_corners, small_side=10):
 
 def test_auto_object_size_finds_objects_spanning_a_third_of_the_frame():
     image = few_squares_frame(200, [])
-    assert estimate_object_size(image, threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) == pytest.approx(200, rel=0.1)
+    assert estimate_object_size(image, threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) == pytest.approx(
+        200, rel=0.1
+    )
 
 
 def test_a_few_objects_filling_a_small_view_weigh_less_than_small_objects():
@@ -168,7 +174,9 @@ def test_a_few_objects_filling_a_small_view_weigh_less_than_small_objects():
     squares that a 384 px view sees, though their score x diameter per area is larger (as blotches
     of background would in a frame of small cavities)."""
     image = few_squares_frame(200, [(230, 230), (230, 270), (270, 230), (270, 270)])
-    assert estimate_object_size(image, threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) == pytest.approx(10, rel=0.1)
+    assert estimate_object_size(image, threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) == pytest.approx(
+        10, rel=0.1
+    )
 
 
 def test_the_rung_above_the_largest_factor_only_confirms():
@@ -184,7 +192,9 @@ def test_the_rung_above_the_largest_factor_only_confirms():
 
 def test_auto_object_size_is_none_when_nothing_is_found():
     flat = np.random.default_rng(0).normal(100, 5, (600, 600)).astype(np.float32)
-    assert estimate_object_size(scale_to_255(flat, ROBUST), threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) is None
+    assert (
+        estimate_object_size(scale_to_255(flat, ROBUST), threshold_boxes, ScaleRule(22, 1 / 16, 1.5)) is None
+    )
 
 
 def test_scale_rule_clips_the_factor():
@@ -257,7 +267,9 @@ def tiny_scaled_detector(tmp_path_factory, one_torch_thread):
         "pixel_std": [64.0] * 3,
         "object_size": ScaleRule(22, 1 / 16, 1.5).to_header(),
     }
-    header = new_checkpoint_header(TINY_ARCHITECTURE, name="tiny-scaled", normalisation=normalisation, training="random")
+    header = new_checkpoint_header(
+        TINY_ARCHITECTURE, name="tiny-scaled", normalisation=normalisation, training="random"
+    )
     path = tmp_path_factory.mktemp("scaled") / "tiny.pt"
     save_model(path, build_maskrcnn(TINY_ARCHITECTURE).eval(), header)
     return load_detector(path, device="cpu", score_threshold=0.0, max_detections=50)

@@ -60,7 +60,11 @@ def test_a_consistent_detector_agrees_with_itself_fully_through_the_scaled_path(
 
 def test_agreement_on_empty_frames_is_defined():
     none, box = np.zeros((0, 4)), np.array([[0.0, 0, 10, 10]])
-    assert tta_agreement(none, np.zeros(0), [none, none]) == {"tta_iou": 1.0, "tta_share": 1.0, "tta_count_change": 0.0}
+    assert tta_agreement(none, np.zeros(0), [none, none]) == {
+        "tta_iou": 1.0,
+        "tta_share": 1.0,
+        "tta_count_change": 0.0,
+    }
     assert tta_agreement(none, np.zeros(0), [box])["tta_iou"] == 0.0
     lost = tta_agreement(box, np.array([0.9]), [none])
     assert lost["tta_iou"] == 0.0 and lost["tta_share"] == 0.0 and lost["tta_count_change"] == 1.0
@@ -100,7 +104,9 @@ def study(n=120, seed=0, shift=0.0):
 @pytest.fixture(scope="module")
 def signal_forest():
     features, targets, embeddings = study()
-    return QualityForest(features=SIGNAL_FEATURES, n_estimators=30).fit(features, targets, embeddings=embeddings)
+    return QualityForest(features=SIGNAL_FEATURES, n_estimators=30).fit(
+        features, targets, embeddings=embeddings
+    )
 
 
 def test_novel_frames_are_flagged_even_when_their_features_look_ordinary(signal_forest):
@@ -111,7 +117,7 @@ def test_novel_frames_are_flagged_even_when_their_features_look_ordinary(signal_
     assert not predicted["in_domain"][:10].any()
     assert predicted["in_domain"][10:].mean() >= 0.8
     assert predicted["novelty_known"].all()
-    assert (predicted["novelty"][:10].min() > predicted["novelty"][10:].max())
+    assert predicted["novelty"][:10].min() > predicted["novelty"][10:].max()
 
 
 def test_intervals_widen_with_novelty(signal_forest):
@@ -134,7 +140,9 @@ def test_frames_whose_error_no_training_frame_bounds_are_not_in_domain(signal_fo
     shifts = np.linspace(0.0, 3.0, 13)
     features = pd.concat([features] * len(shifts), ignore_index=True)
     predicted = forest.predict(features, np.repeat(embeddings, len(shifts), axis=0) + shifts[:, None])
-    unbounded = ~np.isfinite(forest._interval_scales("f1", predicted["novelty"].to_numpy(), np.ones(len(shifts), bool)))
+    unbounded = ~np.isfinite(
+        forest._interval_scales("f1", predicted["novelty"].to_numpy(), np.ones(len(shifts), bool))
+    )
     near = (predicted["domain_distance"] <= forest._domain_radius).to_numpy()
     assert predicted["in_domain"].iloc[0] and (unbounded & near).any()
     assert not predicted["in_domain"][unbounded].any()
@@ -169,7 +177,9 @@ def test_signal_forest_round_trips_through_its_file(signal_forest, tmp_path):
     features, _, embeddings = study(10, seed=5)
     loaded = QualityForest.load(signal_forest.save(tmp_path / "signals.skops"))
     assert loaded.signals_note is None and loaded.uses_novelty
-    pd.testing.assert_frame_equal(loaded.predict(features, embeddings), signal_forest.predict(features, embeddings))
+    pd.testing.assert_frame_equal(
+        loaded.predict(features, embeddings), signal_forest.predict(features, embeddings)
+    )
 
 
 @pytest.mark.parametrize(
@@ -200,7 +210,11 @@ def test_scoring_note_names_what_the_scores_lack(signal_forest):
     assert signal_forest.scoring_note(detected_with_signals=True) == ""
     assert signal_forest.scoring_note(detected_with_signals=False) == NO_EMBEDDINGS_NOTE
     old = QualityForest.load("li2025")
-    assert old.scoring_note(detected_with_signals=True) == old.scoring_note(detected_with_signals=False) == NO_SIGNALS_NOTE
+    assert (
+        old.scoring_note(detected_with_signals=True)
+        == old.scoring_note(detected_with_signals=False)
+        == NO_SIGNALS_NOTE
+    )
 
 
 def test_li2025_is_the_papers_forest_unchanged():
@@ -218,7 +232,9 @@ def test_novelty_flags_points_off_the_reference_subspace():
     assert (model.reference_novelty > model.threshold).mean() <= 0.02
     assert (model.novelty(on_subspace(100)) > model.threshold).mean() <= 0.1
     assert (model.novelty(rng.normal(0, 1, (20, 30))) > model.threshold).all()
-    assert np.isfinite(SubspaceNovelty().fit(rng.normal(0, 1, (3, 6))).novelty(rng.normal(0, 1, (2, 6)))).all()
+    assert np.isfinite(
+        SubspaceNovelty().fit(rng.normal(0, 1, (3, 6))).novelty(rng.normal(0, 1, (2, 6)))
+    ).all()
 
 
 def test_frames_outside_the_novelty_reference_stay_novel():
@@ -244,7 +260,8 @@ def test_a_forests_novelty_reference_survives_its_file(tmp_path):
     embeddings[40:] += 25.0  # frames learnt from, not called known
     reference = np.arange(60) < 40
     forest = QualityForest(features=SIGNAL_FEATURES, n_estimators=20).fit(
-        features, targets, embeddings=embeddings, novelty_reference=reference)
+        features, targets, embeddings=embeddings, novelty_reference=reference
+    )
     loaded = QualityForest.load(forest.save(tmp_path / "masked.skops"))
     np.testing.assert_array_equal(loaded.novelty_reference, reference)
     new_features, _, new_embeddings = study(6, seed=11)
@@ -270,9 +287,13 @@ def two_kinds(n_reference, n_other, seed):
 
 def test_a_forest_of_two_kinds_answers_each_kind_and_flags_frames_where_kind_decides(tmp_path):
     features, targets, embeddings, reference = two_kinds(80, 80, seed=12)
-    kind_blind = ("mean_score", "count") + TTA_SIGNALS  # as the bundled forest: no feature tells the kinds apart
+    kind_blind = (
+        "mean_score",
+        "count",
+    ) + TTA_SIGNALS  # as the bundled forest: no feature tells the kinds apart
     forest = QualityForest(features=kind_blind, n_estimators=30).fit(
-        features, targets, embeddings=embeddings, novelty_reference=reference)
+        features, targets, embeddings=embeddings, novelty_reference=reference
+    )
     assert forest.reference_forest is not None and forest.reference_forest.n_training == 80
     new_features, _, new_embeddings = study(40, seed=13)
     new_features["tta_iou"] = np.linspace(0, 1, 40)
@@ -282,15 +303,22 @@ def test_a_forest_of_two_kinds_answers_each_kind_and_flags_frames_where_kind_dec
     reference_only = forest.reference_forest.predict(new_features, new_embeddings)
     np.testing.assert_allclose(as_reference["f1"], reference_only["f1"], atol=0.02)
     assert np.corrcoef(as_reference["f1"], new_features["tta_iou"])[0, 1] > 0.9
-    every_frame = QualityForest(features=kind_blind, n_estimators=30).fit(features, targets, embeddings=embeddings)
-    np.testing.assert_allclose(as_other["f1"], every_frame.predict(new_features, other_embeddings)["f1"], atol=0.02)
+    every_frame = QualityForest(features=kind_blind, n_estimators=30).fit(
+        features, targets, embeddings=embeddings
+    )
+    np.testing.assert_allclose(
+        as_other["f1"], every_frame.predict(new_features, other_embeddings)["f1"], atol=0.02
+    )
     for predicted in (as_reference, as_other):  # the interval spans both forests' answers
         assert (predicted["f1_low"] <= reference_only["f1_low"]).all()
         assert (predicted["f1_high"] >= reference_only["f1_high"]).all()
         assert ((predicted["f1"] >= predicted["f1_low"]) & (predicted["f1"] <= predicted["f1_high"])).all()
     extreme = (new_features["tta_iou"] < 0.1) | (new_features["tta_iou"] > 0.9)
     middle = (new_features["tta_iou"] > 0.4) & (new_features["tta_iou"] < 0.6)
-    assert as_reference["forests_disagree"][extreme].all() and as_reference["forests_disagree"][middle].mean() < 0.5
+    assert (
+        as_reference["forests_disagree"][extreme].all()
+        and as_reference["forests_disagree"][middle].mean() < 0.5
+    )
     for predicted in (as_reference, as_other):
         too_wide = predicted["f1_high"] - predicted["f1_low"] >= UNINFORMATIVE_WIDTH
         assert not predicted["in_domain"][predicted["forests_disagree"] | too_wide].any()
@@ -303,15 +331,22 @@ def test_a_forest_of_two_kinds_answers_each_kind_and_flags_frames_where_kind_dec
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda f: setattr(f.reference_forest, "_residuals", {t: v[:-1] for t, v in f.reference_forest._residuals.items()}),
-        lambda f: setattr(f.reference_forest, "training_features", f.reference_forest.training_features.iloc[:-1]),
-        lambda f: setattr(f, "novelty_reference", np.ones_like(f.novelty_reference)),  # no frame of another kind left
+        lambda f: setattr(
+            f.reference_forest, "_residuals", {t: v[:-1] for t, v in f.reference_forest._residuals.items()}
+        ),
+        lambda f: setattr(
+            f.reference_forest, "training_features", f.reference_forest.training_features.iloc[:-1]
+        ),
+        lambda f: setattr(
+            f, "novelty_reference", np.ones_like(f.novelty_reference)
+        ),  # no frame of another kind left
     ],
 )
 def test_a_damaged_reference_forest_in_a_file_is_refused(tmp_path, damage):
     features, targets, embeddings, reference = two_kinds(30, 30, seed=15)
     damaged = QualityForest(features=("mean_score", "count"), n_estimators=5).fit(
-        features, targets, embeddings=embeddings, novelty_reference=reference)
+        features, targets, embeddings=embeddings, novelty_reference=reference
+    )
     damaged.reference_forest = copy.copy(damaged.reference_forest)
     damage(damaged)
     with pytest.raises(ForestLoadError, match="damaged forest file"):
@@ -320,7 +355,9 @@ def test_a_damaged_reference_forest_in_a_file_is_refused(tmp_path, damage):
 
 def test_a_forest_of_one_kind_has_no_second_forest():
     features, targets, embeddings = study(40, seed=14)
-    forest = QualityForest(features=SIGNAL_FEATURES, n_estimators=10).fit(features, targets, embeddings=embeddings)
+    forest = QualityForest(features=SIGNAL_FEATURES, n_estimators=10).fit(
+        features, targets, embeddings=embeddings
+    )
     assert forest.reference_forest is None and "forests_disagree" not in forest.predict(features, embeddings)
 
 
@@ -329,8 +366,11 @@ def test_predicted_quality_reads_the_signals_stored_with_the_detections(signal_f
     frames = []
     for row, embedding in zip(features.itertuples(), embeddings):
         signals = {name: getattr(row, name) for name in TTA_SIGNALS}
-        frames.append(FrameDetections.empty((32, 32)).__class__(
-            np.zeros((0, 4)), np.zeros(0), np.zeros((32, 32), np.uint8), {**signals, EMBEDDING: embedding}))
+        frames.append(
+            FrameDetections.empty((32, 32)).__class__(
+                np.zeros((0, 4)), np.zeros(0), np.zeros((32, 32), np.uint8), {**signals, EMBEDDING: embedding}
+            )
+        )
     stack = StackDetections.from_frames(frames)
     table, used = predicted_quality(stack, signal_forest)
     assert list(used["tta_iou"]) == list(features["tta_iou"])
@@ -344,7 +384,9 @@ def test_frames_lacking_the_signals_a_forest_needs():
     tta = dict.fromkeys(TTA_SIGNALS, 1.0)
     signals = [{**tta, EMBEDDING: np.zeros(4), "signal_seconds": 0.1}, {"signal_seconds": 0.0}, {}, {**tta}]
     assert frames_lacking("all", signals) == [1, 2]
-    assert frames_lacking("cheap", signals) == [2]  # frame 1 was asked for signals (a blank frame has no embedding)
+    assert frames_lacking("cheap", signals) == [
+        2
+    ]  # frame 1 was asked for signals (a blank frame has no embedding)
     assert frames_lacking("none", signals) == []
     with pytest.raises(ValueError, match="required signals"):
         frames_lacking("some", signals)
@@ -355,8 +397,10 @@ def test_explanations_see_the_values_the_forest_derives(signal_forest):
 
     features, _, embeddings = study(3, seed=9)
     frames = [FrameDetections.empty((32, 32))] * 3
-    records = [{**{name: getattr(row, name) for name in TTA_SIGNALS}, EMBEDDING: e}
-               for row, e in zip(features.itertuples(), embeddings)]
+    records = [
+        {**{name: getattr(row, name) for name in TTA_SIGNALS}, EMBEDDING: e}
+        for row, e in zip(features.itertuples(), embeddings)
+    ]
     table, used = predicted_quality(StackDetections.from_frames(frames), signal_forest, records)
     expected = signal_forest.predict(used.drop(columns=["novelty", "score_hist_distance"]), embeddings)
     np.testing.assert_allclose(used["novelty"], expected["novelty"])

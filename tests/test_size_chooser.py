@@ -43,7 +43,9 @@ def test_fitted_trees_score_as_scikit_learn_does_and_survive_the_header():
     reference = GradientBoostingClassifier(max_depth=2, n_estimators=150, random_state=0)
     reference.fit(rows, np.concatenate(right).astype(int))
     np.testing.assert_allclose(chooser.scores(rows), reference.decision_function(rows), atol=1e-9)
-    restored = SizeChooser.from_input_header({"object_size": {"chooser": json.loads(json.dumps(chooser.to_header()))}})
+    restored = SizeChooser.from_input_header(
+        {"object_size": {"chooser": json.loads(json.dumps(chooser.to_header()))}}
+    )
     np.testing.assert_allclose(restored.scores(rows), chooser.scores(rows))
     assert restored.fitted_on == {"frames": 80, "rungs": len(rows), "seed": 0}
 
@@ -78,7 +80,12 @@ def test_a_header_whose_tree_points_back_is_refused_instead_of_looping():
 
 def test_models_without_a_chooser_load_and_use_the_rule():
     assert SizeChooser.from_input_header(ROBUST) is None
-    assert SizeChooser.from_input_header({"object_size": {"target_px": 22, "min_factor": 0.0625, "max_factor": 1.5}}) is None
+    assert (
+        SizeChooser.from_input_header(
+            {"object_size": {"target_px": 22, "min_factor": 0.0625, "max_factor": 1.5}}
+        )
+        is None
+    )
 
 
 def test_the_bundled_detector_carries_its_chooser():

@@ -81,7 +81,7 @@ def test_output_types_and_range():
     image, labels = make_frame(0)
     assert image.shape == labels.shape == (512, 512)
     assert image.dtype == np.float32 and labels.dtype == np.uint16
-    assert 0 <= image.min() and image.max() <= 255
+    assert image.min() >= 0 and image.max() <= 255
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -24,7 +24,11 @@ def contrast_bands(image, labels, inner_px, outside_px):
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     ids = np.setdiff1d(np.arange(1, labels.max() + 1), edge)
     ids = ids[np.isin(ids, np.unique(annulus))]
-    return (np.asarray(ndimage.median(image, band, ids)), np.asarray(ndimage.median(image, annulus, ids)), ids)
+    return (
+        np.asarray(ndimage.median(image, band, ids)),
+        np.asarray(ndimage.median(image, annulus, ids)),
+        ids,
+    )
 
 
 def extents(labels):
@@ -88,7 +92,7 @@ def test_loops_are_dark_rings_of_varied_inclination_and_size():
     relative = np.concatenate(ring_minus_outside)
     assert np.mean(relative < 0) > 0.9  # rings darker than the matrix right round them
     assert np.median(relative) < -0.1
-    assert 14 <= min(long_axes) and max(long_axes) <= 152
+    assert min(long_axes) >= 14 and max(long_axes) <= 152
     assert max(long_axes) >= 40  # small and large loops both occur
     assert max(aspects) > 2.0 and min(aspects) < 1.3  # edge-inclined and nearly face-on loops
 

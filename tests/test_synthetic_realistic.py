@@ -132,7 +132,7 @@ def test_drawn_frame_shapes_per_family():
     assert any(shape[0] != shape[1] for shape in large)
     assert (2672, 4008) in large
     usual = [realistic_shape(rng, "realistic") for _ in range(200)]
-    assert all(512 <= min(shape) and max(shape) <= 2048 for shape in usual if shape[0] == shape[1])
+    assert all(min(shape) >= 512 and max(shape) <= 2048 for shape in usual if shape[0] == shape[1])
     assert np.mean([max(shape) <= 1024 for shape in usual]) > 0.7
     assert any(shape[0] != shape[1] for shape in usual) and any(max(shape) > 1024 for shape in usual)
 
@@ -227,7 +227,9 @@ def test_a_frame_without_cavities_has_the_same_knobs_and_no_cavity():
     """Hard negatives for training: the same drawn look, size and file format, no cavity."""
     seed = next(s for s in range(20) if make_realistic_frame(s, "realistic", SMALL)[2]["n_cavities"] > 0)
     image, labels, info = make_realistic_frame(seed, "realistic", SMALL)
-    empty_image, empty_labels, empty_info = make_realistic_frame(seed, "realistic", SMALL, without_cavities=True)
+    empty_image, empty_labels, empty_info = make_realistic_frame(
+        seed, "realistic", SMALL, without_cavities=True
+    )
     assert empty_labels.max() == 0 and empty_info["n_cavities"] == 0 and empty_info["diameter_px"] is None
     assert empty_image.shape == image.shape and empty_image.dtype == image.dtype
     knobs, empty_knobs = dict(info["domain"]), dict(empty_info["domain"])

@@ -29,7 +29,9 @@ def test_deepened_model_starts_as_the_trained_one():
     assert args.architecture["backbone"]["blocks_per_stage"] == [1, 2, 2, 1]
     assert "deepened from blocks [1, 1, 1, 1]" in args.init_note
     assert len(model.backbone.body.layer2) == 2 and len(model.backbone.body.layer4) == 1
-    deep = TorchvisionDetector({**header, "architecture": args.architecture}, model.state_dict(), device="cpu")
+    deep = TorchvisionDetector(
+        {**header, "architecture": args.architecture}, model.state_dict(), device="cpu"
+    )
     shipped = TorchvisionDetector(header, state, device="cpu")
     image = family_frame("clean", 1_000_000)[0]
     before, after = shipped.predict(image, object_size=22), deep.predict(image, object_size=22)

@@ -19,7 +19,9 @@ from napari_detection_qc.synthetic import make_stack
 PLUGIN = "napari-detection-qc"
 ALL_STEPS = "Detection QC (all steps)"
 WORKER_TIMEOUT_MS = 180_000
-MAX_EVENT_LOOP_GAP_S = 2.0  # under the 3-7 s that loading the forest or torch on the UI thread takes, with room
+MAX_EVENT_LOOP_GAP_S = (
+    2.0  # under the 3-7 s that loading the forest or torch on the UI thread takes, with room
+)
 # for a busy 2-core machine; bench_viewer_path.py reports the real figure
 
 
@@ -69,7 +71,9 @@ def errors():
     notification_manager.notification_ready.disconnect(record)
 
 
-def test_detect_then_quality_through_napari_without_false_errors(make_napari_viewer, qtbot, stack_file, errors):
+def test_detect_then_quality_through_napari_without_false_errors(
+    make_napari_viewer, qtbot, stack_file, errors
+):
     viewer = make_napari_viewer()
     [image] = viewer.open(str(stack_file))
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, ALL_STEPS)

@@ -16,7 +16,9 @@ WORKER_TIMEOUT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def small_stack():
-    images, labels = make_stack(7, 4, shape=(256, 256), domain=["clean", "low_dose", "clean", "tiny_cavities"])
+    images, labels = make_stack(
+        7, 4, shape=(256, 256), domain=["clean", "low_dose", "clean", "tiny_cavities"]
+    )
     return images, labels
 
 
@@ -87,7 +89,10 @@ def test_detection_widget_makes_consistent_layers(make_napari_viewer, qtbot, sma
     widget.run()  # re-running replaces the content, it does not add layers
     wait_for(qtbot, widget)
     assert len(viewer.layers) == n_layers
-    assert boxes.features["frame"].value_counts().max() == 1 and "reached max detections (1)" in widget.status.value
+    assert (
+        boxes.features["frame"].value_counts().max() == 1
+        and "reached max detections (1)" in widget.status.value
+    )
 
 
 def test_detection_on_current_frame_keeps_the_others(make_napari_viewer, qtbot, small_stack):
@@ -225,7 +230,9 @@ def test_quality_widget_bad_layers(make_napari_viewer, qtbot, test_forest):
     widget.compute()
     assert "pick a masks" in widget.status.value
     viewer.add_labels(np.zeros((3, 32, 32), np.uint8), name="m")
-    viewer.add_shapes([np.array([[0, 1, 1], [0, 1, 5], [0, 5, 5], [0, 5, 1]])], shape_type="rectangle", name="s")
+    viewer.add_shapes(
+        [np.array([[0, 1, 1], [0, 1, 5], [0, 5, 5], [0, 5, 1]])], shape_type="rectangle", name="s"
+    )
     widget.masks.value, widget.boxes.value = viewer.layers["m"], viewer.layers["s"]
     widget.forest_choice.value = "from file"
     widget.forest_file.value = test_forest[1]
@@ -446,7 +453,9 @@ def test_rerun_replaces_frame_by_frame_and_cancel_keeps_the_rest(make_napari_vie
             np.testing.assert_array_equal(masks.data[t], masks_before[t])
 
 
-def test_painted_mask_gets_a_box_and_deleted_box_takes_its_mask(make_napari_viewer, qtbot, small_stack, test_forest):
+def test_painted_mask_gets_a_box_and_deleted_box_takes_its_mask(
+    make_napari_viewer, qtbot, small_stack, test_forest
+):
     viewer = make_napari_viewer()
     detect(viewer, qtbot, small_stack[0])
     quality = quality_widget(viewer, qtbot, test_forest[1])
@@ -486,8 +495,9 @@ def test_painted_mask_gets_a_box_and_deleted_box_takes_its_mask(make_napari_view
     assert len(boxes.data) == len(boxes.features)
 
 
-def test_quality_refuses_masks_and_boxes_that_do_not_belong_together(make_napari_viewer, qtbot, small_stack,
-                                                                      test_forest):
+def test_quality_refuses_masks_and_boxes_that_do_not_belong_together(
+    make_napari_viewer, qtbot, small_stack, test_forest
+):
     viewer = make_napari_viewer()
     detect(viewer, qtbot, small_stack[0][:2], name="first")
     detect(viewer, qtbot, small_stack[0][2:], name="second")
@@ -530,7 +540,8 @@ def test_checked_empty_is_undoable_and_the_frame_list_follows(make_napari_viewer
     widget.mark_empty(2)
     assert not truth.data[2].any() and "undo" in widget.status.value
     assert [widget.frame_list.item(i).text() for i in range(widget.frame_list.count())] == [
-        "frame 2: 0 object(s), reviewed"]
+        "frame 2: 0 object(s), reviewed"
+    ]
     truth.undo()
     np.testing.assert_array_equal(truth.data[2], before)
     # painting marks the frame reviewed, and says so
@@ -543,7 +554,9 @@ def test_checked_empty_is_undoable_and_the_frame_list_follows(make_napari_viewer
     assert viewer.dims.current_step[0] == 2
 
 
-def test_refit_reports_your_frames_and_names_forests_honestly(make_napari_viewer, qtbot, small_stack, test_forest):
+def test_refit_reports_your_frames_and_names_forests_honestly(
+    make_napari_viewer, qtbot, small_stack, test_forest
+):
     from napari_detection_qc.widgets import DetectionQCWidget
 
     viewer = make_napari_viewer()
@@ -569,7 +582,9 @@ def test_refit_reports_your_frames_and_names_forests_honestly(make_napari_viewer
     assert training.metrics.text().startswith("stale")
 
 
-def test_pixel_size_change_updates_density_and_plot_reads_well(make_napari_viewer, qtbot, small_stack, test_forest):
+def test_pixel_size_change_updates_density_and_plot_reads_well(
+    make_napari_viewer, qtbot, small_stack, test_forest
+):
     from napari_detection_qc.features import CANDIDATE_FEATURES, FEATURE_LABELS
     from napari_detection_qc.widgets import DetectionQCWidget
 
@@ -584,8 +599,10 @@ def test_pixel_size_change_updates_density_and_plot_reads_well(make_napari_viewe
     qtbot.waitUntil(lambda: quality.table is not None and quality.worker is None, timeout=WORKER_TIMEOUT_MS)
     assert "density_per_um2" not in quality.table.columns
     widget.detection.pixel_size.value = 0.5
-    qtbot.waitUntil(lambda: quality.table is not None and "density_per_um2" in quality.table.columns,
-                    timeout=WORKER_TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: quality.table is not None and "density_per_um2" in quality.table.columns,
+        timeout=WORKER_TIMEOUT_MS,
+    )
     ticks = quality.plot.axes.get_xticks()
     assert np.allclose(ticks, np.round(ticks))  # frames are whole numbers
     quality.go_to_frame(1)

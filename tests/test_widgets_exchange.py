@@ -20,8 +20,13 @@ def micrograph(tmp_path_factory):
     """A 2-frame TIFF stack at 0.4 nm per pixel."""
     images, _ = make_stack(3, 2, shape=(192, 192), domain="clean")
     path = tmp_path_factory.mktemp("tif") / "cavities.tif"
-    tifffile.imwrite(path, np.clip(images, 0, 255).astype(np.uint8), imagej=True,
-                     resolution=(1 / 0.4, 1 / 0.4), metadata={"unit": "nm"})
+    tifffile.imwrite(
+        path,
+        np.clip(images, 0, 255).astype(np.uint8),
+        imagej=True,
+        resolution=(1 / 0.4, 1 / 0.4),
+        metadata={"unit": "nm"},
+    )
     return path
 
 
@@ -47,7 +52,9 @@ def test_widgets_sit_in_the_layers_menus(make_napari_viewer):
         assert any(i.startswith(command) for i in ids), (menu, ids)
 
 
-def test_pixel_size_and_coco_through_the_widgets(make_napari_viewer, qtbot, micrograph, forest_path, tmp_path):
+def test_pixel_size_and_coco_through_the_widgets(
+    make_napari_viewer, qtbot, micrograph, forest_path, tmp_path
+):
     from napari_detection_qc.widgets import DetectionWidget, QualityWidget, TrainingWidget
 
     viewer = make_napari_viewer()
@@ -99,8 +106,15 @@ def test_manifest_is_valid_and_its_python_names_import():
     manifest.validate_imports()
     [reader] = manifest.contributions.readers
     assert {"*.dm3", "*.dm4", "*.mrc", "*.emd", "*.ser", "*.tvips", "*.tif", "*.tiff", "*.zarr"} <= set(
-        reader.filename_patterns)
+        reader.filename_patterns
+    )
     assert reader.accepts_directories  # detect --out stores and zarr folders
     assert {w.display_name for w in manifest.contributions.writers} == {
-        "ImageJ TIFF label image (calibrated)", "COCO detections (masks, boxes, scores)"}
-    assert set(manifest.contributions.menus) == {"napari/layers/segment", "napari/layers/measure", "napari/layers/annotate"}
+        "ImageJ TIFF label image (calibrated)",
+        "COCO detections (masks, boxes, scores)",
+    }
+    assert set(manifest.contributions.menus) == {
+        "napari/layers/segment",
+        "napari/layers/measure",
+        "napari/layers/annotate",
+    }

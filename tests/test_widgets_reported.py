@@ -45,7 +45,9 @@ def test_counts_p_true_and_label_next_through_the_dock(make_napari_viewer, qtbot
     features = boxes.features
     for t in range(len(stack)):
         rows = features["frame"].to_numpy() == t
-        np.testing.assert_allclose(features.loc[rows, "p_true"], detection_p_true(features.loc[rows, "score"]))
+        np.testing.assert_allclose(
+            features.loc[rows, "p_true"], detection_p_true(features.loc[rows, "score"])
+        )
 
     # the Quality step's estimates are the core API's on the same layers, shown in the table
     table = quality.table
@@ -54,18 +56,26 @@ def test_counts_p_true_and_label_next_through_the_dock(make_napari_viewer, qtbot
     expected, _ = predicted_quality(stack_detections, quality.forest, signals)
     expected = with_count_estimates(expected, stack_detections.image_shape, None)
     np.testing.assert_allclose(table[list(COUNT_COLUMNS[:3])], expected[list(COUNT_COLUMNS[:3])])
-    assert (table["count_low"] <= table["count_estimate"]).all() and (table["count_estimate"] <= table["count_high"]).all()
-    headers = [quality.table_view.horizontalHeaderItem(c).text() for c in range(quality.table_view.columnCount())]
+    assert (table["count_low"] <= table["count_estimate"]).all() and (
+        table["count_estimate"] <= table["count_high"]
+    ).all()
+    headers = [
+        quality.table_view.horizontalHeaderItem(c).text() for c in range(quality.table_view.columnCount())
+    ]
     assert {"count_estimate", "count_low", "count_high"} <= set(headers)
     assert quality.summary.value.startswith("mean estimated count")
     assert quality.plot.count_axes.get_visible()
 
     # with a pixel size, densities and the stack's mean density with its interval
     detection.pixel_size.value = 0.5
-    qtbot.waitUntil(lambda: quality.table is not None and "density_estimate_per_um2" in quality.table.columns,
-                    timeout=WORKER_TIMEOUT_MS)
-    qtbot.waitUntil(lambda: settled(quality) and quality.summary.value.startswith("mean density"),
-                    timeout=WORKER_TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: quality.table is not None and "density_estimate_per_um2" in quality.table.columns,
+        timeout=WORKER_TIMEOUT_MS,
+    )
+    qtbot.waitUntil(
+        lambda: settled(quality) and quality.summary.value.startswith("mean density"),
+        timeout=WORKER_TIMEOUT_MS,
+    )
     density = quality.table["density_estimate_per_um2"]
     assert f"{density.mean():.3g} per µm²" in quality.summary.value
     assert "p_true_mean_diameter_nm" in quality.table.columns

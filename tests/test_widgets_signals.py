@@ -56,7 +56,9 @@ def signal_forest(embeddings, path):
     rng = np.random.default_rng(2)
     n = len(features)
     training = embeddings[rng.integers(0, len(embeddings), n)] * rng.normal(1, 0.05, (n, embeddings.shape[1]))
-    forest = QualityForest(features=SIGNAL_FEATURES, n_estimators=20).fit(features, targets, embeddings=training)
+    forest = QualityForest(features=SIGNAL_FEATURES, n_estimators=20).fit(
+        features, targets, embeddings=training
+    )
     assert forest.required_signals == "all" and forest.signals_note is None
     return forest, forest.save(path)
 
@@ -101,14 +103,18 @@ def test_signals_are_stored_per_frame_and_a_rerun_replaces_only_its_frames(detec
     run_detection(widget, qtbot, "cheap", scope="current frame")
     signals = boxes.metadata["detection_qc"][SIGNALS_KEY]
     assert set(signals["0"]) == {EMBEDDING, "signal_seconds"}
-    np.testing.assert_allclose(signals["0"][EMBEDDING], first[EMBEDDING], rtol=1e-5)  # same frame, same detector
+    np.testing.assert_allclose(
+        signals["0"][EMBEDDING], first[EMBEDDING], rtol=1e-5
+    )  # same frame, same detector
 
 
 def test_quality_uses_the_stored_signals_or_says_which_setting_to_detect_with(detected, qtbot, tmp_path):
     viewer, detection = detected
     masks, boxes = viewer.layers["tem masks"], viewer.layers["tem boxes"]
     signals = stored_signals(boxes.metadata["detection_qc"], 3)
-    forest, path = signal_forest(np.stack([s[EMBEDDING] for s in signals[:2]]).astype(float), tmp_path / "s.skops")
+    forest, path = signal_forest(
+        np.stack([s[EMBEDDING] for s in signals[:2]]).astype(float), tmp_path / "s.skops"
+    )
     widget = quality_step(viewer, masks, boxes, path)
     widget.compute()
     wait_for(qtbot, widget)

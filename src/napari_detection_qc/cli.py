@@ -93,7 +93,13 @@ def store_files(stores) -> list[Path]:
     return [
         path
         for store in stores
-        for path in (store.meta_path, store.table_path, store.masks_path, store.signals_path, store.frames_table_path)
+        for path in (
+            store.meta_path,
+            store.table_path,
+            store.masks_path,
+            store.signals_path,
+            store.frames_table_path,
+        )
     ]
 
 
@@ -198,7 +204,10 @@ def run_fit_forest(args) -> int:
     from .run.quality import feature_selection, read_training_table
     from .store import find_stores
 
-    check_outputs([args.out], [args.table, *(store_files(find_stores(args.detector_meta)) if args.detector_meta else [])])
+    check_outputs(
+        [args.out],
+        [args.table, *(store_files(find_stores(args.detector_meta)) if args.detector_meta else [])],
+    )
     features = feature_selection(args.features)
     table = read_training_table(args.table, features)
     groups = table[args.group_column].astype(str).to_numpy() if args.group_column in table.columns else None
@@ -369,8 +378,12 @@ def add_finetune_command(commands) -> None:
     finetune.add_argument("--seed", type=int, default=0, help="random seed of the training crops")
     finetune.add_argument("--no-progress", action="store_true", help="no progress bar")
     finetune.set_defaults(
-        run=run_finetune, interrupted="nothing was written (the model, its forest and curves are saved at the end)",
-        score_threshold=None, max_detections=DEFAULT_MAX_DETECTIONS, object_size=None, signals="none",
+        run=run_finetune,
+        interrupted="nothing was written (the model, its forest and curves are saved at the end)",
+        score_threshold=None,
+        max_detections=DEFAULT_MAX_DETECTIONS,
+        object_size=None,
+        signals="none",
         second_look=True,
     )
 
@@ -411,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-detections", type=positive_int, default=DEFAULT_MAX_DETECTIONS, help="per frame"
     )
     where = detect.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=positive_int, default=1, help="local worker processes (Dask LocalCluster)")
+    where.add_argument(
+        "--workers", type=positive_int, default=1, help="local worker processes (Dask LocalCluster)"
+    )
     where.add_argument(
         "--scheduler",
         metavar="ADDRESS",
@@ -434,9 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("--keep-going", action="store_true", help="skip unreadable files instead of stopping")
     detect.add_argument("--no-progress", action="store_true", help="no progress bar")
-    detect.set_defaults(run=run_detect, interrupted="finished frames are kept, rerun the same command to resume")
+    detect.set_defaults(
+        run=run_detect, interrupted="finished frames are kept, rerun the same command to resume"
+    )
 
-    score = add_subcommand(commands, "score", help="detections -> predicted F1/precision/recall per frame (CSV)")
+    score = add_subcommand(
+        commands, "score", help="detections -> predicted F1/precision/recall per frame (CSV)"
+    )
     score.add_argument("detections", type=Path, help="the output folder of detect (or one input's subfolder)")
     score.add_argument(
         "--forest",
@@ -445,17 +464,23 @@ def build_parser() -> argparse.ArgumentParser:
         "signals stored by detect --signals are used by forests fitted with them",
     )
     score.add_argument("--out", type=Path, help="CSV to write (default DETECTIONS/quality.csv)")
-    score.add_argument("--keep-going", action="store_true", help="skip unreadable detections instead of stopping")
+    score.add_argument(
+        "--keep-going", action="store_true", help="skip unreadable detections instead of stopping"
+    )
     score.set_defaults(run=run_score)
 
     rank = add_subcommand(
-        commands, "rank", help="detections -> which frames to label next, best first (CSV: source, frame, reason)"
+        commands,
+        "rank",
+        help="detections -> which frames to label next, best first (CSV: source, frame, reason)",
     )
     rank.add_argument("detections", type=Path, help="the output folder of detect (or one input's subfolder)")
     rank.add_argument("--forest", default="auto", help="as for score")
     rank.add_argument("--out", type=Path, required=True, help="CSV to write")
     rank.add_argument("--limit", type=positive_int, help="rank only this many frames (default all)")
-    rank.add_argument("--keep-going", action="store_true", help="skip unreadable detections instead of stopping")
+    rank.add_argument(
+        "--keep-going", action="store_true", help="skip unreadable detections instead of stopping"
+    )
     rank.set_defaults(run=run_rank)
 
     evaluate = add_subcommand(
@@ -471,22 +496,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Labels stack file, a folder of them named like the inputs, or a COCO .json",
     )
     evaluate.add_argument("--category", help="the COCO category to evaluate (needed when it has several)")
-    evaluate.add_argument("--iou", type=iou_threshold, default=PAPER_IOU_THRESHOLD, help="box IoU for a match")
+    evaluate.add_argument(
+        "--iou", type=iou_threshold, default=PAPER_IOU_THRESHOLD, help="box IoU for a match"
+    )
     evaluate.add_argument(
         "--with-features", action="store_true", help="add the 18 features, so the CSV can feed fit-forest"
     )
     evaluate.add_argument("--out", type=Path, help="CSV to write (default DETECTIONS/evaluation.csv)")
-    evaluate.add_argument("--keep-going", action="store_true", help="skip unreadable inputs instead of stopping")
+    evaluate.add_argument(
+        "--keep-going", action="store_true", help="skip unreadable inputs instead of stopping"
+    )
     evaluate.set_defaults(run=run_evaluate)
 
     export = add_subcommand(
-        commands, "export-coco", help="detections -> COCO JSON (RLE masks, xywh boxes, scores; category cavity)"
+        commands,
+        "export-coco",
+        help="detections -> COCO JSON (RLE masks, xywh boxes, scores; category cavity)",
     )
-    export.add_argument("detections", type=Path, help="the output folder of detect (or one input's subfolder)")
+    export.add_argument(
+        "detections", type=Path, help="the output folder of detect (or one input's subfolder)"
+    )
     export.add_argument("--out", type=Path, required=True, help="COCO .json to write")
     export.set_defaults(run=run_export_coco)
 
-    fit = add_subcommand(commands, "fit-forest", help="training table (features + f1, precision, recall) -> forest")
+    fit = add_subcommand(
+        commands, "fit-forest", help="training table (features + f1, precision, recall) -> forest"
+    )
     fit.add_argument("table", type=Path, help="CSV, e.g. from evaluate --with-features")
     fit.add_argument("--out", type=Path, required=True, help="forest file to write (.skops)")
     fit.add_argument("--features", default="paper", help="paper (8), all (18) or a comma-separated list")
@@ -528,33 +563,53 @@ def run_finetune(args) -> int:
     inputs = [path for item in args.images if Path(item).exists() for path in list_regular_inputs(item)]
     truth = Path(args.ground_truth)  # a label folder, or a COCO file
     inputs += list_regular_inputs(truth) if truth.is_dir() else [truth]
-    check_outputs([args.out, companion_forest_path(args.out), *curve_paths(args.out)], [*inputs, *model_files(args)])
+    check_outputs(
+        [args.out, companion_forest_path(args.out), *curve_paths(args.out)], [*inputs, *model_files(args)]
+    )
     if args.out.parent.is_dir():
         remove_stale_temporary_files(args.out.parent)  # what a killed earlier run left half written
     labelled = read_labelled_frames(args.images, args.ground_truth)
     images, truths, names = labelled.images, labelled.truths, labelled.names
-    say(f"{len(images)} labelled frame(s) from {len(set(n.split('#')[0] for n in names))} file(s)")
+    say(f"{len(images)} labelled frame(s) from {len({n.split('#')[0] for n in names})} file(s)")
     for note in labelled.notes:
         say(note)
     detector = detector_spec(args).load()
     with tqdm(total=100, desc="fine-tuning", unit="%", disable=args.no_progress) as bar:
+
         def progress(report) -> None:
             bar.n = round(100 * report.fraction)
-            bar.set_postfix(step=report.step, loss=f"{report.row['loss_total']:.3f}",
-                            **({"heldout_f1": f"{report.row['val_f1']:.3f}"} if "val_f1" in report.row else {}))
-        result = finetune(detector, images, truths, steps=args.steps, minutes=args.minutes,
-                          device=args.device, progress=progress, seed=args.seed)
+            bar.set_postfix(
+                step=report.step,
+                loss=f"{report.row['loss_total']:.3f}",
+                **({"heldout_f1": f"{report.row['val_f1']:.3f}"} if "val_f1" in report.row else {}),
+            )
+
+        result = finetune(
+            detector,
+            images,
+            truths,
+            steps=args.steps,
+            minutes=args.minutes,
+            device=args.device,
+            progress=progress,
+            seed=args.seed,
+        )
     for note in result.notes:
         report_warning(note)
     if result.after is not None:
-        say(f"held-out frames {', '.join(names[i] for i in result.validation_frames)}: F1 "
-            f"{result.before['f1']:.3f} -> {result.after['f1']:.3f} (score threshold {result.score_threshold:g})")
+        say(
+            f"held-out frames {', '.join(names[i] for i in result.validation_frames)}: F1 "
+            f"{result.before['f1']:.3f} -> {result.after['f1']:.3f} (score threshold {result.score_threshold:g})"
+        )
     with tqdm(total=1, desc="fitting its forest", unit="frame", disable=args.no_progress) as bar:
+
         def forest_progress(done: int, total: int, _what: str) -> None:
             bar.total, bar.n = total, done
             bar.refresh()
-        forest = fit_detector_forest(result.detector, images, truths, frames_per_domain=args.synthetic_frames,
-                                     progress=forest_progress)
+
+        forest = fit_detector_forest(
+            result.detector, images, truths, frames_per_domain=args.synthetic_frames, progress=forest_progress
+        )
     for path in save_finetuned(result, forest, args.out):
         say(f"wrote {path}")
     return EXIT_OK
@@ -571,7 +626,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         say(f"interrupted; {getattr(args, 'interrupted', 'nothing was written')}")
         return EXIT_INTERRUPTED
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (every failure ends in one line and an exit code)
         return report_failure(exc)
 
 

@@ -176,7 +176,9 @@ def box_pixels(bbox: Sequence[float], height: int, width: int, shape: str = "box
     x1, y1 = min(int(np.ceil(x + w)), width), min(int(np.ceil(y + h)), height)
     cols, rows = np.meshgrid(np.arange(x0, x1), np.arange(y0, y1), indexing="ij")
     if shape == "ellipse" and w > 0 and h > 0:
-        inside = ((cols + 0.5 - (x + w / 2)) / (w / 2)) ** 2 + ((rows + 0.5 - (y + h / 2)) / (h / 2)) ** 2 <= 1
+        inside = ((cols + 0.5 - (x + w / 2)) / (w / 2)) ** 2 + (
+            (rows + 0.5 - (y + h / 2)) / (h / 2)
+        ) ** 2 <= 1
         if inside.any():
             cols, rows = cols[inside], rows[inside]
     return (cols * height + rows).ravel()
@@ -211,10 +213,12 @@ class Segmentation(Spec):
     """A COCO segmentation: an RLE (``size`` and ``counts``, a string or a list of run lengths)
     or a list of polygons (flat x, y lists of at least three points); empty means none."""
 
-    rle = Record({
-        "size": Seq(Int(1, MAX_COCO_SIDE), 2, 2),
-        "counts": Anything(),
-    })
+    rle = Record(
+        {
+            "size": Seq(Int(1, MAX_COCO_SIDE), 2, 2),
+            "counts": Anything(),
+        }
+    )
     polygons = Seq(Seq(COORDINATE, 6, 1 << 22), 0, 1 << 16)
     runs = Seq(Int(0, MAX_COCO_SIDE * MAX_COCO_SIDE), 0, 1 << 26)
 
@@ -244,8 +248,13 @@ class BoundingBox(Spec):
 
 
 COCO_IMAGE = Record(
-    {"id": COCO_ID, "file_name": Text(), "height": Int(1, MAX_COCO_SIDE), "width": Int(1, MAX_COCO_SIDE),
-     "frame": Int(0, 10**6)},
+    {
+        "id": COCO_ID,
+        "file_name": Text(),
+        "height": Int(1, MAX_COCO_SIDE),
+        "width": Int(1, MAX_COCO_SIDE),
+        "frame": Int(0, 10**6),
+    },
     optional=frozenset({"frame"}),
 )
 COCO_ANNOTATION = Record(
@@ -310,7 +319,9 @@ class CocoGroundTruth:
         for annotation in annotations:
             image_id = annotation["image_id"]
             if image_id not in by_image:
-                raise InputError(f"{path}: annotation {annotation.get('id')} refers to unknown image {image_id}")
+                raise InputError(
+                    f"{path}: annotation {annotation.get('id')} refers to unknown image {image_id}"
+                )
             by_image[image_id].append(annotation)
         return cls(path, images, by_image)
 
@@ -347,7 +358,9 @@ class CocoGroundTruth:
             raise InputError(f"{self.path}: no image named {Path(name).name} (or {Path(name).stem}.*)")
         claimants = sorted({base_name(str(image["file_name"])) for image in matches})
         if len(claimants) > 1:
-            raise InputError(f"{self.path}: images {' and '.join(claimants)} both claim input {Path(name).name}")
+            raise InputError(
+                f"{self.path}: images {' and '.join(claimants)} both claim input {Path(name).name}"
+            )
         if n_frames == 1 and len(matches) == 1:
             return matches
         frames = sorted(int(image.get("frame", -1)) for image in matches)
@@ -363,7 +376,12 @@ class CocoGroundTruth:
         return sum(is_box_only(a) for image in images for a in self.annotations[int(image["id"])])
 
     def stack_labels(
-        self, name: str, n_frames: int, frame_shape: Sequence[int], sole_input: bool = False, box_mask: str = "box"
+        self,
+        name: str,
+        n_frames: int,
+        frame_shape: Sequence[int],
+        sole_input: bool = False,
+        box_mask: str = "box",
     ) -> np.ndarray:
         """(T, Y, X) ground truth of input ``name``; its images must have the frames' shape.
         ``box_mask``: what a box-only annotation becomes (``BOX_MASKS``)."""
@@ -398,16 +416,18 @@ def detections_to_coco(inputs: Iterable[tuple[str, StackDetections]]) -> dict:
                 window = (slice(0, 0), slice(0, 0)) if slices[i] is None else slices[i]
                 mask = frame.labels[window] == i + 1
                 counts = window_runs(mask, window[0].start, window[1].start, height, width)
-                annotations.append({
-                    "id": len(annotations) + 1,
-                    "image_id": image["id"],
-                    "category_id": 1,
-                    "segmentation": {"size": [height, width], "counts": encode_counts(counts)},
-                    "area": int(mask.sum()),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": float(frame.scores[i]),
-                    "iscrowd": 0,
-                })
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image["id"],
+                        "category_id": 1,
+                        "segmentation": {"size": [height, width], "counts": encode_counts(counts)},
+                        "area": int(mask.sum()),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(frame.scores[i]),
+                        "iscrowd": 0,
+                    }
+                )
     return {
         "info": {"description": "detections", "version": f"napari-detection-qc {__version__}"},
         "images": images,

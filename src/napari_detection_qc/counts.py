@@ -76,17 +76,24 @@ class StackSummary:
         if not self.frames:
             return "no count estimate (see the frames' notes)"
         what = "mean density" if self.per == "µm²" else "mean estimated count"
-        flagged = f"; {self.out_of_domain} frame(s) out of domain: not to be trusted" if self.out_of_domain else ""
-        return (f"{what} {self.mean:.3g} per {self.per} (90% interval {self.low:.3g}-{self.high:.3g}) "
-                f"over {self.frames} frame(s){flagged}")
+        flagged = (
+            f"; {self.out_of_domain} frame(s) out of domain: not to be trusted" if self.out_of_domain else ""
+        )
+        return (
+            f"{what} {self.mean:.3g} per {self.per} (90% interval {self.low:.3g}-{self.high:.3g}) "
+            f"over {self.frames} frame(s){flagged}"
+        )
 
 
 def _raw_widths(count, precision, precision_low, precision_high, recall, recall_low, recall_high, floor):
     """(point estimate, lower and upper log(N + 1) half-widths before calibration) per frame."""
     n = np.asarray(count, dtype=np.float64)
-    p, p_low, p_high = (np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0) for v in (precision, precision_low,
-                                                                                      precision_high))
-    r, r_low, r_high = (np.clip(np.asarray(v, dtype=np.float64), floor, 1.0) for v in (recall, recall_low, recall_high))
+    p, p_low, p_high = (
+        np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0) for v in (precision, precision_low, precision_high)
+    )
+    r, r_low, r_high = (
+        np.clip(np.asarray(v, dtype=np.float64), floor, 1.0) for v in (recall, recall_low, recall_high)
+    )
     p_low, p_high = np.minimum(p_low, p), np.maximum(p_high, p)
     r_low, r_high = np.minimum(r_low, r), np.maximum(r_high, r)
     point = n * p / r
@@ -105,12 +112,22 @@ def _raw_widths(count, precision, precision_low, precision_high, recall, recall_
     return point, low, high
 
 
-def count_nonconformity(true_count, count, precision, precision_low, precision_high, recall, recall_low,
-                        recall_high, recall_floor: float = RECALL_FLOOR) -> np.ndarray:
+def count_nonconformity(
+    true_count,
+    count,
+    precision,
+    precision_low,
+    precision_high,
+    recall,
+    recall_low,
+    recall_high,
+    recall_floor: float = RECALL_FLOOR,
+) -> np.ndarray:
     """How many raw half-widths each true count lies from its estimate (on its side), the score whose
     90% quantile is ``COUNT_INTERVAL_SCALE``: the one definition the study calibrates with."""
-    point, low, high = _raw_widths(count, precision, precision_low, precision_high, recall, recall_low,
-                                   recall_high, recall_floor)
+    point, low, high = _raw_widths(
+        count, precision, precision_low, precision_high, recall, recall_low, recall_high, recall_floor
+    )
     offset = np.log1p(np.asarray(true_count, dtype=np.float64)) - np.log1p(point)
     width = np.where(offset >= 0, high, low)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -118,7 +135,9 @@ def count_nonconformity(true_count, count, precision, precision_low, precision_h
     return np.where(offset == 0, 0.0, np.where(width > 0, score, np.inf))
 
 
-def count_estimates(quality: pd.DataFrame, calibration: CountCalibration = CountCalibration()) -> pd.DataFrame:
+def count_estimates(
+    quality: pd.DataFrame, calibration: CountCalibration = CountCalibration()
+) -> pd.DataFrame:
     """``count_estimate``, ``count_low``, ``count_high`` and ``count_note`` for each row of a quality
     table (``count``, ``precision``/``recall`` with ``_low``/``_high``, ``in_domain``), same index.
     Rows without the forest's precision/recall get NaN and a note saying why."""
@@ -127,7 +146,7 @@ def count_estimates(quality: pd.DataFrame, calibration: CountCalibration = Count
     if any(column not in quality.columns for column in needed):
         out[list(COUNT_COLUMNS[:3])] = np.nan
         out["count_note"] = NO_PRECISION_RECALL_NOTE
-        return out.astype({c: np.float64 for c in COUNT_COLUMNS[:3]})
+        return out.astype(dict.fromkeys(COUNT_COLUMNS[:3], np.float64))
     values = {column: quality[column].to_numpy(dtype=np.float64) for column in needed}
     count = quality["count"].to_numpy(dtype=np.float64)
     point, low, high = _raw_widths(count, *(values[c] for c in needed), calibration.recall_floor)
@@ -142,7 +161,7 @@ def count_estimates(quality: pd.DataFrame, calibration: CountCalibration = Count
         outside = ~quality["in_domain"].to_numpy(dtype=bool)
         notes[outside] = [f"{OUT_OF_DOMAIN_NOTE}; {n}" if n else OUT_OF_DOMAIN_NOTE for n in notes[outside]]
     out["count_note"] = notes
-    return out.astype({c: np.float64 for c in COUNT_COLUMNS[:3]})
+    return out.astype(dict.fromkeys(COUNT_COLUMNS[:3], np.float64))
 
 
 def frame_area_um2(image_shape, pixel_size_nm: float | None) -> float | None:
@@ -167,7 +186,9 @@ def stack_summary(table: pd.DataFrame) -> StackSummary:
     interval. The interval is the mean of the frames' bounds: the frames of one stack share the
     forest's errors (one detector, one imaging), so their errors are taken as fully correlated,
     the conservative choice."""
-    columns, per = (DENSITY_COLUMNS, "µm²") if DENSITY_COLUMNS[0] in table.columns else (COUNT_COLUMNS[:3], "frame")
+    columns, per = (
+        (DENSITY_COLUMNS, "µm²") if DENSITY_COLUMNS[0] in table.columns else (COUNT_COLUMNS[:3], "frame")
+    )
     if any(column not in table.columns for column in columns):
         return StackSummary(np.nan, np.nan, np.nan, 0, 0, per)
     rows = table[np.isfinite(table[columns[0]].to_numpy(dtype=np.float64))]
@@ -178,8 +199,12 @@ def stack_summary(table: pd.DataFrame) -> StackSummary:
     return StackSummary(mean, low, high, len(rows), outside, per)
 
 
-def with_count_estimates(quality: pd.DataFrame, image_shape=None, pixel_size_nm: float | None = None,
-                         calibration: CountCalibration = CountCalibration()) -> pd.DataFrame:
+def with_count_estimates(
+    quality: pd.DataFrame,
+    image_shape=None,
+    pixel_size_nm: float | None = None,
+    calibration: CountCalibration = CountCalibration(),
+) -> pd.DataFrame:
     """A quality table with the count estimate columns appended, and the density columns where the
     pixel size is known: what ``score`` writes and the quality step shows."""
     counts = count_estimates(quality, calibration)

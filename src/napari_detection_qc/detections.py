@@ -142,10 +142,14 @@ class StackDetections:
 
     def to_shapes_data(self) -> tuple[list[np.ndarray], pd.DataFrame]:
         """Shapes layer rectangles (vertex arrays) and their features table (score, label, frame)."""
-        parts = [frame_shapes_data(frame, t, self.is_2d) for t, frame in enumerate(self.frames) if frame.count]
+        parts = [
+            frame_shapes_data(frame, t, self.is_2d) for t, frame in enumerate(self.frames) if frame.count
+        ]
         if not parts:
             return [], empty_shapes_features()
-        return list(np.concatenate([v for v, _ in parts])), pd.concat([f for _, f in parts], ignore_index=True)
+        return list(np.concatenate([v for v, _ in parts])), pd.concat(
+            [f for _, f in parts], ignore_index=True
+        )
 
     @classmethod
     def from_layer_data(
@@ -171,18 +175,25 @@ class StackDetections:
 def frame_shapes_data(frame: FrameDetections, t: int, is_2d: bool) -> tuple[np.ndarray, pd.DataFrame]:
     """One frame's rectangles (N, 4, D) and feature rows (score, label = mask id, frame, p_true:
     the probability that the detection is a real object, ``p_true``)."""
-    features = pd.DataFrame({
-        "score": frame.scores,
-        "label": np.arange(1, frame.count + 1, dtype=np.int64),
-        "frame": np.full(frame.count, t, dtype=np.int64),
-        "p_true": detection_p_true(frame.scores),
-    })
+    features = pd.DataFrame(
+        {
+            "score": frame.scores,
+            "label": np.arange(1, frame.count + 1, dtype=np.int64),
+            "frame": np.full(frame.count, t, dtype=np.int64),
+            "p_true": detection_p_true(frame.scores),
+        }
+    )
     return boxes_to_rectangles(frame.boxes, None if is_2d else t), features
 
 
 def empty_shapes_features() -> pd.DataFrame:
     return pd.DataFrame(
-        {"score": np.zeros(0), "label": np.zeros(0, np.int64), "frame": np.zeros(0, np.int64), "p_true": np.zeros(0)}
+        {
+            "score": np.zeros(0),
+            "label": np.zeros(0, np.int64),
+            "frame": np.zeros(0, np.int64),
+            "p_true": np.zeros(0),
+        }
     )
 
 

@@ -87,16 +87,24 @@ def fit_detector_forest(
     cancelled: Callable[[], bool] | None = None,
 ) -> QualityForest:
     """A QualityForest (intervals and domain flag included) fitted for ``detector``."""
-    table, embeddings = forest_table(detector, images, ground_truth, frames_per_domain=frames_per_domain,
-                                     progress=progress, cancelled=cancelled)
+    table, embeddings = forest_table(
+        detector,
+        images,
+        ground_truth,
+        frames_per_domain=frames_per_domain,
+        progress=progress,
+        cancelled=cancelled,
+    )
     forest = QualityForest(features=features, detector=detector.metadata())
     forest.fit(table, table[list(TARGETS)], groups=table["group"], embeddings=embeddings)
     labelled = int((table["group"] == "labelled").sum())
-    forest.metadata.update({
-        "name": f"forest for {detector.name}",
-        "description": f"fit on {len(table) - labelled} synthetic study frames and {labelled} labelled frames, "
-        f"detected by {detector.name}",
-        "labelled_frames": labelled,
-        "synthetic_frames": len(table) - labelled,
-    })
+    forest.metadata.update(
+        {
+            "name": f"forest for {detector.name}",
+            "description": f"fit on {len(table) - labelled} synthetic study frames and {labelled} labelled frames, "
+            f"detected by {detector.name}",
+            "labelled_frames": labelled,
+            "synthetic_frames": len(table) - labelled,
+        }
+    )
     return forest

@@ -54,7 +54,9 @@ def frame_contributions(forest: QualityForest, features_df: pd.DataFrame, target
     return table
 
 
-def feature_ranking(forest: QualityForest, features_df: pd.DataFrame | None = None, target: str = "f1") -> pd.Series:
+def feature_ranking(
+    forest: QualityForest, features_df: pd.DataFrame | None = None, target: str = "f1"
+) -> pd.Series:
     """Mean |SHAP| per feature over ``features_df`` (default: the training set), largest first."""
     data = forest.training_features if features_df is None else features_df
     contributions = frame_contributions(forest, data, target)

@@ -32,7 +32,10 @@ CANDIDATE_FEATURES = SCORE_BIN_NAMES + (
 )
 
 FEATURE_LABELS: dict[str, str] = {
-    **{name: f"share of detections scoring {i / 10:.1f}-{(i + 1) / 10:.1f}" for i, name in enumerate(SCORE_BIN_NAMES[:-1], 1)},
+    **{
+        name: f"share of detections scoring {i / 10:.1f}-{(i + 1) / 10:.1f}"
+        for i, name in enumerate(SCORE_BIN_NAMES[:-1], 1)
+    },
     "frac_score_0.9": "share of detections scoring 0.9 or more",
     "area_ratio": "image area covered by boxes",
     "mean_score": "mean detection score",
@@ -233,7 +236,9 @@ def stack_features(stack) -> pd.DataFrame:
     sequence of ``FrameDetections`` of one shape."""
     frames = list(getattr(stack, "frames", stack))
     if not frames:
-        return pd.DataFrame(columns=list(CANDIDATE_FEATURES), index=pd.RangeIndex(0, name="frame"), dtype=float)
+        return pd.DataFrame(
+            columns=list(CANDIDATE_FEATURES), index=pd.RangeIndex(0, name="frame"), dtype=float
+        )
     return features_of_detections(
         np.repeat(np.arange(len(frames)), [f.count for f in frames]),
         np.concatenate([f.boxes for f in frames]),

@@ -50,8 +50,10 @@ def read_labelled_frames(images, ground_truth) -> LabelledFrames:
     if ground_truth.is_file() and ground_truth.suffix.lower() == ".json":
         return _frames_with_coco(files, ground_truth)
     if not ground_truth.is_dir():
-        raise InputError(f"{ground_truth}: the ground truth must be a folder of label images named like the inputs, "
-                         "or a COCO JSON file")
+        raise InputError(
+            f"{ground_truth}: the ground truth must be a folder of label images named like the inputs, "
+            "or a COCO JSON file"
+        )
     by_stem = label_files_by_stem(ground_truth)
     frames = LabelledFrames([], [], [])
     for path in files:
@@ -73,13 +75,16 @@ def _frames_with_coco(files: list[Path], coco_path: Path) -> LabelledFrames:
     frames, box_only = LabelledFrames([], [], []), 0
     for path in files:
         stack = as_frame_stack(read_frames(path)[0], path)
-        labels = coco.stack_labels(path.name, len(stack), stack.shape[1:3], sole_input=len(files) == 1,
-                                   box_mask="ellipse")
+        labels = coco.stack_labels(
+            path.name, len(stack), stack.shape[1:3], sole_input=len(files) == 1, box_mask="ellipse"
+        )
         box_only += coco.box_only_count(coco.images_for(path.name, len(stack), sole_input=len(files) == 1))
         _add_frames(frames, path, stack, labels)
     if box_only:
-        frames.notes.append(f"{box_only} box-only annotation(s): the box head learns their boxes, the mask head the "
-                            "ellipse inscribed in each box")
+        frames.notes.append(
+            f"{box_only} box-only annotation(s): the box head learns their boxes, the mask head the "
+            "ellipse inscribed in each box"
+        )
     return frames
 
 
@@ -95,7 +100,11 @@ def draw_curves(figure: Figure, history: pd.DataFrame, side_by_side: bool = Fals
     held-out F1/precision/recall, against the step; one above the other (a page), or side by side
     (a wide, low dock)."""
     figure.clear()
-    axes = figure.subplots(1, len(CURVE_PANELS)) if side_by_side else figure.subplots(len(CURVE_PANELS), 1, sharex=True)
+    axes = (
+        figure.subplots(1, len(CURVE_PANELS))
+        if side_by_side
+        else figure.subplots(len(CURVE_PANELS), 1, sharex=True)
+    )
     for ax, (title, columns) in zip(axes, CURVE_PANELS, strict=True):
         ax.set_title(title, fontsize=8, loc="left")
         ax.tick_params(labelsize=7)
@@ -111,12 +120,21 @@ def draw_curves(figure: Figure, history: pd.DataFrame, side_by_side: bool = Fals
                 ax.plot(steps[held], values[held], marker="o", ms=3, lw=1, label=column[4:])
                 ax.set_ylim(-0.02, 1.02)
                 continue
-            line, = ax.plot(steps, values.rolling(SMOOTHING_STEPS, min_periods=1).mean(), lw=1, label=column)
+            (line,) = ax.plot(
+                steps, values.rolling(SMOOTHING_STEPS, min_periods=1).mean(), lw=1, label=column
+            )
             twin = f"val_{column}"
             if twin in history and history[twin].notna().any():
                 held = history[twin].notna().to_numpy()
-                ax.plot(steps[held], history[twin][held], ls="--", marker=".", color=line.get_color(), lw=1,
-                        label="held-out")
+                ax.plot(
+                    steps[held],
+                    history[twin][held],
+                    ls="--",
+                    marker=".",
+                    color=line.get_color(),
+                    lw=1,
+                    label="held-out",
+                )
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, loc="upper right", frameon=False)
     for ax in axes if side_by_side else axes[-1:]:
@@ -135,7 +153,9 @@ def write_curves(history: pd.DataFrame, csv_path, png_path) -> None:
 def curve_paths(model_path) -> tuple[Path, Path]:
     """``model.pt`` -> ``model.curves.csv``, ``model.curves.png``."""
     model_path = Path(model_path)
-    return model_path.with_name(model_path.stem + ".curves.csv"), model_path.with_name(model_path.stem + ".curves.png")
+    return model_path.with_name(model_path.stem + ".curves.csv"), model_path.with_name(
+        model_path.stem + ".curves.png"
+    )
 
 
 def save_finetuned(result, forest: QualityForest | None, model_path) -> list[Path]:

@@ -150,7 +150,12 @@ class CVResult:
 
 
 CALIBRATION = Maybe(
-    Record({"interval_scale": Record({target: Real(0.0, 1e12) for target in TARGETS}), "domain_radius": Real(0.0, 1e300)})
+    Record(
+        {
+            "interval_scale": Record({target: Real(0.0, 1e12) for target in TARGETS}),
+            "domain_radius": Real(0.0, 1e300),
+        }
+    )
 )
 FOREST_META = Record(
     {
@@ -253,8 +258,13 @@ class QualityForest:
         return "cheap" if "novelty" in self.features else "none"
 
     def fit(
-        self, features_df: pd.DataFrame, targets_df: pd.DataFrame, groups=None, embeddings=None,
-        novelty_reference=None, n_jobs: int = 1,
+        self,
+        features_df: pd.DataFrame,
+        targets_df: pd.DataFrame,
+        groups=None,
+        embeddings=None,
+        novelty_reference=None,
+        n_jobs: int = 1,
     ) -> QualityForest:
         """Fit one pipeline per target; calibrate intervals and the domain flag on the same data.
         ``embeddings`` (one row per frame, the detector's backbone embedding) enable the novelty
@@ -267,14 +277,22 @@ class QualityForest:
         once (the same forests as on one)."""
         given = features_df
         if len(features_df) < MIN_TRAINING_FRAMES:
-            raise ValueError(f"a forest needs at least {MIN_TRAINING_FRAMES} labeled frames, got {len(features_df)}")
+            raise ValueError(
+                f"a forest needs at least {MIN_TRAINING_FRAMES} labeled frames, got {len(features_df)}"
+            )
         self.training_embeddings = None if embeddings is None else _embeddings(embeddings, len(features_df))
         if self.training_embeddings is not None and not np.isfinite(self.training_embeddings).all():
             raise ValueError("training embeddings must be finite (frames without one cannot be used)")
-        self.novelty_reference = None if novelty_reference is None or embeddings is None else (
-            np.asarray(novelty_reference, dtype=bool))
-        self.novelty_model = None if embeddings is None else SubspaceNovelty().fit(
-            self.training_embeddings, self.novelty_reference)
+        self.novelty_reference = (
+            None
+            if novelty_reference is None or embeddings is None
+            else (np.asarray(novelty_reference, dtype=bool))
+        )
+        self.novelty_model = (
+            None
+            if embeddings is None
+            else SubspaceNovelty().fit(self.training_embeddings, self.novelty_reference)
+        )
         if "novelty" in self.features and self.novelty_model is None:
             raise ValueError("the feature 'novelty' needs the training frames' embeddings")
         self.signals_note = None if self.novelty_model is not None else NO_SIGNALS_NOTE
@@ -317,13 +335,18 @@ class QualityForest:
     def _fit_frame_kind(self) -> None:
         self.frame_kind = FrameKind().fit(self.training_embeddings, ~self.novelty_reference)
 
-    def _fit_reference_forest(self, features_df: pd.DataFrame, targets_df: pd.DataFrame, n_jobs: int = 1) -> None:
+    def _fit_reference_forest(
+        self, features_df: pd.DataFrame, targets_df: pd.DataFrame, n_jobs: int = 1
+    ) -> None:
         self.reference_forest, self.frame_kind = None, None
         rows = self._reference_rows()
         if rows is None:
             return
         self.reference_forest = self._clone().fit(
-            features_df.iloc[rows], targets_df.iloc[rows], embeddings=self.training_embeddings[rows], n_jobs=n_jobs
+            features_df.iloc[rows],
+            targets_df.iloc[rows],
+            embeddings=self.training_embeddings[rows],
+            n_jobs=n_jobs,
         )
         self._fit_frame_kind()
 
@@ -400,7 +423,10 @@ class QualityForest:
         # threshold too
         uninformative = (out["f1_low"] <= 0.0) & (out["f1_high"] >= 1.0)
         out["in_domain"] = (
-            (distance <= self._domain_radius) & ~novel & ~uninformative & (known | ("novelty" not in self.features))
+            (distance <= self._domain_radius)
+            & ~novel
+            & ~uninformative
+            & (known | ("novelty" not in self.features))
         )
         if self.reference_forest is None:
             return out
@@ -424,8 +450,11 @@ class QualityForest:
         if "score_hist_distance" in self.features:
             bins = _table(features_df, SCORE_BIN_NAMES, "features")
             derived["score_hist_distance"] = score_histogram_distance(bins, self._training_bins)
-        return _table(features_df.assign(**{k: v for k, v in derived.items() if k in self.features}),
-                      self.features, "features")
+        return _table(
+            features_df.assign(**{k: v for k, v in derived.items() if k in self.features}),
+            self.features,
+            "features",
+        )
 
     def _novelty(self, embeddings, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Novelty of each frame's embedding and whether it is known (finite, forest has signals)."""
@@ -501,10 +530,15 @@ class QualityForest:
 
         def fold_predictions(split) -> pd.DataFrame:
             _, _, train_idx, test_idx = split
-            return self._clone().fit(x_frame.iloc[train_idx], y_frame.iloc[train_idx]).predict(x_frame.iloc[test_idx])
+            return (
+                self._clone()
+                .fit(x_frame.iloc[train_idx], y_frame.iloc[train_idx])
+                .predict(x_frame.iloc[test_idx])
+            )
 
         for (repeat, fold, _train_idx, test_idx), predicted in zip(
-                splits, in_threads(fold_predictions, splits, n_jobs), strict=True):
+            splits, in_threads(fold_predictions, splits, n_jobs), strict=True
+        ):
             for target in TARGETS:
                 truth = y_frame[target].to_numpy()[test_idx]
                 row = {"repeat": repeat, "fold": fold, "target": target, "n": len(test_idx)}
@@ -544,7 +578,9 @@ class QualityForest:
                     yield 0, fold, train, test
             else:
                 for repeat in range(n_repeats):
-                    kfold = GroupKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state + repeat)
+                    kfold = GroupKFold(
+                        n_splits=n_splits, shuffle=True, random_state=self.random_state + repeat
+                    )
                     for fold, (train, test) in enumerate(kfold.split(index, groups=groups)):
                         yield repeat, fold, train, test
         else:
@@ -552,7 +588,12 @@ class QualityForest:
 
     def _clone(self) -> QualityForest:
         return QualityForest(
-            self.features, self.n_estimators, self.random_state, self.coverage, self.detector, self.forest_params
+            self.features,
+            self.n_estimators,
+            self.random_state,
+            self.coverage,
+            self.detector,
+            self.forest_params,
         )
 
     # -- persistence -------------------------------------------------------------------------------
@@ -657,8 +698,20 @@ class QualityForest:
             meta["detector"],
             meta.get("forest_params"),
         )
-        known = {"format", "version", "features", "n_estimators", "random_state", "coverage", "detector",
-                 "forest_params", "n_training", "training_groups", "calibration", "reference_calibration"}
+        known = {
+            "format",
+            "version",
+            "features",
+            "n_estimators",
+            "random_state",
+            "coverage",
+            "detector",
+            "forest_params",
+            "n_training",
+            "training_groups",
+            "calibration",
+            "reference_calibration",
+        }
         forest.metadata = {k: v for k, v in meta.items() if k not in known}
         forest.pipelines = dict(state["pipelines"])
         if set(forest.pipelines) != set(TARGETS):
@@ -669,7 +722,11 @@ class QualityForest:
             if problem:
                 raise ValueError(f"its {target} model holds {problem}")
         features, targets = np.asarray(state["training_features"]), np.asarray(state["training_targets"])
-        if features.ndim != 2 or features.shape[1] != n_features or targets.shape != (len(features), len(TARGETS)):
+        if (
+            features.ndim != 2
+            or features.shape[1] != n_features
+            or targets.shape != (len(features), len(TARGETS))
+        ):
             raise ValueError(f"training arrays of shapes {features.shape} and {targets.shape}")
         if len(features) < 1 or not (np.isfinite(features).all() and np.isfinite(targets).all()):
             raise ValueError("empty or non-finite training arrays")
@@ -730,7 +787,9 @@ class QualityForest:
                 raise ValueError(f"its reference {target} model holds {problem}")
         residuals = np.asarray(state["reference_conformal_residuals"], dtype=np.float64)
         if residuals.shape != (len(TARGETS), len(rows)):
-            raise ValueError(f"reference conformal residuals of shape {residuals.shape} for {len(rows)} frames")
+            raise ValueError(
+                f"reference conformal residuals of shape {residuals.shape} for {len(rows)} frames"
+            )
         features = np.asarray(state["reference_training_features"], dtype=np.float64)
         if features.shape != (len(rows), len(self.features)) or not np.isfinite(features).all():
             raise ValueError(f"reference training features of shape {features.shape} for {len(rows)} frames")

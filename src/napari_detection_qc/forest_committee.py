@@ -44,11 +44,13 @@ class FrameKind:
     def fit(self, embeddings: np.ndarray, other: np.ndarray) -> FrameKind:
         x = np.asarray(embeddings, dtype=np.float64)
         components = max(1, min(KIND_COMPONENTS, len(x) - 1, x.shape[1]))
-        self._model = Pipeline([
-            ("scaler", StandardScaler()),
-            ("pca", PCA(components, random_state=0)),
-            ("logistic", LogisticRegression(C=1.0, max_iter=2000)),
-        ]).fit(x, np.asarray(other, dtype=bool))
+        self._model = Pipeline(
+            [
+                ("scaler", StandardScaler()),
+                ("pca", PCA(components, random_state=0)),
+                ("logistic", LogisticRegression(C=1.0, max_iter=2000)),
+            ]
+        ).fit(x, np.asarray(other, dtype=bool))
         return self
 
     def other_probability(self, embeddings: np.ndarray) -> np.ndarray:
@@ -57,7 +59,10 @@ class FrameKind:
 
 
 def combine(
-    all_kinds: pd.DataFrame, reference_only: pd.DataFrame, other_probability: np.ndarray, targets: Sequence[str]
+    all_kinds: pd.DataFrame,
+    reference_only: pd.DataFrame,
+    other_probability: np.ndarray,
+    targets: Sequence[str],
 ) -> pd.DataFrame:
     """``all_kinds``' predictions with each target blended with ``reference_only``'s by the frame's
     probability of being of the other kind, intervals spanning both, and ``forests_disagree``."""

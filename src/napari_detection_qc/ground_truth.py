@@ -74,8 +74,10 @@ def labeled_frames(record: GroundTruthRecord, data) -> list[LabeledFrame]:
     if record.seeded_from is None:
         drawn = {int(t) for t in np.flatnonzero(stack.reshape(len(stack), -1).any(axis=1))}
     frames = sorted((record.reviewed_frames | drawn) & set(range(len(stack))))
-    return [LabeledFrame(t, count_objects(stack[t]), "reviewed" if t in record.reviewed_frames else "drawn")
-            for t in frames]
+    return [
+        LabeledFrame(t, count_objects(stack[t]), "reviewed" if t in record.reviewed_frames else "drawn")
+        for t in frames
+    ]
 
 
 def count_objects(labels_frame: np.ndarray) -> int:

@@ -106,21 +106,29 @@ def unboxed_masks(labels_frame: np.ndarray, box_ids: np.ndarray) -> tuple[np.nda
     if not ids.size:
         return ids, np.zeros((0, 4))
     slices = ndimage.find_objects(labels_frame, max_label=int(ids.max()))
-    boxes = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)], float)
+    boxes = np.array(
+        [[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[i - 1] for i in ids)], float
+    )
     return ids, boxes
 
 
-def manual_rows(ids: np.ndarray, boxes: np.ndarray, frame: int, is_2d: bool) -> tuple[list[np.ndarray], pd.DataFrame]:
+def manual_rows(
+    ids: np.ndarray, boxes: np.ndarray, frame: int, is_2d: bool
+) -> tuple[list[np.ndarray], pd.DataFrame]:
     """Shapes rows for hand-painted masks: their boxes, score 1, p_true 1 (a person drew them),
     origin ``manual``."""
-    features = pd.DataFrame({
-        "score": np.full(len(ids), MANUAL_SCORE),
-        "p_true": np.ones(len(ids)),
-        "label": np.asarray(ids, np.int64),
-        "frame": np.full(len(ids), frame, np.int64),
-        "origin": ORIGIN_MANUAL,
-    })
-    return list(boxes_to_rectangles(np.asarray(boxes, float).reshape(-1, 4), None if is_2d else frame)), features
+    features = pd.DataFrame(
+        {
+            "score": np.full(len(ids), MANUAL_SCORE),
+            "p_true": np.ones(len(ids)),
+            "label": np.asarray(ids, np.int64),
+            "frame": np.full(len(ids), frame, np.int64),
+            "origin": ORIGIN_MANUAL,
+        }
+    )
+    return list(
+        boxes_to_rectangles(np.asarray(boxes, float).reshape(-1, 4), None if is_2d else frame)
+    ), features
 
 
 def orphan_masks(labels_frame: np.ndarray, box_ids: np.ndarray) -> np.ndarray:
@@ -141,9 +149,11 @@ def pair_problem(
     masks_record, boxes_record = pair_record(masks_metadata), pair_record(boxes_metadata)
     masks_id, boxes_id = masks_record.get("pair_id"), boxes_record.get("pair_id")
     if masks_id and boxes_id and masks_id != boxes_id:
-        return (f"'{masks_name}' and '{boxes_name}' come from different detection runs "
-                f"(on '{masks_record.get('image_layer', '?')}' and '{boxes_record.get('image_layer', '?')}'): "
-                "pick the masks and boxes of one run")
+        return (
+            f"'{masks_name}' and '{boxes_name}' come from different detection runs "
+            f"(on '{masks_record.get('image_layer', '?')}' and '{boxes_record.get('image_layer', '?')}'): "
+            "pick the masks and boxes of one run"
+        )
     if len(labels_shape) not in (2, 3) or not len(vertices):
         return None
     n_frames = 1 if len(labels_shape) == 2 else labels_shape[0]
@@ -156,8 +166,10 @@ def pair_problem(
     height, width = labels_shape[-2:]
     reach_y, reach_x = corners.max(0)
     if reach_y > height + 1 or reach_x > width + 1 or corners.min() < -1:
-        return (f"boxes in '{boxes_name}' reach ({reach_y:.0f}, {reach_x:.0f}), outside the "
-                f"{height} x {width} frames of '{masks_name}': they belong to another image")
+        return (
+            f"boxes in '{boxes_name}' reach ({reach_y:.0f}, {reach_x:.0f}), outside the "
+            f"{height} x {width} frames of '{masks_name}': they belong to another image"
+        )
     return None
 
 

@@ -21,8 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 
 EPSILON = 1e-4
-INPUTS = ("logit_score", "logit_frame_median_score", "log_count", "frame_share_above_0.9", "logit_frame_mean_score",
-          "score_rank", "logit_frame_min_score")
+INPUTS = (
+    "logit_score",
+    "logit_frame_median_score",
+    "log_count",
+    "frame_share_above_0.9",
+    "logit_frame_mean_score",
+    "score_rank",
+    "logit_frame_min_score",
+)
 """What the calibration sees of each detection: its score, its rank among the frame's detections
 (0 = best), and the frame's detections as a whole."""
 
@@ -44,13 +51,16 @@ class PTrueCalibration:
         return 1.0 / (1.0 + np.exp(-z))
 
     @classmethod
-    def fit(cls, frames_scores: Sequence[np.ndarray], frames_true: Sequence[np.ndarray],
-            fitted_on: str = "") -> PTrueCalibration:
+    def fit(
+        cls, frames_scores: Sequence[np.ndarray], frames_true: Sequence[np.ndarray], fitted_on: str = ""
+    ) -> PTrueCalibration:
         """Fit on labelled frames: each frame's detection scores and whether each was a true positive."""
         from sklearn.linear_model import LogisticRegression
 
         x = np.concatenate([detection_inputs(s) for s in frames_scores if len(s)])
-        y = np.concatenate([np.asarray(t, dtype=bool) for s, t in zip(frames_scores, frames_true, strict=True) if len(s)])
+        y = np.concatenate(
+            [np.asarray(t, dtype=bool) for s, t in zip(frames_scores, frames_true, strict=True) if len(s)]
+        )
         if len(np.unique(y)) < 2:
             raise ValueError("p_true needs labelled detections both true and false to fit on")
         model = LogisticRegression(C=10.0, max_iter=2000).fit(x, y)
@@ -70,13 +80,20 @@ def detection_inputs(scores: np.ndarray) -> np.ndarray:
         return np.zeros((0, len(INPUTS)))
     rank = np.empty(n)
     rank[np.argsort(-scores, kind="stable")] = np.arange(n) / max(n - 1, 1)
-    frame = [_logit(np.median(scores)), np.log1p(n), (scores >= 0.9).mean(), _logit(scores.mean()),
-             None, _logit(scores.min())]
+    frame = [
+        _logit(np.median(scores)),
+        np.log1p(n),
+        (scores >= 0.9).mean(),
+        _logit(scores.mean()),
+        None,
+        _logit(scores.min()),
+    ]
     return np.column_stack([_logit(scores), *(np.full(n, v) for v in frame[:4]), rank, np.full(n, frame[5])])
 
 
 SHIPPED = PTrueCalibration(
-    (0.63252, -0.37720, 0.26854, -0.99389, 1.04263, 1.50187, -0.66235), -2.22956,
+    (0.63252, -0.37720, 0.26854, -0.99389, 1.04263, 1.50187, -0.66235),
+    -2.22956,
     "11380 detections of 480 frames (bundled detector; 114 synthetic frames, 366 EMPS images)",
 )
 """The calibration shipped for the bundled detector; fitted by ``reported_numbers_study.py

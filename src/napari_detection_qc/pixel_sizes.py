@@ -105,7 +105,9 @@ def match_pixel_sizes(table: dict[str, float], sources: Sequence[Path], table_na
             unmatched.append(name)
         for source in named:
             if matched.get(source, value) != value:
-                raise InputError(f"{table_name}: {source} is given two different pixel sizes (by name and by stem)")
+                raise InputError(
+                    f"{table_name}: {source} is given two different pixel sizes (by name and by stem)"
+                )
             matched[source] = value
     if unmatched:
         listed = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")

@@ -70,7 +70,9 @@ def _reason(row, spread_out: bool) -> str:
     return "; ".join(parts)
 
 
-def rank_frames(quality: pd.DataFrame, variety: np.ndarray | None = None, limit: int | None = None) -> list[RankedFrame]:
+def rank_frames(
+    quality: pd.DataFrame, variety: np.ndarray | None = None, limit: int | None = None
+) -> list[RankedFrame]:
     """Frames of a quality table (``source`` optional, ``frame``, ``f1``, ``f1_low``, ``f1_high``,
     ``in_domain``) best first. ``variety``: one row per frame (features or embeddings) to spread the
     choice over; without it, the order is by value alone. ``limit``: how many to order (default all)."""
@@ -81,7 +83,11 @@ def rank_frames(quality: pd.DataFrame, variety: np.ndarray | None = None, limit:
     value = frame_values(quality)
     x = _standardised(variety, n)
     distances = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)) if n <= 4000 else None
-    typical = SPREAD_RADIUS * float(np.median(distances[np.triu_indices(n, 1)])) if distances is not None and n > 1 else 0.0
+    typical = (
+        SPREAD_RADIUS * float(np.median(distances[np.triu_indices(n, 1)]))
+        if distances is not None and n > 1
+        else 0.0
+    )
     nearest = np.full(n, np.inf)  # distance to the closest frame already chosen
     chosen: list[RankedFrame] = []
     remaining = np.ones(n, dtype=bool)
@@ -99,8 +105,9 @@ def rank_frames(quality: pd.DataFrame, variety: np.ndarray | None = None, limit:
     return chosen
 
 
-def rank_by_features(quality: pd.DataFrame, features: pd.DataFrame, exclude=(), limit: int | None = None
-                     ) -> list[RankedFrame]:
+def rank_by_features(
+    quality: pd.DataFrame, features: pd.DataFrame, exclude=(), limit: int | None = None
+) -> list[RankedFrame]:
     """``rank_frames`` spread over the frames' paper features (one row per quality row, same order),
     leaving out the frames in ``exclude`` (e.g. those already labelled): what ``rank`` and the
     Training step's "Label next" list both use."""

@@ -60,7 +60,7 @@ SHAPE_COLUMNS = ("avg pred shape", "stdev pred shape")
 # split of the same data ("random"). Canonical labels carry no spaces.
 GROUPED_SPLITS = ("A&B_C", "A:over_under", "A:under_over", "B_A", "A_B")
 RANDOM_SPLITS = ("A&B_A&B", "A_A", "B_B", "A:under_under", "A:over_over")
-SPLIT_TYPES = {**{s: "grouped" for s in GROUPED_SPLITS}, **{s: "random" for s in RANDOM_SPLITS}}
+SPLIT_TYPES = {**dict.fromkeys(GROUPED_SPLITS, "grouped"), **dict.fromkeys(RANDOM_SPLITS, "random")}
 
 _ROTATED = ["precision", "recall", "area_ratio"]
 _UNROTATED_FROM = ["recall", "area_ratio", "precision"]

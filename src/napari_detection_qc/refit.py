@@ -24,8 +24,14 @@ MIN_FRAMES_FOR_CV = 10
 REFIT_THREADS = min(4, os.cpu_count() or 1)  # a refit in the viewer uses the machine's cores
 
 
-def labeled_rows(stack: StackDetections, truth: np.ndarray, frames: Iterable[int], iou_threshold: float,
-                 source: str, signals: list[dict] | None = None) -> TrainingSet:
+def labeled_rows(
+    stack: StackDetections,
+    truth: np.ndarray,
+    frames: Iterable[int],
+    iou_threshold: float,
+    source: str,
+    signals: list[dict] | None = None,
+) -> TrainingSet:
     """One training row per labeled frame: its features, true quality and (from the frames'
     stored ``signals``) backbone embedding, keyed ``source#frame`` so labeling a frame again
     replaces its row."""
@@ -39,8 +45,9 @@ def labeled_rows(stack: StackDetections, truth: np.ndarray, frames: Iterable[int
     return TrainingSet().add(features, targets, [f"{source}#{t}" for t in frames], embeddings)
 
 
-def training_for_refit(mode: RefitMode, new_rows: TrainingSet, accumulated: TrainingSet | None,
-                       base: QualityForest) -> TrainingSet:
+def training_for_refit(
+    mode: RefitMode, new_rows: TrainingSet, accumulated: TrainingSet | None, base: QualityForest
+) -> TrainingSet:
     """The rows to fit on: the accumulated set (else the base forest's own training frames) plus
     the new rows, or the new rows alone; a clear error when they are too few to replace."""
     if problem := refit_problem(mode, len(new_rows)):
@@ -56,15 +63,32 @@ def refit_forest(training: TrainingSet, base: QualityForest, detector: dict | No
     frames; returns (forest, CVResult or None). Runs in a worker. The novelty check (domain flag,
     widening intervals) is kept when every frame has an embedding (detected with signals), fit on
     the set's novelty reference rows."""
-    forest = QualityForest(base.features, base.n_estimators, base.random_state, base.coverage,
-                           detector or base.detector, base.forest_params)
+    forest = QualityForest(
+        base.features,
+        base.n_estimators,
+        base.random_state,
+        base.coverage,
+        detector or base.detector,
+        base.forest_params,
+    )
     embeddings = training.complete_embeddings
-    forest.fit(training.features, training.targets, embeddings=embeddings,
-               novelty_reference=None if embeddings is None else training.novelty_reference, n_jobs=REFIT_THREADS)
+    forest.fit(
+        training.features,
+        training.targets,
+        embeddings=embeddings,
+        novelty_reference=None if embeddings is None else training.novelty_reference,
+        n_jobs=REFIT_THREADS,
+    )
     cv = None
     if len(training) >= MIN_FRAMES_FOR_CV:
-        cv = forest.cross_validate(training.features, training.targets, scheme="random", n_splits=5, n_repeats=1,
-                                   n_jobs=REFIT_THREADS)
+        cv = forest.cross_validate(
+            training.features,
+            training.targets,
+            scheme="random",
+            n_splits=5,
+            n_repeats=1,
+            n_jobs=REFIT_THREADS,
+        )
     return forest, cv
 
 

@@ -19,8 +19,18 @@ from .p_true import detection_p_true, weighted_mean_diameter
 from .signals import stack_signals
 
 QUALITY_COLUMNS = (
-    "frame", "count", "f1", "f1_low", "f1_high", "precision", "precision_low", "precision_high",
-    "recall", "recall_low", "recall_high", "in_domain",
+    "frame",
+    "count",
+    "f1",
+    "f1_low",
+    "f1_high",
+    "precision",
+    "precision_low",
+    "precision_high",
+    "recall",
+    "recall_low",
+    "recall_high",
+    "in_domain",
 )
 TRUE_COLUMNS = ("frame", "n_true", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1")
 
@@ -125,11 +135,13 @@ def physical_readouts(stack: StackDetections, pixel_size_nm: float) -> pd.DataFr
         present = areas > 0
         diameters = 2.0 * np.sqrt(areas[present] / np.pi) * pixel_size_nm
         weighted = weighted_mean_diameter(diameters, detection_p_true(frame.scores)[present])
-        rows.append({
-            "frame": t,
-            "count": frame.count,
-            "density_per_um2": frame.count / frame_area_um2,
-            "mean_diameter_nm": float(diameters.mean()) if diameters.size else 0.0,
-            "p_true_mean_diameter_nm": weighted if diameters.size else 0.0,
-        })
+        rows.append(
+            {
+                "frame": t,
+                "count": frame.count,
+                "density_per_um2": frame.count / frame_area_um2,
+                "mean_diameter_nm": float(diameters.mean()) if diameters.size else 0.0,
+                "p_true_mean_diameter_nm": weighted if diameters.size else 0.0,
+            }
+        )
     return pd.DataFrame(rows)

@@ -99,9 +99,9 @@ def tta_agreement(boxes: np.ndarray, scores: np.ndarray, view_boxes: list[np.nda
     if len(boxes) == 0:
         agree = float(np.all(counts == 0))
         return {"tta_iou": agree, "tta_share": agree, "tta_count_change": count_change}
-    best = np.stack([
-        box_iou_matrix(boxes, v).max(axis=1) if len(v) else np.zeros(len(boxes)) for v in view_boxes
-    ])  # (views, boxes)
+    best = np.stack(
+        [box_iou_matrix(boxes, v).max(axis=1) if len(v) else np.zeros(len(boxes)) for v in view_boxes]
+    )  # (views, boxes)
     weights = scores if scores.sum() > 0 else np.ones_like(scores)
     return {
         "tta_iou": float(np.average(best.mean(axis=0), weights=weights)),
@@ -146,7 +146,9 @@ def blank_frame_signals(options: SignalOptions) -> dict:
 
 
 # -- score histogram -------------------------------------------------------------------------------
-def score_histogram_distance(histograms: np.ndarray, reference: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+def score_histogram_distance(
+    histograms: np.ndarray, reference: np.ndarray, exclude_self: bool = False
+) -> np.ndarray:
     """Earth mover's distance (in score units) from each row's score-bin fractions to the nearest
     reference row's. A frame without detections has all fractions 0, which is far from any frame
     with detections, and at distance 0 from other empty frames."""
@@ -198,15 +200,19 @@ class SubspaceNovelty:
         x = np.asarray(embeddings, dtype=np.float64)
         chosen = np.ones(len(x), bool) if reference is None else np.asarray(reference, dtype=bool)
         if x.ndim != 2 or chosen.shape != (len(x),) or chosen.sum() < 3:
-            raise ValueError(f"novelty needs at least 3 reference embeddings, got shape {x.shape} "
-                             f"with {int(chosen.sum())} reference rows")
+            raise ValueError(
+                f"novelty needs at least 3 reference embeddings, got shape {x.shape} "
+                f"with {int(chosen.sum())} reference rows"
+            )
         inside = x[chosen]
         self._reference = chosen
         self._model = _SubspaceModel(inside, self.n_components, self.k)
         out_of_fold = np.zeros((len(inside), 2))
         folds = KFold(min(self.folds, len(inside)), shuffle=True, random_state=self.random_state)
         for train, test in folds.split(inside):
-            out_of_fold[test] = _SubspaceModel(inside[train], self.n_components, self.k).distances(inside[test])
+            out_of_fold[test] = _SubspaceModel(inside[train], self.n_components, self.k).distances(
+                inside[test]
+            )
         self._scale = np.maximum(np.quantile(out_of_fold, 0.99, axis=0), 1e-12)
         self.reference_novelty = np.zeros(len(x))
         self.reference_novelty[chosen] = (out_of_fold / self._scale).max(axis=1)
@@ -256,7 +262,11 @@ def stack_signals(frames) -> tuple[pd.DataFrame, np.ndarray | None]:
     embeddings (NaN rows for frames without one; None when no frame has one)."""
     frames = list(getattr(frames, "frames", frames))
     signals = [getattr(f, "signals", f) or {} for f in frames]
-    columns = {name: [s[name] for s in signals] for name in TTA_SIGNALS if signals and all(name in s for s in signals)}
+    columns = {
+        name: [s[name] for s in signals]
+        for name in TTA_SIGNALS
+        if signals and all(name in s for s in signals)
+    }
     table = pd.DataFrame(columns, index=pd.RangeIndex(len(frames), name="frame"))
     sizes = {len(s[EMBEDDING]) for s in signals if EMBEDDING in s}
     if len(sizes) != 1:
@@ -295,6 +305,9 @@ def signals_to_records(frames) -> list[dict]:
 def signals_from_records(records) -> list[dict]:
     """Inverse of :func:`signals_to_records`."""
     return [
-        {key: np.asarray(value, dtype=np.float32) if key == EMBEDDING else float(value) for key, value in r.items()}
+        {
+            key: np.asarray(value, dtype=np.float32) if key == EMBEDDING else float(value)
+            for key, value in r.items()
+        }
         for r in records or []
     ]

@@ -63,6 +63,8 @@ def outlier_warning(sizes: FrameSizes) -> str | None:
     known = known_sizes(sizes)
     median = float(np.median(list(known.values())))
     listed = ", ".join(f"{t} ({known[t]:.0f} px)" for t in outliers[:5]) + ("…" if len(outliers) > 5 else "")
-    return (f"frame(s) {listed} were sized over {OUTLIER_RATIO:g}x off the stack's median object size "
-            f"({median:.0f} px): if their detections look wrong, set the object size by hand and detect "
-            "them again")
+    return (
+        f"frame(s) {listed} were sized over {OUTLIER_RATIO:g}x off the stack's median object size "
+        f"({median:.0f} px): if their detections look wrong, set the object size by hand and detect "
+        "them again"
+    )

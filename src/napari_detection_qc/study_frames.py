@@ -32,7 +32,9 @@ def blend(clean: Domain, shifted: Domain, severity: float) -> Domain:
             values[field.name] = float(np.exp((1 - severity) * np.log(a) + severity * np.log(b)))
         elif isinstance(a, tuple):
             mixed = [(1 - severity) * x + severity * y for x, y in zip(a, b)]
-            values[field.name] = tuple(int(round(v)) if isinstance(x, int) else float(v) for v, x in zip(mixed, a))
+            values[field.name] = tuple(
+                int(round(v)) if isinstance(x, int) else float(v) for v, x in zip(mixed, a)
+            )
         else:
             values[field.name] = (1 - severity) * a + severity * b
     return replace(clean, **values)
@@ -49,7 +51,9 @@ def frame_plan(frames_per_domain: int) -> pd.DataFrame:
     rows = []
     for d, name in enumerate((*PRESETS, *STUDY_FAMILIES)):
         for i in range(frames_per_domain):
-            severity = 0.0 if name == "clean" else 1.0 if name in STUDY_FAMILIES else float(rng.uniform(0.3, 1.0))
+            severity = (
+                0.0 if name == "clean" else 1.0 if name in STUDY_FAMILIES else float(rng.uniform(0.3, 1.0))
+            )
             rows.append({"domain": name, "severity": round(severity, 4), "seed": STUDY_SEED + 10_000 * d + i})
     return pd.DataFrame(rows)
 

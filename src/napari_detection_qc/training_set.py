@@ -36,10 +36,14 @@ def read_training_csv(path, features: Sequence[str] | None = None) -> pd.DataFra
         raise InputError(f"{path}: a training table over {MAX_TABLE_BYTES} bytes is not plausible")
     with parsing(path, "training table"):
         table = pd.read_csv(path)
-        columns = list(features) if features is not None else [c for c in table.columns if c in CANDIDATE_FEATURES]
+        columns = (
+            list(features) if features is not None else [c for c in table.columns if c in CANDIDATE_FEATURES]
+        )
         missing = [c for c in (*columns, *TARGETS) if c not in table.columns]
         if missing or not columns:
-            raise InputError(f"{path} is not a training set: the table lacks columns {missing or 'of features'}")
+            raise InputError(
+                f"{path} is not a training set: the table lacks columns {missing or 'of features'}"
+            )
         values = table[[*columns, *TARGETS]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
         if not np.all(np.isfinite(values)):
             raise InputError(f"{path}: the training table holds empty, non-numeric or infinite values")
@@ -74,7 +78,11 @@ class TrainingSet:
         return self.embeddings
 
     def add(
-        self, features: pd.DataFrame, targets: pd.DataFrame, sources: list[str], embeddings: np.ndarray | None = None
+        self,
+        features: pd.DataFrame,
+        targets: pd.DataFrame,
+        sources: list[str],
+        embeddings: np.ndarray | None = None,
     ) -> TrainingSet:
         """Add rows; a source already present is replaced by its new row."""
         if not (len(features) == len(targets) == len(sources)):
@@ -82,16 +90,22 @@ class TrainingSet:
         if embeddings is not None and len(embeddings) != len(sources):
             raise ValueError("embeddings must have one row per frame")
         keep = [i for i, s in enumerate(self.sources) if s not in set(sources)]
-        columns = [c for c in self.features.columns] if len(self) else list(features.columns)
+        columns = list(self.features.columns) if len(self) else list(features.columns)
         missing = [c for c in columns if c not in features.columns]
         if missing:
             raise ValueError(f"new rows lack feature columns {missing}")
         self.features = pd.concat(
-            [self.features.iloc[keep].reset_index(drop=True), features.loc[:, columns].reset_index(drop=True)],
+            [
+                self.features.iloc[keep].reset_index(drop=True),
+                features.loc[:, columns].reset_index(drop=True),
+            ],
             ignore_index=True,
         ).astype(np.float64)
         self.targets = pd.concat(
-            [self.targets.iloc[keep].reset_index(drop=True), targets.loc[:, list(TARGETS)].reset_index(drop=True)],
+            [
+                self.targets.iloc[keep].reset_index(drop=True),
+                targets.loc[:, list(TARGETS)].reset_index(drop=True),
+            ],
             ignore_index=True,
         ).astype(np.float64)
         self.embeddings = _stacked_embeddings(self.embeddings, keep, embeddings, len(sources))
@@ -103,7 +117,9 @@ class TrainingSet:
     def copy(self) -> TrainingSet:
         embeddings = None if self.embeddings is None else self.embeddings.copy()
         reference = None if self.novelty_reference is None else self.novelty_reference.copy()
-        return TrainingSet(self.features.copy(), self.targets.copy(), list(self.sources), embeddings, reference)
+        return TrainingSet(
+            self.features.copy(), self.targets.copy(), list(self.sources), embeddings, reference
+        )
 
     @classmethod
     def from_forest(cls, forest: QualityForest) -> TrainingSet:
@@ -114,7 +130,9 @@ class TrainingSet:
         sources = [f"{forest.metadata.get('name', 'bundled')}:{g}:{i}" for i, g in enumerate(groups)]
         embeddings = None if forest.training_embeddings is None else forest.training_embeddings.copy()
         reference = None if forest.novelty_reference is None else forest.novelty_reference.copy()
-        return cls(forest.training_features.copy(), forest.training_targets.copy(), sources, embeddings, reference)
+        return cls(
+            forest.training_features.copy(), forest.training_targets.copy(), sources, embeddings, reference
+        )
 
     def save(self, path) -> Path:
         """CSV with a ``source`` column, the feature columns and ``f1, precision, recall`` (and
@@ -146,7 +164,9 @@ class TrainingSet:
                 embeddings = np.load(require_regular_file(sidecar, "embeddings"), allow_pickle=False)
                 embeddings = embeddings.astype(np.float64)
             except (OSError, ValueError, TypeError, EOFError) as exc:
-                raise InputError(f"could not read the embeddings of {path} from {sidecar}: {one_line(exc, 200)}") from exc
+                raise InputError(
+                    f"could not read the embeddings of {path} from {sidecar}: {one_line(exc, 200)}"
+                ) from exc
             if embeddings.ndim != 2 or len(embeddings) != len(table):
                 raise InputError(f"{sidecar} holds {embeddings.shape} embeddings for {len(table)} rows")
             if np.isinf(embeddings).any():

@@ -233,7 +233,9 @@ class Text(Spec):
         if len(value) > self.max_length:
             raise SchemaError(where, f"text of {len(value)} characters (at most {self.max_length})")
         if self.choices and value not in self.choices:
-            raise SchemaError(where, f"unknown {self.noun} {_describe(value)}; known: {', '.join(self.choices)}")
+            raise SchemaError(
+                where, f"unknown {self.noun} {_describe(value)}; known: {', '.join(self.choices)}"
+            )
         return value
 
 

@@ -139,7 +139,9 @@ class Detector(ABC):
             image = scale_to_255(gray, self.normalisation)
             if image is None:
                 self.last_object_sizes.append(size)
-                yield _with_signals(FrameDetections.empty(gray.shape), options and blank_frame_signals(options))
+                yield _with_signals(
+                    FrameDetections.empty(gray.shape), options and blank_frame_signals(options)
+                )
                 continue
             yield self._predict_scaled(image, size, options)
 
@@ -180,10 +182,14 @@ class Detector(ABC):
         """The detections this model's verifier keeps (all of them without one)."""
         if self.verifier is None or not len(found):
             return found
-        evidence = detection_evidence(resampled, found.boxes, found.scores, found.mask_probs, self.scale_rule.target_px)
+        evidence = detection_evidence(
+            resampled, found.boxes, found.scores, found.mask_probs, self.scale_rule.target_px
+        )
         return found.select(self.verifier.keep(evidence))
 
-    def _predict_scaled(self, image: np.ndarray, size: float | None, options: SignalOptions | None) -> FrameDetections:
+    def _predict_scaled(
+        self, image: np.ndarray, size: float | None, options: SignalOptions | None
+    ) -> FrameDetections:
         resampled, found = self.detect_resampled(image, size)
         found = self.verified(resampled, found)
         back = (image.shape[0] / resampled.shape[0], image.shape[1] / resampled.shape[1])
@@ -228,7 +234,12 @@ class Detector(ABC):
             detections = next(detected)
             if options is not None:
                 signals = frame_signals(
-                    image, detections.boxes, detections.scores, options, self._detect_view_unscaled, self.embed
+                    image,
+                    detections.boxes,
+                    detections.scores,
+                    options,
+                    self._detect_view_unscaled,
+                    self.embed,
                 )
                 detections = _with_signals(detections, signals)
             yield detections

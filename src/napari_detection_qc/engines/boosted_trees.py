@@ -16,7 +16,13 @@ import numpy as np
 
 from ..tree_arrays import tree_problem
 
-NODE_ARRAYS = {"feature": np.int64, "threshold": np.float64, "left": np.int64, "right": np.int64, "value": np.float64}
+NODE_ARRAYS = {
+    "feature": np.int64,
+    "threshold": np.float64,
+    "left": np.int64,
+    "right": np.int64,
+    "value": np.float64,
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,9 @@ class BoostedTrees:
         """Log-odds of the positive class for each row of ``rows`` (N, features)."""
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.features:
-            raise ValueError(f"{type(self).__name__} needs {self.features} features per row, got {rows.shape}")
+            raise ValueError(
+                f"{type(self).__name__} needs {self.features} features per row, got {rows.shape}"
+            )
         total = np.full(len(rows), self.offset)
         index = np.arange(len(rows))
         split_on = rows.astype(np.float32).astype(np.float64)  # scikit-learn's trees split float32 values
@@ -53,8 +61,16 @@ class BoostedTrees:
 
     @classmethod
     def fit(
-        cls, x: np.ndarray, y: np.ndarray, fitted_on: dict[str, Any], *, depth: int, trees: int, seed: int = 0,
-        weight: np.ndarray | None = None, **more,
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        fitted_on: dict[str, Any],
+        *,
+        depth: int,
+        trees: int,
+        seed: int = 0,
+        weight: np.ndarray | None = None,
+        **more,
     ):
         """Fit on rows ``x`` and their 0/1 labels ``y`` (scikit-learn, fitting only), each weighing
         ``weight`` (default 1); ``fitted_on`` (what it learned from) gets the seed added; ``more``
@@ -64,7 +80,9 @@ class BoostedTrees:
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y).astype(int)
         if len(np.unique(y)) < 2:
             raise ValueError(f"{cls.__name__} needs positive and negative examples to learn from")
-        model = GradientBoostingClassifier(max_depth=depth, n_estimators=trees, random_state=seed).fit(x, y, sample_weight=weight)
+        model = GradientBoostingClassifier(max_depth=depth, n_estimators=trees, random_state=seed).fit(
+            x, y, sample_weight=weight
+        )
         node_arrays = tuple(
             {
                 "feature": estimator.tree_.feature.astype(np.int64),
@@ -75,7 +93,9 @@ class BoostedTrees:
             }
             for estimator in model.estimators_[:, 0]
         )
-        fitted = cls(x.shape[1], node_arrays, 0.0, float(model.learning_rate), dict(fitted_on, seed=seed), **more)
+        fitted = cls(
+            x.shape[1], node_arrays, 0.0, float(model.learning_rate), dict(fitted_on, seed=seed), **more
+        )
         return replace(fitted, offset=float(model.decision_function(x[:1])[0] - fitted.scores(x[:1])[0]))
 
     def to_header(self) -> dict[str, Any]:
@@ -91,14 +111,24 @@ class BoostedTrees:
     def from_header(cls, spec: dict, **more):
         """Rebuild from ``to_header``'s dict. Trees are checked first (``tree_arrays.py``): a node
         pointing back would make ``scores`` loop forever."""
-        trees = tuple({key: np.asarray(tree[key], dtype=kind) for key, kind in NODE_ARRAYS.items()} for tree in spec["trees"])
+        trees = tuple(
+            {key: np.asarray(tree[key], dtype=kind) for key, kind in NODE_ARRAYS.items()}
+            for tree in spec["trees"]
+        )
         features = int(spec["features"])
         for tree in trees:
             nodes = SimpleNamespace(
-                node_count=len(tree["threshold"]), children_left=tree["left"], children_right=tree["right"],
-                feature=tree["feature"], n_features=features, n_outputs=1, value=tree["value"],
+                node_count=len(tree["threshold"]),
+                children_left=tree["left"],
+                children_right=tree["right"],
+                feature=tree["feature"],
+                n_features=features,
+                n_outputs=1,
+                value=tree["value"],
             )
             problem = tree_problem(nodes, features)
             if problem:
                 raise ValueError(f"the {cls.__name__} holds {problem}")
-        return cls(features, trees, float(spec["offset"]), float(spec["learning_rate"]), spec["fitted_on"], **more)
+        return cls(
+            features, trees, float(spec["offset"]), float(spec["learning_rate"]), spec["fitted_on"], **more
+        )

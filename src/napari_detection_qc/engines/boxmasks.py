@@ -123,6 +123,10 @@ def _like_sized(rows: np.ndarray, cols: np.ndarray) -> list[np.ndarray]:
 
 def _sample_points(start: np.ndarray, count: int, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
     """(N, count) grid_sample coordinates of pixel centres ``start + 0.5 ...`` along boxes ``low..high``."""
-    centres = torch.arange(count, dtype=torch.float32)[None, :] + torch.from_numpy(start.astype(np.float32))[:, None] + 0.5
+    centres = (
+        torch.arange(count, dtype=torch.float32)[None, :]
+        + torch.from_numpy(start.astype(np.float32))[:, None]
+        + 0.5
+    )
     span = torch.from_numpy(np.maximum(high - low, 1e-6).astype(np.float32))[:, None]
     return (centres - torch.from_numpy(low.astype(np.float32))[:, None]) / span * 2 - 1

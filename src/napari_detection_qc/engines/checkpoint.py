@@ -49,7 +49,9 @@ def save_checkpoint(path, header: dict[str, Any], state_dict: dict[str, torch.Te
 
 def float32_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict with its float tensors as float32 (checkpoints may store float16), the rest as is."""
-    return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()}
+    return {
+        name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()
+    }
 
 
 def read_torch_file(path, what: str, unreadable: str) -> Any:
@@ -65,8 +67,17 @@ def read_torch_file(path, what: str, unreadable: str) -> Any:
     except RecursionError:
         raise DetectorLoadError(f"{path} {unreadable}: nested too deeply") from None
     except (
-        pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, TypeError,
-        OverflowError, KeyError, IndexError, AttributeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        KeyError,
+        IndexError,
+        AttributeError,
     ) as error:
         if is_resource_exhaustion(error):
             raise

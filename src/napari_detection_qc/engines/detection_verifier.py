@@ -32,14 +32,31 @@ RINGS = (0.5, 0.8, 1.0, 1.25, 1.6, CONTEXT)
 FRAME_SAMPLE = 512
 """Frame statistics (median, spread) come from at most this many rows and columns, evenly strided."""
 EVIDENCE = (
-    "score", "log_size", "log_aspect", "log_frame_share", "log_count", "frame_median_score", "score_rank",
-    "log_relative_size", "mask_fill", "mask_certainty", "centre", "inner", "rim", "outside_rim", "halo",
-    "surround_level", "inside_spread", "edge_gradient", "edge_vs_surround_gradient",
+    "score",
+    "log_size",
+    "log_aspect",
+    "log_frame_share",
+    "log_count",
+    "frame_median_score",
+    "score_rank",
+    "log_relative_size",
+    "mask_fill",
+    "mask_certainty",
+    "centre",
+    "inner",
+    "rim",
+    "outside_rim",
+    "halo",
+    "surround_level",
+    "inside_spread",
+    "edge_gradient",
+    "edge_vs_surround_gradient",
 )
 
 
-def detection_evidence(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, mask_probs: torch.Tensor,
-                       target_px: float) -> np.ndarray:
+def detection_evidence(
+    image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, mask_probs: torch.Tensor, target_px: float
+) -> np.ndarray:
     """(N, len(EVIDENCE)) numbers about each detection of a 0..255 frame at the detector's scale:
     its score, size and shape, its mask, the mean intensity in square rings from its centre to
     2.2 box half-sides (minus the outermost, over the frame's robust spread), the gradient at its
@@ -55,8 +72,13 @@ def detection_evidence(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
     side_x = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
     crops = box_surroundings(image, boxes, CONTEXT, GRID).astype(np.float64)
     radius = _ring_radius()
-    ring_means = np.stack([crops[:, (radius >= low) & (radius < high)].mean(axis=1)
-                           for low, high in zip((0.0, *RINGS[:-1]), RINGS)], axis=1)
+    ring_means = np.stack(
+        [
+            crops[:, (radius >= low) & (radius < high)].mean(axis=1)
+            for low, high in zip((0.0, *RINGS[:-1]), RINGS)
+        ],
+        axis=1,
+    )
     surround = ring_means[:, -1]
     inside = radius < 1.0
     gradient = np.hypot(*np.gradient(crops, axis=(1, 2)))
@@ -67,14 +89,25 @@ def detection_evidence(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
     rank = np.empty(count)
     rank[np.argsort(-scores, kind="stable")] = np.arange(count) / max(count - 1, 1)
     masks = mask_probs.reshape(count, -1).float().numpy()
-    return np.column_stack([
-        scores, np.log(size / target_px), np.log(side_y / side_x), np.log(size / np.sqrt(height * width)),
-        np.full(count, np.log1p(count)), np.full(count, np.median(scores)), rank, np.log(size / np.median(size)),
-        (masks >= 0.5).mean(axis=1), (np.abs(masks - 0.5) * 2).mean(axis=1),
-        (ring_means[:, :-1] - surround[:, None]) / spread, (surround - median) / spread,
-        crops[:, inside].std(axis=1) / (crops[:, ~inside].std(axis=1) + 1e-3),
-        edge_gradient / spread, edge_gradient / (surround_gradient + 1e-3),
-    ])
+    return np.column_stack(
+        [
+            scores,
+            np.log(size / target_px),
+            np.log(side_y / side_x),
+            np.log(size / np.sqrt(height * width)),
+            np.full(count, np.log1p(count)),
+            np.full(count, np.median(scores)),
+            rank,
+            np.log(size / np.median(size)),
+            (masks >= 0.5).mean(axis=1),
+            (np.abs(masks - 0.5) * 2).mean(axis=1),
+            (ring_means[:, :-1] - surround[:, None]) / spread,
+            (surround - median) / spread,
+            crops[:, inside].std(axis=1) / (crops[:, ~inside].std(axis=1) + 1e-3),
+            edge_gradient / spread,
+            edge_gradient / (surround_gradient + 1e-3),
+        ]
+    )
 
 
 def box_surroundings(image: np.ndarray, boxes: np.ndarray, context: float, grid: int) -> np.ndarray:
@@ -84,10 +117,17 @@ def box_surroundings(image: np.ndarray, boxes: np.ndarray, context: float, grid:
     half_y = context * np.maximum(boxes[:, 2] - boxes[:, 0], 1.0) / 2
     half_x = context * np.maximum(boxes[:, 3] - boxes[:, 1], 1.0) / 2
     centre_y, centre_x = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    windows = np.stack([np.zeros(len(boxes)), centre_x - half_x, centre_y - half_y, centre_x + half_x,
-                        centre_y + half_y], axis=1)
-    return roi_align(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None],
-                     torch.from_numpy(windows).float(), (grid, grid), sampling_ratio=2, aligned=True)[:, 0].numpy()
+    windows = np.stack(
+        [np.zeros(len(boxes)), centre_x - half_x, centre_y - half_y, centre_x + half_x, centre_y + half_y],
+        axis=1,
+    )
+    return roi_align(
+        torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None],
+        torch.from_numpy(windows).float(),
+        (grid, grid),
+        sampling_ratio=2,
+        aligned=True,
+    )[:, 0].numpy()
 
 
 def frame_median_and_spread(image: np.ndarray) -> tuple[float, float]:
@@ -147,15 +187,34 @@ class DetectionVerifier(BoostedTrees):
         return kept_detections(self.probabilities(evidence), self.min_probability, self.keep_best_above)
 
     @classmethod
-    def fit_evidence(cls, evidence: np.ndarray, true: np.ndarray, fitted_on: dict[str, Any], min_probability: float,
-                     weight: np.ndarray | None = None, seed: int = 0) -> DetectionVerifier:
+    def fit_evidence(
+        cls,
+        evidence: np.ndarray,
+        true: np.ndarray,
+        fitted_on: dict[str, Any],
+        min_probability: float,
+        weight: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> DetectionVerifier:
         """Fit on detections' evidence and whether each was a true positive (``weight``: per detection)."""
-        return cls.fit(evidence, true, dict(fitted_on, detections=len(true)), depth=TREE_DEPTH, trees=200, seed=seed,
-                       weight=weight, min_probability=min_probability)
+        return cls.fit(
+            evidence,
+            true,
+            dict(fitted_on, detections=len(true)),
+            depth=TREE_DEPTH,
+            trees=200,
+            seed=seed,
+            weight=weight,
+            min_probability=min_probability,
+        )
 
     def to_header(self) -> dict[str, Any]:
-        return {**super().to_header(), "min_probability": self.min_probability,
-                "keep_best_above": self.keep_best_above, "evidence": list(EVIDENCE)}
+        return {
+            **super().to_header(),
+            "min_probability": self.min_probability,
+            "keep_best_above": self.keep_best_above,
+            "evidence": list(EVIDENCE),
+        }
 
     @classmethod
     def from_model_header(cls, header: dict) -> DetectionVerifier | None:
@@ -165,5 +224,8 @@ class DetectionVerifier(BoostedTrees):
             return None
         if list(spec.get("evidence", ())) != list(EVIDENCE):
             raise ValueError("the detection verifier was fitted on other evidence than this version measures")
-        return cls.from_header(spec, min_probability=float(spec["min_probability"]),
-                               keep_best_above=float(spec["keep_best_above"]))
+        return cls.from_header(
+            spec,
+            min_probability=float(spec["min_probability"]),
+            keep_best_above=float(spec["keep_best_above"]),
+        )

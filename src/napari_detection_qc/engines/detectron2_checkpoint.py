@@ -111,7 +111,7 @@ def convert_state_dict(d2_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         tensor = torch.as_tensor(tensor)
         if IGNORED_KEYS.match(name):
             continue
-        if name.startswith("roi_heads.box_predictor.") or name.startswith("roi_heads.mask_head.predictor."):
+        if name.startswith(("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")):
             continue
         target = torchvision_name(name)
         if target is None:
@@ -176,7 +176,10 @@ def _bounded_yaml_loader():
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 raise yaml.composer.ComposerError(
-                    None, None, "YAML aliases (*name) are not allowed in a detector config", self.peek_event().start_mark
+                    None,
+                    None,
+                    "YAML aliases (*name) are not allowed in a detector config",
+                    self.peek_event().start_mark,
                 )
             return super().compose_node(parent, index)
 
@@ -202,7 +205,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise DetectorLoadError(f"{path}: a detector config must be a YAML mapping, got {type(config).__name__}")
+        raise DetectorLoadError(
+            f"{path}: a detector config must be a YAML mapping, got {type(config).__name__}"
+        )
     return config
 
 

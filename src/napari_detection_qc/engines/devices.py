@@ -44,7 +44,9 @@ def available_devices() -> list[DeviceChoice]:
     choices = []
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
-            choices.append(DeviceChoice(f"cuda:{index}", f"cuda:{index} ({torch.cuda.get_device_name(index)})"))
+            choices.append(
+                DeviceChoice(f"cuda:{index}", f"cuda:{index} ({torch.cuda.get_device_name(index)})")
+            )
     if mps_available():
         choices.append(DeviceChoice(MPS, "mps (Apple GPU)"))
     choices.append(DeviceChoice(CPU, CPU))

@@ -118,7 +118,9 @@ def check_inputs(images: Sequence, ground_truth: Sequence) -> list[tuple[np.ndar
     if len(images) == 0:
         raise FinetuneError("no labelled frames given")
     if len(images) != len(ground_truth):
-        raise FinetuneError(f"{len(images)} frames but {len(ground_truth)} ground-truth frames; give one label image per frame")
+        raise FinetuneError(
+            f"{len(images)} frames but {len(ground_truth)} ground-truth frames; give one label image per frame"
+        )
     pairs, total = [], 0
     for index, (image, labels) in enumerate(zip(images, ground_truth, strict=True)):
         try:
@@ -127,11 +129,17 @@ def check_inputs(images: Sequence, ground_truth: Sequence) -> list[tuple[np.ndar
             raise FinetuneError(f"frame {index}: {error}") from None
         labels = np.asarray(labels)
         if labels.ndim != 2 or labels.shape != gray.shape:
-            raise FinetuneError(f"frame {index}: ground truth of shape {labels.shape} does not match the frame's {gray.shape}")
+            raise FinetuneError(
+                f"frame {index}: ground truth of shape {labels.shape} does not match the frame's {gray.shape}"
+            )
         if not np.issubdtype(labels.dtype, np.integer):
-            raise FinetuneError(f"frame {index}: ground truth must be an integer label image, got {labels.dtype}")
+            raise FinetuneError(
+                f"frame {index}: ground truth must be an integer label image, got {labels.dtype}"
+            )
         if labels.size and labels.min() < 0:
-            raise FinetuneError(f"frame {index}: ground truth holds negative ids; ids must be 0 (background) or positive")
+            raise FinetuneError(
+                f"frame {index}: ground truth holds negative ids; ids must be 0 (background) or positive"
+            )
         labels = labels.astype(np.int64)
         total += len(np.unique(labels[labels > 0]))
         pairs.append((gray, labels))
@@ -151,7 +159,9 @@ def split_frames(n_frames: int, validation, seed: int) -> tuple[list[int], list[
     """(training, held-out) frame indices; ``validation`` is "auto", a count, or explicit indices."""
     if isinstance(validation, str):
         if validation != "auto":
-            raise FinetuneError(f'validation must be "auto", a number of frames or a list of frames, got {validation!r}')
+            raise FinetuneError(
+                f'validation must be "auto", a number of frames or a list of frames, got {validation!r}'
+            )
         count = validation_count(n_frames)
     elif isinstance(validation, (int, np.integer)):
         count = int(validation)
@@ -163,7 +173,9 @@ def split_frames(n_frames: int, validation, seed: int) -> tuple[list[int], list[
             raise FinetuneError("every labelled frame is held out; keep at least one to train on")
         return [i for i in range(n_frames) if i not in held], held
     if not 0 <= count < n_frames:
-        raise FinetuneError(f"cannot hold out {count} of {n_frames} labelled frames; keep at least one to train on")
+        raise FinetuneError(
+            f"cannot hold out {count} of {n_frames} labelled frames; keep at least one to train on"
+        )
     held = sorted(int(i) for i in np.random.default_rng([seed, 11]).choice(n_frames, count, replace=False))
     return [i for i in range(n_frames) if i not in held], held
 
@@ -198,7 +210,9 @@ def freeze_batchnorm(model: torch.nn.Module) -> None:
 
 
 # -- held-out scoring ------------------------------------------------------------------------------
-def held_out_detections(evaluator: TorchvisionDetector, frames: Sequence[LabelledFrame]) -> list[FrameDetections]:
+def held_out_detections(
+    evaluator: TorchvisionDetector, frames: Sequence[LabelledFrame]
+) -> list[FrameDetections]:
     """Detections of the held-out frames at their ground truth's object size, as inference runs."""
     out = []
     for frame in frames:
@@ -207,7 +221,9 @@ def held_out_detections(evaluator: TorchvisionDetector, frames: Sequence[Labelle
     return out
 
 
-def mean_quality(detections: Sequence[FrameDetections], frames: Sequence[LabelledFrame], threshold: float) -> dict[str, float]:
+def mean_quality(
+    detections: Sequence[FrameDetections], frames: Sequence[LabelledFrame], threshold: float
+) -> dict[str, float]:
     """Mean per-frame F1, precision and recall (paper matching, box IoU >= 0.1) above a score threshold."""
     results = [
         match_frame(found.boxes[found.scores >= threshold], boxes_from_labels(frame.native_labels)[0])
@@ -228,19 +244,25 @@ def best_candidate(f1_by_candidate: Sequence[float]) -> int:
     return int(np.argmax(smoothed))
 
 
-def best_threshold(detections: Sequence[FrameDetections], frames: Sequence[LabelledFrame]) -> tuple[float, dict]:
+def best_threshold(
+    detections: Sequence[FrameDetections], frames: Sequence[LabelledFrame]
+) -> tuple[float, dict]:
     """The best candidate score threshold on held-out frames, and the mean quality there."""
     qualities = [mean_quality(detections, frames, t) for t in THRESHOLD_CANDIDATES]
     best = best_candidate([q["f1"] for q in qualities])
     return float(THRESHOLD_CANDIDATES[best]), qualities[best]
 
 
-def held_out_losses(model, frames: Sequence[LabelledFrame], arch: dict, normalisation: dict, device, crop_size: int) -> dict[str, float]:
+def held_out_losses(
+    model, frames: Sequence[LabelledFrame], arch: dict, normalisation: dict, device, crop_size: int
+) -> dict[str, float]:
     """Training losses on fixed central crops of the held-out frames (no gradient)."""
     rng = np.random.default_rng(0)
     crops = [random_crop(rng, f.image, f.labels, crop_size) for f in frames]
     with torch.no_grad():
-        losses = batch_losses(model, [c[0] for c in crops], [c[1] for c in crops], arch, normalisation, device)
+        losses = batch_losses(
+            model, [c[0] for c in crops], [c[1] for c in crops], arch, normalisation, device
+        )
     values = {name: float(value) for name, value in losses.items()}
     values["loss_total"] = sum(values.values())
     return values
@@ -287,15 +309,33 @@ def finetune(
         minutes = DEFAULT_MINUTES
     pairs = check_inputs(images, ground_truth)
     train_idx, held_idx = split_frames(len(pairs), validation, seed)
-    notes = [] if held_idx else ["one labelled frame: trained without held-out frames (no early stopping, the parent's score threshold kept)"]
+    notes = (
+        []
+        if held_idx
+        else [
+            "one labelled frame: trained without held-out frames (no early stopping, the parent's score threshold kept)"
+        ]
+    )
     frames = [prepare(detector, gray, labels) for gray, labels in pairs]
     if not any(frames[i].labels.any() for i in train_idx):
         raise FinetuneError("the frames left for training hold no objects; label objects on more frames")
 
     device = resolve_device(device)
     try:
-        return _train(detector, frames, train_idx, held_idx, notes, steps, minutes, device, progress,
-                      cancelled, seed, settings)
+        return _train(
+            detector,
+            frames,
+            train_idx,
+            held_idx,
+            notes,
+            steps,
+            minutes,
+            device,
+            progress,
+            cancelled,
+            seed,
+            settings,
+        )
     except RuntimeError as error:
         if out_of_memory(error):
             largest = max((f.native.shape for f in frames), key=lambda s: s[0] * s[1])
@@ -307,19 +347,26 @@ def finetune(
         raise
 
 
-def _train(detector, frames, train_idx, held_idx, notes, steps, minutes, device, progress, cancelled, seed,
-           settings) -> FinetuneResult:
+def _train(
+    detector, frames, train_idx, held_idx, notes, steps, minutes, device, progress, cancelled, seed, settings
+) -> FinetuneResult:
     train_frames = [frames[i] for i in train_idx]
     held = [frames[i] for i in held_idx]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     arch = training_architecture(detector.architecture)
-    evaluator = TorchvisionDetector(detector.header, detector.model.state_dict(), device=device,
-                                    score_threshold=min(THRESHOLD_CANDIDATES[0], detector.score_threshold),
-                                    max_detections=detector.max_detections)
+    evaluator = TorchvisionDetector(
+        detector.header,
+        detector.model.state_dict(),
+        device=device,
+        score_threshold=min(THRESHOLD_CANDIDATES[0], detector.score_threshold),
+        max_detections=detector.max_detections,
+    )
     model = evaluator.model  # a copy of the parent's weights: the parent is never touched
     pyramid = scale_pyramid(train_frames, detector.scale_rule)
-    before = mean_quality(held_out_detections(detector, held), held, detector.score_threshold) if held else None
+    before = (
+        mean_quality(held_out_detections(detector, held), held, detector.score_threshold) if held else None
+    )
 
     def evaluate() -> dict[str, float]:
         model.eval()
@@ -359,17 +406,26 @@ def _train(detector, frames, train_idx, held_idx, notes, steps, minutes, device,
         for group in optimizer.param_groups:
             group["lr"] = lr
         crops = [training_crop(rng, pyramid, settings.crop_size) for _ in range(settings.batch_size)]
-        losses = batch_losses(model, [c[0] for c in crops], [c[1] for c in crops], arch, detector.normalisation, device)
+        losses = batch_losses(
+            model, [c[0] for c in crops], [c[1] for c in crops], arch, detector.normalisation, device
+        )
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise FinetuneError(f"the training loss became {float(loss)} at step {step + 1}; try a lower learning rate")
+            raise FinetuneError(
+                f"the training loss became {float(loss)} at step {step + 1}; try a lower learning rate"
+            )
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
         optimizer.step()
         step += 1
-        row = {"step": step, "elapsed_s": time.monotonic() - start, "lr": lr, "loss_total": float(loss.detach()),
-               **{name: float(losses[name].detach()) for name in LOSS_NAMES if name in losses}}
+        row = {
+            "step": step,
+            "elapsed_s": time.monotonic() - start,
+            "lr": lr,
+            "loss_total": float(loss.detach()),
+            **{name: float(losses[name].detach()) for name in LOSS_NAMES if name in losses},
+        }
         done = fraction_done()
         if held and done >= next_evaluation:
             next_evaluation = (math.floor(done * settings.evaluations) + 1) / settings.evaluations
@@ -411,14 +467,28 @@ def _train(detector, frames, train_idx, held_idx, notes, steps, minutes, device,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     header = {key: value for key, value in detector.header.items() if key != "sha256"}
-    header.update(name=f"{detector.name} fine-tuned", score_threshold=threshold, finetune=provenance,
-                  sha256=state_dict_sha256(state))
-    tuned = TorchvisionDetector(header, state, device=detector.device, score_threshold=threshold,
-                                max_detections=detector.max_detections, batch_size=detector.batch_size)
-    return FinetuneResult(tuned, header, pd.DataFrame(history), before, after, threshold, held_idx, train_idx, notes)
+    header.update(
+        name=f"{detector.name} fine-tuned",
+        score_threshold=threshold,
+        finetune=provenance,
+        sha256=state_dict_sha256(state),
+    )
+    tuned = TorchvisionDetector(
+        header,
+        state,
+        device=detector.device,
+        score_threshold=threshold,
+        max_detections=detector.max_detections,
+        batch_size=detector.batch_size,
+    )
+    return FinetuneResult(
+        tuned, header, pd.DataFrame(history), before, after, threshold, held_idx, train_idx, notes
+    )
 
 
-def scale_pyramid(frames: Sequence[LabelledFrame], rule: ScaleRule | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def scale_pyramid(
+    frames: Sequence[LabelledFrame], rule: ScaleRule | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each training frame at ``SCALE_JITTER`` around its input scale (within the rule's range)."""
     out = []
     for frame in frames:
@@ -426,7 +496,11 @@ def scale_pyramid(frames: Sequence[LabelledFrame], rule: ScaleRule | None) -> li
             if rule is not None and frame.diameter is not None:
                 base = rule.factor_for(frame.diameter)
                 jitter = float(np.clip(base * jitter, rule.min_factor, rule.max_factor)) / base
-            out.append((frame.image, frame.labels) if jitter == 1.0 else at_trained_scale(frame.image, frame.labels, jitter))
+            out.append(
+                (frame.image, frame.labels)
+                if jitter == 1.0
+                else at_trained_scale(frame.image, frame.labels, jitter)
+            )
     return out
 
 
@@ -434,5 +508,3 @@ def training_crop(rng: np.random.Generator, pyramid, size: int) -> tuple[np.ndar
     image, labels = pyramid[int(rng.integers(len(pyramid)))]
     image, labels = random_crop(rng, image, labels, size)
     return intensity_jitter(rng, image), labels
-
-

@@ -53,7 +53,9 @@ class OutputMoments:
         return mean, self.products / self.count - torch.outer(mean, mean)
 
 
-def factor_conv(conv: nn.Conv2d, mean: torch.Tensor, covariance: torch.Tensor, rank: int) -> tuple[nn.Sequential, float]:
+def factor_conv(
+    conv: nn.Conv2d, mean: torch.Tensor, covariance: torch.Tensor, rank: int
+) -> tuple[nn.Sequential, float]:
     """(low-rank convolution, share of output variance it loses): outputs y = Wx + b become
     mean + U U^T (y - mean) for the top-``rank`` eigenvectors U of their covariance, i.e. a
     convolution by U^T W to ``rank`` channels, then U with bias U U^T b + (I - U U^T) mean."""
@@ -61,11 +63,17 @@ def factor_conv(conv: nn.Conv2d, mean: torch.Tensor, covariance: torch.Tensor, r
     basis = eigenvectors[:, -rank:]
     lost = float(eigenvalues[:-rank].clamp(min=0).sum() / eigenvalues.clamp(min=0).sum())
     weight = conv.weight.detach().to(torch.float64)
-    bias = conv.bias.detach().to(torch.float64) if conv.bias is not None else torch.zeros(len(mean), dtype=torch.float64)
+    bias = (
+        conv.bias.detach().to(torch.float64)
+        if conv.bias is not None
+        else torch.zeros(len(mean), dtype=torch.float64)
+    )
     projection = basis @ basis.T
     factored = low_rank_conv(conv.in_channels, conv.out_channels, rank, conv.kernel_size[0])
     with torch.no_grad():
         factored[0].weight.copy_(torch.einsum("or,oikl->rikl", basis, weight))
         factored[1].weight.copy_(basis[:, :, None, None])
-        factored[1].bias.copy_(projection @ bias + (torch.eye(len(mean), dtype=torch.float64) - projection) @ mean)
+        factored[1].bias.copy_(
+            projection @ bias + (torch.eye(len(mean), dtype=torch.float64) - projection) @ mean
+        )
     return factored, lost

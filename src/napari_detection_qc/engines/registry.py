@@ -37,9 +37,15 @@ def load_detector(
     ``second_look=False`` keeps every detection the model's verifier would drop
     (``detection_verifier.py``), for frames where it drops real objects.
     """
-    detector = _load(spec, dict(
-        device=device, score_threshold=score_threshold, max_detections=max_detections, batch_size=batch_size
-    ))
+    detector = _load(
+        spec,
+        dict(
+            device=device,
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            batch_size=batch_size,
+        ),
+    )
     if not second_look:
         detector.verifier = None
     return detector
@@ -75,8 +81,11 @@ def load_detectron2_weights(weights: Path, config: Path | None, options: dict) -
 
     if detectron2_available():
         threshold = options["score_threshold"]
-        return Detectron2Detector(weights, config, **{
-            **options, "score_threshold": DEFAULT_SCORE_THRESHOLD if threshold is None else threshold})
+        return Detectron2Detector(
+            weights,
+            config,
+            **{**options, "score_threshold": DEFAULT_SCORE_THRESHOLD if threshold is None else threshold},
+        )
     from .detectron2_checkpoint import import_detectron2_checkpoint
     from .torchvision_maskrcnn import TorchvisionDetector
 

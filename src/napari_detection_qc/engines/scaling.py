@@ -111,7 +111,9 @@ def central_view(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, i
     return image[top : top + side, left : left + side], (top, left)
 
 
-def ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule, workers: int = 1) -> list[Rung]:
+def ladder_detections(
+    image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleRule, workers: int = 1
+) -> list[Rung]:
     """(factor, native boxes, scores, native view area) from 2 x max_factor down to min_factor;
     the views are detected ``workers`` at a time (``cpu_parallel.py``)."""
     views = []
@@ -127,7 +129,9 @@ def ladder_detections(image: np.ndarray, detect_boxes: DetectBoxes, rule: ScaleR
         factor, view, (top, left) = entry
         scaled = resample(view, factor)
         found = detect_boxes([scaled])[0]
-        native = found.boxes * np.array([view.shape[0] / scaled.shape[0], view.shape[1] / scaled.shape[1]] * 2)
+        native = found.boxes * np.array(
+            [view.shape[0] / scaled.shape[0], view.shape[1] / scaled.shape[1]] * 2
+        )
         return factor, native + np.array([top, left, top, left]), found.scores, view.size
 
     return map_on_cores(detect, views, workers)
@@ -170,7 +174,11 @@ def rung_evidence(ladder: list[Rung], rule: ScaleRule) -> list[RungEvidence]:
         diameters = box_diameters(boxes) * factor
         largest = min(COMFORTABLE_PX[1], view_px)
         keep = (scores >= CONFIDENT_SCORE) & (diameters >= COMFORTABLE_PX[0]) & (diameters <= largest)
-        neighbours = [ladder[i][1][ladder[i][2] >= CONFIRMING_SCORE] for i in (index - 1, index + 1) if 0 <= i < len(ladder)]
+        neighbours = [
+            ladder[i][1][ladder[i][2] >= CONFIRMING_SCORE]
+            for i in (index - 1, index + 1)
+            if 0 <= i < len(ladder)
+        ]
         if not neighbours:
             continue
         confirmed = keep & np.logical_or.reduce([_found_again(boxes, other) for other in neighbours])
@@ -182,8 +190,15 @@ def rung_evidence(ladder: list[Rung], rule: ScaleRule) -> list[RungEvidence]:
         median = float(np.median(diameters[confirmed]))
         few = bool(view_px < MIN_VIEW_PX and count < MIN_SMALL_VIEW_OBJECTS)
         features = [
-            np.log2(factor), np.log(view_px), np.log1p(count), np.log(weight), float(scores[confirmed].mean()),
-            np.log(median), count / int(keep.sum()), np.log(float((native**2).sum()) / area), float(few),
+            np.log2(factor),
+            np.log(view_px),
+            np.log1p(count),
+            np.log(weight),
+            float(scores[confirmed].mean()),
+            np.log(median),
+            count / int(keep.sum()),
+            np.log(float((native**2).sum()) / area),
+            float(few),
         ]
         found.append((weight, few, median / factor, features))
     if not found:

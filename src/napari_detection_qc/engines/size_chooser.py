@@ -32,11 +32,15 @@ class SizeChooser(BoostedTrees):
     """Scores each rung's evidence (higher: surer it is within ``WITHIN`` of the truth)."""
 
     @classmethod
-    def fit(cls, evidence: list[np.ndarray], right: list[np.ndarray], fitted_on: dict[str, Any], seed: int = 0):
+    def fit(
+        cls, evidence: list[np.ndarray], right: list[np.ndarray], fitted_on: dict[str, Any], seed: int = 0
+    ):
         """Fit on frames' rung evidence and whether each rung was right."""
         x, y = np.vstack(evidence), np.concatenate(right)
         if len(np.unique(y)) < 2:
-            raise ValueError("the size chooser needs rungs that are right and rungs that are wrong to learn from")
+            raise ValueError(
+                "the size chooser needs rungs that are right and rungs that are wrong to learn from"
+            )
         return super().fit(x, y, dict(fitted_on, rungs=len(y)), depth=2, trees=150, seed=seed)
 
     @classmethod

@@ -20,7 +20,9 @@ TILE_MULTIPLE_PX = 32
 """Tiles are a multiple of the model's coarsest stride (it pads its input to one anyway)."""
 
 
-def tile_spans(length: int, tile: int = TILE_PX, overlap: int = OVERLAP_PX) -> list[tuple[int, int, int, int]]:
+def tile_spans(
+    length: int, tile: int = TILE_PX, overlap: int = OVERLAP_PX
+) -> list[tuple[int, int, int, int]]:
     """(start, stop, core_start, core_stop) along one axis; cores partition [0, length).
 
     As many tiles as ``tile`` px tiles need, each only as large as covering the axis with
@@ -40,18 +42,16 @@ def tile_spans(length: int, tile: int = TILE_PX, overlap: int = OVERLAP_PX) -> l
     return spans
 
 
-def detect_in_tiles(image: np.ndarray, detect_boxes: DetectBoxes, batch_size: int = 1, workers: int = 1) -> BoxMasks:
+def detect_in_tiles(
+    image: np.ndarray, detect_boxes: DetectBoxes, batch_size: int = 1, workers: int = 1
+) -> BoxMasks:
     """All detections of a frame of any size, in the frame's pixel coordinates.
 
     ``detect_boxes`` is told each crop's core so it can skip the masks of detections outside it
     (a fifth of a tile's detections, more on frames smaller than two tiles); they are dropped
     here in any case. Tiles go ``batch_size`` at a time to ``detect_boxes``, ``workers`` such
     batches at once (``cpu_parallel.py``; the same detections either way)."""
-    tiles = [
-        (rows, cols)
-        for rows in tile_spans(image.shape[0])
-        for cols in tile_spans(image.shape[1])
-    ]
+    tiles = [(rows, cols) for rows in tile_spans(image.shape[0]) for cols in tile_spans(image.shape[1])]
     step = max(1, batch_size)
 
     def detect_batch(batch) -> list[BoxMasks]:
@@ -63,11 +63,16 @@ def detect_in_tiles(image: np.ndarray, detect_boxes: DetectBoxes, batch_size: in
                 centre_y = (found.boxes[:, 0] + found.boxes[:, 2]) / 2 + rows[0]
                 centre_x = (found.boxes[:, 1] + found.boxes[:, 3]) / 2 + cols[0]
                 inside = (
-                    (centre_y >= rows[2]) & (centre_y < rows[3]) & (centre_x >= cols[2]) & (centre_x < cols[3])
+                    (centre_y >= rows[2])
+                    & (centre_y < rows[3])
+                    & (centre_x >= cols[2])
+                    & (centre_x < cols[3])
                 )
                 found = found.select(inside)
             parts.append(found.shifted(rows[0], cols[0]))
         return parts
 
     batches = [tiles[first : first + step] for first in range(0, len(tiles), step)]
-    return BoxMasks.concatenate([part for parts in map_on_cores(detect_batch, batches, workers) for part in parts])
+    return BoxMasks.concatenate(
+        [part for parts in map_on_cores(detect_batch, batches, workers) for part in parts]
+    )

@@ -198,7 +198,9 @@ class LogitRankedRPN(RegionProposalNetwork):
         ).to(logits.device)
         return logits[rows, top], top, rows, levels[top]
 
-    def suppress(self, proposals, logits, levels, image_shapes) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def suppress(
+        self, proposals, logits, levels, image_shapes
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per image: clip, drop tiny (and, at inference, hopeless) proposals, NMS per level by
         logit, keep the best ``post_nms_top_n``; (boxes, objectness) lists."""
         min_objectness = 0.0 if self.training else self.score_thresh  # training samples from all
@@ -229,9 +231,9 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
         for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
             index = torch.where(levels == level)[0]
             if len(index):
-                result[index] = fast_roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio).to(
-                    result.dtype
-                )
+                result[index] = fast_roi_align(
+                    feature, rois[index], self.output_size, scale, self.sampling_ratio
+                ).to(result.dtype)
         return result
 
 
@@ -288,7 +290,9 @@ class FastMaskPredictor(MaskRCNNPredictor):
         grouped = F.conv2d(hidden, logits.weight.repeat(4, 1, 1, 1), logits.bias.repeat(4), groups=4)
         # ((a, b), class) -> (class, (a, b)) channels, as pixel_shuffle reads them
         rows, cols = grouped.shape[-2:]
-        grouped = grouped.reshape(-1, 4, classes, rows, cols).transpose(1, 2).reshape(-1, 4 * classes, rows, cols)
+        grouped = (
+            grouped.reshape(-1, 4, classes, rows, cols).transpose(1, 2).reshape(-1, 4 * classes, rows, cols)
+        )
         return F.pixel_shuffle(grouped, 2)
 
 
@@ -549,7 +553,10 @@ class TorchvisionDetector(Detector):
         return save_model(path, self.model, {**header, **header_updates})
 
     def _detect(self, images: Sequence[np.ndarray]) -> list[FrameDetections]:
-        return [found.to_detections(image.shape) for found, image in zip(self._detect_boxes(images), images, strict=True)]
+        return [
+            found.to_detections(image.shape)
+            for found, image in zip(self._detect_boxes(images), images, strict=True)
+        ]
 
     def embed(self, image: np.ndarray) -> np.ndarray:
         """Per-channel mean and std of the FPN maps P2-P5 over the frame (its central
@@ -588,7 +595,8 @@ class TorchvisionDetector(Detector):
             boxes, scores = boxes_only(heads, features, proposals, batch.image_sizes)
             if cores is not None:
                 kept = [
-                    centres_inside(b, core, scale) for b, core, scale in zip(boxes, cores, scales, strict=True)
+                    centres_inside(b, core, scale)
+                    for b, core, scale in zip(boxes, cores, scales, strict=True)
                 ]
                 boxes = [b[keep] for b, keep in zip(boxes, kept, strict=True)]
                 scores = [s[keep] for s, keep in zip(scores, kept, strict=True)]
@@ -601,7 +609,9 @@ class TorchvisionDetector(Detector):
         for xyxy, score, probs, (scale_y, scale_x) in zip(boxes, scores, probabilities, scales, strict=True):
             xyxy = xyxy.float().cpu().numpy().astype(np.float64).reshape(-1, 4)
             yxyx = xyxy[:, [1, 0, 3, 2]] * np.array([scale_y, scale_x, scale_y, scale_x])
-            results.append(BoxMasks(yxyx, score.float().cpu().numpy().astype(np.float64), probs.float().cpu()))
+            results.append(
+                BoxMasks(yxyx, score.float().cpu().numpy().astype(np.float64), probs.float().cpu())
+            )
         return results
 
 
@@ -652,7 +662,9 @@ def mask_probabilities(heads, features, boxes: list[torch.Tensor], image_sizes) 
             per_image = [chunk if i == index else chunk[:0] for i in range(len(boxes))]
             pooled = heads.mask_roi_pool(features, per_image, image_sizes)
             # channels-last: the mask head's convolutions run about a third faster on CPU
-            logits = heads.mask_predictor(heads.mask_head(pooled.contiguous(memory_format=torch.channels_last)))
+            logits = heads.mask_predictor(
+                heads.mask_head(pooled.contiguous(memory_format=torch.channels_last))
+            )
             parts.append(logits[:, 1].sigmoid())
         side = 2 * heads.mask_roi_pool.output_size[0]  # the predictor upsamples the pooled grid 2x
         results.append(torch.cat(parts) if parts else image_boxes.new_zeros((0, side, side)))

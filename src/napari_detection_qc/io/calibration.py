@@ -146,7 +146,9 @@ def _fei(tif) -> Recorded | None:
     for section in ("Scan", "EScan", "Image"):
         values = metadata.get(section) or {}
         if "PixelWidth" in values:
-            return Recorded("FEI metadata", float(values["PixelWidth"]), _float_or_none(values.get("PixelHeight")), "m")
+            return Recorded(
+                "FEI metadata", float(values["PixelWidth"]), _float_or_none(values.get("PixelHeight")), "m"
+            )
     return None
 
 
@@ -167,7 +169,9 @@ def _tvips(tif) -> Recorded | None:
     metadata = tif.tvips_metadata
     if not metadata or "PixelSizeX" not in metadata:
         return None
-    return Recorded("TVIPS metadata", float(metadata["PixelSizeX"]), _float_or_none(metadata.get("PixelSizeY")), "nm")
+    return Recorded(
+        "TVIPS metadata", float(metadata["PixelSizeX"]), _float_or_none(metadata.get("PixelSizeY")), "nm"
+    )
 
 
 def _ome(tif) -> Recorded | None:

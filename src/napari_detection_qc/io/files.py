@@ -50,7 +50,9 @@ ROSETTASCIIO_SOURCES = {
 ZARR_SUFFIXES = (".zarr",)
 FOLDER_SKIPPED_SUFFIXES = (".emi",)
 """Not listed from a folder: a TIA ``.emi`` describes the ``.ser`` files beside it, which are listed."""
-SUPPORTED_SUFFIXES = TIFF_SUFFIXES + PLAIN_IMAGE_SUFFIXES + (".npy",) + tuple(ROSETTASCIIO_PLUGINS) + ZARR_SUFFIXES
+SUPPORTED_SUFFIXES = (
+    TIFF_SUFFIXES + PLAIN_IMAGE_SUFFIXES + (".npy",) + tuple(ROSETTASCIIO_PLUGINS) + ZARR_SUFFIXES
+)
 MAX_FRAME_PIXELS = 2**28  # 16384 x 16384; a header claiming more is refused before allocating
 
 
@@ -88,7 +90,11 @@ def list_inputs(path) -> list[Path]:
             for p in path.iterdir()
             if p.suffix.lower() in SUPPORTED_SUFFIXES
             and p.suffix.lower() not in FOLDER_SKIPPED_SUFFIXES
-            and (p.is_file() or (p.is_symlink() and not p.exists()) or (p.is_dir() and p.suffix.lower() in ZARR_SUFFIXES))
+            and (
+                p.is_file()
+                or (p.is_symlink() and not p.exists())
+                or (p.is_dir() and p.suffix.lower() in ZARR_SUFFIXES)
+            )
         )
         if not files:
             raise InputError(f"{path}: no supported images in this folder ({', '.join(SUPPORTED_SUFFIXES)})")
@@ -154,7 +160,12 @@ def describe(path) -> InputInfo:
     """Frame count, frame shape and pixel size of a file, reading as few pixels as the format allows."""
     opened = open_micrograph(path)
     return InputInfo(
-        opened.path, opened.n_frames, opened.frame_shape, opened.pixel_size.nm, opened.is_2d, opened.pixel_size.note
+        opened.path,
+        opened.n_frames,
+        opened.frame_shape,
+        opened.pixel_size.nm,
+        opened.is_2d,
+        opened.pixel_size.note,
     )
 
 
@@ -224,8 +235,13 @@ def _mapped_frame(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ..
     """Frame ``index`` of frames stored uncompressed back to back from ``offset``: mapped, copied
     and unmapped, so no file handle outlives the read (Windows locks files that are open)."""
     frame_shape = shape[1:]
-    mapped = np.memmap(path, dtype=dtype, mode="r", offset=offset + index * math.prod(frame_shape) * dtype.itemsize,
-                       shape=frame_shape)
+    mapped = np.memmap(
+        path,
+        dtype=dtype,
+        mode="r",
+        offset=offset + index * math.prod(frame_shape) * dtype.itemsize,
+        shape=frame_shape,
+    )
     frame = np.array(mapped, dtype=dtype.newbyteorder("="))
     del mapped
     return frame
@@ -264,7 +280,9 @@ class TiffReader:
             dtype, mappable = series.dtype, series.dataoffset is not None
             offset, stored = series.dataoffset, np.dtype(series.dtype).newbyteorder(tif.byteorder)
         if mappable:  # uncompressed frames back to back (ImageJ hyperstacks, tifffile stacks): map one
-            return lazy_frames(shape, dtype, lambda t: _mapped_frame(path, offset, stored, shape, t)), pixel_size
+            return lazy_frames(
+                shape, dtype, lambda t: _mapped_frame(path, offset, stored, shape, t)
+            ), pixel_size
         return lazy_frames(shape, dtype, lambda t: cls.frame(path, t)), pixel_size
 
     @classmethod
@@ -291,8 +309,19 @@ class PlainImageReader:
     always one frame, grayscale or RGB(A), no pixel size. The shape is checked from the header."""
 
     # Pillow modes -> the mode the pixels are read in (palette and two-band images to RGB(A) / gray)
-    MODES = {"1": "L", "P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L", "CMYK": "RGB", "YCbCr": "RGB",
-             "HSV": "RGB", "LAB": "RGB", "RGBa": "RGBA", "RGBX": "RGB"}
+    MODES = {
+        "1": "L",
+        "P": "RGBA",
+        "PA": "RGBA",
+        "LA": "L",
+        "La": "L",
+        "CMYK": "RGB",
+        "YCbCr": "RGB",
+        "HSV": "RGB",
+        "LAB": "RGB",
+        "RGBa": "RGBA",
+        "RGBX": "RGB",
+    }
     CHANNELS = {"RGB": 3, "RGBA": 4}
 
     @classmethod
@@ -354,12 +383,16 @@ class ZarrReader:
         if not multiscales:
             arrays = [array for _, array in node.arrays()]
             if len(arrays) != 1:
-                raise InputError(f"{path}: a zarr group without OME multiscales metadata; open one of its arrays")
+                raise InputError(
+                    f"{path}: a zarr group without OME multiscales metadata; open one of its arrays"
+                )
             return arrays[0], []
         image = multiscales[0]
         dataset = image["datasets"][0]
         array = node[dataset["path"]]
-        scales = [t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"]
+        scales = [
+            t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"
+        ]
         axes = image.get("axes") or []
         recorded = []
         if scales and len(axes) == len(scales[0]) and isinstance(axes[-1], dict):

@@ -23,8 +23,12 @@ import numpy as np
 from ..pixel_sizes import METADATA_KEY
 from .files import SUPPORTED_SUFFIXES, ZARR_SUFFIXES, InputError, open_micrograph
 
-BOX_STYLE = {"face_color": "transparent", "edge_width": 1.5, "edge_colormap": "plasma",
-             "edge_contrast_limits": (0.0, 1.0)}
+BOX_STYLE = {
+    "face_color": "transparent",
+    "edge_width": 1.5,
+    "edge_colormap": "plasma",
+    "edge_contrast_limits": (0.0, 1.0),
+}
 
 
 def _is_store(path: Path) -> bool:
@@ -40,8 +44,11 @@ def _is_coco_detections(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     annotations = document.get("annotations") if isinstance(document, dict) else None
-    return (isinstance(document.get("images"), list) and isinstance(annotations, list)
-            and any(isinstance(a, dict) and "score" in a for a in annotations))
+    return (
+        isinstance(document.get("images"), list)
+        and isinstance(annotations, list)
+        and any(isinstance(a, dict) and "score" in a for a in annotations)
+    )
 
 
 def _readable(path: Path) -> bool:
@@ -49,7 +56,9 @@ def _readable(path: Path) -> bool:
         return path.is_dir()
     if path.is_dir():
         return _is_store(path)
-    if path.exists() and not path.is_file():  # a pipe or device: ours to refuse, never to read (it would block)
+    if (
+        path.exists() and not path.is_file()
+    ):  # a pipe or device: ours to refuse, never to read (it would block)
         return path.suffix.lower() in (*SUPPORTED_SUFFIXES, ".json")
     if path.suffix.lower() == ".json":
         return _is_coco_detections(path)
@@ -141,18 +150,31 @@ def _one_store_layers(store) -> list[tuple]:
     source = Path(meta["source"])
     name = source.stem
     pixel_size_nm = meta.get("pixel_size_nm")
-    pixel_size_nm = float(pixel_size_nm) if isinstance(pixel_size_nm, (int, float)) and pixel_size_nm > 0 else None
+    pixel_size_nm = (
+        float(pixel_size_nm) if isinstance(pixel_size_nm, (int, float)) and pixel_size_nm > 0 else None
+    )
     layers = []
     if source.exists():
         opened = open_micrograph(source)
         if opened.n_frames == n_frames and tuple(opened.frame_shape) == tuple(meta["image_shape"]):
             record = image_record(source, opened.pixel_size) | {"pixel_size_nm": pixel_size_nm}
-            layers.append((opened.data, {"name": name, "rgb": opened.rgb, "metadata": {METADATA_KEY: record},
-                                         **spatial_scale(is_2d, pixel_size_nm)}, "image"))
+            layers.append(
+                (
+                    opened.data,
+                    {
+                        "name": name,
+                        "rgb": opened.rgb,
+                        "metadata": {METADATA_KEY: record},
+                        **spatial_scale(is_2d, pixel_size_nm),
+                    },
+                    "image",
+                )
+            )
     masks = np.load(store.masks_path, mmap_mode="c", allow_pickle=False)  # editable, read as touched
     signals = {
         str(t): {k: np.asarray(v).tolist() if k == EMBEDDING else float(v) for k, v in frame.items()}
-        for t, frame in enumerate(stored_signals) if frame
+        for t, frame in enumerate(stored_signals)
+        if frame
     }
     record = detection_record(meta["detector"], name, source, pixel_size_nm, n_frames) | {
         SIGNALS_KEY: signals,
@@ -192,9 +214,20 @@ def pair_layers(masks, frames, is_2d: bool, name: str, record: dict) -> list[tup
     scale = spatial_scale(is_2d, record.get("pixel_size_nm"))
     return [
         (masks, {"name": f"{name} masks", "metadata": {METADATA_KEY: dict(record)}, **scale}, "labels"),
-        (vertices, {"name": f"{name} boxes", "shape_type": "rectangle", "ndim": 2 if is_2d else 3,
-                    "features": features, "edge_color": "score" if len(vertices) else "yellow",
-                    "metadata": {METADATA_KEY: dict(record)}, **BOX_STYLE, **scale}, "shapes"),
+        (
+            vertices,
+            {
+                "name": f"{name} boxes",
+                "shape_type": "rectangle",
+                "ndim": 2 if is_2d else 3,
+                "features": features,
+                "edge_color": "score" if len(vertices) else "yellow",
+                "metadata": {METADATA_KEY: dict(record)},
+                **BOX_STYLE,
+                **scale,
+            },
+            "shapes",
+        ),
     ]
 
 
@@ -209,7 +242,9 @@ def coco_layers(path: Path) -> list[tuple]:
         document = json.loads(path.read_text(encoding="utf-8"))
         info = document.get("info") or {}
         pixel_size_nm = info.get("pixel_size_nm")
-        pixel_size_nm = float(pixel_size_nm) if isinstance(pixel_size_nm, (int, float)) and pixel_size_nm > 0 else None
+        pixel_size_nm = (
+            float(pixel_size_nm) if isinstance(pixel_size_nm, (int, float)) and pixel_size_nm > 0 else None
+        )
         by_image: dict[int, list[dict]] = {}
         for annotation in document["annotations"]:
             by_image.setdefault(int(annotation["image_id"]), []).append(annotation)
@@ -240,11 +275,22 @@ def coco_layers(path: Path) -> list[tuple]:
                 if opened.n_frames == len(frames) and tuple(opened.frame_shape) == (height, width):
                     record = image_record(beside, opened.pixel_size)
                     size = pixel_size_nm or opened.pixel_size.nm
-                    layers.append((opened.data, {"name": name, "rgb": opened.rgb, "metadata": {METADATA_KEY: record},
-                                                 **spatial_scale(is_2d, size)}, "image"))
+                    layers.append(
+                        (
+                            opened.data,
+                            {
+                                "name": name,
+                                "rgb": opened.rgb,
+                                "metadata": {METADATA_KEY: record},
+                                **spatial_scale(is_2d, size),
+                            },
+                            "image",
+                        )
+                    )
                     pixel_size_nm = size
-            masks = np.stack([frame.labels.astype(smallest_label_dtype(max(f.count for f in frames)))
-                              for frame in frames])
+            masks = np.stack(
+                [frame.labels.astype(smallest_label_dtype(max(f.count for f in frames))) for frame in frames]
+            )
             record = detection_record(info.get("detector") or {}, name, file_name, pixel_size_nm, len(frames))
             layers.extend(pair_layers(masks[0] if is_2d else masks, frames, is_2d, name, record))
         return layers

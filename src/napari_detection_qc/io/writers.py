@@ -63,7 +63,9 @@ def write_label_tiff(path, labels, pixel_size_nm: float | None = None) -> Path:
 def _layer(attributes: Mapping) -> SimpleNamespace:
     """The parts of a layer-data tuple's attributes that ``pixel_size_from_layer`` reads."""
     return SimpleNamespace(
-        metadata=attributes.get("metadata") or {}, scale=attributes.get("scale"), units=attributes.get("units")
+        metadata=attributes.get("metadata") or {},
+        scale=attributes.get("scale"),
+        units=attributes.get("units"),
     )
 
 
@@ -83,8 +85,9 @@ def detections_document(labels, vertices: Sequence, features, record: Mapping, n
     from ..layer_pair import pair_problem
 
     labels = np.asarray(labels)
-    problem = pair_problem("masks", labels.shape, {METADATA_KEY: dict(record)}, "boxes", vertices,
-                           {METADATA_KEY: dict(record)})
+    problem = pair_problem(
+        "masks", labels.shape, {METADATA_KEY: dict(record)}, "boxes", vertices, {METADATA_KEY: dict(record)}
+    )
     if problem:
         raise ValueError(problem)
     stack = StackDetections.from_layer_data(labels, vertices, features)
@@ -114,5 +117,9 @@ def write_detections_coco(path: str, layer_data: Iterable[tuple]) -> list[str]:
     if features is None or "score" not in getattr(features, "columns", ()):
         raise ValueError(f"the Shapes layer '{box_attributes.get('name', '')}' has no 'score' feature")
     source = record.get("source")
-    name = Path(source).name if source else (record.get("image_layer") or str(label_attributes.get("name", "image")))
+    name = (
+        Path(source).name
+        if source
+        else (record.get("image_layer") or str(label_attributes.get("name", "image")))
+    )
     return [str(write_coco(path, detections_document(labels, vertices, features, record, name)))]

@@ -41,7 +41,11 @@ def run_demo(
     n = len(images) if n_frames is None else max(1, min(int(n_frames), len(images)))
     detector = cached_detector(spec)
     frames = tqdm(
-        detector.predict_many(images[:n], spec.object_size), total=n, unit="frame", desc="detect", disable=not progress
+        detector.predict_many(images[:n], spec.object_size),
+        total=n,
+        unit="frame",
+        desc="detect",
+        disable=not progress,
     )
     stack = StackDetections.from_frames(list(frames))
     true = true_quality(stack, truth[:n])

@@ -41,7 +41,9 @@ def run_frame_task(spec: DetectorSpec, task: FrameTask) -> FrameOutcome:
     try:
         frame = read_frame(task.source, task.index)
         detections = detector.predict(frame, object_size=spec.object_size, signals=spec.signals)
-        write_frame(task.target, detections, detector.last_object_sizes[-1] if detector.last_object_sizes else None)
+        write_frame(
+            task.target, detections, detector.last_object_sizes[-1] if detector.last_object_sizes else None
+        )
     except InputError as exc:
         return FrameOutcome(task, 0, str(exc))
     except ValueError as exc:  # frames no detector takes: NaN pixels, boolean images, ...
@@ -107,13 +109,22 @@ def detect(
         try:
             root = Path(out_dir) / name
             threshold = detector_meta["score_threshold"]
-            plans.append(plan_input(source, root, threshold, detector_meta, pixel_sizes.get(source), spec.signals))
+            plans.append(
+                plan_input(source, root, threshold, detector_meta, pixel_sizes.get(source), spec.signals)
+            )
         except InputError as exc:
             fail(str(exc), on_error, failures)
     complete, detected = run_plans(plans, spec, executor, on_error, failures, progress)
     skipped = sum(plan.n_frames - len(plan.pending) for plan in plans)
-    mis_sized = [] if spec.object_size else [
-        f"{plan.source}: {warning}" for plan in complete if (warning := outlier_warning(plan.store.object_sizes()))]
+    mis_sized = (
+        []
+        if spec.object_size
+        else [
+            f"{plan.source}: {warning}"
+            for plan in complete
+            if (warning := outlier_warning(plan.store.object_sizes()))
+        ]
+    )
     return DetectReport([plan.store.root for plan in complete], failures, detected, skipped, mis_sized)
 
 

@@ -23,7 +23,9 @@ def check_device(device: str) -> None:
     if parsed.type == "cuda":
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (parsed.index or 0) >= available:
-            raise DetectorLoadError(f"device {device!r} is not available: this machine has {available} CUDA device(s)")
+            raise DetectorLoadError(
+                f"device {device!r} is not available: this machine has {available} CUDA device(s)"
+            )
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise DetectorLoadError(f"device {device!r} is not available on this machine")
     elif parsed.type not in ("cpu", "cuda", "mps"):
@@ -54,7 +56,10 @@ class DetectorSpec:
         check_device(self.device)
         spec = self.model if self.config is None else (self.config, self.model)
         return load_detector(
-            spec, device=self.device, score_threshold=self.score_threshold, max_detections=self.max_detections,
+            spec,
+            device=self.device,
+            score_threshold=self.score_threshold,
+            max_detections=self.max_detections,
             second_look=self.second_look,
         )
 

@@ -40,7 +40,9 @@ def store_features(store: Store) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return meta, table, table_features(table, meta["n_frames"], meta["image_shape"])
 
 
-def store_signals(store: Store, meta: dict, forest: QualityForest) -> tuple[pd.DataFrame | None, np.ndarray | None]:
+def store_signals(
+    store: Store, meta: dict, forest: QualityForest
+) -> tuple[pd.DataFrame | None, np.ndarray | None]:
     """(TTA signal columns, embeddings) stored with a store's detections for ``forest``; a clear
     error when the forest's features need signals the store was not detected with."""
     stored, needed = meta.get("signals", "none"), forest.required_signals
@@ -104,7 +106,11 @@ def score_stores(
 
 
 def rank_stores(
-    stores: Sequence[Store], forest_choice: str, *, warn: ErrorHandler, on_error: ErrorHandler | None = None,
+    stores: Sequence[Store],
+    forest_choice: str,
+    *,
+    warn: ErrorHandler,
+    on_error: ErrorHandler | None = None,
     limit: int | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The label-next list over every frame of the stores (``ranking``: low predicted F1, wide
@@ -115,7 +121,9 @@ def rank_stores(
     for source in dict.fromkeys(quality["source"]):
         store = next(s for s in stores if s.read_meta()["source"] == source)
         features.append(store_features(store)[2])
-    features = pd.concat(features, ignore_index=True) if features else pd.DataFrame(columns=list(PAPER_FEATURES))
+    features = (
+        pd.concat(features, ignore_index=True) if features else pd.DataFrame(columns=list(PAPER_FEATURES))
+    )
     return ranked_table(rank_by_features(quality, features, limit=limit)), failures
 
 
@@ -152,7 +160,9 @@ def evaluate_store(
     n_frames, image_shape = meta["n_frames"], tuple(meta["image_shape"])
     try:
         ground_truth = read_ground_truth(truth, meta, sole_input)
-        quality = boxes_true_quality(boxes_by_frame(table, n_frames), image_shape, ground_truth, None, iou_threshold)
+        quality = boxes_true_quality(
+            boxes_by_frame(table, n_frames), image_shape, ground_truth, None, iou_threshold
+        )
     except InputError:
         raise
     except ValueError as exc:  # not a Labels stack, or not one of this many frames or this shape

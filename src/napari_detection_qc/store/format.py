@@ -136,7 +136,9 @@ class Store:
             return {}
         try:
             table = pd.read_csv(self.frames_table_path)
-            return {int(t): None if pd.isna(s) else float(s) for t, s in zip(table["frame"], table[OBJECT_SIZE])}
+            return {
+                int(t): None if pd.isna(s) else float(s) for t, s in zip(table["frame"], table[OBJECT_SIZE])
+            }
         except (ValueError, KeyError, pd.errors.ParserError) as exc:
             raise InputError(f"{self.frames_table_path}: damaged per-frame table ({exc})") from exc
 
@@ -166,7 +168,9 @@ class Store:
         try:
             with open(require_regular_file(self.masks_path, "masks file"), "rb") as handle:
                 major, _ = np.lib.format.read_magic(handle)
-                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                )
                 shape, _, _ = read_header(handle)
         except (OSError, ValueError, SyntaxError, TypeError, EOFError) as exc:
             raise InputError(f"{self.masks_path}: unreadable masks ({one_line(exc, 200)})") from exc
@@ -215,16 +219,26 @@ def read_detection_table(path: Path, n_frames: int) -> pd.DataFrame:
         values = table[list(DETECTION_COLUMNS)].to_numpy(np.float64)
         frames, labels = values[:, 0], values[:, 1]
         boxes, scores, circularity = values[:, 2:6], values[:, 6], values[:, 7]
-        if not (np.isfinite(frames).all() and (frames == np.round(frames)).all()
-                and ((frames >= 0) & (frames < n_frames)).all()):
-            raise InvalidFileError(f"{path}: damaged detections table: frames not integers in 0..{n_frames - 1}")
-        if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()
-                and ((labels >= 1) & (labels <= 1 << 31)).all()):
+        if not (
+            np.isfinite(frames).all()
+            and (frames == np.round(frames)).all()
+            and ((frames >= 0) & (frames < n_frames)).all()
+        ):
+            raise InvalidFileError(
+                f"{path}: damaged detections table: frames not integers in 0..{n_frames - 1}"
+            )
+        if not (
+            np.isfinite(labels).all()
+            and (labels == np.round(labels)).all()
+            and ((labels >= 1) & (labels <= 1 << 31)).all()
+        ):
             raise InvalidFileError(f"{path}: damaged detections table: labels not positive integers")
         if not (np.isfinite(boxes).all() and (np.abs(boxes) <= 1e9).all()):
             raise InvalidFileError(f"{path}: damaged detections table: non-finite or absurd boxes")
         if not ((scores >= 0) & (scores <= 1)).all() or np.isinf(circularity).any():
-            raise InvalidFileError(f"{path}: damaged detections table: scores outside [0, 1] or infinite circularity")
+            raise InvalidFileError(
+                f"{path}: damaged detections table: scores outside [0, 1] or infinite circularity"
+            )
         table["frame"], table["label"] = frames.astype(np.int64), labels.astype(np.int64)
         if table.duplicated(["frame", "label"]).any():
             raise InvalidFileError(f"{path}: damaged detections table: a label appears twice in one frame")
@@ -240,7 +254,9 @@ def signal_arrays_problem(arrays: dict[str, np.ndarray], n_frames: int) -> str |
         expected_ndim = 2 if name == EMBEDDING else 1
         if values.ndim != expected_ndim or len(values) != n_frames:
             return f"{name} of shape {values.shape} for {n_frames} frames"
-        if np.isinf(values).any() or (name in TTA_SIGNALS and not (np.isnan(values) | (values >= 0) & (values <= 1)).all()):
+        if np.isinf(values).any() or (
+            name in TTA_SIGNALS and not (np.isnan(values) | (values >= 0) & (values <= 1)).all()
+        ):
             return f"{name} holds values out of range"
     return None
 
@@ -328,9 +344,13 @@ def assemble(store: Store, n_frames: int, image_shape: Sequence[int]) -> None:
     sizes: list[float] = []
     for t in range(n_frames):
         with np.load(store.frame_path(t), allow_pickle=False) as frame:
-            signals.append({
-                name[len(SIGNAL_PREFIX) :]: frame[name] for name in frame.files if name.startswith(SIGNAL_PREFIX)
-            })
+            signals.append(
+                {
+                    name[len(SIGNAL_PREFIX) :]: frame[name]
+                    for name in frame.files
+                    if name.startswith(SIGNAL_PREFIX)
+                }
+            )
             boxes, scores = frame["boxes"].reshape(-1, 4), frame["scores"]
             sizes.append(float(frame[OBJECT_SIZE]) if OBJECT_SIZE in frame.files else np.nan)
             count = len(scores)
@@ -342,9 +362,14 @@ def assemble(store: Store, n_frames: int, image_shape: Sequence[int]) -> None:
             columns["score"].append(scores)
             columns["circularity"].append(frame["circularity"])
             columns[P_TRUE].append(detection_p_true(scores))
-    write_csv(store.table_path, pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()}))
+    write_csv(
+        store.table_path, pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
+    )
     write_signals(store, signals)
-    write_csv(store.frames_table_path, pd.DataFrame({"frame": np.arange(n_frames), "detections": counts, OBJECT_SIZE: sizes}))
+    write_csv(
+        store.frames_table_path,
+        pd.DataFrame({"frame": np.arange(n_frames), "detections": counts, OBJECT_SIZE: sizes}),
+    )
     dtype = smallest_label_dtype(max(counts, default=0))
     header = {
         "descr": np.lib.format.dtype_to_descr(dtype),

@@ -40,7 +40,9 @@ def store_names(paths: Sequence[Path]) -> list[str]:
     names = [stem if stem_count[stem] == 1 else safe_name(p.name) for stem, p in zip(stems, paths)]
     name_count = Counter(names)
     return [
-        name if name_count[name] == 1 else f"{name}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]}"
+        name
+        if name_count[name] == 1
+        else f"{name}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]}"
         for name, p in zip(names, paths)
     ]
 
@@ -128,14 +130,18 @@ def identity_conflict(previous: dict, meta: dict, source: Path, root: Path) -> s
     """Why a store's existing meta.json does not belong to this input and detector, or None."""
     same = lambda key: previous.get(key) == json.loads(json.dumps(meta[key]))  # noqa: E731
     if not same("source"):
-        return f"{root} holds the detections of {previous.get('source')}, not of {source}; choose another --out"
+        return (
+            f"{root} holds the detections of {previous.get('source')}, not of {source}; choose another --out"
+        )
     if not all(same(key) for key in ("fingerprint", "n_frames", "image_shape")):
         return (
             f"{source} changed since its detections in {root} were made; delete {root} to detect it "
             "again, or choose another --out"
         )
     if not same_detector(previous.get("detector"), meta["detector"]):
-        return f"{root} holds detections of another detector; choose another --out, or delete {root} to redo it"
+        return (
+            f"{root} holds detections of another detector; choose another --out, or delete {root} to redo it"
+        )
     if previous.get("signals", "none") != meta["signals"]:
         return (
             f"{root} holds detections made with --signals {previous.get('signals', 'none')}, not "
@@ -189,5 +195,7 @@ def plan_input(
         store.masks_path.unlink(missing_ok=True)
         store.table_path.unlink(missing_ok=True)
     frames = [] if store.is_complete else range(info.n_frames)  # a finished input needs no frame checks
-    pending = [FrameTask(source, t, store.frame_path(t)) for t in frames if not frame_is_done(store.frame_path(t))]
+    pending = [
+        FrameTask(source, t, store.frame_path(t)) for t in frames if not frame_is_done(store.frame_path(t))
+    ]
     return InputPlan(source, store, info.n_frames, info.frame_shape, pending, identity)

@@ -113,21 +113,39 @@ def _outlines(rng, family: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.
         else:
             diameters = (30.0 / stretch, LOOP_DIAMETER_PX[1] / stretch)
             count = int(rng.uniform(4, 14) * area / REFERENCE_AREA_PX)
-        outline = Domain(cavity_count=count, diameter_px=diameters, facet_fraction=0.0,
-                         max_ellipticity=_MAX_LOOP_ASPECT - 1.0, min_separation=1.1)
+        outline = Domain(
+            cavity_count=count,
+            diameter_px=diameters,
+            facet_fraction=0.0,
+            max_ellipticity=_MAX_LOOP_ASPECT - 1.0,
+            min_separation=1.1,
+        )
     elif family == "black_dots":
         stretch = np.sqrt(1.0 + _DOT_ELLIPTICITY)
         diameters = (DOT_DIAMETER_PX[0] * stretch, DOT_DIAMETER_PX[1] / stretch - 0.3)
         count = int(_log_uniform(rng, 60, 400) * area / REFERENCE_AREA_PX)
-        outline = Domain(cavity_count=count, diameter_px=diameters, facet_fraction=0.0,
-                         max_ellipticity=_DOT_ELLIPTICITY, min_separation=1.3)
+        outline = Domain(
+            cavity_count=count,
+            diameter_px=diameters,
+            facet_fraction=0.0,
+            max_ellipticity=_DOT_ELLIPTICITY,
+            min_separation=1.3,
+        )
     else:
         median = _log_uniform(rng, 16, 40)
-        diameters = (max(PRECIPITATE_DIAMETER_PX[0], median / 1.6), min(PRECIPITATE_DIAMETER_PX[1], median * 1.5))
+        diameters = (
+            max(PRECIPITATE_DIAMETER_PX[0], median / 1.6),
+            min(PRECIPITATE_DIAMETER_PX[1], median * 1.5),
+        )
         coverage = rng.uniform(0.03, 0.18)
         count = int(round(coverage * area / (np.pi / 4 * median**2)))
-        outline = Domain(cavity_count=count, diameter_px=diameters, facet_fraction=float(rng.uniform(0.0, 1.0)),
-                         max_ellipticity=float(rng.uniform(0.05, 0.3)), min_separation=1.15)
+        outline = Domain(
+            cavity_count=count,
+            diameter_px=diameters,
+            facet_fraction=float(rng.uniform(0.0, 1.0)),
+            max_ellipticity=float(rng.uniform(0.05, 0.3)),
+            min_separation=1.15,
+        )
     _, labels, _, true_diameters = _draw_cavities(rng, shape, outline, area / REFERENCE_AREA_PX)
     knobs = {"diameter_range_px": list(diameters), "attempted": count}
     return labels, true_diameters, knobs
@@ -261,7 +279,9 @@ def make_defect_frame(
     return pixels, labels, _jsonable(info)
 
 
-def defect_frame(family: str, seed: int, shape: tuple[int, int] = (512, 512)) -> tuple[np.ndarray, np.ndarray]:
+def defect_frame(
+    family: str, seed: int, shape: tuple[int, int] = (512, 512)
+) -> tuple[np.ndarray, np.ndarray]:
     """(image, labels) of frame ``seed`` of a defect family (``make_defect_frame`` without info)."""
     image, labels, _ = make_defect_frame(seed, family, shape)
     return image, labels

@@ -373,5 +373,7 @@ def family_frame(source: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
         image, labels, _ = make_realistic_frame(seed, source)
         return image, labels
     if source not in PRESETS:
-        raise ValueError(f"unknown frame source {source!r}; known: {', '.join((*REALISTIC_FAMILIES, *PRESETS))}")
+        raise ValueError(
+            f"unknown frame source {source!r}; known: {', '.join((*REALISTIC_FAMILIES, *PRESETS))}"
+        )
     return make_frame(seed, (512, 512), PRESETS[source])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import weakref
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -45,8 +46,15 @@ class LayerPicker(ComboBox):
     renamed. While nothing is chosen it takes the obvious layer: the last one ``prefer`` accepts,
     else (with ``only_fallback``) the only layer of its type."""
 
-    def __init__(self, viewer, layer_type, label: str, prefer: Callable[[Any], bool] | None = None,
-                 only_fallback: bool = True, **kwargs):
+    def __init__(
+        self,
+        viewer,
+        layer_type,
+        label: str,
+        prefer: Callable[[Any], bool] | None = None,
+        only_fallback: bool = True,
+        **kwargs,
+    ):
         self._viewer = viewer = unproxied(viewer)
         self._layer_type = layer_type
         self._prefer = prefer
@@ -166,7 +174,9 @@ class BackgroundWork(QObject):
         timer.timeout.connect(callback)
         return timer
 
-    def run(self, function: Callable, *args, cancel: Callable[[], None] | None = None, **handlers: Callable) -> Any:
+    def run(
+        self, function: Callable, *args, cancel: Callable[[], None] | None = None, **handlers: Callable
+    ) -> Any:
         """Run ``function(*args)`` in a napari thread worker; ``handlers`` by signal name (yielded,
         returned, errored, finished) run only while the widget lives. Errors go to ``errored``
         (nowhere without one). ``cancel``: what stops the work besides ``quit`` (for functions
@@ -210,10 +220,8 @@ _waiting_at_quit = False
 
 
 def _wait_for_workers() -> None:
-    try:
+    with suppress(RuntimeError):  # Qt already torn down
         QThreadPool.globalInstance().waitForDone(QUIT_WAIT_MS)
-    except RuntimeError:  # Qt already torn down
-        pass
 
 
 def _close_work(running: dict, listening: list, owner: BackgroundWork) -> Callable[[], None]:
@@ -224,16 +232,12 @@ def _close_work(running: dict, listening: list, owner: BackgroundWork) -> Callab
         for worker, cancel in list(running.values()):
             if cancel is not None:
                 cancel()
-            try:
+            with suppress(RuntimeError):  # its Qt side already gone
                 worker.quit()
-            except RuntimeError:  # its Qt side already gone
-                pass
         running.clear()
         for emitter, _handler, guarded in listening:
-            try:
+            with suppress(RuntimeError, TypeError, ValueError):  # already gone with its layer
                 emitter.disconnect(guarded)
-            except (RuntimeError, TypeError, ValueError):  # already gone with its layer
-                pass
         listening.clear()
 
     return close
@@ -362,8 +366,12 @@ def device_picker(step: Step) -> ComboBox:
     background."""
     from .warm_up import WARM_UP_DELAY_MS, device_choices
 
-    picker = ComboBox(label="device", choices=[("auto", "auto"), ("cpu", "cpu")], value="auto",
-                      tooltip="finding the devices torch sees…")
+    picker = ComboBox(
+        label="device",
+        choices=[("auto", "auto"), ("cpu", "cpu")],
+        value="auto",
+        tooltip="finding the devices torch sees…",
+    )
 
     def fill(found: tuple[list[tuple[str, str]], str]) -> None:
         choices, build = found
@@ -373,7 +381,9 @@ def device_picker(step: Step) -> ComboBox:
         picker.value = chosen if chosen in [value for _, value in choices] else "auto"
         picker.tooltip = build
 
-    QTimer.singleShot(WARM_UP_DELAY_MS, lambda: step.work.closed or step.work.run(device_choices, returned=fill))
+    QTimer.singleShot(
+        WARM_UP_DELAY_MS, lambda: step.work.closed or step.work.run(device_choices, returned=fill)
+    )
     return picker
 
 
@@ -390,7 +400,9 @@ def detections_from_layers(masks: Labels | None, boxes: Shapes | None) -> StackD
     if masks is None or boxes is None:
         raise ValueError("pick a masks (Labels) layer and a boxes (Shapes) layer")
     if "score" not in boxes.features.columns:
-        raise ValueError(f"the Shapes layer '{boxes.name}' has no 'score' feature; it must hold detection scores")
+        raise ValueError(
+            f"the Shapes layer '{boxes.name}' has no 'score' feature; it must hold detection scores"
+        )
     data = labels_data(masks)
     if data.ndim not in (2, 3):
         raise ValueError(f"the Labels layer '{masks.name}' is {data.ndim}-D; use a (Y, X) or (T, Y, X) layer")

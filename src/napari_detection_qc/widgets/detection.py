@@ -39,13 +39,17 @@ from ._torch_import import import_engines
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
 WHOLE_STACK, CURRENT_FRAME = "whole stack", "current frame"
 SHAPES_REFRESH_SECONDS = 1.0
-BOX_EDGE_FRACTION = 1 / 600  # box outlines this fraction of the frame's longer side: about 2 screen px at full view
+BOX_EDGE_FRACTION = (
+    1 / 600
+)  # box outlines this fraction of the frame's longer side: about 2 screen px at full view
 MIN_BOX_EDGE_PX = 1.5
-SIGNALS_TOOLTIP = ("the detector's label-free signals about each frame, stored with the detections for "
-                   "quality forests that use them. cheap (default): backbone embedding, one extra "
-                   "backbone pass per frame, for the default forest's novelty check (its domain flag, and "
-                   "intervals that widen on unfamiliar frames); none: no extra cost; all: also agreement under flips and "
-                   "rotation (TTA), adding about 0.8x the detection time (box-only passes)")
+SIGNALS_TOOLTIP = (
+    "the detector's label-free signals about each frame, stored with the detections for "
+    "quality forests that use them. cheap (default): backbone embedding, one extra "
+    "backbone pass per frame, for the default forest's novelty check (its domain flag, and "
+    "intervals that widen on unfamiliar frames); none: no extra cost; all: also agreement under flips and "
+    "rotation (TTA), adding about 0.8x the detection time (box-only passes)"
+)
 
 
 def image_frames(layer: Image) -> tuple[np.ndarray, bool]:
@@ -62,9 +66,11 @@ def image_frames(layer: Image) -> tuple[np.ndarray, bool]:
     )
 
 
-SECOND_LOOK_TOOLTIP = ("the bundled model looks again at each detection's surroundings and drops those that look "
-                       "like background (blotches, bright gaps between bend contours); untick it to keep every "
-                       "detection when real, faint objects go missing. Its quality forest was fitted with it on")
+SECOND_LOOK_TOOLTIP = (
+    "the bundled model looks again at each detection's surroundings and drops those that look "
+    "like background (blotches, bright gaps between bend contours); untick it to keep every "
+    "detection when real, faint objects go missing. Its quality forest was fitted with it on"
+)
 
 
 class DetectionWidget(Step):
@@ -76,33 +82,72 @@ class DetectionWidget(Step):
         self.config = FileEdit(label="d2 config (optional)", mode="r", filter="*.yaml *.yml", visible=False)
         self.device = device_picker(self)
         # 0 shows "model's own": the threshold stored with the weights (else 0.1), which its forest was fit at
-        self.threshold = FloatSpinBox(label="score threshold", value=0.0, min=0.0, max=1.0, step=0.05,
-                                      tooltip="keep detections scoring at least this; \"model's own\" is the "
-                                              "threshold chosen for the weights, the one their forest expects")
+        self.threshold = FloatSpinBox(
+            label="score threshold",
+            value=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip='keep detections scoring at least this; "model\'s own" is the '
+            "threshold chosen for the weights, the one their forest expects",
+        )
         self.threshold.native.setSpecialValueText("model's own")
         self.max_detections = SpinBox(label="max detections", value=DEFAULT_MAX_DETECTIONS, min=1, max=100000)
         # object size: typical cavity diameter in native px; 0 shows "auto" (passed as None: estimated per frame)
-        self.object_size = FloatSpinBox(label="object size (px)", value=0.0, min=0.0, max=10000.0, step=1.0,
-                                        tooltip="typical cavity diameter in pixels; auto lets the detector decide")
+        self.object_size = FloatSpinBox(
+            label="object size (px)",
+            value=0.0,
+            min=0.0,
+            max=10000.0,
+            step=1.0,
+            tooltip="typical cavity diameter in pixels; auto lets the detector decide",
+        )
         self.object_size.native.setSpecialValueText("auto")
-        self.pixel_size = FloatSpinBox(label="pixel size (nm, 0 = unknown)", value=0.0, min=0.0, max=1e6, step=0.1)
-        self.second_look = CheckBox(text="second look (drop likely background)", value=True,
-                                    tooltip=SECOND_LOOK_TOOLTIP)
-        self.signals = ComboBox(label="quality signals", choices=SIGNAL_LEVELS, value="cheap", tooltip=SIGNALS_TOOLTIP)
-        self.scope = RadioButtons(label="run on", choices=[CURRENT_FRAME, WHOLE_STACK], value=WHOLE_STACK,
-                                  orientation="horizontal")
+        self.pixel_size = FloatSpinBox(
+            label="pixel size (nm, 0 = unknown)", value=0.0, min=0.0, max=1e6, step=0.1
+        )
+        self.second_look = CheckBox(
+            text="second look (drop likely background)", value=True, tooltip=SECOND_LOOK_TOOLTIP
+        )
+        self.signals = ComboBox(
+            label="quality signals", choices=SIGNAL_LEVELS, value="cheap", tooltip=SIGNALS_TOOLTIP
+        )
+        self.scope = RadioButtons(
+            label="run on", choices=[CURRENT_FRAME, WHOLE_STACK], value=WHOLE_STACK, orientation="horizontal"
+        )
         self.run_button = PushButton(text="Detect")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.resize_button = PushButton(text="Redo mis-sized frames", enabled=False,
-                                        tooltip="detect again the frames whose automatic object size is over 3x "
-                                                "off the rest of the stack, at the size of the rest")
+        self.resize_button = PushButton(
+            text="Redo mis-sized frames",
+            enabled=False,
+            tooltip="detect again the frames whose automatic object size is over 3x "
+            "off the rest of the stack, at the size of the rest",
+        )
         self.progress_bar = QProgressBar()
         self.progress_bar.setVisible(False)
         self.progress_text = StatusLine()
-        self.add_section("Image and detector", self.image, self.engine, self.weights, self.config, self.device,
-                         self.threshold, self.max_detections, self.object_size, self.second_look, self.pixel_size, self.signals)
-        self.add_section("Run", self.scope, row(self.run_button, self.cancel_button), self.resize_button,
-                         self.progress_bar, self.progress_text)
+        self.add_section(
+            "Image and detector",
+            self.image,
+            self.engine,
+            self.weights,
+            self.config,
+            self.device,
+            self.threshold,
+            self.max_detections,
+            self.object_size,
+            self.second_look,
+            self.pixel_size,
+            self.signals,
+        )
+        self.add_section(
+            "Run",
+            self.scope,
+            row(self.run_button, self.cancel_button),
+            self.resize_button,
+            self.progress_bar,
+            self.progress_text,
+        )
 
         self.engine.changed.connect(self._on_engine)
         self.image.changed.connect(self._take_pixel_size)
@@ -143,7 +188,7 @@ class DetectionWidget(Step):
             self.status.warn("the fine-tuned model is selected; detect again when the running detection ends")
 
     def _show_scope(self, layer) -> None:
-        """"run on: current frame / whole stack" means something for stacks only."""
+        """ "run on: current frame / whole stack" means something for stacks only."""
         try:
             self.scope.visible = layer is not None and not image_frames(layer)[1]
         except ValueError:
@@ -162,8 +207,13 @@ class DetectionWidget(Step):
         """A new pixel size applies at once to the layers detected on this image (density and
         diameters follow)."""
         image = self.image.value
-        if (self.worker is None and self.masks_layer is not None and self.boxes_layer is not None
-                and image is not None and pair_record(self.masks_layer.metadata).get("image_layer") == image.name):
+        if (
+            self.worker is None
+            and self.masks_layer is not None
+            and self.boxes_layer is not None
+            and image is not None
+            and pair_record(self.masks_layer.metadata).get("image_layer") == image.name
+        ):
             for layer in (self.masks_layer, self.boxes_layer):
                 record = {**pair_record(layer.metadata), "pixel_size_nm": value or None}
                 layer.metadata = {**layer.metadata, METADATA_KEY: record}
@@ -229,13 +279,27 @@ class DetectionWidget(Step):
             indices = [int(self.viewer.dims.current_step[0])]
         self._start_progress(len(indices))
         self._prepare_layers(layer, frames, is_2d)
-        options = dict(device=self.device.value, score_threshold=self.threshold.value or None,
-                       max_detections=self.max_detections.value, second_look=self.second_look.value)
+        options = dict(
+            device=self.device.value,
+            score_threshold=self.threshold.value or None,
+            max_detections=self.max_detections.value,
+            second_look=self.second_look.value,
+        )
         self._run_object_size, self._run_size_origin = object_size, size_origin
         self.resize_button.enabled = False
         self.cancel_button.enabled = True
-        self.worker = self.work.run(detect_frames, spec, options, frames, indices, object_size, self.signals.value,
-                                    yielded=self._on_frame, errored=self._on_error, finished=self._on_finished)
+        self.worker = self.work.run(
+            detect_frames,
+            spec,
+            options,
+            frames,
+            indices,
+            object_size,
+            self.signals.value,
+            yielded=self._on_frame,
+            errored=self._on_error,
+            finished=self._on_finished,
+        )
 
     def _start_progress(self, total: int) -> None:
         """Show the progress at once: creating the layers and loading the detector take seconds,
@@ -263,7 +327,9 @@ class DetectionWidget(Step):
         if self.progress is not None:
             self.progress_bar.setValue(self.progress.done)
             text = self.progress.text()
-            self.progress_text.value = f"cancelling after the current frame… ({text})" if self._cancelling else text
+            self.progress_text.value = (
+                f"cancelling after the current frame… ({text})" if self._cancelling else text
+            )
 
     # -- layers ------------------------------------------------------------------------------------
     def _prepare_layers(self, layer: Image, frames, is_2d: bool) -> None:
@@ -272,21 +338,36 @@ class DetectionWidget(Step):
         label_shape = frames.shape[1:3] if is_2d else (len(frames), *frames.shape[1:3])
         masks = self._existing(f"{layer.name} masks", Labels)
         boxes = self._existing(f"{layer.name} boxes", Shapes)
-        reusable = (masks is not None and boxes is not None and tuple(masks.data.shape) == tuple(label_shape)
-                    and boxes.ndim == len(label_shape)
-                    and ({"score", "label", "frame"} <= set(boxes.features.columns) or not len(boxes.data)))
+        reusable = (
+            masks is not None
+            and boxes is not None
+            and tuple(masks.data.shape) == tuple(label_shape)
+            and boxes.ndim == len(label_shape)
+            and ({"score", "label", "frame"} <= set(boxes.features.columns) or not len(boxes.data))
+        )
         scale = layer.scale[-2:] if is_2d else layer.scale[-3:]
         if not reusable:
-            masks = self.viewer.add_labels(np.zeros(label_shape, smallest_label_dtype(self.max_detections.value)),
-                                           name=f"{layer.name} masks", scale=scale)
-            boxes = self.viewer.add_shapes(name=f"{layer.name} boxes", ndim=len(label_shape), scale=scale,
-                                           face_color="transparent", edge_width=box_edge_width(label_shape[-2:]))
+            masks = self.viewer.add_labels(
+                np.zeros(label_shape, smallest_label_dtype(self.max_detections.value)),
+                name=f"{layer.name} masks",
+                scale=scale,
+            )
+            boxes = self.viewer.add_shapes(
+                name=f"{layer.name} boxes",
+                ndim=len(label_shape),
+                scale=scale,
+                face_color="transparent",
+                edge_width=box_edge_width(label_shape[-2:]),
+            )
         self.masks_layer, self.boxes_layer = masks, boxes
         self._is_2d = is_2d
         self._previous = pair_record(masks.metadata)
         self._vertices = list(boxes.data)
-        self._features = with_origin(boxes.features) if len(boxes.data) else with_origin(
-            boxes.features.reindex(columns=["score", "label", "frame"]))
+        self._features = (
+            with_origin(boxes.features)
+            if len(boxes.data)
+            else with_origin(boxes.features.reindex(columns=["score", "label", "frame"]))
+        )
         self._pending: dict[int, FrameDetections] = {}
         self._signals: dict[int, dict] = {}
         self._object_sizes: dict[int, float | None] = {}
@@ -297,7 +378,7 @@ class DetectionWidget(Step):
         self.session.detections_changed.emit(masks, boxes, False)
 
     def _existing(self, name: str, layer_type):
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        layer = self.viewer.layers.get(name, None)
         return layer if isinstance(layer, layer_type) else None
 
     def _layers_gone(self) -> bool:
@@ -308,7 +389,9 @@ class DetectionWidget(Step):
         t, frame, detector, object_size = item
         if self._layers_gone():
             if not self._failed:
-                self._failed = "its masks or boxes layer was deleted while it ran; detect again to redo the frames"
+                self._failed = (
+                    "its masks or boxes layer was deleted while it ran; detect again to redo the frames"
+                )
                 self.worker.quit()
             return
         self._detector = detector
@@ -334,7 +417,9 @@ class DetectionWidget(Step):
     def _refresh_shapes(self) -> None:
         """Replace the boxes of the frames done since the last refresh."""
         if self._pending:
-            self._vertices, self._features = merge_frames(self._vertices, self._features, self._pending, self._is_2d)
+            self._vertices, self._features = merge_frames(
+                self._vertices, self._features, self._pending, self._is_2d
+            )
             self._pending = {}
         layer = self.boxes_layer
         layer.data = (self._vertices, ["rectangle"] * len(self._vertices)) if self._vertices else []
@@ -367,7 +452,10 @@ class DetectionWidget(Step):
 
     def _stack_object_sizes(self) -> dict[str, float | None]:
         """Each detected frame's object size (native px): this run's, then the earlier runs'."""
-        merged = {**(self._previous.get(OBJECT_SIZES_KEY) or {}), **{str(t): s for t, s in self._object_sizes.items()}}
+        merged = {
+            **(self._previous.get(OBJECT_SIZES_KEY) or {}),
+            **{str(t): s for t, s in self._object_sizes.items()},
+        }
         return dict(sorted(merged.items(), key=lambda item: int(item[0])))
 
     def _frames_at_max_detections(self) -> list[int]:
@@ -399,17 +487,24 @@ class DetectionWidget(Step):
             self.status.warn(f"cancelled: {done} of {total} frame(s) redone{kept}")
         else:
             sizes = describe_sizes(self._object_sizes, self._run_object_size, self._run_size_origin)
-            self.status.info(f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}; "
-                             f"{sizes}")
+            self.status.info(
+                f"{count} detections in {done} frame(s) in {clock(time.monotonic() - self.progress.started)}; "
+                f"{sizes}"
+            )
             if not self._run_object_size and (
-                    mis_sized := outlier_warning(self._stored_object_sizes(self.masks_layer))):
+                mis_sized := outlier_warning(self._stored_object_sizes(self.masks_layer))
+            ):
                 self.status.warn(mis_sized)
         if capped := self._frames_at_max_detections():
-            self.status.warn(f"frame(s) {capped[:5]}{'…' if len(capped) > 5 else ''} reached max detections "
-                             f"({self.max_detections.value}): objects past it were dropped; raise it and detect again")
+            self.status.warn(
+                f"frame(s) {capped[:5]}{'…' if len(capped) > 5 else ''} reached max detections "
+                f"({self.max_detections.value}): objects past it were dropped; raise it and detect again"
+            )
         if mixed := self._kept_from_other_detector():
-            self.status.warn(f"frames {mixed[:5]}{'…' if len(mixed) > 5 else ''} keep detections from an earlier "
-                             "detector; run on the whole stack to make them consistent")
+            self.status.warn(
+                f"frames {mixed[:5]}{'…' if len(mixed) > 5 else ''} keep detections from an earlier "
+                "detector; run on the whole stack to make them consistent"
+            )
         self._failed = None
         self._cancelling = False
         self.worker = None
@@ -427,8 +522,9 @@ def box_edge_width(frame_shape) -> float:
     return max(MIN_BOX_EDGE_PX, max(frame_shape) * BOX_EDGE_FRACTION)
 
 
-def detect_frames(spec, options: dict, frames, indices: list[int], object_size: float | None = None,
-                  signals: str = "none"):
+def detect_frames(
+    spec, options: dict, frames, indices: list[int], object_size: float | None = None, signals: str = "none"
+):
     """Worker body: load the detector, then yield ``(t, FrameDetections, detector metadata)`` per
     frame, so progress and cancel take effect between frames. ``object_size`` None: the detector
     estimates it per frame (auto); the metadata records it as the batch store does; each frame

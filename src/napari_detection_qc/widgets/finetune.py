@@ -30,8 +30,16 @@ from .results_dock import results_dock
 REDRAW_MS = 700
 
 
-def finetune_job(spec, device: str, minutes: float, frames_per_domain: int | None, images, truths,
-                 reports: deque, stop: threading.Event):
+def finetune_job(
+    spec,
+    device: str,
+    minutes: float,
+    frames_per_domain: int | None,
+    images,
+    truths,
+    reports: deque,
+    stop: threading.Event,
+):
     """Worker body: fine-tune, then fit the forest for the new detector; (result, forest).
     ``frames_per_domain`` None: the study's default number of synthetic frames per domain."""
     import_engines()
@@ -40,11 +48,17 @@ def finetune_job(spec, device: str, minutes: float, frames_per_domain: int | Non
     from ..engines.finetune import finetune
 
     parent = load_detector(spec, device=device)
-    result = finetune(parent, images, truths, minutes=minutes, device=device, progress=reports.append,
-                      cancelled=stop.is_set)
-    forest = fit_detector_forest(result.detector, images, truths, cancelled=stop.is_set,
-                                 frames_per_domain=frames_per_domain or STUDY_FRAMES_PER_DOMAIN,
-                                 progress=lambda done, total, _what: reports.append(("forest", done, total)))
+    result = finetune(
+        parent, images, truths, minutes=minutes, device=device, progress=reports.append, cancelled=stop.is_set
+    )
+    forest = fit_detector_forest(
+        result.detector,
+        images,
+        truths,
+        cancelled=stop.is_set,
+        frames_per_domain=frames_per_domain or STUDY_FRAMES_PER_DOMAIN,
+        progress=lambda done, total, _what: reports.append(("forest", done, total)),
+    )
     return result, forest
 
 
@@ -66,8 +80,15 @@ class FinetuneSection:
         self.save_button = PushButton(text="Save model + forest…", enabled=False)
         self.comparison = QLabel("")
         self.comparison.setWordWrap(True)
-        step.add_section("Fine-tune detector on the reviewed frames", self.image, self.base, self.minutes,
-                         self.device, row(self.run_button, self.cancel_button), collapsed=True)
+        step.add_section(
+            "Fine-tune detector on the reviewed frames",
+            self.image,
+            self.base,
+            self.minutes,
+            self.device,
+            row(self.run_button, self.cancel_button),
+            collapsed=True,
+        )
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self._ask_save)
@@ -108,7 +129,9 @@ class FinetuneSection:
         frames, _ = image_frames(self.image.value)
         truth = ground_truth_frames(np.asarray(ground_truth.data), len(frames))
         if truth.shape[1:] != frames.shape[1:3]:
-            raise ValueError(f"ground truth is {truth.shape[1:]} per frame but the image is {frames.shape[1:3]}")
+            raise ValueError(
+                f"ground truth is {truth.shape[1:]} per frame but the image is {frames.shape[1:3]}"
+            )
         chosen = [labeled.frame for labeled in self.step.labeled()]
         if not chosen:
             raise ValueError("no reviewed frames yet: correct a frame and mark it reviewed")
@@ -135,14 +158,26 @@ class FinetuneSection:
         self.result = self.forest = None
         self._progress = progress(total=100, desc="Fine-tuning detector")
         self.run_button.enabled, self.cancel_button.enabled, self.save_button.enabled = False, True, False
-        self.status.value = f"fine-tuning on {len(chosen)} reviewed frame(s) for up to {self.minutes.value:g} min…"
+        self.status.value = (
+            f"fine-tuning on {len(chosen)} reviewed frame(s) for up to {self.minutes.value:g} min…"
+        )
         self.comparison.setText("training…")
         results_dock(self.viewer).show_page(self.page, "Fine-tuning", front=True)
         self._timer.start()
         self.worker = self.step.work.run(
-            finetune_job, self.base_spec(), self.device.value, self.minutes.value, self.frames_per_domain,
-            images, truths, self._reports, self._stop,
-            cancel=self._stop.set, returned=self._on_done, errored=self._on_error, finished=self._on_finished,
+            finetune_job,
+            self.base_spec(),
+            self.device.value,
+            self.minutes.value,
+            self.frames_per_domain,
+            images,
+            truths,
+            self._reports,
+            self._stop,
+            cancel=self._stop.set,
+            returned=self._on_done,
+            errored=self._on_error,
+            finished=self._on_finished,
         )
 
     def cancel(self) -> None:
@@ -179,13 +214,18 @@ class FinetuneSection:
         if self.result.after is not None:
             held = ", ".join(str(self._frames[i]) for i in self.result.validation_frames)
             b, a = self.result.before, self.result.after
-            lines.insert(0, f"held-out frame(s) {held}: true F1 {b['f1']:.2f} → {a['f1']:.2f} (precision "
-                            f"{b['precision']:.2f} → {a['precision']:.2f}, recall {b['recall']:.2f} → "
-                            f"{a['recall']:.2f}; score threshold {self.result.score_threshold:g})")
+            lines.insert(
+                0,
+                f"held-out frame(s) {held}: true F1 {b['f1']:.2f} → {a['f1']:.2f} (precision "
+                f"{b['precision']:.2f} → {a['precision']:.2f}, recall {b['recall']:.2f} → "
+                f"{a['recall']:.2f}; score threshold {self.result.score_threshold:g})",
+            )
         self.comparison.setText("\n".join(lines))
         self.save_button.enabled = True
-        self.status.info("fine-tuned and its forest fitted: save them to detect the stack again with the new "
-                         "model (the Quality step's 'auto' forest finds the forest beside it)")
+        self.status.info(
+            "fine-tuned and its forest fitted: save them to detect the stack again with the new "
+            "model (the Quality step's 'auto' forest finds the forest beside it)"
+        )
 
     def _on_error(self, exc: Exception) -> None:
         from ..detector_forest import ForestFitCancelled
@@ -217,8 +257,10 @@ class FinetuneSection:
         except (ValueError, OSError) as exc:
             self.status.error(str(exc))
             return
-        self.status.info(f"saved {path} and {companion_forest_path(path).name}; the Detection step detects "
-                         "the stack again with the new model")
+        self.status.info(
+            f"saved {path} and {companion_forest_path(path).name}; the Detection step detects "
+            "the stack again with the new model"
+        )
         image = self.image.value
         self.step.session.detector_saved.emit(str(path), image.name if image is not None else "")
 
@@ -226,4 +268,3 @@ class FinetuneSection:
         path, _ = QFileDialog.getSaveFileName(self.step, "Save fine-tuned model", "", "Checkpoint (*.pt)")
         if path:
             self.save(path)
-

@@ -17,5 +17,9 @@ class DetectionQCWidget(QTabWidget):
         self.detection = DetectionWidget(napari_viewer)
         self.quality = QualityWidget(napari_viewer)
         self.training = TrainingWidget(napari_viewer)
-        for title, step in (("Detection", self.detection), ("Quality", self.quality), ("Training", self.training)):
+        for title, step in (
+            ("Detection", self.detection),
+            ("Quality", self.quality),
+            ("Training", self.training),
+        ):
             self.addTab(step, title)

@@ -22,15 +22,24 @@ SETTLE_MS = 150  # napari announces an edit before it writes the pixels; look af
 
 
 class PairSync:
-    def __init__(self, session: ViewerSession, masks: Labels, boxes: Shapes, report: Callable[[str], None],
-                 current_frame: Callable[[], int], owner: BackgroundWork):
+    def __init__(
+        self,
+        session: ViewerSession,
+        masks: Labels,
+        boxes: Shapes,
+        report: Callable[[str], None],
+        current_frame: Callable[[], int],
+        owner: BackgroundWork,
+    ):
         """``owner``: the background work of the widget that shows the reports; the pair is left
         alone once that widget is gone."""
         self.session, self.masks, self.boxes, self.report = session, masks, boxes, report
         self.current_frame, self.owner = current_frame, owner
         self._busy = False
         self._frames: set[int] = set()
-        self._deleted: dict[tuple[int, int], pd.Series] = {}  # boxes deleted with their masks, by (frame, label)
+        self._deleted: dict[
+            tuple[int, int], pd.Series
+        ] = {}  # boxes deleted with their masks, by (frame, label)
         self._settle = QTimer(owner)
         self._settle.setSingleShot(True)
         self._settle.setInterval(SETTLE_MS)
@@ -47,8 +56,12 @@ class PairSync:
         self.boxes.events.data.disconnect(self._on_boxes)
 
     def _ready(self) -> bool:
-        return (not self.owner.closed and not self._busy and not self.session.is_busy(self.masks, self.boxes)
-                and PAIR_COLUMNS <= set(self.boxes.features.columns))
+        return (
+            not self.owner.closed
+            and not self._busy
+            and not self.session.is_busy(self.masks, self.boxes)
+            and set(self.boxes.features.columns) >= PAIR_COLUMNS
+        )
 
     def _on_paint(self, event) -> None:
         if self._ready():
@@ -71,9 +84,14 @@ class PairSync:
         if not self._ready():
             return
         data, features = labels_data(self.masks), self.boxes.features
-        frames = {t for t in frames if (data.ndim == 2 or 0 <= t < data.shape[0])
-                  and not np.array_equal(present_labels(data if data.ndim == 2 else data[t]),
-                                         np.unique(frame_box_ids(features, t)))}
+        frames = {
+            t
+            for t in frames
+            if (data.ndim == 2 or 0 <= t < data.shape[0])
+            and not np.array_equal(
+                present_labels(data if data.ndim == 2 else data[t]), np.unique(frame_box_ids(features, t))
+            )
+        }
         if frames:
             self._drop_orphan_manual_boxes(frames)
             self.add_boxes(frames)
@@ -110,8 +128,9 @@ class PairSync:
             self._busy = False
         restored = sum((r["origin"] != ORIGIN_MANUAL).sum() for r in rows)
         added = len(vertices) - restored
-        parts = ([f"added {added} box(es) for the mask(s) you painted (score 1, marked manual)"] if added else []) + (
-            [f"restored {restored} box(es) with their masks"] if restored else [])
+        parts = (
+            [f"added {added} box(es) for the mask(s) you painted (score 1, marked manual)"] if added else []
+        ) + ([f"restored {restored} box(es) with their masks"] if restored else [])
         self.report("; ".join(parts))
 
     def _drop_orphan_manual_boxes(self, frames: set[int]) -> None:
@@ -122,7 +141,9 @@ class PairSync:
         data = labels_data(self.masks)
         orphans = []
         for t in frames:
-            rows = np.flatnonzero((features["frame"].to_numpy() == t) & (features["origin"].to_numpy() == ORIGIN_MANUAL))
+            rows = np.flatnonzero(
+                (features["frame"].to_numpy() == t) & (features["origin"].to_numpy() == ORIGIN_MANUAL)
+            )
             if not rows.size or (data.ndim == 3 and not 0 <= t < data.shape[0]):
                 continue
             frame = data if data.ndim == 2 else data[t]
@@ -167,8 +188,10 @@ class PairSync:
                 self.masks.data_setitem(indices, 0)
         finally:
             self._busy = False
-        self.report(f"removed the mask(s) of {len(removed)} deleted box(es); undo on '{self.masks.name}' "
-                    "brings the masks back with their boxes")
+        self.report(
+            f"removed the mask(s) of {len(removed)} deleted box(es); undo on '{self.masks.name}' "
+            "brings the masks back with their boxes"
+        )
 
 
 def present_labels(frame: np.ndarray) -> np.ndarray:

@@ -74,7 +74,9 @@ class QualityPlot(FigureCanvasQTAgg):
         """Estimated true count (grey, with its 90% band) and the raw detection count (dots), right axis."""
         axes = self.count_axes
         frames = table["frame"].to_numpy()
-        axes.fill_between(frames, table["count_low"], table["count_high"], color="#b0b0b0", alpha=0.12, step="mid")
+        axes.fill_between(
+            frames, table["count_low"], table["count_high"], color="#b0b0b0", alpha=0.12, step="mid"
+        )
         axes.plot(frames, table["count_estimate"], color="#b0b0b0", lw=1.0, label="estimated count")
         axes.plot(frames, table["count"], ".", color="#b0b0b0", ms=3, label="detections")
         axes.set_ylim(bottom=0)
@@ -89,8 +91,15 @@ class QualityPlot(FigureCanvasQTAgg):
         high = [row[f"{name}_high"] if f"{name}_high" in row else row[name] for name in names]
         colours = ["#e3b55a", "#9ad18b", "#e0475b" if row["f1"] < threshold else "#4a90d9"]
         axes.barh(names, values, color=colours, height=0.55)
-        axes.errorbar(values, names, xerr=[np.subtract(values, low), np.subtract(high, values)], fmt="none",
-                      ecolor=FOREGROUND, capsize=3, lw=1)
+        axes.errorbar(
+            values,
+            names,
+            xerr=[np.subtract(values, low), np.subtract(high, values)],
+            fmt="none",
+            ecolor=FOREGROUND,
+            capsize=3,
+            lw=1,
+        )
         axes.axvline(threshold, color=FOREGROUND, ls="--", lw=0.8)
         axes.set_xlim(0, 1.03)
         axes.set_xlabel("predicted value (error bars: 90% interval)")
@@ -111,8 +120,16 @@ class QualityPlot(FigureCanvasQTAgg):
         axes.scatter(frames[~poor], f1[~poor], s=18, color="#4a90d9", zorder=3, label="predicted F1")
         axes.scatter(frames[poor], f1[poor], s=22, color="#e0475b", zorder=3, label=f"F1 < {threshold:g}")
         if outside.any():
-            axes.scatter(frames[outside], f1[outside], s=80, facecolors="none", edgecolors="#ff9f1c",
-                         linewidths=1.4, zorder=4, label="out of domain")
+            axes.scatter(
+                frames[outside],
+                f1[outside],
+                s=80,
+                facecolors="none",
+                edgecolors="#ff9f1c",
+                linewidths=1.4,
+                zorder=4,
+                label="out of domain",
+            )
         axes.axhline(threshold, color=FOREGROUND, ls="--", lw=0.8)
         axes.set_ylim(-0.04, 1.06)  # room for the markers at 0 and 1
         axes.set_xlim(frames.min() - 0.6, frames.max() + 0.6)
@@ -132,7 +149,12 @@ class QualityPlot(FigureCanvasQTAgg):
         self.draw_idle()
 
     def _on_click(self, event) -> None:
-        if event.inaxes not in (self.axes, self.count_axes) or event.xdata is None or self.table is None or len(self.table) < 2:
+        if (
+            event.inaxes not in (self.axes, self.count_axes)
+            or event.xdata is None
+            or self.table is None
+            or len(self.table) < 2
+        ):
             return
         frames = self.table["frame"].to_numpy()
         self.frame_clicked.emit(int(frames[np.argmin(np.abs(frames - event.xdata))]))
@@ -157,8 +179,14 @@ class ParityPlot(FigureCanvasQTAgg):
         true_f1, predicted_f1 = np.asarray(true_f1), np.asarray(predicted_f1)
         is_new = np.asarray(is_new, dtype=bool)
         axes.plot([0, 1], [0, 1], color=FOREGROUND, ls="--", lw=0.8)
-        axes.scatter(true_f1[~is_new], predicted_f1[~is_new], s=6, color="#4a90d9", alpha=0.5,
-                     label="earlier training frames")
+        axes.scatter(
+            true_f1[~is_new],
+            predicted_f1[~is_new],
+            s=6,
+            color="#4a90d9",
+            alpha=0.5,
+            label="earlier training frames",
+        )
         axes.scatter(true_f1[is_new], predicted_f1[is_new], s=24, color="#ff9f1c", label="your frames")
         axes.set_xlim(-0.02, 1.02)
         axes.set_ylim(-0.02, 1.02)

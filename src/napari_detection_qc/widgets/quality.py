@@ -7,6 +7,7 @@ use them; a forest that needs more than the layers hold says which setting to de
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -57,10 +58,24 @@ FOREST_LI2025 = "li2025 (authors' detectron2 model)"
 FOREST_SESSION = "from the Training step"
 FOREST_FILE = "from file"
 FOREST_CHOICES = (FOREST_AUTO, FOREST_DEFAULT, FOREST_LI2025, FOREST_SESSION, FOREST_FILE)
-CHOICE_OF_LABEL = {FOREST_AUTO: ForestChoice.AUTO, FOREST_DEFAULT: ForestChoice.DEFAULT,
-                   FOREST_LI2025: ForestChoice.LI2025, FOREST_FILE: ForestChoice.FILE}
-TABLE_COLUMNS = ("count", "f1", "f1_low", "f1_high", "precision", "recall", "in_domain", "count_estimate",
-                 "count_low", "count_high")
+CHOICE_OF_LABEL = {
+    FOREST_AUTO: ForestChoice.AUTO,
+    FOREST_DEFAULT: ForestChoice.DEFAULT,
+    FOREST_LI2025: ForestChoice.LI2025,
+    FOREST_FILE: ForestChoice.FILE,
+}
+TABLE_COLUMNS = (
+    "count",
+    "f1",
+    "f1_low",
+    "f1_high",
+    "precision",
+    "recall",
+    "in_domain",
+    "count_estimate",
+    "count_low",
+    "count_high",
+)
 PHYSICAL_COLUMNS = ("density_per_um2", "mean_diameter_nm", "p_true_mean_diameter_nm")
 ESTIMATE_COLUMNS = ("density_estimate_per_um2", "density_low_per_um2", "density_high_per_um2", "count_note")
 DEBOUNCE_MS = 300
@@ -131,10 +146,15 @@ class QualityWidget(Step):
         self.export_coco_button = PushButton(text="Export COCO…")
         self.summary = StatusLine()  # the stack's mean estimated density (or count) with its interval
         self.add_section("Detections", self.masks, self.boxes)
-        self.add_section("Forest", self.forest_choice, self.forest_file, self.forest_name, self.forest_note,
-                         self.threshold)
-        self.add_section("Predict", self.auto_update,
-                         row(self.compute_button, self.export_button, self.export_coco_button), self.summary)
+        self.add_section(
+            "Forest", self.forest_choice, self.forest_file, self.forest_name, self.forest_note, self.threshold
+        )
+        self.add_section(
+            "Predict",
+            self.auto_update,
+            row(self.compute_button, self.export_button, self.export_coco_button),
+            self.summary,
+        )
 
         self.table: pd.DataFrame | None = None
         self.features: pd.DataFrame | None = None
@@ -209,8 +229,14 @@ class QualityWidget(Step):
         for emitter in self._watched:
             self.work.listen(emitter, self.schedule)
         if masks is not None and boxes is not None:
-            self._sync = PairSync(self.session, masks, boxes, self.work.guarded(self.status.info),
-                                  lambda: self.viewer.dims.current_step[0], self.work)
+            self._sync = PairSync(
+                self.session,
+                masks,
+                boxes,
+                self.work.guarded(self.status.info),
+                lambda: self.viewer.dims.current_step[0],
+                self.work,
+            )
         self.schedule()
 
     def schedule(self, _event=None) -> None:
@@ -231,7 +257,9 @@ class QualityWidget(Step):
             if self.session.forest is None:
                 raise ValueError("no forest refit or loaded in the Training step yet")
             return self.session.forest, self.session.source
-        reference = forest_reference(CHOICE_OF_LABEL[choice], layer_detector(self.boxes.value), self.forest_file.value)
+        reference = forest_reference(
+            CHOICE_OF_LABEL[choice], layer_detector(self.boxes.value), self.forest_file.value
+        )
         return reference, reference.name
 
     # -- computing ---------------------------------------------------------------------------------
@@ -260,9 +288,16 @@ class QualityWidget(Step):
         loading = isinstance(forest, ForestReference) and not is_loaded(forest.key)
         self.status.value = "loading the forest and predicting quality…" if loading else "predicting quality…"
         self.worker = self.work.run(
-            quality_with_readouts, stack, forest, layer_detector(boxes), pixel_size_from_layer(boxes),
-            labels_data(masks), boxes.features.copy(), signals,
-            returned=lambda result: self._show(result, name, signals), errored=self._on_error,
+            quality_with_readouts,
+            stack,
+            forest,
+            layer_detector(boxes),
+            pixel_size_from_layer(boxes),
+            labels_data(masks),
+            boxes.features.copy(),
+            signals,
+            returned=lambda result: self._show(result, name, signals),
+            errored=self._on_error,
             finished=self._on_finished,
         )
 
@@ -291,7 +326,12 @@ class QualityWidget(Step):
     def _show(self, result: LayerQuality, name: str, signals: list[dict]) -> None:
         if not alive(self.panel):
             return  # the viewer closed while the worker ran
-        self.table, self.features, ignored, warning = result.table, result.features, result.unboxed, result.warning
+        self.table, self.features, ignored, warning = (
+            result.table,
+            result.features,
+            result.unboxed,
+            result.warning,
+        )
         forest = self.forest = self.session.in_use = result.forest
         self.forest_name.setText(f"using: {name} ({forest.n_training} training frames)")
         self.forest_note.value = forest.scoring_note(detected_with_signals=any(signals))
@@ -300,8 +340,10 @@ class QualityWidget(Step):
         self._redraw()
         poor = int((self.table["f1"] < self.threshold.value).sum())
         outside = int((~self.table["in_domain"]).sum())
-        message = (f"{len(self.table)} frame(s): mean predicted F1 {self.table['f1'].mean():.2f}; "
-                   f"{poor} under {self.threshold.value:g}, {outside} out of domain")
+        message = (
+            f"{len(self.table)} frame(s): mean predicted F1 {self.table['f1'].mean():.2f}; "
+            f"{poor} under {self.threshold.value:g}, {outside} out of domain"
+        )
         self.summary.value = stack_summary(self.table).describe()
         if ignored:
             message += f"; {ignored} mask(s) without a box ignored"
@@ -353,7 +395,8 @@ class QualityWidget(Step):
         if r["count"] == 0:  # every feature is 0: no feature "pulls" anything
             self.panel.explanation.setText(
                 f"{text}; no detections here: frames like it often held objects the detector missed. If it "
-                "truly has none, mark it 'Checked: no objects' in the Training step")
+                "truly has none, mark it 'Checked: no objects' in the Training step"
+            )
             return
         try:
             contributions = frame_contributions(self.forest, self.features.iloc[[frame]]).iloc[0]
@@ -362,8 +405,9 @@ class QualityWidget(Step):
             return
         pushed_down = strongest_negative(contributions)
         if pushed_down:
-            text += "; pulled down by: " + ", ".join(f"{feature_label(name)} ({value:+.2f})"
-                                                     for name, value in pushed_down)
+            text += "; pulled down by: " + ", ".join(
+                f"{feature_label(name)} ({value:+.2f})" for name, value in pushed_down
+            )
         self.panel.explanation.setText(text)
 
     # -- export ------------------------------------------------------------------------------------
@@ -381,8 +425,9 @@ class QualityWidget(Step):
         except ValueError as exc:
             self.status.error(f"nothing to export: {exc}")
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export detections as COCO", "detections.json",
-                                              "COCO JSON (*.json)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export detections as COCO", "detections.json", "COCO JSON (*.json)"
+        )
         if path:
             self.export_coco(path)
 
@@ -394,8 +439,13 @@ class QualityWidget(Step):
         masks, boxes = self.masks.value, self.boxes.value
         try:
             stack = detections_from_layers(masks, boxes)
-            document = detections_document(labels_data(masks), boxes.data, boxes.features, pair_record(boxes.metadata),
-                                           source_file_name(self.viewer, boxes))
+            document = detections_document(
+                labels_data(masks),
+                boxes.data,
+                boxes.features,
+                pair_record(boxes.metadata),
+                source_file_name(self.viewer, boxes),
+            )
         except ValueError as exc:
             self.status.error(str(exc))
             return None
@@ -418,7 +468,7 @@ def source_file_name(viewer, boxes) -> str:
     our reader, which records it, or by any other, which napari records as the layer's source),
     else the image layer's name."""
     image_name = pair_record(boxes.metadata).get("image_layer") or boxes.name.removesuffix(" boxes")
-    image = viewer.layers[image_name] if image_name in viewer.layers else None
+    image = viewer.layers.get(image_name, None)
     source = None
     if image is not None:
         source = pair_record(image.metadata).get("source") or getattr(image.source, "path", None)
@@ -432,8 +482,10 @@ def check_signals(forest: QualityForest, signals: list[dict]) -> None:
     lacking = frames_lacking(required, signals)
     if lacking:
         shown = ", ".join(map(str, lacking[:5])) + ("…" if len(lacking) > 5 else "")
-        raise ValueError(f"this forest needs the detector's signals, which frame(s) {shown} lack: detect again "
-                         f"with quality signals '{required}' (Detection step), or choose another forest")
+        raise ValueError(
+            f"this forest needs the detector's signals, which frame(s) {shown} lack: detect again "
+            f"with quality signals '{required}' (Detection step), or choose another forest"
+        )
 
 
 @dataclass
@@ -449,9 +501,15 @@ class LayerQuality:
     warning: str | None
 
 
-def quality_with_readouts(stack, forest: QualityForest | ForestReference, detector: dict | None,
-                          pixel_size_nm: float | None, labels, box_features,
-                          signals: list[dict] | None = None) -> LayerQuality:
+def quality_with_readouts(
+    stack,
+    forest: QualityForest | ForestReference,
+    detector: dict | None,
+    pixel_size_nm: float | None,
+    labels,
+    box_features,
+    signals: list[dict] | None = None,
+) -> LayerQuality:
     """Worker body: load the forest if it is a reference (once per process), check that the
     detections carry the signals it needs, and predict; also builds the cached explainer, all off
     the UI thread. ``signals``: each frame's stored detector signals (``stored_signals``)."""
@@ -463,13 +521,12 @@ def quality_with_readouts(stack, forest: QualityForest | ForestReference, detect
     check_signals(forest, signals or [])
     table, features = predicted_quality(stack, forest, signals)
     if len(features):
-        try:
+        with suppress(ExplanationUnavailable):  # the explanation line says what to install
             frame_contributions(forest, features.iloc[:1])
-        except ExplanationUnavailable:
-            pass  # the explanation line says what to install
     if pixel_size_nm:
         readouts = physical_readouts(stack, pixel_size_nm)
         table = pd.concat([table, readouts.loc[:, list(PHYSICAL_COLUMNS)]], axis=1)
     table = with_count_estimates(table, stack.image_shape, pixel_size_nm)
-    return LayerQuality(table, features, forest, count_unboxed(labels, box_features),
-                        forest.detector_mismatch(detector))
+    return LayerQuality(
+        table, features, forest, count_unboxed(labels, box_features), forest.detector_mismatch(detector)
+    )

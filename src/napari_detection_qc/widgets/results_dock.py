@@ -45,7 +45,9 @@ def results_dock(viewer) -> ResultsDock:
     if dock is None or not alive(dock):
         dock = session.results = ResultsDock()
     window = getattr(viewer, "window", None)
-    open_window = window is not None and getattr(window, "_qt_window", None) is not None  # napari drops it on close
+    open_window = (
+        window is not None and getattr(window, "_qt_window", None) is not None
+    )  # napari drops it on close
     if dock.parent() is None and open_window:  # a result that arrives after the viewer closed shows nowhere
         window.add_dock_widget(dock, name=DOCK_NAME, area="bottom")
     holder = dock.parent()

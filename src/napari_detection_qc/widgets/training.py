@@ -50,8 +50,15 @@ if TYPE_CHECKING:
     from ..training_set import TrainingSet
 
 SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
-SCORE_HEADERS = {"tp": "TP", "fp": "FP", "fn": "FN", "precision": "P", "recall": "R", "f1": "F1",
-                 "predicted_f1": "pred. F1"}
+SCORE_HEADERS = {
+    "tp": "TP",
+    "fp": "FP",
+    "fn": "FN",
+    "precision": "P",
+    "recall": "R",
+    "f1": "F1",
+    "predicted_f1": "pred. F1",
+}
 LIST_ROWS = 3
 TABLE_ROWS = 2
 PARITY_MAX_WIDTH = 420
@@ -61,7 +68,8 @@ PREDICTION_OUTLINE_PX = 2
 def is_ground_truth(layer) -> bool:
     """A layer seeded here, or one whose name says it is ground truth."""
     return GroundTruthRecord.from_metadata(layer.metadata).seeded_from is not None or layer.name.endswith(
-        "ground truth")
+        "ground truth"
+    )
 
 
 def list_rows_high(widget: QListWidget, rows: int) -> None:
@@ -80,13 +88,16 @@ class TrainingWidget(Step):
         super().__init__(napari_viewer)
         self.masks = LayerPicker(napari_viewer, Labels, "predicted masks", prefer=has_detection_record)
         self.boxes = LayerPicker(napari_viewer, Shapes, "predicted boxes", prefer=has_scores)
-        self.ground_truth = LayerPicker(napari_viewer, Labels, "ground truth", prefer=is_ground_truth,
-                                        only_fallback=False)
+        self.ground_truth = LayerPicker(
+            napari_viewer, Labels, "ground truth", prefer=is_ground_truth, only_fallback=False
+        )
         self.seed_button = PushButton(text="Start ground truth from predictions")
         self.outline_predictions = CheckBox(
-            text="predicted masks as outlines", value=True,
+            text="predicted masks as outlines",
+            value=True,
             tooltip="while you edit the ground truth, the predicted masks under it show as outlines, so a "
-                    "mask you delete or change visibly differs from the prediction")
+            "mask you delete or change visibly differs from the prediction",
+        )
         self.coco_button = PushButton(text="Load COCO ground truth…")
         self.reviewed_button = PushButton(text="Frame reviewed ✓")
         self.empty_button = PushButton(text="Checked: no objects")
@@ -95,8 +106,10 @@ class TrainingWidget(Step):
         self.iou = FloatSpinBox(label="IoU threshold", value=0.1, min=0.0, max=1.0, step=0.05)
         self.score_button = PushButton(text="Score labeled frames")
         self.rank_button = PushButton(text="Label next…")
-        self.rank_button.tooltip = ("rank the frames not yet labeled by how much correcting them is expected to help; "
-                                    "the list opens under the canvas, a click goes to the frame")
+        self.rank_button.tooltip = (
+            "rank the frames not yet labeled by how much correcting them is expected to help; "
+            "the list opens under the canvas, a click goes to the frame"
+        )
         self.score_table = QTableWidget(0, len(SCORE_COLUMNS))
         self.score_table.setHorizontalHeaderLabels([SCORE_HEADERS[c] for c in SCORE_COLUMNS])
         self.score_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -112,13 +125,21 @@ class TrainingWidget(Step):
         self.save_set_button = PushButton(text="Save training set…")
         self.load_set_button = PushButton(text="Load training set…")
         self.add_section("Layers", self.masks, self.boxes, self.ground_truth)
-        self.add_section("Ground truth", row(self.seed_button, self.coco_button),
-                         row(self.reviewed_button, self.empty_button), self.outline_predictions,
-                         QLabel("labeled frames (click to go there):"), self.frame_list)
+        self.add_section(
+            "Ground truth",
+            row(self.seed_button, self.coco_button),
+            row(self.reviewed_button, self.empty_button),
+            self.outline_predictions,
+            QLabel("labeled frames (click to go there):"),
+            self.frame_list,
+        )
         self.add_section("True quality", self.iou, row(self.score_button, self.rank_button), self.score_table)
         self.add_section("Refit forest", self.mode, self.refit_button, self.metrics)
-        self.add_section("Files", row(self.save_forest_button, self.load_forest_button),
-                         row(self.save_set_button, self.load_set_button))
+        self.add_section(
+            "Files",
+            row(self.save_forest_button, self.load_forest_button),
+            row(self.save_set_button, self.load_set_button),
+        )
         self.finetune = FinetuneSection(self)
 
         self.training_set: TrainingSet | None = None
@@ -209,7 +230,9 @@ class TrainingWidget(Step):
         data = np.array(labels_data(masks), copy=True)
         layer = self._add_ground_truth(masks, data, GroundTruthRecord(seeded_from=masks.name).to_metadata({}))
         if layer is not None:
-            self.status.info(f"'{layer.name}' seeded from predictions: correct a frame, then mark it reviewed")
+            self.status.info(
+                f"'{layer.name}' seeded from predictions: correct a frame, then mark it reviewed"
+            )
         return layer
 
     def load_coco_ground_truth(self, path) -> None:
@@ -221,8 +244,9 @@ class TrainingWidget(Step):
             self.status.error("pick the predicted masks layer: the COCO images are matched to its image")
             return
         if seeded_name(masks.name) in self.viewer.layers:
-            self.status.error(f"'{seeded_name(masks.name)}' exists already; rename or delete it first (nothing "
-                              "overwritten)")
+            self.status.error(
+                f"'{seeded_name(masks.name)}' exists already; rename or delete it first (nothing overwritten)"
+            )
             return
         shape = labels_data(masks).shape
         n_frames = 1 if len(shape) == 2 else shape[0]
@@ -233,12 +257,24 @@ class TrainingWidget(Step):
             metadata = record.to_metadata({METADATA_KEY: {"source": str(path)}})
             layer = self._add_ground_truth(masks, truth[0] if len(shape) == 2 else truth, metadata)
             if layer is not None:
-                boxes_only = f"; {box_only} box-only annotation(s) drawn as the ellipse in each box" if box_only else ""
-                self.status.info(f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s)"
-                                 f"{boxes_only}")
+                boxes_only = (
+                    f"; {box_only} box-only annotation(s) drawn as the ellipse in each box"
+                    if box_only
+                    else ""
+                )
+                self.status.info(
+                    f"'{layer.name}' loaded from {Path(path).name}: {n_frames} labeled frame(s){boxes_only}"
+                )
 
-        self._load(coco_stack_labels, path, masks.name.removesuffix(" masks"), n_frames, shape[-2:], done=add,
-                   what=f"reading {Path(path).name}…")
+        self._load(
+            coco_stack_labels,
+            path,
+            masks.name.removesuffix(" masks"),
+            n_frames,
+            shape[-2:],
+            done=add,
+            what=f"reading {Path(path).name}…",
+        )
 
     def _load(self, function, *args, done, what: str) -> None:
         """Read a file in the background (``function(*args)``), then ``done(result)``; a file that
@@ -251,8 +287,9 @@ class TrainingWidget(Step):
         def finished() -> None:
             self.loader = None
 
-        self.loader = self.work.run(function, *args, returned=done, finished=finished,
-                                    errored=lambda exc: self.status.error(str(exc)))
+        self.loader = self.work.run(
+            function, *args, returned=done, finished=finished, errored=lambda exc: self.status.error(str(exc))
+        )
 
     def _add_ground_truth(self, masks: Labels, data: np.ndarray, metadata: dict) -> Labels | None:
         """A new Labels layer '<image> ground truth' beside the masks; never replaces one."""
@@ -269,7 +306,9 @@ class TrainingWidget(Step):
         """Predicted masks as outlines while a ground truth is being edited over them (else filled)."""
         masks = self.masks.value
         if masks is not None:
-            masks.contour = PREDICTION_OUTLINE_PX if self.outline_predictions.value and self.ground_truth.value else 0
+            masks.contour = (
+                PREDICTION_OUTLINE_PX if self.outline_predictions.value and self.ground_truth.value else 0
+            )
 
     def _watch_truth(self, _value=None) -> None:
         """Painting on a frame of the ground truth marks that frame reviewed (and says so)."""
@@ -317,7 +356,11 @@ class TrainingWidget(Step):
             with layer.block_history():
                 layer.data_setitem(where, 0)
         self.mark_reviewed(frame, quiet=True)
-        undo = f" ({where[0].size} pixels cleared; undo on '{layer.name}' restores them)" if where[0].size else ""
+        undo = (
+            f" ({where[0].size} pixels cleared; undo on '{layer.name}' restores them)"
+            if where[0].size
+            else ""
+        )
         self.status.info(f"frame {frame} counts as labeled with no objects{undo}")
 
     # -- true quality ------------------------------------------------------------------------------
@@ -330,7 +373,9 @@ class TrainingWidget(Step):
 
         truth = ground_truth_frames(labels_data(layer), len(stack))
         if truth.shape[1:] != stack.image_shape:
-            raise ValueError(f"ground truth is {truth.shape[1:]} per frame but the masks are {stack.image_shape}")
+            raise ValueError(
+                f"ground truth is {truth.shape[1:]} per frame but the masks are {stack.image_shape}"
+            )
         frames = [f.frame for f in self.labeled()]
         if not frames:
             raise ValueError("no labeled frames yet: correct a frame and mark it reviewed")
@@ -371,8 +416,9 @@ class TrainingWidget(Step):
                 text = f"{value:.2f}" if isinstance(value, (float, np.floating)) else str(value)
                 self.score_table.setItem(r, c, QTableWidgetItem(text))
         self.score_table.resizeColumnsToContents()
-        self.status.value = (f"{len(scores)} labeled frame(s): mean true F1 {scores['f1'].mean():.2f}"
-                             + (f", mean predicted {scores['predicted_f1'].mean():.2f}" if forest else ""))
+        self.status.value = f"{len(scores)} labeled frame(s): mean true F1 {scores['f1'].mean():.2f}" + (
+            f", mean predicted {scores['predicted_f1'].mean():.2f}" if forest else ""
+        )
         return scores
 
     # -- label next --------------------------------------------------------------------------------
@@ -390,8 +436,16 @@ class TrainingWidget(Step):
         labeled = [f.frame for f in self.labeled()]
         self.rank_button.enabled = False
         self.status.value = f"ranking {len(stack) - len(labeled)} frame(s)…"
-        self.work.run(label_next_job, stack, self.base_forest(), self._stored_signals(len(stack)), labeled,
-                      returned=self._show_ranked, errored=self._on_rank_error, finished=self._on_rank_finished)
+        self.work.run(
+            label_next_job,
+            stack,
+            self.base_forest(),
+            self._stored_signals(len(stack)),
+            labeled,
+            returned=self._show_ranked,
+            errored=self._on_rank_error,
+            finished=self._on_rank_finished,
+        )
 
     def _show_ranked(self, ranked: list[RankedFrame]) -> None:
         if not alive(self.next_list):
@@ -403,8 +457,11 @@ class TrainingWidget(Step):
             self.next_list.addItem(f"frame {item.frame}: {item.reason}")
             self.next_list.item(self.next_list.count() - 1).setData(256, item.frame)
             self.next_list.item(self.next_list.count() - 1).setToolTip(item.reason)
-        self.status.value = (f"label frame {ranked[0].frame} next ({len(ranked)} ranked)" if ranked
-                             else "every frame is labelled")
+        self.status.value = (
+            f"label frame {ranked[0].frame} next ({len(ranked)} ranked)"
+            if ranked
+            else "every frame is labelled"
+        )
 
     def _on_rank_error(self, exc: Exception) -> None:
         self.status.error(f"ranking failed: {exc}")
@@ -436,10 +493,20 @@ class TrainingWidget(Step):
         self.refit_button.enabled = False
         self.status.value = f"refitting with {len(frames)} labeled frame(s) of yours…"
         self.worker = self.work.run(
-            refit_job, stack, truth, frames, self.iou.value, self.ground_truth.value.name,
-            self._stored_signals(len(stack)), mode, self.training_set, self.base_forest(),
+            refit_job,
+            stack,
+            truth,
+            frames,
+            self.iou.value,
+            self.ground_truth.value.name,
+            self._stored_signals(len(stack)),
+            mode,
+            self.training_set,
+            self.base_forest(),
             layer_detector(self.boxes.value),
-            returned=self._on_refit, errored=self._on_refit_error, finished=self._on_refit_finished,
+            returned=self._on_refit,
+            errored=self._on_refit_error,
+            finished=self._on_refit_finished,
         )
 
     def _on_refit(self, result: RefitOutcome) -> None:
@@ -456,9 +523,14 @@ class TrainingWidget(Step):
             from ..refit import cv_report
 
             report = cv_report(cv, training, new_sources)
-            self.metrics.setText("5-fold cross-validated F1 (MAE / RMSE / R²)<br>" + "<br>".join(
-                f"{name}, {int(r.n)} frames: {r.mae:.3f} / {r.rmse:.3f} / "
-                + ("–" if np.isnan(r.r2) else f"{r.r2:.2f}") for name, r in report.iterrows()))
+            self.metrics.setText(
+                "5-fold cross-validated F1 (MAE / RMSE / R²)<br>"
+                + "<br>".join(
+                    f"{name}, {int(r.n)} frames: {r.mae:.3f} / {r.rmse:.3f} / "
+                    + ("–" if np.isnan(r.r2) else f"{r.r2:.2f}")
+                    for name, r in report.iterrows()
+                )
+            )
             predictions = cv.predictions
             is_new = [training.sources[r] in new_sources for r in predictions["row"]]
             self.parity.show_predictions(predictions["true_f1"], predictions["f1"], is_new)
@@ -564,8 +636,18 @@ class RefitOutcome:
     new_sources: set[str]
 
 
-def refit_job(stack, truth, frames, iou: float, source: str, signals, mode: RefitMode,
-              training_set: TrainingSet | None, base: QualityForest | str, detector: dict | None) -> RefitOutcome:
+def refit_job(
+    stack,
+    truth,
+    frames,
+    iou: float,
+    source: str,
+    signals,
+    mode: RefitMode,
+    training_set: TrainingSet | None,
+    base: QualityForest | str,
+    detector: dict | None,
+) -> RefitOutcome:
     """Worker body: the labeled frames' rows, the training set for the refit mode, and the refit
     (loading the base forest first when it is named, not loaded)."""
     from ..refit import labeled_rows, refit_forest, training_for_refit
