@@ -378,7 +378,7 @@ class DetectionWidget(Step):
         self.session.detections_changed.emit(masks, boxes, False)
 
     def _existing(self, name: str, layer_type):
-        layer = self.viewer.layers.get(name, None)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (a LayerList)
         return layer if isinstance(layer, layer_type) else None
 
     def _layers_gone(self) -> bool:

@@ -468,7 +468,7 @@ def source_file_name(viewer, boxes) -> str:
     our reader, which records it, or by any other, which napari records as the layer's source),
     else the image layer's name."""
     image_name = pair_record(boxes.metadata).get("image_layer") or boxes.name.removesuffix(" boxes")
-    image = viewer.layers.get(image_name, None)
+    image = viewer.layers[image_name] if image_name in viewer.layers else None  # noqa: SIM401 (a LayerList)
     source = None
     if image is not None:
         source = pair_record(image.metadata).get("source") or getattr(image.source, "path", None)
