@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from results_file import emps_frame, emps_sources
 
+from napari_detection_qc.detections.matching import boxes_from_labels, match_frame
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector
-from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.synthetic import (
     EMPTY_FRAME_FAMILIES,
     PRESETS,

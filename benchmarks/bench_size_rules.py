@@ -32,6 +32,7 @@ from bench_detector import SLOW_FAMILIES, held_out_frames
 from results_file import detector_cache, emps_frame, emps_sources, write_section
 from sklearn.model_selection import GroupKFold, KFold
 
+from napari_detection_qc.detections.matching import boxes_from_labels, match_frame
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector, save_checkpoint
 from napari_detection_qc.engines.base import as_grayscale
 from napari_detection_qc.engines.intensity import scale_to_255
@@ -42,9 +43,8 @@ from napari_detection_qc.engines.scaling import (
     size_from_ladder,
 )
 from napari_detection_qc.engines.size_chooser import WITHIN, SizeChooser
-from napari_detection_qc.matching import boxes_from_labels, match_frame
-from napari_detection_qc.study_frames import frame_plan, study_frame
 from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES, family_frame
+from napari_detection_qc.synthetic.study_frames import frame_plan, study_frame
 
 COMMAND = "PYTHONPATH=src python benchmarks/bench_size_rules.py"
 CACHE = Path(__file__).parent / "cache" / "ladders"

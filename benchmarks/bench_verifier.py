@@ -33,6 +33,13 @@ from bench_size_rules import VALIDATION_SEED
 from results_file import detector_cache, emps_frame, emps_sources, write_section
 from sklearn.model_selection import GroupKFold
 
+from napari_detection_qc.detections.matching import (
+    PAPER_IOU_THRESHOLD,
+    box_iou_matrix,
+    boxes_from_labels,
+    greedy_matches,
+    match_frame,
+)
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector, save_checkpoint
 from napari_detection_qc.engines.base import as_grayscale
 from napari_detection_qc.engines.detection_verifier import (
@@ -43,13 +50,6 @@ from napari_detection_qc.engines.detection_verifier import (
     kept_detections,
 )
 from napari_detection_qc.engines.intensity import scale_to_255
-from napari_detection_qc.matching import (
-    PAPER_IOU_THRESHOLD,
-    box_iou_matrix,
-    boxes_from_labels,
-    greedy_matches,
-    match_frame,
-)
 from napari_detection_qc.synthetic import (
     EMPTY_FRAME_FAMILIES,
     PRESETS,

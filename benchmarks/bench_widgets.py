@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_detection_qc.forest_choice import load_forest
+    from napari_detection_qc.quality.forest_choice import load_forest
     from napari_detection_qc.synthetic import PRESETS, make_stack
     from napari_detection_qc.widgets import DetectionWidget, QualityWidget
     from napari_detection_qc.widgets.quality import FOREST_DEFAULT

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_detection_qc.detections.matching import box_iou_matrix
 from napari_detection_qc.engines.detectron2_engine import Detectron2Detector, detectron2_available
-from napari_detection_qc.matching import box_iou_matrix
 from napari_detection_qc.synthetic import make_frame
 
 # Output spreads of a trained detector that the random model is scaled to (logit/delta std).

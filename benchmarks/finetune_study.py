@@ -32,14 +32,14 @@ import pandas as pd
 import torch
 from results_file import EMPS, RESULTS, emps_frame, write_section
 
-from napari_detection_qc.detector_forest import fit_detector_forest
+from napari_detection_qc.detections.matching import boxes_from_labels, match_frame
+from napari_detection_qc.detections.metrics import regression_metrics
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.checkpoint import state_dict_sha256
 from napari_detection_qc.engines.finetune import finetune
 from napari_detection_qc.engines.torchvision_maskrcnn import TorchvisionDetector, build_maskrcnn
-from napari_detection_qc.features import detections_features
-from napari_detection_qc.matching import boxes_from_labels, match_frame
-from napari_detection_qc.metrics import regression_metrics
+from napari_detection_qc.finetune.detector_forest import fit_detector_forest
+from napari_detection_qc.quality.features import detections_features
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "finetune"

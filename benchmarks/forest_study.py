@@ -30,15 +30,15 @@ import numpy as np
 import pandas as pd
 from results_file import EMPS, RESULTS, detector_cache, emps_frame, emps_sources, write_section
 
-from napari_detection_qc.detections import FrameDetections
+from napari_detection_qc.detections.matching import boxes_from_labels, match_frame
+from napari_detection_qc.detections.metrics import regression_metrics, reliability_classification
+from napari_detection_qc.detections.records import FrameDetections
 from napari_detection_qc.engines import load_detector
-from napari_detection_qc.explain import feature_ranking
-from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES, detections_features
-from napari_detection_qc.forest import MODELS_DIR, TARGETS, QualityForest
-from napari_detection_qc.matching import boxes_from_labels, match_frame
-from napari_detection_qc.metrics import regression_metrics, reliability_classification
-from napari_detection_qc.signals import EMBEDDING, stack_signals
-from napari_detection_qc.study_frames import frame_plan, study_frame
+from napari_detection_qc.quality.explain import feature_ranking
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES, PAPER_FEATURES, detections_features
+from napari_detection_qc.quality.forest import MODELS_DIR, TARGETS, QualityForest
+from napari_detection_qc.quality.signals import EMBEDDING, stack_signals
+from napari_detection_qc.synthetic.study_frames import frame_plan, study_frame
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "study"

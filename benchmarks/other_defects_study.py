@@ -47,19 +47,19 @@ import numpy as np
 import pandas as pd
 from results_file import detector_cache, emps_frame, emps_sources, write_section
 
-from napari_detection_qc.detections import FrameDetections, StackDetections
-from napari_detection_qc.engines import load_detector
-from napari_detection_qc.features import PAPER_FEATURES, stack_features
-from napari_detection_qc.forest import TARGETS, QualityForest
-from napari_detection_qc.forest_committee import AGREEMENT_F1, DISAGREE_COLUMN, UNINFORMATIVE_WIDTH
-from napari_detection_qc.matching import (
+from napari_detection_qc.detections.matching import (
     PAPER_IOU_THRESHOLD,
     box_iou_matrix,
     boxes_from_labels,
     greedy_matches,
 )
-from napari_detection_qc.scoring import predicted_quality, true_quality
-from napari_detection_qc.signals import EMBEDDING, TTA_SIGNALS
+from napari_detection_qc.detections.records import FrameDetections, StackDetections
+from napari_detection_qc.engines import load_detector
+from napari_detection_qc.quality.features import PAPER_FEATURES, stack_features
+from napari_detection_qc.quality.forest import TARGETS, QualityForest
+from napari_detection_qc.quality.forest_committee import AGREEMENT_F1, DISAGREE_COLUMN, UNINFORMATIVE_WIDTH
+from napari_detection_qc.quality.scoring import predicted_quality, true_quality
+from napari_detection_qc.quality.signals import EMBEDDING, TTA_SIGNALS
 from napari_detection_qc.synthetic import DEFECT_FAMILIES, defect_frame, make_realistic_frame
 
 HERE = Path(__file__).parent

@@ -33,9 +33,9 @@ from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor,
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
 from sklearn.preprocessing import StandardScaler
 
-from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
-from napari_detection_qc.forest import TARGETS, QualityForest
-from napari_detection_qc.metrics import regression_metrics, reliability_classification
+from napari_detection_qc.detections.metrics import regression_metrics, reliability_classification
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES, PAPER_FEATURES
+from napari_detection_qc.quality.forest import TARGETS, QualityForest
 from napari_detection_qc.reference_data import GROUPED_SPLITS, RANDOM_SPLITS, load_reference_table
 
 HERE = Path(__file__).resolve().parent
@@ -477,7 +477,7 @@ def report(results: dict) -> str:
         f"{r['loader']}",
         "",
         f"Model: `QualityForest()` (StandardScaler + RandomForestRegressor(100), the paper's 8 features); "
-        f"metrics from `napari_detection_qc.metrics`. Random 5-fold CV repeated {r['repeats']} times "
+        f"metrics from `napari_detection_qc.detections.metrics`. Random 5-fold CV repeated {r['repeats']} times "
         "(seeds 0..), metrics per fold averaged; per-split rows pool a repeat's five test folds, "
         "then average the repeats. Reproduce: `python benchmarks/paper_reproduction.py` "
         f"({r['minutes']:.1f} min on 2 shared cores).",

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
-from napari_detection_qc.counts import CountCalibration, count_estimates, count_nonconformity
-from napari_detection_qc.features import PAPER_FEATURES
-from napari_detection_qc.forest import TARGETS, QualityForest, conformal_quantile
-from napari_detection_qc.p_true import PTrueCalibration, detection_inputs
-from napari_detection_qc.ranking import rank_by_features
+from napari_detection_qc.quality.counts import CountCalibration, count_estimates, count_nonconformity
+from napari_detection_qc.quality.features import PAPER_FEATURES
+from napari_detection_qc.quality.forest import TARGETS, QualityForest, conformal_quantile
+from napari_detection_qc.quality.p_true import PTrueCalibration, detection_inputs
+from napari_detection_qc.quality.ranking import rank_by_features
 
 EMPS_FOLDS = 5
 BINS = np.linspace(0.0, 1.0, 11)

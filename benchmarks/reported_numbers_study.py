@@ -36,10 +36,15 @@ import numpy as np
 import pandas as pd
 from results_file import detector_cache, emps_frame, emps_sources, write_section
 
+from napari_detection_qc.detections.matching import (
+    box_iou_matrix,
+    boxes_from_labels,
+    greedy_matches,
+    match_frame,
+)
 from napari_detection_qc.engines import load_detector
-from napari_detection_qc.features import detections_features
-from napari_detection_qc.matching import box_iou_matrix, boxes_from_labels, greedy_matches, match_frame
-from napari_detection_qc.signals import EMBEDDING
+from napari_detection_qc.quality.features import detections_features
+from napari_detection_qc.quality.signals import EMBEDDING
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "reported"
@@ -88,7 +93,7 @@ def frame_specs(frames_per_domain: int, realistic_per_family: int, emps_count: i
 
 def load_frame(spec: dict) -> tuple[np.ndarray, np.ndarray]:
     if spec["kind"] == "preset":
-        from napari_detection_qc.study_frames import study_frame
+        from napari_detection_qc.synthetic.study_frames import study_frame
 
         return study_frame(spec["domain"], spec["severity"], spec["seed"])
     if spec["kind"] == "realistic":

@@ -12,10 +12,10 @@ from results_file import RESULTS, write_section
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, KFold
 
-from napari_detection_qc.features import SCORE_BIN_NAMES
-from napari_detection_qc.forest import TARGETS, QualityForest
-from napari_detection_qc.metrics import regression_metrics
-from napari_detection_qc.signals import TTA_SIGNALS, SubspaceNovelty, score_histogram_distance
+from napari_detection_qc.detections.metrics import regression_metrics
+from napari_detection_qc.quality.features import SCORE_BIN_NAMES
+from napari_detection_qc.quality.forest import TARGETS, QualityForest
+from napari_detection_qc.quality.signals import TTA_SIGNALS, SubspaceNovelty, score_histogram_distance
 
 FAIL_F1 = 0.5
 SIGNAL_AUROC = {  # signal -> +1 when a high value means "fails", -1 when a low value does

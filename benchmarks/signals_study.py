@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 from results_file import detector_cache, emps_frame, emps_sources
 
+from napari_detection_qc.detections.matching import boxes_from_labels, match_frame
 from napari_detection_qc.engines import load_detector
-from napari_detection_qc.features import detections_features
-from napari_detection_qc.matching import boxes_from_labels, match_frame
-from napari_detection_qc.signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
+from napari_detection_qc.quality.features import detections_features
+from napari_detection_qc.quality.signals import EMBEDDING, SIGNAL_SECONDS, TTA_SIGNALS
 
 HERE = Path(__file__).parent
 CACHE = HERE / "cache" / "signals"
@@ -44,8 +44,8 @@ REALISTIC_SHAPE = (512, 512)
 
 # -- frames ---------------------------------------------------------------------------------------
 def frame_specs(frames_per_domain: int, realistic_per_family: int, emps_count: int) -> list[dict]:
-    from napari_detection_qc.study_frames import frame_plan
     from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES
+    from napari_detection_qc.synthetic.study_frames import frame_plan
 
     specs = [
         {"kind": "preset", "domain": r.domain, "severity": r.severity, "seed": int(r.seed), "group": r.domain}
@@ -72,7 +72,7 @@ def frame_specs(frames_per_domain: int, realistic_per_family: int, emps_count: i
 def load_frame(spec: dict) -> tuple[np.ndarray, np.ndarray]:
     """(image, ground-truth instance labels) of one study frame."""
     if spec["kind"] == "preset":
-        from napari_detection_qc.study_frames import study_frame
+        from napari_detection_qc.synthetic.study_frames import study_frame
 
         return study_frame(spec["domain"], spec["severity"], spec["seed"])
     if spec["kind"] == "realistic":

@@ -26,10 +26,10 @@ import time
 import numpy as np
 import torch
 
+from napari_detection_qc.detections.matching import boxes_from_labels, match_frame
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector
 from napari_detection_qc.engines.checkpoint import save_checkpoint
 from napari_detection_qc.engines.finetune import THRESHOLD_CANDIDATES, best_candidate
-from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.synthetic import PRESETS, REALISTIC_FAMILIES, family_frame
 
 VALIDATION_SEED = 2_000_000

@@ -16,8 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
-from napari_detection_qc.features import PAPER_FEATURES
-from napari_detection_qc.forest import MODELS_DIR, QualityForest
+from napari_detection_qc.quality.features import PAPER_FEATURES
+from napari_detection_qc.quality.forest import MODELS_DIR, QualityForest
 from napari_detection_qc.reference_data import load_reference_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ def main() -> None:
     from napari.settings import get_settings
     from qtpy.QtWidgets import QApplication
 
-    from napari_detection_qc.sample_data import SAMPLE_FRAME_PRESETS, sample_ground_truth
+    from napari_detection_qc.synthetic.sample_data import SAMPLE_FRAME_PRESETS, sample_ground_truth
     from napari_detection_qc.widgets import DetectionQCWidget
 
     get_settings().application.gui_notification_level = "none"  # no toasts over the screenshots

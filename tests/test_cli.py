@@ -14,33 +14,33 @@ import pytest
 import tifffile
 from conftest import detect_command
 
-from napari_detection_qc.cli import main
-from napari_detection_qc.counts import COUNT_COLUMNS, with_count_estimates
-from napari_detection_qc.detections import FrameDetections, StackDetections
+from napari_detection_qc.batch.cli import main
+from napari_detection_qc.batch.run import detect as run_detect_module
+from napari_detection_qc.batch.run import detector as run_detector
+from napari_detection_qc.batch.run.quality import read_training_table
+from napari_detection_qc.batch.store import DETECTION_COLUMNS, Store
+from napari_detection_qc.batch.store import format as store_format
+from napari_detection_qc.detections.records import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.torchvision_maskrcnn import (
     build_maskrcnn,
     save_model,
 )
-from napari_detection_qc.features import (
+from napari_detection_qc.io import InputError
+from napari_detection_qc.io.atomic import atomic_path
+from napari_detection_qc.quality.counts import COUNT_COLUMNS, with_count_estimates
+from napari_detection_qc.quality.features import (
     CANDIDATE_FEATURES,
     PAPER_FEATURES,
     frame_features,
     mask_circularities,
     table_features,
 )
-from napari_detection_qc.forest import TARGETS, QualityForest
-from napari_detection_qc.io import InputError
-from napari_detection_qc.io.atomic import atomic_path
-from napari_detection_qc.p_true import detection_p_true
-from napari_detection_qc.ranking import frame_values
-from napari_detection_qc.run import detect as run_detect_module
-from napari_detection_qc.run import detector as run_detector
-from napari_detection_qc.run.quality import read_training_table
-from napari_detection_qc.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted_quality, true_quality
-from napari_detection_qc.signals import EMBEDDING
-from napari_detection_qc.store import DETECTION_COLUMNS, Store
-from napari_detection_qc.store import format as store_format
+from napari_detection_qc.quality.forest import TARGETS, QualityForest
+from napari_detection_qc.quality.p_true import detection_p_true
+from napari_detection_qc.quality.ranking import frame_values
+from napari_detection_qc.quality.scoring import QUALITY_COLUMNS, TRUE_COLUMNS, predicted_quality, true_quality
+from napari_detection_qc.quality.signals import EMBEDDING
 from napari_detection_qc.synthetic import make_stack
 
 MAX_DETECTIONS = 40  # keeps the random detector's mask pasting cheap
@@ -548,7 +548,7 @@ def test_usage_errors_exit_2(tmp_path, tiny_model, capsys):
 
 
 def test_second_look_is_on_unless_switched_off():
-    from napari_detection_qc.cli import build_parser, detector_spec
+    from napari_detection_qc.batch.cli import build_parser, detector_spec
 
     parser = build_parser()
     assert detector_spec(parser.parse_args(["detect", "x.tif", "--out", "o"])).second_look
@@ -559,7 +559,7 @@ def test_second_look_is_on_unless_switched_off():
 
 
 def test_object_size_option_is_parsed_and_checked():
-    from napari_detection_qc.cli import build_parser
+    from napari_detection_qc.batch.cli import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["detect", "x.tif", "--out", "o"]).object_size is None

@@ -13,13 +13,13 @@ import pytest
 import tifffile
 from skimage.segmentation import relabel_sequential
 
-from napari_detection_qc.cli import main
-from napari_detection_qc.coco import CocoGroundTruth, detections_to_coco, write_coco
-from napari_detection_qc.detections import FrameDetections, StackDetections
+from napari_detection_qc.batch.cli import main
+from napari_detection_qc.batch.store import Store
+from napari_detection_qc.detections.coco import CocoGroundTruth, detections_to_coco, write_coco
+from napari_detection_qc.detections.matching import boxes_from_labels
+from napari_detection_qc.detections.records import FrameDetections, StackDetections
 from napari_detection_qc.io import InputError
-from napari_detection_qc.matching import boxes_from_labels
-from napari_detection_qc.pixel_sizes import match_pixel_sizes, read_pixel_size_table
-from napari_detection_qc.store import Store
+from napari_detection_qc.io.pixel_sizes import match_pixel_sizes, read_pixel_size_table
 from napari_detection_qc.synthetic import make_stack
 
 

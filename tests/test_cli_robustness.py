@@ -19,10 +19,10 @@ import tifffile
 from conftest import detect_command
 
 import napari_detection_qc
-from napari_detection_qc.cli import main
-from napari_detection_qc.features import CANDIDATE_FEATURES
-from napari_detection_qc.forest import TARGETS, ForestLoadError, QualityForest
+from napari_detection_qc.batch.cli import main
 from napari_detection_qc.io import InputError, describe
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES
+from napari_detection_qc.quality.forest import TARGETS, ForestLoadError, QualityForest
 from napari_detection_qc.synthetic import make_stack
 
 MAX_DETECTIONS = 20
@@ -165,7 +165,7 @@ def test_disk_full_while_assembling_masks_is_exit_3_and_leaves_no_temporary_file
     disk = tmp_path / "disk"
     disk.mkdir()
     script = (
-        "import sys, torch; torch.set_num_threads(1); from napari_detection_qc.cli import main; "
+        "import sys, torch; torch.set_num_threads(1); from napari_detection_qc.batch.cli import main; "
         f"sys.exit(main(['detect', {str(tmp_path / 'big.npy')!r}, '--out', {str(disk / 'out')!r}, "
         f"'--model', {str(tiny_checkpoint)!r}, '--device', 'cpu', '--max-detections', '5', "
         "'--no-progress']))"
@@ -463,7 +463,7 @@ def test_version_and_help_show_every_default(capsys):
 
 def test_help_imports_neither_torch_nor_sklearn_nor_pandas():
     code = (
-        "import sys; from napari_detection_qc.cli import main; main(['--help']); "
+        "import sys; from napari_detection_qc.batch.cli import main; main(['--help']); "
         "print(sorted(m for m in ('torch', 'sklearn', 'pandas') if m in sys.modules))"
     )
     result = subprocess.run(

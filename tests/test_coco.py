@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from skimage.segmentation import relabel_sequential
 
-from napari_detection_qc.coco import (
+from napari_detection_qc.detections.coco import (
     CocoGroundTruth,
     decode_counts,
     detections_to_coco,
@@ -20,10 +20,10 @@ from napari_detection_qc.coco import (
     rle_encode,
     write_coco,
 )
-from napari_detection_qc.detections import FrameDetections, StackDetections
+from napari_detection_qc.detections.matching import boxes_from_labels
+from napari_detection_qc.detections.records import FrameDetections, StackDetections
 from napari_detection_qc.io import InputError
-from napari_detection_qc.matching import boxes_from_labels
-from napari_detection_qc.scoring import true_quality
+from napari_detection_qc.quality.scoring import true_quality
 from napari_detection_qc.synthetic import make_stack
 
 # column-major: column 0 is 0,1,0 and column 1 is 1,1,0 -> runs 1 bg, 1 fg, 1 bg, 2 fg, 1 bg

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.counts import (
+from napari_detection_qc.quality.counts import (
     NO_DETECTIONS_NOTE,
     NO_PRECISION_RECALL_NOTE,
     OUT_OF_DOMAIN_NOTE,
@@ -16,8 +16,13 @@ from napari_detection_qc.counts import (
     stack_summary,
     with_count_estimates,
 )
-from napari_detection_qc.p_true import SHIPPED, PTrueCalibration, detection_p_true, weighted_mean_diameter
-from napari_detection_qc.ranking import rank_frames, ranked_table
+from napari_detection_qc.quality.p_true import (
+    SHIPPED,
+    PTrueCalibration,
+    detection_p_true,
+    weighted_mean_diameter,
+)
+from napari_detection_qc.quality.ranking import rank_frames, ranked_table
 
 
 def quality(count, p, r, p_width=0.1, r_width=0.1, in_domain=True) -> pd.DataFrame:

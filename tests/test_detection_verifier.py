@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_detection_qc.detections.matching import box_iou_matrix, greedy_matches
 from napari_detection_qc.engines import default_weights_path, load_checkpoint, load_detector, save_checkpoint
 from napari_detection_qc.engines.detection_verifier import (
     EVIDENCE,
@@ -16,7 +17,6 @@ from napari_detection_qc.engines.detection_verifier import (
     kept_detections,
 )
 from napari_detection_qc.engines.registry import DetectorLoadError
-from napari_detection_qc.matching import box_iou_matrix, greedy_matches
 from napari_detection_qc.synthetic import make_frame
 
 COLUMN = {name: index for index, name in enumerate(EVIDENCE)}

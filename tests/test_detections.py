@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.detections import FrameDetections, StackDetections, smallest_label_dtype
+from napari_detection_qc.detections.records import FrameDetections, StackDetections, smallest_label_dtype
 
 
 def frame_with_two(shape=(40, 40)):

@@ -15,6 +15,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import roi_align
 
+from napari_detection_qc.detections.matching import boxes_from_labels, match_frame
 from napari_detection_qc.engines import (
     DEFAULT_MAX_DETECTIONS,
     DetectorLoadError,
@@ -33,7 +34,6 @@ from napari_detection_qc.engines.torchvision_maskrcnn import (
     threaded_roi_align,
     to_model_batch,
 )
-from napari_detection_qc.matching import boxes_from_labels, match_frame
 from napari_detection_qc.synthetic import make_frame
 
 FRAME_SHAPE = (320, 320)

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.explain import feature_ranking, frame_contributions, strongest_negative
-from napari_detection_qc.features import CANDIDATE_FEATURES
-from napari_detection_qc.forest import QualityForest
+from napari_detection_qc.quality.explain import feature_ranking, frame_contributions, strongest_negative
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES
+from napari_detection_qc.quality.forest import QualityForest
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_strongest_negative():
 def test_missing_shap_says_what_to_install(forest_and_data, monkeypatch):
     import sys
 
-    from napari_detection_qc.explain import ExplanationUnavailable, _explainers
+    from napari_detection_qc.quality.explain import ExplanationUnavailable, _explainers
 
     forest, x = forest_and_data
     _explainers.clear()

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.detections import FrameDetections, StackDetections
-from napari_detection_qc.features import (
+from napari_detection_qc.detections.records import FrameDetections, StackDetections
+from napari_detection_qc.quality.features import (
     CANDIDATE_FEATURES,
     PAPER_FEATURES,
     frame_features,

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from napari_detection_qc import cli
-from napari_detection_qc.detector_forest import fit_detector_forest
+from napari_detection_qc.batch import cli
+from napari_detection_qc.batch.run.quality import forest_name
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.checkpoint import (
     DetectorLoadError,
@@ -21,12 +21,12 @@ from napari_detection_qc.engines.finetune import (
     finetune,
     split_frames,
 )
-from napari_detection_qc.finetune_outputs import read_labelled_frames, save_finetuned
-from napari_detection_qc.forest import QualityForest, companion_forest_path, forest_for_detector
+from napari_detection_qc.finetune.detector_forest import fit_detector_forest
+from napari_detection_qc.finetune.outputs import read_labelled_frames, save_finetuned
 from napari_detection_qc.io import InputError
-from napari_detection_qc.run.quality import forest_name
-from napari_detection_qc.study_frames import frame_plan
+from napari_detection_qc.quality.forest import QualityForest, companion_forest_path, forest_for_detector
 from napari_detection_qc.synthetic import make_frame
+from napari_detection_qc.synthetic.study_frames import frame_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -397,7 +397,7 @@ def test_models_with_an_object_size_rule_train_at_the_scale_inference_uses(tmp_p
 
 def test_a_moved_model_file_still_owns_its_stores():
     """``weights_path`` finds the forest beside the weights; the weights hash is the identity."""
-    from napari_detection_qc.store.planning import same_detector
+    from napari_detection_qc.batch.store.planning import same_detector
 
     here = {"detector": "tuned", "weights_sha256": "ab", "weights_path": "/old/tuned.pt"}
     assert same_detector(here, {**here, "weights_path": "/new/tuned.pt"})

@@ -48,7 +48,7 @@ def test_finetune_section_trains_shows_graphs_and_saves(section, qtbot, tmp_path
 
 
 def test_saved_finetuned_model_detects_the_stack_again(section, qtbot, tmp_path):
-    from napari_detection_qc.layer_pair import pair_record
+    from napari_detection_qc.io.layer_pair import pair_record
     from napari_detection_qc.widgets import DetectionWidget
 
     widget, section, layer, truth = section

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
-from napari_detection_qc.forest import TARGETS, ForestLoadError, QualityForest
-from napari_detection_qc.metrics import regression_metrics, reliability_classification
+from napari_detection_qc.detections.metrics import regression_metrics, reliability_classification
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES, PAPER_FEATURES
+from napari_detection_qc.quality.forest import TARGETS, ForestLoadError, QualityForest
 
 
 def known_function_data(n, seed):

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
-from napari_detection_qc.forest import TARGETS
-from napari_detection_qc.study_frames import STUDY_FAMILIES, blend, frame_plan
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES, PAPER_FEATURES
+from napari_detection_qc.quality.forest import TARGETS
 from napari_detection_qc.synthetic import DEFAULT, PRESETS
+from napari_detection_qc.synthetic.study_frames import STUDY_FAMILIES, blend, frame_plan
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

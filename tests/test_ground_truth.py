@@ -4,7 +4,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from napari_detection_qc.ground_truth import GroundTruthRecord, labeled_frames, painted_frames, seeded_name
+from napari_detection_qc.labels.ground_truth import (
+    GroundTruthRecord,
+    labeled_frames,
+    painted_frames,
+    seeded_name,
+)
 
 
 def test_seeded_layer_counts_only_reviewed_frames():

@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import detect_command
 
-from napari_detection_qc.cli import main
+from napari_detection_qc.batch.cli import main
 from napari_detection_qc.synthetic import make_stack
 
 MAX_DETECTIONS = 20
@@ -339,8 +339,8 @@ def test_garbage_detection_tables_are_refused_and_redone_by_detect(
 def forest_state(tmp_path_factory):
     import skops.io as sio
 
-    from napari_detection_qc.features import CANDIDATE_FEATURES
-    from napari_detection_qc.forest import TARGETS, QualityForest
+    from napari_detection_qc.quality.features import CANDIDATE_FEATURES
+    from napari_detection_qc.quality.forest import TARGETS, QualityForest
 
     rng = np.random.default_rng(0)
     features = pd.DataFrame(rng.random((30, len(CANDIDATE_FEATURES))), columns=list(CANDIDATE_FEATURES))
@@ -535,9 +535,9 @@ class SwappingExecutor:
 def test_an_input_replaced_during_detection_is_neither_assembled_nor_kept(
     tmp_path, detected, tiny_checkpoint
 ):
+    from napari_detection_qc.batch.run.detect import detect
+    from napari_detection_qc.batch.run.detector import DetectorSpec
     from napari_detection_qc.io import InputError
-    from napari_detection_qc.run.detect import detect
-    from napari_detection_qc.run.detector import DetectorSpec
 
     root, _ = detected
     source = tmp_path / "series.npy"
@@ -561,10 +561,10 @@ def test_an_input_replaced_during_detection_is_neither_assembled_nor_kept(
 @pytest.mark.parametrize("column", ["f1", "count"])
 @pytest.mark.parametrize("value", ["x", "inf", "nan", "1e400", "", "150"])
 def test_hostile_training_tables_are_refused_by_fit_forest_and_training_sets(tmp_path, column, value, capsys):
-    from napari_detection_qc.features import PAPER_FEATURES
-    from napari_detection_qc.forest import TARGETS
     from napari_detection_qc.io import InputError
-    from napari_detection_qc.training_set import TrainingSet
+    from napari_detection_qc.labels.training_set import TrainingSet
+    from napari_detection_qc.quality.features import PAPER_FEATURES
+    from napari_detection_qc.quality.forest import TARGETS
 
     if column == "count" and value == "150":
         value = "-1e400"  # a large count is a valid feature value; minus infinity is not

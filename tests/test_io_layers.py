@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_detection_qc.detections import FrameDetections
+from napari_detection_qc.batch.store.format import Store, assemble, write_frame, write_json
+from napari_detection_qc.detections.records import FrameDetections
 from napari_detection_qc.io import InputError, describe
 from napari_detection_qc.io.atomic import (
     atomic_path,
@@ -21,10 +22,9 @@ from napari_detection_qc.io.atomic import (
     remove_stale_temporary_files,
     temporary_path,
 )
+from napari_detection_qc.io.layer_pair import OBJECT_SIZES_KEY, SIGNALS_KEY
 from napari_detection_qc.io.napari_reader import get_reader
 from napari_detection_qc.io.writers import write_detections_coco, write_label_tiff, write_labels_tiff
-from napari_detection_qc.layer_pair import OBJECT_SIZES_KEY, SIGNALS_KEY
-from napari_detection_qc.store.format import Store, assemble, write_frame, write_json
 
 DETECTOR = {"engine": "torchvision", "weights_sha256": "ab" * 32, "score_threshold": 0.1}
 
@@ -101,7 +101,7 @@ def test_store_reopens_as_image_masks_and_boxes_with_the_detector_record(store):
 
 def test_reopened_layers_are_valid_napari_layers_and_a_pair(store):
     layers_module = pytest.importorskip("napari.layers")
-    from napari_detection_qc.layer_pair import pair_problem
+    from napari_detection_qc.io.layer_pair import pair_problem
 
     made = {
         kind: layers_module.Layer.create(data, kwargs, kind)

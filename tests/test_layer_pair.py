@@ -4,8 +4,8 @@ layers that do not belong together, and the detector's signals stored per frame.
 import numpy as np
 import pandas as pd
 
-from napari_detection_qc.detections import FrameDetections, StackDetections
-from napari_detection_qc.layer_pair import (
+from napari_detection_qc.detections.records import FrameDetections, StackDetections
+from napari_detection_qc.io.layer_pair import (
     MANUAL_SCORE,
     SIGNALS_KEY,
     frame_box_ids,
@@ -17,7 +17,7 @@ from napari_detection_qc.layer_pair import (
     stored_signals,
     unboxed_masks,
 )
-from napari_detection_qc.signals import EMBEDDING
+from napari_detection_qc.quality.signals import EMBEDDING
 
 
 def frame(n, shape=(20, 20)):

@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_detection_qc.matching import box_iou_matrix, boxes_from_labels, match_frame
+from napari_detection_qc.detections.matching import box_iou_matrix, boxes_from_labels, match_frame
 
 
 def test_iou_matrix_values():

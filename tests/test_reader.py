@@ -11,7 +11,7 @@ import tifffile
 
 from napari_detection_qc.io import InputError
 from napari_detection_qc.io.napari_reader import get_reader
-from napari_detection_qc.pixel_sizes import pixel_size_from_layer
+from napari_detection_qc.io.pixel_sizes import pixel_size_from_layer
 
 STACK = np.arange(2 * 16 * 20, dtype=np.uint16).reshape(2, 16, 20)
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from scipy.spatial import ConvexHull
 
-from napari_detection_qc.features import (
+from napari_detection_qc.quality.features import (
     CANDIDATE_FEATURES,
     PAPER_FEATURES,
     frame_features,
     heywood_circularity,
 )
-from napari_detection_qc.forest import QualityForest
+from napari_detection_qc.quality.forest import QualityForest
 from napari_detection_qc.reference_data import (
     GROUPED_SPLITS,
     RANDOM_SPLITS,

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.features import CANDIDATE_FEATURES
-from napari_detection_qc.forest import QualityForest
-from napari_detection_qc.metrics import regression_metrics
-from napari_detection_qc.refit import RefitMode, cv_report, refit_forest, training_for_refit
-from napari_detection_qc.training_set import TrainingSet
+from napari_detection_qc.detections.metrics import regression_metrics
+from napari_detection_qc.labels.refit import RefitMode, cv_report, refit_forest, training_for_refit
+from napari_detection_qc.labels.training_set import TrainingSet
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES
+from napari_detection_qc.quality.forest import QualityForest
 
 
 def rows(n, seed, prefix):

@@ -2,11 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.detections import FrameDetections, StackDetections
-from napari_detection_qc.features import CANDIDATE_FEATURES
-from napari_detection_qc.forest import QualityForest, bundled_forest_for
-from napari_detection_qc.scoring import QUALITY_COLUMNS, predicted_quality, true_quality
-from napari_detection_qc.training_set import TrainingSet
+from napari_detection_qc.detections.records import FrameDetections, StackDetections
+from napari_detection_qc.labels.training_set import TrainingSet
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES
+from napari_detection_qc.quality.forest import QualityForest, bundled_forest_for
+from napari_detection_qc.quality.scoring import QUALITY_COLUMNS, predicted_quality, true_quality
 
 
 def two_frame_stack():
@@ -61,7 +61,7 @@ def test_bundled_forest_choice():
 
 
 def test_physical_readouts():
-    from napari_detection_qc.scoring import physical_readouts
+    from napari_detection_qc.quality.scoring import physical_readouts
 
     stack = two_frame_stack()  # 40x40 px frames; masks of 16 and 100 px
     table = physical_readouts(stack, pixel_size_nm=0.5)  # frame = 20 nm x 20 nm = 4e-4 µm²

@@ -9,20 +9,20 @@ import pandas as pd
 import pytest
 from test_scaling import ThresholdDetector, squares_frame
 
-from napari_detection_qc.detections import FrameDetections, StackDetections
+from napari_detection_qc.detections.records import FrameDetections, StackDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.engines.scaling import ScaleRule
-from napari_detection_qc.features import CANDIDATE_FEATURES, PAPER_FEATURES
-from napari_detection_qc.forest import (
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES, PAPER_FEATURES
+from napari_detection_qc.quality.forest import (
     NO_EMBEDDINGS_NOTE,
     NO_SIGNALS_NOTE,
     TARGETS,
     ForestLoadError,
     QualityForest,
 )
-from napari_detection_qc.forest_committee import UNINFORMATIVE_WIDTH
-from napari_detection_qc.scoring import predicted_quality
-from napari_detection_qc.signals import (
+from napari_detection_qc.quality.forest_committee import UNINFORMATIVE_WIDTH
+from napari_detection_qc.quality.scoring import predicted_quality
+from napari_detection_qc.quality.signals import (
     EMBEDDING,
     TTA_SIGNALS,
     VIEWS,
@@ -393,7 +393,7 @@ def test_frames_lacking_the_signals_a_forest_needs():
 
 
 def test_explanations_see_the_values_the_forest_derives(signal_forest):
-    from napari_detection_qc.explain import frame_contributions
+    from napari_detection_qc.quality.explain import frame_contributions
 
     features, _, embeddings = study(3, seed=9)
     frames = [FrameDetections.empty((32, 32))] * 3

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_detection_qc import sample_data
-from napari_detection_qc.synthetic import DEFAULT, PRESETS, Domain, frame_seed, make_frame, make_stack
+from napari_detection_qc.synthetic import (
+    DEFAULT,
+    PRESETS,
+    Domain,
+    frame_seed,
+    make_frame,
+    make_stack,
+    sample_data,
+)
 
 SEEDS = range(4)
 

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.counts import with_count_estimates
-from napari_detection_qc.detections import StackDetections
-from napari_detection_qc.features import CANDIDATE_FEATURES
-from napari_detection_qc.forest import QualityForest
-from napari_detection_qc.scoring import predicted_quality, true_quality
+from napari_detection_qc.detections.records import StackDetections
+from napari_detection_qc.quality.counts import with_count_estimates
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES
+from napari_detection_qc.quality.forest import QualityForest
+from napari_detection_qc.quality.scoring import predicted_quality, true_quality
 from napari_detection_qc.synthetic import make_stack
 
 WORKER_TIMEOUT_MS = 120_000
@@ -295,7 +295,7 @@ def test_training_loop_changes_the_forest(make_napari_viewer, qtbot, small_stack
 
 
 def test_training_files_round_trip(make_napari_viewer, qtbot, tmp_path, test_forest):
-    from napari_detection_qc.training_set import TrainingSet
+    from napari_detection_qc.labels.training_set import TrainingSet
     from napari_detection_qc.widgets import TrainingWidget
 
     viewer = make_napari_viewer()
@@ -585,7 +585,7 @@ def test_refit_reports_your_frames_and_names_forests_honestly(
 def test_pixel_size_change_updates_density_and_plot_reads_well(
     make_napari_viewer, qtbot, small_stack, test_forest
 ):
-    from napari_detection_qc.features import CANDIDATE_FEATURES, FEATURE_LABELS
+    from napari_detection_qc.quality.features import CANDIDATE_FEATURES, FEATURE_LABELS
     from napari_detection_qc.widgets import DetectionQCWidget
 
     viewer = make_napari_viewer()

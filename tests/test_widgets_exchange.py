@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from napari_detection_qc.features import CANDIDATE_FEATURES
-from napari_detection_qc.forest import QualityForest
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES
+from napari_detection_qc.quality.forest import QualityForest
 from napari_detection_qc.synthetic import make_stack
 
 WORKER_TIMEOUT_MS = 120_000

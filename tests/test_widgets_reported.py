@@ -5,12 +5,12 @@ list whose click goes to the frame."""
 import numpy as np
 import pytest
 
-from napari_detection_qc.counts import COUNT_COLUMNS, with_count_estimates
-from napari_detection_qc.detections import StackDetections
-from napari_detection_qc.layer_pair import pair_record, stored_signals
-from napari_detection_qc.p_true import detection_p_true
-from napari_detection_qc.ranking import rank_by_features
-from napari_detection_qc.scoring import predicted_quality
+from napari_detection_qc.detections.records import StackDetections
+from napari_detection_qc.io.layer_pair import pair_record, stored_signals
+from napari_detection_qc.quality.counts import COUNT_COLUMNS, with_count_estimates
+from napari_detection_qc.quality.p_true import detection_p_true
+from napari_detection_qc.quality.ranking import rank_by_features
+from napari_detection_qc.quality.scoring import predicted_quality
 from napari_detection_qc.synthetic import make_stack
 
 PLUGIN = "napari-detection-qc"

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_detection_qc.counts import with_count_estimates
-from napari_detection_qc.features import CANDIDATE_FEATURES
-from napari_detection_qc.forest import NO_EMBEDDINGS_NOTE, NO_SIGNALS_NOTE, QualityForest
-from napari_detection_qc.layer_pair import SIGNALS_KEY, stored_signals
-from napari_detection_qc.scoring import predicted_quality
-from napari_detection_qc.signals import EMBEDDING, TTA_SIGNALS
+from napari_detection_qc.io.layer_pair import SIGNALS_KEY, stored_signals
+from napari_detection_qc.quality.counts import with_count_estimates
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES
+from napari_detection_qc.quality.forest import NO_EMBEDDINGS_NOTE, NO_SIGNALS_NOTE, QualityForest
+from napari_detection_qc.quality.scoring import predicted_quality
+from napari_detection_qc.quality.signals import EMBEDDING, TTA_SIGNALS
 from napari_detection_qc.widgets._common import detections_from_layers
 
 WORKER_TIMEOUT_MS = 120_000

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from .features import CANDIDATE_FEATURES, SCORE_BIN_NAMES
+from napari_detection_qc.quality.features import CANDIDATE_FEATURES, SCORE_BIN_NAMES
 
 TARGET_COLUMNS = ("f1", "precision", "recall")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import InputError, list_inputs
+from napari_detection_qc.io import InputError, list_inputs
 
 MALFORMED_DATA_ERRORS = (
     TypeError,

@@ -1,9 +1,19 @@
 """Detector engines behind one small interface: ``load_detector(spec)`` -> ``Detector``."""
 
-from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector, parse_object_size
-from .checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
-from .devices import DeviceChoice, available_devices, resolve_device, torch_build_description
-from .registry import default_weights_path, load_detector
+from napari_detection_qc.engines.base import (
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_SCORE_THRESHOLD,
+    Detector,
+    parse_object_size,
+)
+from napari_detection_qc.engines.checkpoint import DetectorLoadError, load_checkpoint, save_checkpoint
+from napari_detection_qc.engines.devices import (
+    DeviceChoice,
+    available_devices,
+    resolve_device,
+    torch_build_description,
+)
+from napari_detection_qc.engines.registry import default_weights_path, load_detector
 
 __all__ = [
     "DEFAULT_MAX_DETECTIONS",

@@ -15,15 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..detections import FrameDetections
-from ..paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
-from ..signals import SignalOptions, blank_frame_signals, frame_signals
-from .boxmasks import BoxMasks
-from .cpu_parallel import cpu_workers
-from .detection_verifier import DetectionVerifier, detection_evidence
-from .devices import resolve_device
-from .intensity import scale_to_255
-from .scaling import (
+from napari_detection_qc.detections.records import FrameDetections
+from napari_detection_qc.engines.boxmasks import BoxMasks
+from napari_detection_qc.engines.cpu_parallel import cpu_workers
+from napari_detection_qc.engines.detection_verifier import DetectionVerifier, detection_evidence
+from napari_detection_qc.engines.devices import resolve_device
+from napari_detection_qc.engines.intensity import scale_to_255
+from napari_detection_qc.engines.scaling import (
     ESTIMATE_MIN_SCORE,
     Rung,
     ScaleRule,
@@ -32,8 +30,10 @@ from .scaling import (
     resample,
     size_from_ladder,
 )
-from .size_chooser import SizeChooser
-from .tiling import detect_in_tiles
+from napari_detection_qc.engines.size_chooser import SizeChooser
+from napari_detection_qc.engines.tiling import detect_in_tiles
+from napari_detection_qc.paper import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD
+from napari_detection_qc.quality.signals import SignalOptions, blank_frame_signals, frame_signals
 
 RGB_TO_GRAY = np.array([0.299, 0.587, 0.114])
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..tree_arrays import tree_problem
+from napari_detection_qc.quality.tree_arrays import tree_problem
 
 NODE_ARRAYS = {
     "feature": np.int64,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..detections import FrameDetections, smallest_label_dtype
+from napari_detection_qc.detections.records import FrameDetections, smallest_label_dtype
 
 
 @dataclass

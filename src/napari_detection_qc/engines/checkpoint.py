@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..run.errors import is_resource_exhaustion
-from ..validation import one_line
+from napari_detection_qc.batch.run.errors import is_resource_exhaustion
+from napari_detection_qc.validation import one_line
 
 FORMAT_NAME = "napari-detection-qc/maskrcnn"
 FORMAT_VERSION = 1

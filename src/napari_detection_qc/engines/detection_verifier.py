@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-from .boosted_trees import BoostedTrees
+from napari_detection_qc.engines.boosted_trees import BoostedTrees
 
 CONTEXT = 2.2
 """The sampled window reaches this many box half-sides from the centre."""

@@ -20,11 +20,15 @@ from typing import Any
 
 import torch
 
-from ..validation import Int, SchemaError, parsing
-from .base import file_sha256
-from .checkpoint import DetectorLoadError, read_torch_file
-from .header_schema import check_detector_header
-from .torchvision_maskrcnn import DETECTRON2_INPUT, PAPER_R50_FPN, new_checkpoint_header
+from napari_detection_qc.engines.base import file_sha256
+from napari_detection_qc.engines.checkpoint import DetectorLoadError, read_torch_file
+from napari_detection_qc.engines.header_schema import check_detector_header
+from napari_detection_qc.engines.torchvision_maskrcnn import (
+    DETECTRON2_INPUT,
+    PAPER_R50_FPN,
+    new_checkpoint_header,
+)
+from napari_detection_qc.validation import Int, SchemaError, parsing
 
 # detectron2's Base-RCNN-FPN / mask_rcnn_R_50_FPN_3x settings (on top of get_cfg() defaults) ...
 DETECTRON2_R50_FPN_MASK_RCNN: dict[str, Any] = {

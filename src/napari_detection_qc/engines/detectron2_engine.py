@@ -13,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..detections import FrameDetections, smallest_label_dtype
-from .base import DEFAULT_MAX_DETECTIONS, Detector, file_sha256
-from .checkpoint import DetectorLoadError
-from .detectron2_checkpoint import PAPER_DETECTRON2_CONFIG, input_from_config, read_config
+from napari_detection_qc.detections.records import FrameDetections, smallest_label_dtype
+from napari_detection_qc.engines.base import DEFAULT_MAX_DETECTIONS, Detector, file_sha256
+from napari_detection_qc.engines.checkpoint import DetectorLoadError
+from napari_detection_qc.engines.detectron2_checkpoint import (
+    PAPER_DETECTRON2_CONFIG,
+    input_from_config,
+    read_config,
+)
 
 INSTALL_HINT = (
     "detectron2 is not installed. Either install it from source "

@@ -24,14 +24,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..detections import FrameDetections
-from ..matching import boxes_from_labels, match_frame
-from .base import as_grayscale, resolve_device
-from .checkpoint import state_dict_sha256
-from .intensity import scale_to_255
-from .scaling import ScaleRule
-from .torchvision_maskrcnn import TorchvisionDetector, resize_scale
-from .training import (
+from napari_detection_qc.detections.matching import boxes_from_labels, match_frame
+from napari_detection_qc.detections.records import FrameDetections
+from napari_detection_qc.engines.base import as_grayscale, resolve_device
+from napari_detection_qc.engines.checkpoint import state_dict_sha256
+from napari_detection_qc.engines.intensity import scale_to_255
+from napari_detection_qc.engines.scaling import ScaleRule
+from napari_detection_qc.engines.torchvision_maskrcnn import TorchvisionDetector, resize_scale
+from napari_detection_qc.engines.training import (
     at_trained_scale,
     batch_losses,
     intensity_jitter,

@@ -11,8 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..validation import Anything, Flag, Int, Maybe, Real, Record, SchemaError, Seq, Spec, Text, validate
-from .checkpoint import DetectorLoadError
+from napari_detection_qc.engines.checkpoint import DetectorLoadError
+from napari_detection_qc.validation import (
+    Anything,
+    Flag,
+    Int,
+    Maybe,
+    Real,
+    Record,
+    SchemaError,
+    Seq,
+    Spec,
+    Text,
+    validate,
+)
 
 MAX_CHANNELS = 1024
 MAX_BOX_HEAD_DIM = 4096

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import DetectorLoadError
+from napari_detection_qc.engines.checkpoint import DetectorLoadError
 
 ROBUST_CENTRE = 128.0
 ROBUST_GREY_PER_SIGMA = 30.0

@@ -9,8 +9,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
-from .checkpoint import DetectorLoadError
+from napari_detection_qc.engines.base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
+from napari_detection_qc.engines.checkpoint import DetectorLoadError
 
 
 def default_weights_path() -> Path:
@@ -52,7 +52,7 @@ def load_detector(
 
 
 def _load(spec, options: dict) -> Detector:
-    from .torchvision_maskrcnn import TorchvisionDetector
+    from napari_detection_qc.engines.torchvision_maskrcnn import TorchvisionDetector
 
     if isinstance(spec, str) and spec == "default":
         path = default_weights_path()
@@ -77,7 +77,7 @@ def _load(spec, options: dict) -> Detector:
 
 def load_detectron2_weights(weights: Path, config: Path | None, options: dict) -> Detector:
     """detectron2 weights on the detectron2 engine if importable, else through the import."""
-    from .detectron2_engine import Detectron2Detector, detectron2_available
+    from napari_detection_qc.engines.detectron2_engine import Detectron2Detector, detectron2_available
 
     if detectron2_available():
         threshold = options["score_threshold"]
@@ -86,8 +86,8 @@ def load_detectron2_weights(weights: Path, config: Path | None, options: dict) -
             config,
             **{**options, "score_threshold": DEFAULT_SCORE_THRESHOLD if threshold is None else threshold},
         )
-    from .detectron2_checkpoint import import_detectron2_checkpoint
-    from .torchvision_maskrcnn import TorchvisionDetector
+    from napari_detection_qc.engines.detectron2_checkpoint import import_detectron2_checkpoint
+    from napari_detection_qc.engines.torchvision_maskrcnn import TorchvisionDetector
 
     header, state_dict = import_detectron2_checkpoint(weights, config)
     return TorchvisionDetector(header, state_dict, **options)

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..matching import box_iou_matrix
-from .boxmasks import BoxMasks
-from .cpu_parallel import map_on_cores
-from .size_chooser import SizeChooser
+from napari_detection_qc.detections.matching import box_iou_matrix
+from napari_detection_qc.engines.boxmasks import BoxMasks
+from napari_detection_qc.engines.cpu_parallel import map_on_cores
+from napari_detection_qc.engines.size_chooser import SizeChooser
 
 ESTIMATE_REVISION = 4
 """Bumped when the automatic size (``ladder_detections``, ``size_from_ladder``) changes what it

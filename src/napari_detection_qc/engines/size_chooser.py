@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .boosted_trees import BoostedTrees
+from napari_detection_qc.engines.boosted_trees import BoostedTrees
 
 WITHIN = 1.3
 """A rung is right when the factor its estimate asks for is within this ratio of the truth's.

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .boxmasks import BoxMasks
-from .cpu_parallel import map_on_cores
-from .scaling import DetectBoxes, Window
+from napari_detection_qc.engines.boxmasks import BoxMasks
+from napari_detection_qc.engines.cpu_parallel import map_on_cores
+from napari_detection_qc.engines.scaling import DetectBoxes, Window
 
 TILE_PX = 1024
 OVERLAP_PX = 128

@@ -40,18 +40,23 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import Conv2dNormActivation
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-from ..detections import FrameDetections
-from ..validation import MALFORMED_DATA_ERRORS, one_line
-from .base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
-from .boxmasks import BoxMasks
-from .checkpoint import DetectorLoadError, float32_weights, load_checkpoint, save_checkpoint
-from .detection_verifier import DetectionVerifier
-from .header_schema import check_detector_header
-from .low_rank import low_rank_conv
-from .roi_gather import gather_roi_align
-from .scaling import ScaleRule, Window, central_view
-from .size_chooser import SizeChooser
-from .tiling import TILE_PX
+from napari_detection_qc.detections.records import FrameDetections
+from napari_detection_qc.engines.base import DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESHOLD, Detector
+from napari_detection_qc.engines.boxmasks import BoxMasks
+from napari_detection_qc.engines.checkpoint import (
+    DetectorLoadError,
+    float32_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
+from napari_detection_qc.engines.detection_verifier import DetectionVerifier
+from napari_detection_qc.engines.header_schema import check_detector_header
+from napari_detection_qc.engines.low_rank import low_rank_conv
+from napari_detection_qc.engines.roi_gather import gather_roi_align
+from napari_detection_qc.engines.scaling import ScaleRule, Window, central_view
+from napari_detection_qc.engines.size_chooser import SizeChooser
+from napari_detection_qc.engines.tiling import TILE_PX
+from napari_detection_qc.validation import MALFORMED_DATA_ERRORS, one_line
 
 PAPER_ANCHOR_SIZES = [4, 8, 16, 32, 64, 128, 256, 512]
 PAPER_ASPECT_RATIOS = [0.5, 1.0, 2.0]

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .scaling import resample
-from .torchvision_maskrcnn import to_model_batch
+from napari_detection_qc.engines.scaling import resample
+from napari_detection_qc.engines.torchvision_maskrcnn import to_model_batch
 
 MIN_INSTANCE_PIXELS = 12
 """Instances smaller than this (after resampling and cropping) are not trained on."""

@@ -1,8 +1,8 @@
 """Files in and out: micrographs with their pixel sizes (``files``, ``calibration``), the napari
 reader (``napari_reader``) and writers (``writers``), and atomic writes (``atomic``)."""
 
-from .calibration import PixelSize, nanometres
-from .files import (
+from napari_detection_qc.io.calibration import PixelSize, nanometres
+from napari_detection_qc.io.files import (
     DM_SUFFIXES,
     MAX_FRAME_PIXELS,
     PLAIN_IMAGE_SUFFIXES,

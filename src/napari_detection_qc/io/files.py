@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import NOT_RECORDED, PixelSize, axes_recorded, nanometres, resolve, tiff_recorded
+from napari_detection_qc.io.calibration import (
+    NOT_RECORDED,
+    PixelSize,
+    axes_recorded,
+    nanometres,
+    resolve,
+    tiff_recorded,
+)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -396,7 +403,7 @@ class ZarrReader:
         axes = image.get("axes") or []
         recorded = []
         if scales and len(axes) == len(scales[0]) and isinstance(axes[-1], dict):
-            from .calibration import Recorded
+            from napari_detection_qc.io.calibration import Recorded
 
             unit = axes[-1].get("unit")
             if unit or scales[0][-1] != 1:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pixel_sizes import METADATA_KEY
-from .files import SUPPORTED_SUFFIXES, ZARR_SUFFIXES, InputError, open_micrograph
+from napari_detection_qc.io.files import SUPPORTED_SUFFIXES, ZARR_SUFFIXES, InputError, open_micrograph
+from napari_detection_qc.io.pixel_sizes import METADATA_KEY
 
 BOX_STYLE = {
     "face_color": "transparent",
@@ -77,7 +77,7 @@ def get_reader(path):
 def read_micrographs(path) -> list[tuple]:
     """Layer-data tuples for each path: one image layer per micrograph; image, masks and boxes per
     store. A file that cannot be read is an :class:`InputError` naming it."""
-    from ..validation import require_regular_file
+    from napari_detection_qc.validation import require_regular_file
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[tuple] = []
@@ -129,7 +129,7 @@ def micrograph_layer(path: Path) -> tuple:
 def store_layers(path: Path) -> list[tuple]:
     """Image (if its source file still exists and matches), masks and boxes of every store at
     ``path``, all checked before any is returned."""
-    from ..store.format import find_stores
+    from napari_detection_qc.batch.store.format import find_stores
 
     layers: list[tuple] = []
     for store in find_stores(path):
@@ -138,9 +138,9 @@ def store_layers(path: Path) -> list[tuple]:
 
 
 def _one_store_layers(store) -> list[tuple]:
-    from ..layer_pair import OBJECT_SIZES_KEY, SIGNALS_KEY
-    from ..signals import EMBEDDING
-    from ..store.format import store_detections
+    from napari_detection_qc.batch.store.format import store_detections
+    from napari_detection_qc.io.layer_pair import OBJECT_SIZES_KEY, SIGNALS_KEY
+    from napari_detection_qc.quality.signals import EMBEDDING
 
     meta = store.read_meta()
     _, detections = store_detections(store)  # validates the table and masks against the meta
@@ -187,7 +187,7 @@ def _one_store_layers(store) -> list[tuple]:
 def detection_record(detector: dict, name: str, source, pixel_size_nm: float | None, n_frames: int) -> dict:
     """The record the Detection step puts on a masks + boxes pair (``layer_pair``), for detections
     read back from a file: a new pair id, every frame done."""
-    from ..layer_pair import new_pair_id
+    from napari_detection_qc.io.layer_pair import new_pair_id
 
     return {
         "pair_id": new_pair_id(),
@@ -204,8 +204,8 @@ def pair_layers(masks, frames, is_2d: bool, name: str, record: dict) -> list[tup
     features, coloured by score) carrying ``record``, as the Detection step makes them."""
     import pandas as pd
 
-    from ..detections import empty_shapes_features, frame_shapes_data
-    from ..layer_pair import ORIGIN_DETECTOR
+    from napari_detection_qc.detections.records import empty_shapes_features, frame_shapes_data
+    from napari_detection_qc.io.layer_pair import ORIGIN_DETECTOR
 
     parts = [frame_shapes_data(frame, t, is_2d) for t, frame in enumerate(frames)]
     vertices = [v for part_vertices, _ in parts for v in part_vertices]
@@ -235,8 +235,8 @@ def coco_layers(path: Path) -> list[tuple]:
     """Masks and boxes of every image file a COCO detections file names (a stack's frames are its
     images carrying ``"frame"``), with the detector record and pixel size it stores in ``info``,
     and the image itself when that file lies beside the JSON."""
-    from ..coco import annotation_pixels
-    from ..detections import FrameDetections, smallest_label_dtype
+    from napari_detection_qc.detections.coco import annotation_pixels
+    from napari_detection_qc.detections.records import FrameDetections, smallest_label_dtype
 
     try:
         document = json.loads(path.read_text(encoding="utf-8"))

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..pixel_sizes import METADATA_KEY, pixel_size_from_layer
-from .atomic import atomic_path
+from napari_detection_qc.io.atomic import atomic_path
+from napari_detection_qc.io.pixel_sizes import METADATA_KEY, pixel_size_from_layer
 
 MASKS_TIFF = "masks.tif"
 """The TIFF label image ``detect`` writes beside ``masks.npy`` in each store."""
@@ -80,9 +80,9 @@ def write_labels_tiff(path: str, data, attributes: dict) -> list[str]:
 def detections_document(labels, vertices: Sequence, features, record: Mapping, name: str) -> dict:
     """A COCO document of one masks + boxes pair (``coco.detections_to_coco``), with the detector
     record and pixel size in its ``info`` so a reader knows what produced it."""
-    from ..coco import detections_to_coco
-    from ..detections import StackDetections
-    from ..layer_pair import pair_problem
+    from napari_detection_qc.detections.coco import detections_to_coco
+    from napari_detection_qc.detections.records import StackDetections
+    from napari_detection_qc.io.layer_pair import pair_problem
 
     labels = np.asarray(labels)
     problem = pair_problem(
@@ -101,8 +101,8 @@ def write_detections_coco(path: str, layer_data: Iterable[tuple]) -> list[str]:
     """npe2 writer for a selected Labels + Shapes pair: COCO JSON with RLE masks, boxes, scores and
     the detector record. The image is named after the file the detections were made on where the
     record knows it, else after the image layer."""
-    from ..coco import write_coco
-    from ..layer_pair import pair_record
+    from napari_detection_qc.detections.coco import write_coco
+    from napari_detection_qc.io.layer_pair import pair_record
 
     by_type: dict[str, list[tuple]] = {}
     for data, attributes, kind in layer_data:

@@ -7,9 +7,18 @@ stored as 8-bit or 16-bit pixels.
 same backgrounds and noise, for checking that tools made for cavities say when they do not apply.
 """
 
-from .defects import DEFECT_FAMILIES, defect_frame, make_defect_frame
-from .frames import DEFAULT, PRESETS, Domain, frame_seed, get_domain, make_frame, make_stack, render_frame
-from .realistic import (
+from napari_detection_qc.synthetic.defects import DEFECT_FAMILIES, defect_frame, make_defect_frame
+from napari_detection_qc.synthetic.frames import (
+    DEFAULT,
+    PRESETS,
+    Domain,
+    frame_seed,
+    get_domain,
+    make_frame,
+    make_stack,
+    render_frame,
+)
+from napari_detection_qc.synthetic.realistic import (
     EMPTY_FRAME_FAMILIES,
     REALISTIC_FAMILIES,
     family_frame,

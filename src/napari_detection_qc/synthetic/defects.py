@@ -33,7 +33,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
-from .frames import (
+from napari_detection_qc.synthetic.frames import (
     REFERENCE_AREA_PX,
     Domain,
     _burn_in_scale_bar,
@@ -45,7 +45,7 @@ from .frames import (
     _line_artefacts,
     _matrix,
 )
-from .realistic import _as_file, _file_format, _jsonable, _log_uniform, _per_area
+from napari_detection_qc.synthetic.realistic import _as_file, _file_format, _jsonable, _log_uniform, _per_area
 
 __all__ = ["DEFECT_FAMILIES", "defect_frame", "make_defect_frame"]
 

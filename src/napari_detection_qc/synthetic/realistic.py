@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .frames import REFERENCE_AREA_PX, Domain, render_frame
+from napari_detection_qc.synthetic.frames import REFERENCE_AREA_PX, Domain, render_frame
 
 __all__ = ["EMPTY_FRAME_FAMILIES", "REALISTIC_FAMILIES", "make_realistic_frame", "realistic_domain"]
 
@@ -367,7 +367,7 @@ def make_realistic_frame(
 def family_frame(source: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(image, labels) of frame ``seed`` of a realistic family or of an older named preset (512 px):
     the sources the default detector is trained, tuned and benchmarked on."""
-    from .frames import PRESETS, make_frame
+    from napari_detection_qc.synthetic.frames import PRESETS, make_frame
 
     if source in REALISTIC_FAMILIES:
         image, labels, _ = make_realistic_frame(seed, source)

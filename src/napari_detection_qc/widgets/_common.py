@@ -23,11 +23,11 @@ from psygnal import Signal
 from qtpy.QtCore import QCoreApplication, QObject, Qt, QThreadPool, QTimer
 from qtpy.QtWidgets import QGroupBox, QLabel, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
-from ..detections import StackDetections
-from ..layer_pair import pair_problem, pair_record
+from napari_detection_qc.detections.records import StackDetections
+from napari_detection_qc.io.layer_pair import pair_problem, pair_record
 
 if TYPE_CHECKING:
-    from ..forest import QualityForest
+    from napari_detection_qc.quality.forest import QualityForest
 
 DOCK_MAX_WIDTH = 560
 QUIT_WAIT_MS = 60_000  # at quit, cancelled work gets this long to reach its next step and stop
@@ -295,7 +295,7 @@ class Step(QWidget):
         self.viewer = unproxied(napari_viewer)
         self.session = viewer_session(self.viewer)
         self.work = BackgroundWork(self)
-        from .warm_up import warm_up
+        from napari_detection_qc.widgets.warm_up import warm_up
 
         warm_up(self)
         self.setMaximumWidth(DOCK_MAX_WIDTH)
@@ -364,7 +364,7 @@ def device_picker(step: Step) -> ComboBox:
     """A device combo box: ``auto`` and ``cpu`` at once, then every device torch sees (``cuda:N``
     with its name, ``mps``) and the torch build as its tooltip, once torch is imported in the
     background."""
-    from .warm_up import WARM_UP_DELAY_MS, device_choices
+    from napari_detection_qc.widgets.warm_up import WARM_UP_DELAY_MS, device_choices
 
     picker = ComboBox(
         label="device",

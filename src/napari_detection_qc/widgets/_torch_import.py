@@ -45,4 +45,4 @@ def import_engines() -> None:
         if "napari_detection_qc.engines.torchvision_maskrcnn" in sys.modules:
             return
         with triton_hidden():
-            from ..engines import torchvision_maskrcnn  # noqa: F401
+            from napari_detection_qc.engines import torchvision_maskrcnn  # noqa: F401

@@ -17,8 +17,8 @@ from napari.layers import Image, Labels, Shapes
 from qtpy.QtCore import QEventLoop
 from qtpy.QtWidgets import QApplication, QProgressBar
 
-from ..detections import FrameDetections, smallest_label_dtype
-from ..layer_pair import (
+from napari_detection_qc.detections.records import FrameDetections, smallest_label_dtype
+from napari_detection_qc.io.layer_pair import (
     METADATA_KEY,
     OBJECT_SIZES_KEY,
     SIGNALS_KEY,
@@ -28,13 +28,13 @@ from ..layer_pair import (
     pair_record,
     with_origin,
 )
-from ..paper import DEFAULT_MAX_DETECTIONS
-from ..pixel_sizes import pixel_size_from_layer
-from ..progress import RunProgress, clock
-from ..signals import SIGNAL_LEVELS, signals_to_records
-from ..size_report import describe_sizes, outlier_warning, size_outliers, stack_size
-from ._common import LayerPicker, StatusLine, Step, device_picker, row
-from ._torch_import import import_engines
+from napari_detection_qc.io.pixel_sizes import pixel_size_from_layer
+from napari_detection_qc.paper import DEFAULT_MAX_DETECTIONS
+from napari_detection_qc.progress import RunProgress, clock
+from napari_detection_qc.quality.signals import SIGNAL_LEVELS, signals_to_records
+from napari_detection_qc.size_report import describe_sizes, outlier_warning, size_outliers, stack_size
+from napari_detection_qc.widgets._common import LayerPicker, StatusLine, Step, device_picker, row
+from napari_detection_qc.widgets._torch_import import import_engines
 
 ENGINES = ("bundled default", "torchvision checkpoint", "detectron2 weights")
 WHOLE_STACK, CURRENT_FRAME = "whole stack", "current frame"
@@ -531,7 +531,7 @@ def detect_frames(
     also comes with the size it was detected at (None: not sized). ``signals``: a
     ``SIGNAL_LEVELS`` name, the detector's signals each frame carries."""
     import_engines()
-    from ..engines import load_detector
+    from napari_detection_qc.engines import load_detector
 
     detector = load_detector(spec, **options)
     metadata = {**detector.metadata(), "object_size": object_size or "auto"}

@@ -21,11 +21,11 @@ from napari.layers import Image
 from napari.utils import progress
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from ..forest_choice import companion_forest_path
-from ._common import LayerPicker, device_picker, row
-from ._torch_import import import_engines
-from .detection import image_frames
-from .results_dock import results_dock
+from napari_detection_qc.quality.forest_choice import companion_forest_path
+from napari_detection_qc.widgets._common import LayerPicker, device_picker, row
+from napari_detection_qc.widgets._torch_import import import_engines
+from napari_detection_qc.widgets.detection import image_frames
+from napari_detection_qc.widgets.results_dock import results_dock
 
 REDRAW_MS = 700
 
@@ -43,9 +43,9 @@ def finetune_job(
     """Worker body: fine-tune, then fit the forest for the new detector; (result, forest).
     ``frames_per_domain`` None: the study's default number of synthetic frames per domain."""
     import_engines()
-    from ..detector_forest import STUDY_FRAMES_PER_DOMAIN, fit_detector_forest
-    from ..engines import load_detector
-    from ..engines.finetune import finetune
+    from napari_detection_qc.engines import load_detector
+    from napari_detection_qc.engines.finetune import finetune
+    from napari_detection_qc.finetune.detector_forest import STUDY_FRAMES_PER_DOMAIN, fit_detector_forest
 
     parent = load_detector(spec, device=device)
     result = finetune(
@@ -104,7 +104,7 @@ class FinetuneSection:
     def page(self) -> QWidget:
         """The graphs with room, and beside them the before/after result and Save (in view without
         scrolling in the low results dock); built when first shown."""
-        from .plots import TrainingCurves
+        from napari_detection_qc.widgets.plots import TrainingCurves
 
         self.curves = TrainingCurves()
         page = QWidget()
@@ -124,7 +124,7 @@ class FinetuneSection:
         ground_truth = self.step.ground_truth.value
         if self.image.value is None or ground_truth is None:
             raise ValueError("pick the image and its ground-truth layer")
-        from ..scoring import ground_truth_frames
+        from napari_detection_qc.quality.scoring import ground_truth_frames
 
         frames, _ = image_frames(self.image.value)
         truth = ground_truth_frames(np.asarray(ground_truth.data), len(frames))
@@ -228,8 +228,8 @@ class FinetuneSection:
         )
 
     def _on_error(self, exc: Exception) -> None:
-        from ..detector_forest import ForestFitCancelled
-        from ..engines.finetune import FinetuneCancelled
+        from napari_detection_qc.engines.finetune import FinetuneCancelled
+        from napari_detection_qc.finetune.detector_forest import ForestFitCancelled
 
         if isinstance(exc, (FinetuneCancelled, ForestFitCancelled)):
             self.comparison.setText("")
@@ -250,7 +250,7 @@ class FinetuneSection:
         if self.result is None:
             self.status.error("nothing fine-tuned yet")
             return
-        from ..finetune_outputs import save_finetuned
+        from napari_detection_qc.finetune.outputs import save_finetuned
 
         try:
             save_finetuned(self.result, self.forest, path)

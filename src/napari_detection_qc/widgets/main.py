@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QTabWidget
 
-from ._common import DOCK_MAX_WIDTH
-from .detection import DetectionWidget
-from .quality import QualityWidget
-from .training import TrainingWidget
+from napari_detection_qc.widgets._common import DOCK_MAX_WIDTH
+from napari_detection_qc.widgets.detection import DetectionWidget
+from napari_detection_qc.widgets.quality import QualityWidget
+from napari_detection_qc.widgets.training import TrainingWidget
 
 
 class DetectionQCWidget(QTabWidget):

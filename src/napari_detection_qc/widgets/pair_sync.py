@@ -13,9 +13,15 @@ import pandas as pd
 from napari.layers import Labels, Shapes
 from qtpy.QtCore import QTimer
 
-from ..ground_truth import painted_frames
-from ..layer_pair import ORIGIN_MANUAL, frame_box_ids, manual_rows, unboxed_masks, with_origin
-from ._common import BackgroundWork, ViewerSession, labels_data
+from napari_detection_qc.io.layer_pair import (
+    ORIGIN_MANUAL,
+    frame_box_ids,
+    manual_rows,
+    unboxed_masks,
+    with_origin,
+)
+from napari_detection_qc.labels.ground_truth import painted_frames
+from napari_detection_qc.widgets._common import BackgroundWork, ViewerSession, labels_data
 
 PAIR_COLUMNS = {"score", "label", "frame"}
 SETTLE_MS = 150  # napari announces an edit before it writes the pixels; look after they settle

@@ -208,7 +208,7 @@ class TrainingCurves(FigureCanvasQTAgg):
         self.setMinimumHeight(180)
 
     def show_history(self, history: pd.DataFrame) -> None:
-        from ..finetune_outputs import draw_curves
+        from napari_detection_qc.finetune.outputs import draw_curves
 
         draw_curves(self.figure, history, side_by_side=True)
         self.figure.patch.set_facecolor(BACKGROUND)

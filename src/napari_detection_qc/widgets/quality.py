@@ -28,14 +28,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..coco import write_coco
-from ..counts import stack_summary, with_count_estimates
-from ..features import feature_label
-from ..forest_choice import ForestChoice, ForestReference, forest_reference, is_loaded, load_forest
-from ..layer_pair import count_unboxed, pair_record, stored_signals
-from ..pixel_sizes import pixel_size_from_layer
-from ..signals import frames_lacking
-from ._common import (
+from napari_detection_qc.detections.coco import write_coco
+from napari_detection_qc.io.layer_pair import count_unboxed, pair_record, stored_signals
+from napari_detection_qc.io.pixel_sizes import pixel_size_from_layer
+from napari_detection_qc.quality.counts import stack_summary, with_count_estimates
+from napari_detection_qc.quality.features import feature_label
+from napari_detection_qc.quality.forest_choice import (
+    ForestChoice,
+    ForestReference,
+    forest_reference,
+    is_loaded,
+    load_forest,
+)
+from napari_detection_qc.quality.signals import frames_lacking
+from napari_detection_qc.widgets._common import (
     LayerPicker,
     StatusLine,
     Step,
@@ -46,11 +52,11 @@ from ._common import (
     layer_detector,
     row,
 )
-from .pair_sync import PairSync
-from .results_dock import alive, results_dock
+from napari_detection_qc.widgets.pair_sync import PairSync
+from napari_detection_qc.widgets.results_dock import alive, results_dock
 
 if TYPE_CHECKING:
-    from ..forest import QualityForest
+    from napari_detection_qc.quality.forest import QualityForest
 
 FOREST_AUTO = "auto (matches the detector)"
 FOREST_DEFAULT = "bundled default"
@@ -86,7 +92,7 @@ class QualityPanel(QWidget):
     slider) and the explanation of the current frame."""
 
     def __init__(self):
-        from .plots import QualityPlot
+        from napari_detection_qc.widgets.plots import QualityPlot
 
         super().__init__()
         self.plot = QualityPlot()
@@ -388,7 +394,11 @@ class QualityWidget(Step):
         if frame is None or self.features is None or frame >= len(self.features):
             self.panel.explanation.setText("")
             return
-        from ..explain import ExplanationUnavailable, frame_contributions, strongest_negative
+        from napari_detection_qc.quality.explain import (
+            ExplanationUnavailable,
+            frame_contributions,
+            strongest_negative,
+        )
 
         r = self.table.iloc[frame]
         text = f"frame {frame}: predicted F1 {r['f1']:.2f} [{r['f1_low']:.2f}, {r['f1_high']:.2f}]"
@@ -434,7 +444,7 @@ class QualityWidget(Step):
     def export_coco(self, path) -> Path | None:
         """The chosen layers' detections as COCO JSON (RLE masks, boxes, scores, and the detector
         record and pixel size in its ``info``): what napari's File > Save writes for the pair."""
-        from ..io.writers import detections_document
+        from napari_detection_qc.io.writers import detections_document
 
         masks, boxes = self.masks.value, self.boxes.value
         try:
@@ -513,8 +523,8 @@ def quality_with_readouts(
     """Worker body: load the forest if it is a reference (once per process), check that the
     detections carry the signals it needs, and predict; also builds the cached explainer, all off
     the UI thread. ``signals``: each frame's stored detector signals (``stored_signals``)."""
-    from ..explain import ExplanationUnavailable, frame_contributions
-    from ..scoring import physical_readouts, predicted_quality
+    from napari_detection_qc.quality.explain import ExplanationUnavailable, frame_contributions
+    from napari_detection_qc.quality.scoring import physical_readouts, predicted_quality
 
     if isinstance(forest, ForestReference):
         forest = load_forest(forest.key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QDockWidget, QTabWidget, QWidget
 
-from ._common import viewer_session
+from napari_detection_qc.widgets._common import viewer_session
 
 DOCK_NAME = "Detection QC results"
 MIN_HEIGHT = 230  # a readable plot; leaves the canvas most of a 1080-pixel screen

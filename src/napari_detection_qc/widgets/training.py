@@ -26,12 +26,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..coco import CocoGroundTruth
-from ..forest_choice import forest_for_detector, load_forest
-from ..ground_truth import GroundTruthRecord, labeled_frames, painted_frames, seeded_name
-from ..layer_pair import METADATA_KEY, pair_record, stored_signals
-from ..refit_mode import RefitMode, refit_problem
-from ._common import (
+from napari_detection_qc.detections.coco import CocoGroundTruth
+from napari_detection_qc.io.layer_pair import METADATA_KEY, pair_record, stored_signals
+from napari_detection_qc.labels.ground_truth import (
+    GroundTruthRecord,
+    labeled_frames,
+    painted_frames,
+    seeded_name,
+)
+from napari_detection_qc.labels.refit_mode import RefitMode, refit_problem
+from napari_detection_qc.quality.forest_choice import forest_for_detector, load_forest
+from napari_detection_qc.widgets._common import (
     LayerPicker,
     Step,
     detections_from_layers,
@@ -41,13 +46,13 @@ from ._common import (
     layer_detector,
     row,
 )
-from .finetune import FinetuneSection
-from .results_dock import alive, results_dock
+from napari_detection_qc.widgets.finetune import FinetuneSection
+from napari_detection_qc.widgets.results_dock import alive, results_dock
 
 if TYPE_CHECKING:
-    from ..forest import QualityForest
-    from ..ranking import RankedFrame
-    from ..training_set import TrainingSet
+    from napari_detection_qc.labels.training_set import TrainingSet
+    from napari_detection_qc.quality.forest import QualityForest
+    from napari_detection_qc.quality.ranking import RankedFrame
 
 SCORE_COLUMNS = ("tp", "fp", "fn", "precision", "recall", "f1", "predicted_f1")
 SCORE_HEADERS = {
@@ -168,7 +173,7 @@ class TrainingWidget(Step):
     @cached_property
     def parity_page(self) -> QWidget:
         """The refit's parity plot and numbers in the results dock, built when first shown."""
-        from .plots import ParityPlot
+        from napari_detection_qc.widgets.plots import ParityPlot
 
         self.parity = ParityPlot()
         self.parity.setMaximumWidth(PARITY_MAX_WIDTH)
@@ -369,7 +374,7 @@ class TrainingWidget(Step):
         if layer is None:
             raise ValueError("pick or seed a ground-truth layer first")
         stack = detections_from_layers(self.masks.value, self.boxes.value)
-        from ..scoring import ground_truth_frames
+        from napari_detection_qc.quality.scoring import ground_truth_frames
 
         truth = ground_truth_frames(labels_data(layer), len(stack))
         if truth.shape[1:] != stack.image_shape:
@@ -394,7 +399,7 @@ class TrainingWidget(Step):
             self.score_table.setRowCount(0)
             self.status.error(str(exc))
             return None
-        from ..scoring import predicted_quality, true_quality
+        from napari_detection_qc.quality.scoring import predicted_quality, true_quality
 
         scores = true_quality(stack, truth, frames, self.iou.value)
         forest = self.session.forest or self.session.in_use
@@ -520,7 +525,7 @@ class TrainingWidget(Step):
             self.metrics.setText(f"fit on {len(training)} frames (too few for cross-validation)")
             self.parity.clear()
         else:
-            from ..refit import cv_report
+            from napari_detection_qc.labels.refit import cv_report
 
             report = cv_report(cv, training, new_sources)
             self.metrics.setText(
@@ -616,8 +621,8 @@ class TrainingWidget(Step):
 def label_next_job(stack, forest, signals, labeled: list[int]) -> list[RankedFrame]:
     """Worker body: predicted quality of every frame (the forest loaded here when given by name),
     then the label-next order of the frames not yet labelled."""
-    from ..ranking import rank_by_features
-    from ..scoring import predicted_quality
+    from napari_detection_qc.quality.ranking import rank_by_features
+    from napari_detection_qc.quality.scoring import predicted_quality
 
     if isinstance(forest, str):
         forest = load_forest(forest)
@@ -650,7 +655,7 @@ def refit_job(
 ) -> RefitOutcome:
     """Worker body: the labeled frames' rows, the training set for the refit mode, and the refit
     (loading the base forest first when it is named, not loaded)."""
-    from ..refit import labeled_rows, refit_forest, training_for_refit
+    from napari_detection_qc.labels.refit import labeled_rows, refit_forest, training_for_refit
 
     if isinstance(base, str):
         base = load_forest(base)
@@ -671,12 +676,12 @@ def coco_stack_labels(path, image_name: str, n_frames: int, frame_shape) -> tupl
 
 def read_forest(path) -> QualityForest:
     """Worker body: a forest file, refused with a one-line reason when it is not one."""
-    from ..forest import QualityForest
+    from napari_detection_qc.quality.forest import QualityForest
 
     return QualityForest.load(path)
 
 
 def read_training_set(path) -> TrainingSet:
-    from ..training_set import TrainingSet
+    from napari_detection_qc.labels.training_set import TrainingSet
 
     return TrainingSet.load(path)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from ..forest_choice import load_forest
-from ._torch_import import import_engines
+from napari_detection_qc.quality.forest_choice import load_forest
+from napari_detection_qc.widgets._torch_import import import_engines
 
 WARM_UP_DELAY_MS = 300  # after the dock is painted: the work would otherwise share the interpreter with it
 
@@ -35,7 +35,7 @@ def device_choices() -> tuple[list[tuple[str, str]], str]:
     """Worker body: the devices torch sees as (label, value) choices (``auto`` first, with what it
     picks) and one line on the torch build; imports torch, so never on the UI thread."""
     import_engines()
-    from ..engines.devices import available_devices, torch_build_description
+    from napari_detection_qc.engines.devices import available_devices, torch_build_description
 
     return [(choice.label, choice.value) for choice in available_devices()], torch_build_description()
 

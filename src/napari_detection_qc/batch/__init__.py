@@ -1,0 +1,1 @@
+"""The command line: stores of detections, runs over many inputs (serial or Dask), and the argument parser."""

@@ -1,0 +1,1 @@
+"""Detections and how they are judged: per-frame records, matching, metrics, COCO."""

@@ -1,0 +1,1 @@
+"""Ground truth from the user: its records, the training set of labelled frames, and refitting the forest."""
