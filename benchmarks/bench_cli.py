@@ -29,7 +29,8 @@ from napari_detection_qc.batch.cli import main
 from napari_detection_qc.batch.store import Store
 from napari_detection_qc.engines import default_weights_path
 from napari_detection_qc.quality.features import BOX_COLUMNS, CANDIDATE_FEATURES
-from napari_detection_qc.quality.forest import BUNDLED_FORESTS, MODELS_DIR, TARGETS, QualityForest
+from napari_detection_qc.quality.forest import TARGETS, QualityForest
+from napari_detection_qc.quality.forest_choice import BUNDLED_FORESTS, MODELS_DIR
 from napari_detection_qc.synthetic import make_stack
 
 IMAGE_SHAPE = (512, 512)

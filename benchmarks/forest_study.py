@@ -36,7 +36,8 @@ from napari_detection_qc.detections.records import FrameDetections
 from napari_detection_qc.engines import load_detector
 from napari_detection_qc.quality.explain import feature_ranking
 from napari_detection_qc.quality.features import CANDIDATE_FEATURES, PAPER_FEATURES, detections_features
-from napari_detection_qc.quality.forest import MODELS_DIR, TARGETS, QualityForest
+from napari_detection_qc.quality.forest import TARGETS, QualityForest
+from napari_detection_qc.quality.forest_choice import MODELS_DIR
 from napari_detection_qc.quality.signals import EMBEDDING, stack_signals
 from napari_detection_qc.synthetic.study_frames import frame_plan, study_frame
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from napari_detection_qc.quality.features import PAPER_FEATURES
-from napari_detection_qc.quality.forest import MODELS_DIR, QualityForest
+from napari_detection_qc.quality.forest import QualityForest
+from napari_detection_qc.quality.forest_choice import MODELS_DIR
 from napari_detection_qc.reference_data import load_reference_table
 
 ROOT = Path(__file__).resolve().parents[1]

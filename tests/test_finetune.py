@@ -24,7 +24,8 @@ from napari_detection_qc.engines.finetune import (
 from napari_detection_qc.finetune.detector_forest import fit_detector_forest
 from napari_detection_qc.finetune.outputs import read_labelled_frames, save_finetuned
 from napari_detection_qc.io import InputError
-from napari_detection_qc.quality.forest import QualityForest, companion_forest_path, forest_for_detector
+from napari_detection_qc.quality.forest import QualityForest
+from napari_detection_qc.quality.forest_choice import companion_forest_path, forest_for_detector
 from napari_detection_qc.synthetic import make_frame
 from napari_detection_qc.synthetic.study_frames import frame_plan
 

@@ -5,7 +5,8 @@ import pytest
 from napari_detection_qc.detections.records import FrameDetections, StackDetections
 from napari_detection_qc.labels.training_set import TrainingSet
 from napari_detection_qc.quality.features import CANDIDATE_FEATURES
-from napari_detection_qc.quality.forest import QualityForest, bundled_forest_for
+from napari_detection_qc.quality.forest import QualityForest
+from napari_detection_qc.quality.forest_choice import bundled_forest_for
 from napari_detection_qc.quality.scoring import QUALITY_COLUMNS, predicted_quality, true_quality
 
 

@@ -557,7 +557,7 @@ def run_finetune(args) -> int:
     from napari_detection_qc.finetune.detector_forest import fit_detector_forest
     from napari_detection_qc.finetune.outputs import curve_paths, read_labelled_frames, save_finetuned
     from napari_detection_qc.io.atomic import remove_stale_temporary_files
-    from napari_detection_qc.quality.forest import companion_forest_path
+    from napari_detection_qc.quality.forest_choice import companion_forest_path
     from napari_detection_qc.validation import list_regular_inputs
 
     inputs = [path for item in args.images if Path(item).exists() for path in list_regular_inputs(item)]

@@ -15,7 +15,8 @@ from napari_detection_qc.engines.checkpoint import DetectorLoadError, load_check
 from napari_detection_qc.io import InputError, as_frame_stack, read_frames
 from napari_detection_qc.io.atomic import atomic_path
 from napari_detection_qc.labels.ground_truth import label_files_by_stem
-from napari_detection_qc.quality.forest import QualityForest, companion_forest_path
+from napari_detection_qc.quality.forest import QualityForest
+from napari_detection_qc.quality.forest_choice import companion_forest_path
 from napari_detection_qc.validation import list_regular_inputs
 
 CURVE_PANELS = (
