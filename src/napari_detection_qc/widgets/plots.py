@@ -80,6 +80,8 @@ class QualityPlot(FigureCanvasQTAgg):
         axes.plot(frames, table["count_estimate"], color="#b0b0b0", lw=1.0, label="estimated count")
         axes.plot(frames, table["count"], ".", color="#b0b0b0", ms=3, label="detections")
         axes.set_ylim(bottom=0)
+        axes.yaxis.tick_right()  # clear() puts a twin axis's ticks and label back on the left
+        axes.yaxis.set_label_position("right")
         axes.set_ylabel("count", color=FOREGROUND, fontsize=7)
         axes.tick_params(colors=FOREGROUND, labelsize=7)
 
@@ -136,7 +138,16 @@ class QualityPlot(FigureCanvasQTAgg):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("frame")
         axes.set_ylabel("predicted F1, P, R")
-        legend = axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+        handles, labels = axes.get_legend_handles_labels()
+        count_handles, count_labels = self.count_axes.get_legend_handles_labels()
+        legend = axes.legend(  # right of the count axis's ticks and label, with the count's lines too
+            handles + count_handles,
+            labels + count_labels,
+            loc="center left",
+            bbox_to_anchor=(1.09, 0.5),
+            fontsize=7,
+            frameon=False,
+        )
         for text in legend.get_texts():
             text.set_color(FOREGROUND)
 
