@@ -80,7 +80,6 @@ def write_labels_tiff(path: str, data, attributes: dict) -> list[str]:
 def detections_document(labels, vertices: Sequence, features, record: Mapping, name: str) -> dict:
     """A COCO document of one masks + boxes pair (``coco.detections_to_coco``), with the detector
     record and pixel size in its ``info`` so a reader knows what produced it."""
-    from napari_detection_qc.detections.coco import detections_to_coco
     from napari_detection_qc.detections.records import StackDetections
     from napari_detection_qc.io.layer_pair import pair_problem
 
@@ -90,7 +89,14 @@ def detections_document(labels, vertices: Sequence, features, record: Mapping, n
     )
     if problem:
         raise ValueError(problem)
-    stack = StackDetections.from_layer_data(labels, vertices, features)
+    return stack_document(StackDetections.from_layer_data(labels, vertices, features), record, name)
+
+
+def stack_document(stack, record: Mapping, name: str) -> dict:
+    """The COCO document of detections already rebuilt from their layers, with the pair's
+    detector record and pixel size in its ``info``."""
+    from napari_detection_qc.detections.coco import detections_to_coco
+
     document = detections_to_coco([(name, stack)])
     document["info"]["detector"] = dict(record.get("detector") or {})
     document["info"]["pixel_size_nm"] = record.get("pixel_size_nm")

@@ -444,21 +444,15 @@ class QualityWidget(Step):
     def export_coco(self, path) -> Path | None:
         """The chosen layers' detections as COCO JSON (RLE masks, boxes, scores, and the detector
         record and pixel size in its ``info``): what napari's File > Save writes for the pair."""
-        from napari_detection_qc.io.writers import detections_document
+        from napari_detection_qc.io.writers import stack_document
 
-        masks, boxes = self.masks.value, self.boxes.value
-        try:
-            stack = detections_from_layers(masks, boxes)
-            document = detections_document(
-                labels_data(masks),
-                boxes.data,
-                boxes.features,
-                pair_record(boxes.metadata),
-                source_file_name(self.viewer, boxes),
-            )
+        try:  # checks the pair (one-line errors) and rebuilds the detections once
+            stack = detections_from_layers(self.masks.value, self.boxes.value)
         except ValueError as exc:
             self.status.error(str(exc))
             return None
+        boxes = self.boxes.value
+        document = stack_document(stack, pair_record(boxes.metadata), source_file_name(self.viewer, boxes))
         path = write_coco(path, document)
         self.status.info(f"wrote {stack.total_count} detections to {path}")
         return path
